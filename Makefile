@@ -1,0 +1,44 @@
+# medmoe set-up: `make demo` runs the main job, `make test` runs the test suite.
+# Both create ./.venv on first use and install everything the project needs into it.
+#
+# torch: when the venv has no importable torch, TORCH_SPEC is installed first. On these machines
+# `torch==2.13.0` resolves to a local CPU wheel. Elsewhere, pick your build, e.g.
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# or pre-install any torch >= 2.4 into .venv yourself: it is kept as it is.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+EXTRAS ?= dev,parity,mil,wsi
+PIP := $(PY) -m pip --disable-pip-version-check --no-input
+
+.PHONY: install demo test test-slow bench doctor clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PIP) install -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/medmoe demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/bench_mammoth.py
+	$(PY) benchmarks/bench_soft_moe.py
+
+doctor: install
+	$(VENV)/bin/medmoe doctor
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

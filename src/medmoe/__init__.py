@@ -1,0 +1,9 @@
+"""medmoe: expert routing and long-sequence models for medical imaging."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .registry import ENCODER_DIMS, create_model, list_models, register_model  # noqa: E402
+
+__all__ = ["__version__", "create_model", "list_models", "register_model", "ENCODER_DIMS"]

@@ -1,0 +1,261 @@
+"""Model registry with MIL-Lab's naming grammar.
+
+``create_model('<model>.<config>.<encoder>[.<task>]', num_classes=2, **overrides)``: short names are
+padded with the defaults ``base`` (config), ``uni`` (encoder) and ``none`` (task), so ``abmil``,
+``abmil.base`` and ``abmil.base.uni`` name the same model. The encoder only sets ``in_dim``
+(:data:`ENCODER_DIMS`); pass ``in_dim=`` for any other feature extractor.
+
+Configs are YAML files shipped inside the package (``medmoe/configs/mil/<model>/<config>.yaml``) or
+dicts given to :func:`register_model` by code outside the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable
+
+import yaml
+
+__all__ = [
+    "ENCODER_DIMS",
+    "ModelEntry",
+    "ModelName",
+    "register_model",
+    "create_model",
+    "list_models",
+    "get_config",
+    "parse_model_name",
+]
+
+#: Encoder name -> instance feature size (MIL-Lab's ``ENCODER_DIM_MAPPING``, TRIDENT names).
+ENCODER_DIMS: dict[str, int] = {
+    "uni": 1024,
+    "uni_v2": 1536,
+    "ctranspath": 768,
+    "conch_v1": 512,
+    "conch_v15": 768,
+    "gigapath": 1536,
+    "resnet50": 1024,
+    "virchow": 2560,
+    "virchow2": 2560,
+    "phikon": 768,
+    "phikon_v2": 1024,
+    "hoptimus": 1536,
+    "hoptimus1": 1536,
+    "musk": 1024,
+}
+#: Names used before MIL-Lab PR #17 (renamed to match TRIDENT).
+_ENCODER_ALIASES = {"conch": "conch_v1", "phikon2": "phikon_v2"}
+
+DEFAULT_CONFIG, DEFAULT_ENCODER, DEFAULT_TASK = "base", "uni", "none"
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A parsed model name: ``model.config.encoder.task``."""
+
+    model: str
+    config: str = DEFAULT_CONFIG
+    encoder: str = DEFAULT_ENCODER
+    task: str = DEFAULT_TASK
+
+    def __str__(self) -> str:
+        return f"{self.model}.{self.config}.{self.encoder}.{self.task}"
+
+
+@dataclass
+class ModelEntry:
+    """A registered model: its class, config class and named configs (dicts, YAML loaded lazily)."""
+
+    name: str
+    model_cls: type
+    config_cls: type
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+    def config_names(self) -> list[str]:
+        names = set(self.configs) | set(_packaged_config_names(self.name))
+        return sorted(names)
+
+    def config_dict(self, config: str) -> dict[str, Any]:
+        if config in self.configs:
+            return dict(self.configs[config])
+        packaged = _read_packaged_config(self.name, config)
+        if packaged is None:
+            raise ValueError(
+                f"model {self.name!r} has no config {config!r}; available: {self.config_names()}"
+            )
+        return packaged
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_DISCOVERED = False
+
+
+def register_model(
+    name: str, *, config_cls: type | None = None, configs: dict[str, dict[str, Any]] | None = None,
+    description: str = "",
+) -> Callable[[type], type]:
+    """Class decorator registering a MIL model under ``name``.
+
+    Args:
+        name: short name used in model strings (lower case, no dots).
+        config_cls: config dataclass; defaults to the class attribute ``config_class``.
+        configs: named configs as dicts (merged with YAML files shipped under ``configs/mil/<name>``).
+            A model registered from outside the package passes its configs here; ``base`` is required
+            when no YAML exists.
+        description: one line for ``list_models``/``medmoe mil models``.
+    """
+    if not name or "." in name or name != name.lower():
+        raise ValueError(f"model names are lower case without dots, got {name!r}")
+
+    def decorator(cls: type) -> type:
+        cfg_cls = config_cls or getattr(cls, "config_class", None)
+        if cfg_cls is None or not dataclasses.is_dataclass(cfg_cls):
+            raise ValueError(f"register_model({name!r}): a dataclass config_cls is required")
+        if name in _REGISTRY and _REGISTRY[name].model_cls is not cls:
+            raise ValueError(f"a model named {name!r} is already registered ({_REGISTRY[name].model_cls})")
+        _REGISTRY[name] = ModelEntry(name, cls, cfg_cls, dict(configs or {}), description or (cls.__doc__ or "")
+                                     .strip().split("\n")[0])
+        return cls
+
+    return decorator
+
+
+def _discover() -> None:
+    """Import every module of ``medmoe.models.mil`` once so their ``@register_model`` decorators run."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    package = importlib.import_module("medmoe.models.mil")
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"medmoe.models.mil.{info.name}")
+
+
+def _config_root():  # type: ignore[no-untyped-def]
+    return resources.files("medmoe") / "configs" / "mil"
+
+
+def _packaged_config_names(model: str) -> list[str]:
+    folder = _config_root() / model
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_packaged_config(model: str, config: str) -> dict[str, Any] | None:
+    path = _config_root() / model / f"{config}.yaml"
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {model}/{config}.yaml must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_model_name(name: str) -> ModelName:
+    """Split ``'abmil.base_mammoth.uni'`` into its parts, padding defaults; validates model and encoder."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string like 'abmil.base.uni', got {name!r}")
+    parts = name.strip().split(".")
+    if len(parts) > 4 or any(not p for p in parts):
+        raise ValueError(f"model name {name!r} must look like '<model>[.<config>[.<encoder>[.<task>]]]'")
+    parsed = ModelName(*parts)
+    _discover()
+    if parsed.model not in _REGISTRY:
+        raise ValueError(f"unknown model {parsed.model!r}; available: {sorted(_REGISTRY)}")
+    return parsed
+
+
+def encoder_dim(encoder: str) -> int:
+    """Feature size of a named encoder (raises ``ValueError`` listing the known names)."""
+    key = _ENCODER_ALIASES.get(encoder, encoder)
+    if key not in ENCODER_DIMS:
+        raise ValueError(
+            f"unknown encoder {encoder!r}; known: {sorted(ENCODER_DIMS)}. "
+            "For another feature extractor pass in_dim=<feature size>."
+        )
+    return ENCODER_DIMS[key]
+
+
+def get_config(name: str, num_classes: int = 2, in_dim: int | None = None, **overrides: Any) -> Any:
+    """Build the typed config for a model name (see :func:`create_model` for the arguments)."""
+    parsed = parse_model_name(name)
+    entry = _REGISTRY[parsed.model]
+    data = entry.config_dict(parsed.config)
+    data["in_dim"] = int(in_dim) if in_dim is not None else encoder_dim(parsed.encoder)
+    data["num_classes"] = num_classes
+    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"config {parsed.model}.{parsed.config} has unknown keys {unknown}; fields: {sorted(fields)}")
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(
+                f"{parsed.model} has no setting {key!r}; valid settings: {sorted(fields)}"
+            )
+        if key == "patch_embed_args" and isinstance(value, dict):
+            merged = dict(data.get("patch_embed_args") or {})
+            merged.update(value)
+            value = merged
+        data[key] = value
+    return entry.config_cls(**data)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 2,
+    *,
+    in_dim: int | None = None,
+    checkpoint_path: str | None = None,
+    **overrides: Any,
+) -> Any:
+    """Create a MIL model from a MIL-Lab style name.
+
+    Args:
+        name: ``'<model>.<config>.<encoder>[.<task>]'``, e.g. ``'abmil.base_mammoth.uni'``.
+        num_classes: bag classes (default 2, as MIL-Lab).
+        in_dim: feature size; overrides the encoder's.
+        checkpoint_path: optional local weights (safetensors or torch file) loaded strictly.
+        **overrides: any config field, e.g. ``dropout=0.1``, ``patch_embed='mammoth'``,
+            ``patch_embed_args={'num_experts': 8}`` (merged into the config's).
+
+    Hub weights (a task other than ``none``) cannot be downloaded by medmoe; download them yourself and
+    pass ``checkpoint_path``.
+    """
+    parsed = parse_model_name(name)
+    if parsed.task != DEFAULT_TASK and checkpoint_path is None:
+        raise ValueError(
+            f"{name!r} names pretrained weights ({parsed.task}); medmoe does not download hub weights. "
+            "Fetch them yourself and pass checkpoint_path=..."
+        )
+    config = get_config(name, num_classes=num_classes, in_dim=in_dim, **overrides)
+    model = _REGISTRY[parsed.model].model_cls(config)
+    model.model_name = f"{parsed.model}.{parsed.config}"
+    if checkpoint_path is not None:
+        from .checkpoint_io import load_state_dict_file
+
+        model.load_state_dict(load_state_dict_file(checkpoint_path), strict=True)
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered ``model.config`` names matching a glob ``pattern`` (e.g. ``'*mammoth*'``)."""
+    _discover()
+    names = [f"{m}.{c}" for m, entry in sorted(_REGISTRY.items()) for c in entry.config_names()]
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def get_entry(model: str) -> ModelEntry:
+    """The registry entry of a short model name."""
+    _discover()
+    if model not in _REGISTRY:
+        raise ValueError(f"unknown model {model!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[model]

@@ -2,6 +2,7 @@
 
 from .embed import PATCH_EMBED_KINDS, create_patch_embed
 from .experts import FactorizedLinear
+from .mammoth import Mammoth, MammothExperts, mammoth_auto_rank
 from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
 from .patch_embedding import EmbeddedPatches, MLPEmbed, PatchEmbedding
 from .routing import Routing
@@ -10,6 +11,9 @@ __all__ = [
     "create_patch_embed",
     "PATCH_EMBED_KINDS",
     "FactorizedLinear",
+    "Mammoth",
+    "MammothExperts",
+    "mammoth_auto_rank",
     "LayerNorm",
     "RMSNorm",
     "ExpertWiseRMSNorm",

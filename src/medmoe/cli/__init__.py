@@ -1,0 +1,1 @@
+"""The ``medmoe`` command line (one module per sub-command)."""

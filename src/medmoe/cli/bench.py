@@ -1,0 +1,23 @@
+"""Benchmarks: print side-by-side ratios measured in one run."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help=__doc__, no_args_is_help=True)
+
+
+@app.command("mammoth")
+def mammoth(
+    sizes: list[int] = typer.Option([1000, 10_000, 50_000, 200_000], "--size", "-n",
+                                    help="Patches per bag (repeat the option for several)."),
+    reps: int = typer.Option(3, min=1, help="Timed repetitions per case (median reported)."),
+    threads: int = typer.Option(2, min=1, help="torch threads."),
+    memory_budget_gib: float = typer.Option(16.0, help="Skip the reference where it would need more."),
+) -> None:
+    """Mammoth (medmoe) vs mammoth-moe vs nn.Linear(1024, 512): forward+backward time and peak memory."""
+    from ..bench.mammoth_layers import main
+
+    argv = ["--sizes", *map(str, sizes), "--reps", str(reps), "--threads", str(threads),
+            "--memory-budget-gib", str(memory_budget_gib)]
+    main(argv)

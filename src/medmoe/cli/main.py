@@ -1,0 +1,39 @@
+"""Entry point of the ``medmoe`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from . import bench, demo, doctor
+
+app = typer.Typer(
+    name="medmoe",
+    help="Expert routing and long-sequence models for medical imaging.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("doctor", help=doctor.__doc__)(doctor.doctor)
+app.command("demo", help=demo.__doc__)(demo.demo)
+app.add_typer(bench.app, name="bench")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the medmoe version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """Expert routing and long-sequence models for medical imaging."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,33 @@
+from typer.testing import CliRunner
+
+from medmoe import __version__
+from medmoe.cli.main import app
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_doctor_lists_devices_extras_and_install_commands():
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.output and "CUDA" in result.output
+    for extra in ("mil", "seg", "wsi", "parity", "dev"):
+        assert extra in result.output
+    assert "mamba_ssm" in result.output
+
+
+def test_bench_mammoth_prints_a_ratio_table(capsys):
+    from medmoe.bench.mammoth_layers import main
+
+    main(["--sizes", "200", "--reps", "1"])
+    out = capsys.readouterr().out
+    header, _, row = out.strip().splitlines()[-3:]
+    assert "medmoe/reference time" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "200"
+    assert float(cells[2]) > 0 and float(cells[3]) > 0  # medmoe and linear timed
+    assert float(cells[5]) > 0  # medmoe/linear ratio computed

@@ -3,6 +3,8 @@
 * :class:`FactorizedLinear` — Mammoth's low-rank expert linear: a (shared or per-expert) projection to
   rank ``r`` followed by a per-expert projection, per head. State-dict compatible with
   ``mammoth.mammoth.FactorizedLinear`` (``shared_weight``, ``shared_bias``, ``expert_weights``, ``bias``).
+* :class:`BatchedFeedForward` — Soft MoE's GELU / GEGLU feed-forward experts with stacked weights; loads
+  the per-expert ``ModuleList`` state dict of ``soft_moe_pytorch``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FactorizedLinear"]
+__all__ = ["BatchedFeedForward", "FactorizedLinear"]
 
 
 class FactorizedLinear(nn.Module):
@@ -87,4 +89,143 @@ class FactorizedLinear(nn.Module):
         return (
             f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, "
             f"num_experts={self.num_experts}, num_heads={self.num_heads}, share_weights={self.share_weight}"
+        )
+
+
+class BatchedFeedForward(nn.Module):
+    """Feed-forward experts (Soft MoE's ``FeedForward`` / ``GLUFeedForward``) evaluated all at once.
+
+    Every expert is ``Linear(dim, h_in) -> act -> Dropout -> Linear(hidden, dim)``; the weights of all
+    experts are stacked so one batched matmul (``torch.baddbmm``) per layer evaluates every expert.
+
+    * ``geglu=False``: ``hidden = int(dim * mult)``, ``h_in = hidden``, ``act = GELU`` (exact, erf form).
+    * ``geglu=True``: ``hidden = int(dim * mult * 2 / 3)``, ``h_in = 2 * hidden``, and the activation is
+      GEGLU: the first half of the ``h_in`` features times ``GELU`` of the second half (the gate).
+
+    These are the hidden sizes ``soft_moe_pytorch`` 0.1.9 uses.
+
+    Args:
+        num_experts: experts ``e``.
+        dim: input and output features ``d``.
+        mult: hidden-size multiplier (> 0).
+        geglu: GEGLU experts instead of plain GELU MLP experts.
+        dropout: dropout probability after the activation, in ``[0, 1)``.
+        hidden: explicit hidden size, overriding the one derived from ``mult``.
+
+    Parameters (stacked; expert ``i`` is index ``i`` of the leading dimension):
+        ``w1: (e, d, h_in)``, ``b1: (e, h_in)``, ``w2: (e, hidden, d)``, ``b2: (e, d)``.
+        ``w1[i]`` is the transpose of the reference's ``nn.Linear(d, h_in).weight``.
+
+    State dicts of a ``ModuleList`` of reference experts (keys ``experts.{i}.0.weight``,
+    ``experts.{i}.0.bias``, ``experts.{i}.3.weight``, ``experts.{i}.3.bias`` below this module's prefix,
+    as in ``soft_moe_pytorch.soft_moe.Experts``) are accepted by ``load_state_dict``: they are stacked and
+    transposed into ``w1, b1, w2, b2`` on load (see :meth:`stack_reference_state_dict`).
+
+    Shapes: ``(b, e, s, d) -> (b, e, s, d)``.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        dim: int,
+        mult: float = 4,
+        geglu: bool = False,
+        dropout: float = 0.0,
+        hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_experts", num_experts), ("dim", dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BatchedFeedForward: {name} must be a positive integer, got {value!r}")
+        if not isinstance(mult, (int, float)) or isinstance(mult, bool) or mult <= 0:
+            raise ValueError(f"BatchedFeedForward: mult must be a positive number, got {mult!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"BatchedFeedForward: dropout must be in [0, 1), got {dropout!r}")
+        if hidden is None:
+            hidden = int(dim * mult * 2 / 3) if geglu else int(dim * mult)
+        elif not isinstance(hidden, int) or isinstance(hidden, bool):
+            raise ValueError(f"BatchedFeedForward: hidden must be a positive integer, got {hidden!r}")
+        if hidden < 1:
+            raise ValueError(
+                f"BatchedFeedForward: hidden size int(dim * mult{' * 2 / 3' if geglu else ''}) = {hidden} "
+                f"is < 1 for dim={dim}, mult={mult}; increase mult"
+            )
+        self.num_experts, self.dim, self.mult = num_experts, dim, mult
+        self.geglu, self.hidden = bool(geglu), hidden
+        h_in = 2 * hidden if geglu else hidden
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, h_in))
+        self.b1 = nn.Parameter(torch.empty(num_experts, h_in))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.b2 = nn.Parameter(torch.empty(num_experts, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default initialisation, expert by expert (uniform in ``+-1/sqrt(fan_in)``)."""
+        for w, b, fan_in in ((self.w1, self.b1, self.dim), (self.w2, self.b2, self.hidden)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.num_experts or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"BatchedFeedForward expects (b, {self.num_experts}, s, {self.dim}), got {tuple(x.shape)}"
+            )
+        b, e, s, d = x.shape
+        h = x.transpose(0, 1).reshape(e, b * s, d)  # (e, b*s, d)
+        h = torch.baddbmm(self.b1.unsqueeze(1).to(h.dtype), h, self.w1.to(h.dtype))
+        if self.geglu:
+            value, gate = h.chunk(2, dim=-1)
+            h = value * torch.nn.functional.gelu(gate)
+        else:
+            h = torch.nn.functional.gelu(h)
+        h = self.dropout(h)
+        out = torch.baddbmm(self.b2.unsqueeze(1).to(h.dtype), h, self.w2.to(h.dtype))  # (e, b*s, d)
+        return out.reshape(e, b, s, d).transpose(0, 1)
+
+    @staticmethod
+    def stack_reference_state_dict(state_dict: dict[str, Tensor], prefix: str = "") -> bool:
+        """Rewrite, in place, reference per-expert keys below ``prefix`` into the stacked layout.
+
+        ``{prefix}experts.{i}.0.weight (h_in, d)`` -> ``{prefix}w1 (e, d, h_in)``; ``...0.bias`` -> ``b1``;
+        ``...3.weight (d, hidden)`` -> ``w2 (e, hidden, d)``; ``...3.bias`` -> ``b2``.
+        Returns True when reference keys were found and converted.
+        """
+        head = f"{prefix}experts."
+        ref_keys = [k for k in state_dict if k.startswith(head)]
+        if not ref_keys:
+            return False
+        indices = sorted({int(k[len(head) :].split(".", 1)[0]) for k in ref_keys})
+        if indices != list(range(len(indices))):
+            raise ValueError(f"reference expert indices below {head!r} are not 0..e-1: {indices}")
+        stacks: dict[str, list[Tensor]] = {"w1": [], "b1": [], "w2": [], "b2": []}
+        for i in indices:
+            stacks["w1"].append(state_dict.pop(f"{head}{i}.0.weight").transpose(0, 1))
+            stacks["b1"].append(state_dict.pop(f"{head}{i}.0.bias"))
+            stacks["w2"].append(state_dict.pop(f"{head}{i}.3.weight").transpose(0, 1))
+            stacks["b2"].append(state_dict.pop(f"{head}{i}.3.bias"))
+        leftover = [k for k in state_dict if k.startswith(head)]
+        if leftover:
+            raise ValueError(f"unexpected reference expert keys: {leftover}")
+        for name, tensors in stacks.items():
+            state_dict[f"{prefix}{name}"] = torch.stack(tensors)
+        return True
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # type: ignore[override]
+        if f"{prefix}w1" not in state_dict:
+            try:
+                self.stack_reference_state_dict(state_dict, prefix)
+            except (KeyError, ValueError) as err:
+                error_msgs.append(f"could not convert reference expert weights below {prefix!r}: {err}")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, dim={self.dim}, mult={self.mult}, hidden={self.hidden}, "
+            f"geglu={self.geglu}"
         )

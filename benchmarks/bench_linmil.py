@@ -1,0 +1,175 @@
+"""Lin-MIL forward+backward time per bag: ``lin_mil.Lin_MIL`` (pip ``lin-mil`` 1.0.1) vs medmoe's ``linmil``.
+
+Both models are built with the reference defaults (``lin_mil.Config()``: latent 512, depth 4, 8 heads,
+linear attention with ReLU, cls pooling) for UNI features (``in_dim`` 1024, 2 classes); the reference's
+weights are copied into medmoe's model (:meth:`LinMIL.load_reference_state_dict`). Per size ``N``, one
+bag (batch 1, fp32, ``--threads`` threads) runs forward + ``logits.sum().backward()`` in eval mode
+(dropout off, so both models compute the same function; training mode only adds the embedding
+dropout). The two models alternate, after one warm-up step each.
+
+Reported per size:
+
+* time: the fastest of ``--reps`` steps (the statistic least disturbed by other processes on a shared
+  machine) and the median; ``speed-up`` = lin_mil / medmoe on the fastest step;
+* saved: MiB of the distinct tensors autograd keeps for the backward (deterministic);
+* equality: max |difference| of the logits and of every parameter gradient (medmoe vs reference).
+
+Where medmoe's speed comes from: with cls pooling only the cls token of the last block is read, so
+medmoe computes that block's query projection, attention output, output projection and MLP for the cls
+token only (keys/values still for every token); the linear attention fuses the key sum into the
+``K^T V`` product (one matmul gives numerator and denominator) and avoids the reference's extra copies.
+
+    python benchmarks/bench_linmil.py                  # N = 10k, 50k (several minutes on 2 cores)
+    python benchmarks/bench_linmil.py --quick          # N = 1k, 2k
+    python benchmarks/bench_linmil.py --sizes 20000 --reps 5
+
+``lin_mil`` imports ``timm`` only for ``DropPath``; a stand-in module is installed for the import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import statistics
+import sys
+import time
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmoe.models.mil.linmil import LinMIL
+
+IN_DIM = 1024
+NUM_CLASSES = 2
+
+
+class _StandInDropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep) / keep
+
+
+def import_lin_mil() -> Any:
+    """Import ``lin_mil`` with a stand-in ``timm.models.layers.DropPath`` (restored afterwards)."""
+    names = ("timm", "timm.models", "timm.models.layers")
+    saved = {name: sys.modules.get(name) for name in names}
+    for name in names:
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["timm.models.layers"].DropPath = _StandInDropPath  # type: ignore[attr-defined]
+    try:
+        return importlib.import_module("lin_mil")
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def build_pair(lin_mil: Any) -> tuple[nn.Module, LinMIL]:
+    torch.manual_seed(0)
+    cfg = lin_mil.Config()
+    ref = lin_mil.Lin_MIL(num_classes=NUM_CLASSES, input_dim=IN_DIM, config=cfg).eval()
+    ours = LinMIL(LinMIL.config_from_reference(cfg, input_dim=IN_DIM, num_classes=NUM_CLASSES)).eval()
+    ours.load_reference_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, tuple) else out.logits
+
+
+def step(model: nn.Module, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One forward + backward; returns (seconds, detached logits)."""
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    logits = logits_of(model, x)
+    logits.sum().backward()
+    return time.perf_counter() - start, logits.detach()
+
+
+def saved_mib(model: nn.Module, x: torch.Tensor) -> float:
+    """MiB of the distinct storages autograd saves during one forward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits_of(model, x)
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values()) / 2**20
+
+
+def grad_diff(ref: nn.Module, ours: LinMIL) -> float:
+    ref_params = dict(ref.named_parameters())
+    worst = 0.0
+    for name, p in ours.named_parameters():
+        ref_p = ref_params[name.replace("patch_embed.0.", "projection.")]
+        if p.grad is None or ref_p.grad is None:
+            return float("nan")
+        worst = max(worst, (p.grad - ref_p.grad).abs().max().item())
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="bag sizes N")
+    parser.add_argument("--quick", action="store_true", help="N = 1k, 2k")
+    parser.add_argument("--reps", type=int, default=3, help="timed steps per model and size")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    sizes = [1_000, 2_000] if args.quick else args.sizes
+    if args.reps < 1 or min(sizes) < 1:
+        parser.error("--reps and --sizes must be positive")
+    try:
+        lin_mil = import_lin_mil()
+    except ImportError:
+        sys.stderr.write("lin_mil is not installed: pip install lin-mil==1.0.1 (or medmoe[parity])\n")
+        return 1
+    torch.set_num_threads(args.threads)
+    ref, ours = build_pair(lin_mil)
+
+    rows = []
+    for n in sizes:
+        x = torch.randn(1, n, IN_DIM, generator=torch.Generator().manual_seed(n))
+        _, logits_ref = step(ref, x)  # warm-up; keeps the reference's gradients for the comparison
+        _, logits_ours = step(ours, x)
+        logit_diff = (logits_ref - logits_ours).abs().max().item()
+        gdiff = grad_diff(ref, ours)
+        times: dict[str, list[float]] = {"ref": [], "ours": []}
+        for _ in range(args.reps):
+            times["ref"].append(step(ref, x)[0])
+            times["ours"].append(step(ours, x)[0])
+        mem_ref, mem_ours = saved_mib(ref, x), saved_mib(ours, x)
+        rows.append((n, times, mem_ref, mem_ours, logit_diff, gdiff))
+
+    print(f"# Lin-MIL forward+backward per bag: lin_mil {getattr(lin_mil, '__version__', '1.0.1')} vs medmoe")
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"in_dim {IN_DIM}, batch 1, fp32, eval mode, fastest of {args.reps} (median in brackets)\n")
+    print("| N | lin_mil (s) | medmoe (s) | speed-up | saved lin_mil / medmoe (MiB) | max abs diff logits | "
+          "max abs diff grads |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, times, mem_ref, mem_ours, logit_diff, gdiff in rows:
+        best_ref, best_ours = min(times["ref"]), min(times["ours"])
+        med_ref, med_ours = statistics.median(times["ref"]), statistics.median(times["ours"])
+        print(f"| {n:,} | {best_ref:.2f} ({med_ref:.2f}) | {best_ours:.2f} ({med_ours:.2f}) | "
+              f"{best_ref / best_ours:.2f}x ({med_ref / med_ours:.2f}x) | {mem_ref:,.0f} / {mem_ours:,.0f} | "
+              f"{logit_diff:.1e} | {gdiff:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""Nyström self-attention (Xiong et al., AAAI 2021), as used by TransMIL, RRT-MIL and Lin-MIL's ablation.
+
+Same maths, constructor arguments and state-dict keys (``to_qkv.weight``, ``to_out.0.weight``,
+``to_out.0.bias``, ``res_conv.weight``) as ``NystromAttention`` of the pip package
+``nystrom-attention`` 0.0.14, so weights load unchanged and outputs agree to float precision.
+
+For a sequence of ``n`` tokens, ``m`` landmarks, ``h`` heads of width ``d``::
+
+    pad       x at the *front* with zeros to n' = ceil(n / m) * m tokens (and the mask with False)
+    q, k, v   = split(x W_qkv)                                  (b, h, n', d); q scaled by d^-1/2
+    landmarks q~, k~ = means of q, k over m contiguous segments of l = n' / m tokens
+                                                                (masked means when a mask is given)
+    A1 = softmax(q k~^T)   (b, h, n', m)     A2 = softmax(q~ k~^T)   (b, h, m, m)
+    A3 = softmax(q~ k^T)   (b, h, m, n')
+    out = (A1 pinv(A2)) (A3 v) + DepthwiseConv_(kernel, 1)(v)   -> merge heads -> W_out -> last n rows
+
+``pinv`` is the iterative Moore–Penrose approximation ``Z <- Z (13 I - A Z (15 I - A Z (7 I - A Z))) / 4``
+started from ``Z0 = A^T / (max_i sum_j |A_ij| * max_j sum_i |A_ij|)``. Time and memory are linear in ``n``
+(``O(n m)``) unless the full attention matrix is requested.
+
+Differences from the reference (documented, off by default where they change numbers):
+
+* ``pinv_scale="sample"`` takes the maxima of the pinv starting point per sequence instead of over the
+  whole batch (the reference's choice makes a bag's output depend on the other bags of the batch).
+* ``return_attn=True`` returns the attention matrix cropped to the ``n`` real positions, ``(b, h, n, n)``;
+  the reference returns it including the front padding, ``(b, h, n', n')``.
+* Input validation raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["NystromAttention", "moore_penrose_pinv"]
+
+
+def moore_penrose_pinv(x: Tensor, iters: int = 6, per_sample: bool = False) -> Tensor:
+    """Iterative Moore–Penrose pseudo-inverse of square matrices (Razavi et al. 2014 iteration).
+
+    Args:
+        x: ``(..., m, m)``; for Nyström attention ``(b, h, m, m)`` softmax matrices.
+        iters: number of iterations (6 in the Nyström paper).
+        per_sample: scale the starting point with maxima taken per leading index (dim 0) instead of
+            over the whole tensor (the reference's behaviour).
+
+    Returns:
+        ``(..., m, m)`` approximate pseudo-inverse.
+    """
+    if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"moore_penrose_pinv expects square matrices (..., m, m), got {tuple(x.shape)}")
+    abs_x = x.abs()
+    row_sums = abs_x.sum(dim=-1)  # (..., m)
+    col_sums = abs_x.sum(dim=-2)  # (..., m)
+    if per_sample and x.ndim > 2:
+        reduce_dims = tuple(range(1, row_sums.ndim))
+        denom = row_sums.amax(dim=reduce_dims) * col_sums.amax(dim=reduce_dims)  # (b,)
+        denom = denom.reshape((-1,) + (1,) * (x.ndim - 1))
+    else:
+        denom = row_sums.max() * col_sums.max()
+    z = x.transpose(-1, -2) / denom
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - (xz @ (15 * eye - (xz @ (7 * eye - xz)))))
+    return z
+
+
+class NystromAttention(nn.Module):
+    """Multi-head self-attention approximated with ``num_landmarks`` Nyström landmarks.
+
+    Args:
+        dim: token width.
+        dim_head: width of each head.
+        heads: number of heads.
+        num_landmarks: number of landmarks ``m``; the sequence is front-padded to a multiple of it.
+        pinv_iterations: Moore–Penrose iterations for ``pinv(A2)``.
+        residual: add a depthwise convolution of ``v`` along the sequence (kernel ``(k, 1)``).
+        residual_conv_kernel: the convolution's length ``k`` (odd).
+        eps: added to the landmark token counts when a mask is given.
+        dropout: dropout after the output projection.
+        pinv_scale: ``"batch"`` (reference) or ``"sample"`` (per-sequence pinv start; a sequence's
+            output then does not depend on the other sequences of the batch).
+
+    Shapes:
+        ``x: (b, n, dim)``, ``mask: (b, n)`` bool (True = real token) -> ``(b, n, dim)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        num_landmarks: int = 256,
+        pinv_iterations: int = 6,
+        residual: bool = True,
+        residual_conv_kernel: int = 33,
+        eps: float = 1e-8,
+        dropout: float = 0.0,
+        *,
+        pinv_scale: str = "batch",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("dim", dim),
+            ("dim_head", dim_head),
+            ("heads", heads),
+            ("num_landmarks", num_landmarks),
+            ("residual_conv_kernel", residual_conv_kernel),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NystromAttention: {name} must be a positive integer, got {value!r}")
+        if not isinstance(pinv_iterations, int) or pinv_iterations < 0:
+            raise ValueError(f"NystromAttention: pinv_iterations must be >= 0, got {pinv_iterations!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"NystromAttention: dropout must be in [0, 1), got {dropout}")
+        if pinv_scale not in ("batch", "sample"):
+            raise ValueError(f"NystromAttention: pinv_scale must be 'batch' or 'sample', got {pinv_scale!r}")
+        self.dim = dim
+        self.heads = heads
+        self.dim_head = dim_head
+        self.num_landmarks = num_landmarks
+        self.pinv_iterations = pinv_iterations
+        self.eps = eps
+        self.scale = dim_head**-0.5
+        self.pinv_scale = pinv_scale
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.residual = bool(residual)
+        if self.residual:
+            k = residual_conv_kernel
+            self.res_conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, "
+            f"num_landmarks={self.num_landmarks}, pinv_iterations={self.pinv_iterations}, "
+            f"residual={self.residual}, pinv_scale={self.pinv_scale!r}"
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        return_attn: bool = False,
+        return_attn_matrices: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Attend.
+
+        Args:
+            x: ``(b, n, dim)`` tokens.
+            mask: optional ``(b, n)`` bool, True = real token. Masked tokens are zeroed in q, k, v and
+                excluded from the landmark means and softmaxes.
+            return_attn: also return the approximate attention ``A1 pinv(A2) A3`` cropped to the real
+                positions, ``(b, h, n, n)`` (quadratic memory).
+            return_attn_matrices: also return the factors ``(A1 (b,h,n',m), pinv(A2) (b,h,m,m),
+                A3 (b,h,m,n'))`` over the front-padded sequence of ``n'`` tokens (linear memory).
+
+        Returns:
+            ``(b, n, dim)``, or a pair with the attention (matrices) as above.
+        """
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"NystromAttention expects (b, n, {self.dim}), got {tuple(x.shape)}")
+        b, n, _ = x.shape
+        if mask is not None:
+            if mask.shape != (b, n):
+                raise ValueError(f"mask must have shape {(b, n)}, got {tuple(mask.shape)}")
+            mask = mask.to(device=x.device, dtype=torch.bool)
+        h, m, d = self.heads, self.num_landmarks, self.dim_head
+
+        pad = (-n) % m
+        if pad > 0:
+            x = F.pad(x, (0, 0, pad, 0), value=0.0)
+            if mask is not None:
+                mask = F.pad(mask, (pad, 0), value=False)
+        total = n + pad
+        seg = math.ceil(n / m)  # tokens per landmark segment; total == m * seg
+
+        q, k, v = self.to_qkv(x).reshape(b, total, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, n', d)
+        if mask is not None:
+            keep = mask[:, None, :, None].to(q.dtype)  # (b, 1, n', 1)
+            q, k, v = q * keep, k * keep, v * keep
+        q = q * self.scale
+
+        q_land = q.reshape(b, h, m, seg, d).sum(dim=3)  # (b, h, m, d)
+        k_land = k.reshape(b, h, m, seg, d).sum(dim=3)
+        land_mask: Tensor | None = None
+        if mask is not None:
+            counts = mask.reshape(b, m, seg).sum(dim=-1)  # (b, m)
+            divisor: Tensor | float = counts[:, None, :, None] + self.eps
+            land_mask = counts > 0  # (b, m)
+        else:
+            divisor = seg
+        q_land = q_land / divisor
+        k_land = k_land / divisor
+
+        sim1 = q @ k_land.transpose(-1, -2)  # (b, h, n', m)
+        sim2 = q_land @ k_land.transpose(-1, -2)  # (b, h, m, m)
+        sim3 = q_land @ k.transpose(-1, -2)  # (b, h, m, n')
+        if mask is not None and land_mask is not None:
+            fill = -torch.finfo(q.dtype).max
+            tok = mask[:, None, :]  # (b, 1, n')
+            lm = land_mask[:, None, :]  # (b, 1, m)
+            sim1 = sim1.masked_fill(~(tok[..., :, None] & lm[..., None, :]), fill)
+            sim2 = sim2.masked_fill(~(lm[..., :, None] & lm[..., None, :]), fill)
+            sim3 = sim3.masked_fill(~(lm[..., :, None] & tok[..., None, :]), fill)
+
+        attn1, attn2, attn3 = sim1.softmax(dim=-1), sim2.softmax(dim=-1), sim3.softmax(dim=-1)
+        attn2_inv = moore_penrose_pinv(attn2, self.pinv_iterations, per_sample=self.pinv_scale == "sample")
+
+        out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (b, h, n', d)
+        if self.residual:
+            out = out + self.res_conv(v)
+        out = out.transpose(1, 2).reshape(b, total, h * d)
+        out = self.to_out(out)[:, -n:]
+
+        if return_attn_matrices:
+            return out, (attn1, attn2_inv, attn3)
+        if return_attn:
+            attn = (attn1 @ attn2_inv @ attn3)[..., -n:, -n:]
+            return out, attn
+        return out

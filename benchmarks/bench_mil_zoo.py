@@ -172,7 +172,7 @@ def run_in_subprocess(name: str, n: int, args: argparse.Namespace) -> dict[str, 
            "--threads", str(args.threads), "--seed", str(args.seed)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False,
                               preexec_fn=_limit_memory(args.mem_limit_gib))
     except subprocess.TimeoutExpired:
         return f"timeout (> {args.timeout:.0f} s)"
@@ -292,11 +292,11 @@ def main() -> None:
     head = "| model | " + " | ".join(f"{e} N={_fmt_n(n)}" for e, n in cols) + " | scaling (linear embedding) |"
     rule = "|" + "---|" * (len(cols) + 2)
     lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} threads, fp32, batch 1, in_dim {IN_DIM}, train-mode forward+backward "
-        f"(fastest of {args.reps} after 1 warm-up), per-case timeout {args.timeout:.0f} s, "
-        f"memory limit {args.mem_limit_gib:.1f} GiB; total wall {time.perf_counter() - started:.0f} s; "
-        f"load average at the end {os.getloadavg()[0]:.1f}",
+        (f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+         f"{args.threads} threads, fp32, batch 1, in_dim {IN_DIM}, train-mode forward+backward "
+         f"(fastest of {args.reps} after 1 warm-up), per-case timeout {args.timeout:.0f} s, "
+         f"memory limit {args.mem_limit_gib:.1f} GiB; total wall {time.perf_counter() - started:.0f} s; "
+         f"load average at the end {os.getloadavg()[0]:.1f}"),
         "",
         "Time per bag (s) and peak resident memory of the step (MiB, peak RSS minus RSS before it):",
         "",

@@ -30,6 +30,7 @@ __all__ = [
     "list_models",
     "get_config",
     "parse_model_name",
+    "register_model_alias",
 ]
 
 #: Encoder name -> instance feature size (MIL-Lab's ``ENCODER_DIM_MAPPING``, TRIDENT names).
@@ -94,6 +95,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
 _DISCOVERED = False
 
 
@@ -125,6 +127,13 @@ def register_model(
         return cls
 
     return decorator
+
+
+def register_model_alias(alias: str, name: str) -> None:
+    """Accept ``alias`` wherever the registered model ``name`` is accepted (not listed separately)."""
+    if alias in _REGISTRY:
+        raise ValueError(f"{alias!r} is already a registered model name")
+    _ALIASES[alias] = name
 
 
 def _discover() -> None:
@@ -167,8 +176,9 @@ def parse_model_name(name: str) -> ModelName:
     parts = name.strip().split(".")
     if len(parts) > 4 or any(not p for p in parts):
         raise ValueError(f"model name {name!r} must look like '<model>[.<config>[.<encoder>[.<task>]]]'")
-    parsed = ModelName(*parts)
     _discover()
+    parts[0] = _ALIASES.get(parts[0], parts[0])
+    parsed = ModelName(*parts)
     if parsed.model not in _REGISTRY:
         raise ValueError(f"unknown model {parsed.model!r}; available: {sorted(_REGISTRY)}")
     return parsed
@@ -254,8 +264,9 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_entry(model: str) -> ModelEntry:
-    """The registry entry of a short model name."""
+    """The registry entry of a short model name (aliases resolved)."""
     _discover()
+    model = _ALIASES.get(model, model)
     if model not in _REGISTRY:
         raise ValueError(f"unknown model {model!r}; available: {sorted(_REGISTRY)}")
     return _REGISTRY[model]

@@ -113,6 +113,15 @@ def test_output_shapes(name: str) -> None:
         assert unbatched.logits.shape == (1, NUM_CLASSES)
 
 
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """fp32 comparison with the tolerance scaled by the tensor's magnitude: DTFD's un-normalised
+    attention and residual blocks give activations of ~40, where padded-batch and single-bag matmul
+    shapes legitimately differ by a few ulps (relative ~1e-6)."""
+    finite = expected[torch.isfinite(expected)]
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    torch.testing.assert_close(actual, expected, atol=ATOL * scale, rtol=ATOL)
+
+
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_padding_invariance(name: str) -> None:
     model = build(name).eval()
@@ -124,17 +133,13 @@ def test_padding_invariance(name: str) -> None:
         for j, bag in enumerate(bags):
             alone = model(bag.unsqueeze(0), return_attention=True)
             n = len(bag)
-            torch.testing.assert_close(out.logits[j], alone.logits[0], atol=ATOL, rtol=ATOL)
+            assert_close_scaled(out.logits[j], alone.logits[0])
             if alone.slide_features is not None:
-                torch.testing.assert_close(
-                    out.slide_features[j], alone.slide_features[0], atol=ATOL, rtol=ATOL
-                )
+                assert_close_scaled(out.slide_features[j], alone.slide_features[0])
             if alone.instance_logits is not None:
-                torch.testing.assert_close(
-                    out.instance_logits[j, :n], alone.instance_logits[0], atol=ATOL, rtol=ATOL
-                )
+                assert_close_scaled(out.instance_logits[j, :n], alone.instance_logits[0])
             if alone.attention is not None:
-                torch.testing.assert_close(out.attention[j, :, :n], alone.attention[0], atol=ATOL, rtol=ATOL)
+                assert_close_scaled(out.attention[j, :, :n], alone.attention[0])
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)

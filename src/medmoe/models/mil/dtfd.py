@@ -38,22 +38,20 @@ Differences from the reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ...nn.pooling import AttentionPool
 from ...nn.routing import Routing
-from ...registry import register_model
+from ...registry import register_model, register_model_alias
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
 
-__all__ = ["DTFDConfig", "DTFD"]
+__all__ = ["DTFD", "DTFDConfig"]
 
 _DISTILL = ("MaxMinS", "MaxS", "AFS")
 _EVAL_SPLITS = ("seeded", "ordered", "random")
@@ -105,7 +103,7 @@ class DTFDConfig(MILConfig):
         if not 0.0 <= float(self.bag_weight) <= 1.0:
             raise ValueError(f"DTFDConfig.bag_weight must be in [0, 1], got {self.bag_weight}")
         if not isinstance(self.eval_seed, int) or isinstance(self.eval_seed, bool):
-            raise ValueError(f"DTFDConfig.eval_seed must be an integer, got {self.eval_seed!r}")
+            raise ValueError(f"DTFDConfig.eval_seed must be an integer, got {self.eval_seed!r}")  # noqa: TRY004
 
     @property
     def instance_per_group(self) -> int:
@@ -369,16 +367,5 @@ class DTFD(MILModel):
         )
 
 
-def _dtfd_configs() -> dict[str, dict[str, Any]]:
-    """The packaged ``dtfd`` YAML configs, for the ``dftd`` alias (MIL-Lab's spelling)."""
-    folder = resources.files("medmoe") / "configs" / "mil" / "dtfd"
-    configs: dict[str, dict[str, Any]] = {}
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name.endswith(".yaml"):
-                configs[path.name[: -len(".yaml")]] = yaml.safe_load(path.read_text()) or {}
-    return configs
-
-
-# MIL-Lab names this model ``dftd``: the same class and configs under that name.
-register_model("dftd", configs=_dtfd_configs(), description="DTFD-MIL (alias of 'dtfd', MIL-Lab's spelling)")(DTFD)
+# MIL-Lab names this model ``dftd``: accepted as an alias (not listed twice by ``list_models``).
+register_model_alias("dftd", "dtfd")

@@ -46,7 +46,7 @@ from ...registry import register_model
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
 
-__all__ = ["WiKGConfig", "WiKG", "topk_neighbours"]
+__all__ = ["WiKG", "WiKGConfig", "topk_neighbours"]
 
 _AGG_TYPES = ("bi-interaction", "gcn", "sage")
 _POOLS = ("attn", "mean", "max")

@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,parity,mil,wsi
+EXTRAS ?= dev,parity,mil
 PIP := $(PY) -m pip --disable-pip-version-check --no-input
 
 .PHONY: install demo test test-slow bench doctor clean

@@ -1,0 +1,738 @@
+"""Slide-level bags from a TRIDENT/CLAM feature folder plus a labels CSV.
+
+Folder layout (as written by TRIDENT or CLAM):
+
+* one ``<slide_id>.h5`` per slide with a ``features`` dataset of shape ``(n, d)`` or ``(1, n, d)``
+  and a ``coords`` dataset ``(n, 2)`` (level-0 pixel x/y; attributes such as ``patch_size_level0``),
+* or one ``<slide_id>.pt`` per slide holding a tensor ``(n, d)`` / ``(1, n, d)`` or a dict with
+  ``features`` (and optionally ``coords``).
+
+Labels CSV: columns ``slide_id`` and ``label`` are required, ``case_id`` (patient) and ``split``
+(``train``/``val``/``test``) are optional. ``slide_id`` may carry the slide's file extension
+(``TCGA-XX.svs``); it is matched to the feature file's stem. String labels are mapped to ints in sorted
+order (``class_names`` keeps the strings); integer labels are used as they are (``num_classes =
+max + 1``), unless ``label_map`` is given.
+
+Bags are read lazily in ``__getitem__``: a 1,000-slide cohort is never fully loaded. At construction
+only the labels CSV and the folder listing are read, plus, with ``check_shapes=True`` (default), the
+shape metadata of each file (the ``features`` dataset header for ``.h5``, a memory-mapped load for
+``.pt``), which is what lets empty bags be skipped and mixed feature dims be reported up front.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .bags import Bag, BagDataset
+from .splits import Split, split_from_column
+
+__all__ = [
+    "FeatureFileError",
+    "FeatureFolderBags",
+    "SyntheticFeatureFolder",
+    "feature_file_shape",
+    "make_synthetic_feature_folder",
+    "read_feature_file",
+    "write_trident_h5",
+]
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SUFFIXES = (".h5", ".pt", ".pth")
+WSI_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".czi",
+    ".dcm",
+    ".svslide",
+    ".qptiff",
+    ".isyntax",
+    ".h5",
+    ".pt",
+)
+
+
+class FeatureFileError(ValueError):
+    """A feature file is missing, unreadable or malformed (the message names the file)."""
+
+
+def _fmt_ids(ids: Sequence[str], limit: int = 10) -> str:
+    ids = list(ids)
+    shown = ", ".join(ids[:limit])
+    more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+    return f"{len(ids)}: {shown}{more}"
+
+
+def _require_h5py() -> Any:
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading .h5 feature files needs h5py: pip install 'medmoe[mil]'") from e
+    return h5py
+
+
+# ------------------------------------------------------------------------------------------------
+# single files
+# ------------------------------------------------------------------------------------------------
+def _squeeze_features(arr_shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+    if len(arr_shape) == 3 and arr_shape[0] == 1:
+        return int(arr_shape[1]), int(arr_shape[2])
+    if len(arr_shape) == 2:
+        return int(arr_shape[0]), int(arr_shape[1])
+    raise FeatureFileError(f"{path}: 'features' has shape {tuple(arr_shape)}; expected (n, d) or (1, n, d)")
+
+
+def _h5_missing_key(path: Path, keys: Sequence[str]) -> FeatureFileError:
+    return FeatureFileError(
+        f"{path} has no 'features' dataset (it holds {sorted(keys)}); re-extract it with TRIDENT/CLAM"
+    )
+
+
+def _load_pt(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:
+        if mmap:  # legacy (non-zip) torch files cannot be memory-mapped
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        raise
+
+
+def _pt_features(obj: Any, path: Path) -> tuple[Tensor, Tensor | None]:
+    if isinstance(obj, Tensor):
+        return obj, None
+    if isinstance(obj, Mapping) and isinstance(obj.get("features"), Tensor):
+        coords = obj.get("coords")
+        return obj["features"], coords if isinstance(coords, Tensor) else None
+    kind = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
+    raise FeatureFileError(
+        f"{path} holds {kind}; expected a tensor (n, d) or a dict with a 'features' tensor"
+    )
+
+
+def feature_file_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """``(n, d)`` of a feature file from its metadata, without reading the features.
+
+    Raises:
+        FeatureFileError: missing, unreadable or malformed file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist")
+    try:
+        if path.suffix == ".h5":
+            h5py = _require_h5py()
+            with h5py.File(path, "r") as f:
+                if "features" not in f:
+                    raise _h5_missing_key(path, list(f.keys()))
+                return _squeeze_features(tuple(f["features"].shape), path)
+        feats, _ = _pt_features(_load_pt(path, mmap=True), path)
+        return _squeeze_features(tuple(feats.shape), path)
+    except FeatureFileError:
+        raise
+    except Exception as e:
+        raise FeatureFileError(f"cannot read feature file {path}: {type(e).__name__}: {e}") from e
+
+
+def read_feature_file(
+    path: str | os.PathLike, with_attrs: bool = False
+) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, dict[str, Any]]:
+    """Read one TRIDENT/CLAM feature file (``.h5`` or ``.pt``).
+
+    Returns:
+        ``features (n, d)`` float32, ``coords (n, 2)`` (int64 when stored as integers) or None, and
+        with ``with_attrs=True`` a dict of the file's and the ``coords`` dataset's attributes
+        (``patch_size_level0``, ...).
+
+    Raises:
+        FeatureFileError: missing, unreadable or malformed file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist")
+    attrs: dict[str, Any] = {}
+    try:
+        if path.suffix == ".h5":
+            h5py = _require_h5py()
+            with h5py.File(path, "r") as f:
+                if "features" not in f:
+                    raise _h5_missing_key(path, list(f.keys()))
+                feats_np = f["features"][()]
+                coords_np = f["coords"][()] if "coords" in f else None
+                if with_attrs:
+                    attrs.update({k: _attr(v) for k, v in f.attrs.items()})
+                    if "coords" in f:
+                        attrs.update({k: _attr(v) for k, v in f["coords"].attrs.items()})
+            feats = torch.from_numpy(np.ascontiguousarray(feats_np))
+            coords = None if coords_np is None else torch.from_numpy(np.ascontiguousarray(coords_np))
+        else:
+            feats, coords = _pt_features(_load_pt(path, mmap=False), path)
+    except FeatureFileError:
+        raise
+    except Exception as e:
+        raise FeatureFileError(f"cannot read feature file {path}: {type(e).__name__}: {e}") from e
+    n, d = _squeeze_features(tuple(feats.shape), path)
+    feats = feats.reshape(n, d).to(torch.float32)
+    if coords is not None:
+        if coords.dim() == 3 and coords.shape[0] == 1:
+            coords = coords[0]
+        if tuple(coords.shape) != (n, 2):
+            raise FeatureFileError(f"{path}: coords have shape {tuple(coords.shape)}, expected ({n}, 2)")
+        coords = coords.to(torch.int64) if not coords.is_floating_point() else coords.to(torch.float32)
+    if with_attrs:
+        return feats, coords, attrs
+    return feats, coords
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def write_trident_h5(
+    path: str | os.PathLike,
+    features: Tensor | np.ndarray,
+    coords: Tensor | np.ndarray | None = None,
+    patch_size_level0: int = 256,
+    **attrs: Any,
+) -> Path:
+    """Write a TRIDENT-style ``.h5``: ``features (n, d)`` float32 and ``coords (n, 2)`` int64 whose
+    attributes hold ``patch_size_level0`` (and ``patch_size``, plus any extra ``attrs``). Atomic.
+
+    Args:
+        path: output file.
+        features: ``(n, d)`` features.
+        coords: ``(n, 2)`` level-0 x/y; default: a row-major grid with step ``patch_size_level0``.
+        patch_size_level0: patch side in level-0 pixels.
+    """
+    h5py = _require_h5py()
+    path = Path(path)
+    feats = np.asarray(
+        features.detach().cpu() if isinstance(features, Tensor) else features, dtype=np.float32
+    )
+    if feats.ndim != 2:
+        raise ValueError(f"features must be (n, d), got shape {feats.shape}")
+    n = feats.shape[0]
+    if coords is None:
+        side = max(1, int(np.ceil(np.sqrt(max(n, 1)))))
+        idx = np.arange(n)
+        crd = np.stack([idx % side, idx // side], axis=1).astype(np.int64) * int(patch_size_level0)
+    else:
+        crd = np.asarray(coords.detach().cpu() if isinstance(coords, Tensor) else coords)
+        if crd.shape != (n, 2):
+            raise ValueError(f"coords must be ({n}, 2) to match features, got {crd.shape}")
+        if not np.issubdtype(crd.dtype, np.floating):
+            crd = crd.astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5.tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=feats)
+            dset = f.create_dataset("coords", data=crd)
+            dset.attrs["patch_size_level0"] = int(patch_size_level0)
+            dset.attrs["patch_size"] = int(patch_size_level0)
+            for k, v in attrs.items():
+                dset.attrs[k] = v
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# the dataset
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    bag_id: str
+    slide_ids: list[str]
+    paths: list[Path]
+    label: int
+    group: str
+    split: str | None
+
+
+def _parse_labels(
+    raw: list[str], label_map: Mapping[str, int] | None, csv: Path
+) -> tuple[list[int], list[str]]:
+    """Labels as ints plus class names (see the module docstring)."""
+    if label_map is not None:
+        lm = {str(k).strip(): int(v) for k, v in label_map.items()}
+        unknown = sorted({r for r in raw if r not in lm})
+        if unknown:
+            raise ValueError(f"{csv}: labels {unknown[:10]} are not in label_map; add them to label_map")
+        num = max(lm.values()) + 1
+        names = [str(c) for c in range(num)]
+        for k, v in sorted(lm.items(), key=lambda kv: kv[0], reverse=True):
+            names[v] = k
+        return [lm[r] for r in raw], names
+
+    def as_int(s: str) -> int | None:
+        try:
+            f = float(s)
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() else None
+
+    ints = [as_int(r) for r in raw]
+    if all(i is not None for i in ints):
+        vals = [int(i) for i in ints]  # type: ignore[arg-type]
+        if min(vals) < 0:
+            raise ValueError(f"{csv}: integer labels must be >= 0, got {min(vals)}")
+        num = max(vals) + 1
+        unused = sorted(set(range(num)) - set(vals))
+        if unused:
+            warnings.warn(
+                f"{csv}: integer labels {unused[:10]} in [0, {num}) never occur; num_classes={num} anyway "
+                "(pass label_map to renumber)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return vals, [str(c) for c in range(num)]
+    names = sorted(set(raw))
+    index = {n: i for i, n in enumerate(names)}
+    return [index[r] for r in raw], names
+
+
+class FeatureFolderBags(BagDataset):
+    """Bags from a TRIDENT/CLAM feature folder and a labels CSV (see the module docstring).
+
+    Args:
+        features_dir: folder holding ``<slide_id>.h5`` / ``<slide_id>.pt`` files.
+        labels_csv: CSV with ``slide_id``, ``label`` and optionally ``case_id``, ``split``.
+        patient_mode: ``'separate'`` = one bag per slide (group = ``case_id`` when given);
+            ``'concat'`` = one bag per ``case_id``, concatenating the patches of all its slides
+            (early fusion; needs ``case_id``; all slides of a case must share label and split).
+        cache_in_memory: keep bags in memory after their first read (per process: every DataLoader
+            worker holds its own cache).
+        nonfinite: ``'error'`` raises a ValueError naming the slide when its features hold NaN/inf;
+            ``'zero'`` replaces them by 0 with a warning.
+        label_map: optional ``{raw label: int}`` (e.g. to share one numbering between cohorts).
+        check_shapes: read every file's shape metadata at construction, to skip empty bags (with a
+            warning) and raise on mixed feature dims before training starts. With False nothing is
+            opened until ``__getitem__`` and those problems surface there.
+        slide_col, label_col, case_col, split_col: CSV column names.
+
+    Warns:
+        UserWarning: CSV slides without a feature file, feature files without a CSV row, empty bags
+            (all skipped, listing up to 10 ids and the count).
+
+    Raises:
+        ValueError / FeatureFileError: bad CSV, unreadable file (named), mixed feature dims, no bags.
+    """
+
+    def __init__(
+        self,
+        features_dir: str | os.PathLike,
+        labels_csv: str | os.PathLike,
+        patient_mode: Literal["separate", "concat"] = "separate",
+        cache_in_memory: bool = False,
+        nonfinite: Literal["error", "zero"] = "error",
+        label_map: Mapping[str, int] | None = None,
+        check_shapes: bool = True,
+        slide_col: str = "slide_id",
+        label_col: str = "label",
+        case_col: str = "case_id",
+        split_col: str = "split",
+    ) -> None:
+        if patient_mode not in ("separate", "concat"):
+            raise ValueError(f"patient_mode must be 'separate' or 'concat', got {patient_mode!r}")
+        if nonfinite not in ("error", "zero"):
+            raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+        self.features_dir = Path(features_dir)
+        self.labels_csv = Path(labels_csv)
+        self.patient_mode = patient_mode
+        self.cache_in_memory = cache_in_memory
+        self.nonfinite = nonfinite
+        self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self._dim: int | None = None
+        self._shapes: dict[str, tuple[int, int]] = {}
+
+        if not self.features_dir.is_dir():
+            raise ValueError(f"features_dir {str(self.features_dir)!r} is not a folder")
+        rows = self._read_csv(slide_col, label_col, case_col, split_col)
+        slide_ids, raw_labels, cases, splits_col = rows
+        labels, self._class_names = _parse_labels(raw_labels, label_map, self.labels_csv)
+
+        files = self._scan_folder()
+        matched: dict[str, Path] = {}
+        missing: list[str] = []
+        for sid in slide_ids:
+            path = files.get(sid)
+            if path is None:
+                stem, ext = os.path.splitext(sid)
+                if ext.lower() in WSI_EXTENSIONS:
+                    path = files.get(stem)
+            if path is None:
+                missing.append(sid)
+            else:
+                matched[sid] = path
+        used_stems = {p.stem for p in matched.values()}
+        extra = sorted(s for s in files if s not in used_stems)
+        if missing:
+            warnings.warn(
+                f"{self.labels_csv}: slides without a feature file in {self.features_dir} (skipped) "
+                f"{_fmt_ids(missing)}",
+                UserWarning,
+                stacklevel=2,
+            )
+        if extra:
+            warnings.warn(
+                f"{self.features_dir}: feature files without a row in {self.labels_csv} (ignored) "
+                f"{_fmt_ids(extra)}",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        keep = [i for i, s in enumerate(slide_ids) if s in matched]
+        if check_shapes:
+            empty: list[str] = []
+            dims: dict[int, list[str]] = defaultdict(list)
+            for i in keep:
+                n, d = feature_file_shape(matched[slide_ids[i]])
+                self._shapes[slide_ids[i]] = (n, d)
+                if n == 0:
+                    empty.append(slide_ids[i])
+                else:
+                    dims[d].append(slide_ids[i])
+            if empty:
+                warnings.warn(
+                    f"{self.features_dir}: slides with 0 patches (skipped) {_fmt_ids(empty)}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                empty_set = set(empty)
+                keep = [i for i in keep if slide_ids[i] not in empty_set]
+            if len(dims) > 1:
+                detail = "; ".join(f"dim {d}: {_fmt_ids(ids, 5)}" for d, ids in sorted(dims.items()))
+                raise ValueError(
+                    f"{self.features_dir}: slides have different feature dims ({detail}); all slides must "
+                    "come from one feature extractor: re-extract or remove the odd ones"
+                )
+            if dims:
+                self._dim = next(iter(dims))
+
+        entries: list[_Entry] = []
+        if patient_mode == "separate":
+            for i in keep:
+                sid = slide_ids[i]
+                entries.append(
+                    _Entry(sid, [sid], [matched[sid]], labels[i], cases[i] or sid, splits_col[i] or None)
+                )
+        else:
+            if not any(cases):
+                raise ValueError(
+                    f"patient_mode='concat' needs a {case_col!r} column in {self.labels_csv}; add it or use "
+                    "patient_mode='separate'"
+                )
+            by_case: dict[str, list[int]] = {}
+            for i in keep:
+                case = cases[i] or slide_ids[i]
+                by_case.setdefault(case, []).append(i)
+            conflicts: list[str] = []
+            for case, idx in by_case.items():
+                labs = {labels[i] for i in idx}
+                spl = {splits_col[i] for i in idx}
+                if len(labs) > 1 or len(spl) > 1:
+                    conflicts.append(case)
+                    continue
+                entries.append(
+                    _Entry(
+                        case,
+                        [slide_ids[i] for i in idx],
+                        [matched[slide_ids[i]] for i in idx],
+                        labels[idx[0]],
+                        case,
+                        splits_col[idx[0]] or None,
+                    )
+                )
+            if conflicts:
+                raise ValueError(
+                    f"patient_mode='concat': cases whose slides have different labels or splits "
+                    f"{_fmt_ids(conflicts)}; fix {self.labels_csv} or use patient_mode='separate'"
+                )
+        if not entries:
+            raise ValueError(
+                f"no usable bags: none of the {len(slide_ids)} slides in {self.labels_csv} has a non-empty "
+                f"feature file in {self.features_dir}"
+            )
+        self._entries = entries
+
+    # --- construction helpers ------------------------------------------------------------------
+    def _read_csv(
+        self, slide_col: str, label_col: str, case_col: str, split_col: str
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("reading the labels CSV needs pandas: pip install 'medmoe[mil]'") from e
+        if not self.labels_csv.is_file():
+            raise ValueError(f"labels CSV {str(self.labels_csv)!r} does not exist")
+        try:
+            df = pd.read_csv(self.labels_csv, dtype=str, keep_default_na=False)
+        except Exception as e:
+            raise ValueError(f"cannot read labels CSV {self.labels_csv}: {e}") from e
+        df.columns = [str(c).strip() for c in df.columns]
+        need = [c for c in (slide_col, label_col) if c not in df.columns]
+        if need:
+            raise ValueError(
+                f"labels CSV {self.labels_csv} lacks column(s) {need}; it has {list(df.columns)}. "
+                f"Required: {slide_col!r} and {label_col!r}; optional: {case_col!r}, {split_col!r}"
+            )
+        slide_ids = [s.strip() for s in df[slide_col].tolist()]
+        raw = [s.strip() for s in df[label_col].tolist()]
+        empty_id = [i for i, s in enumerate(slide_ids) if not s]
+        if empty_id:
+            raise ValueError(f"{self.labels_csv}: rows {empty_id[:10]} have an empty {slide_col!r}")
+        no_label = [slide_ids[i] for i, r in enumerate(raw) if r == "" or r.lower() in ("nan", "na", "none")]
+        if no_label:
+            raise ValueError(
+                f"{self.labels_csv}: slides without a label {_fmt_ids(no_label)}; fill them in or drop the rows"
+            )
+        seen: set[str] = set()
+        dup = sorted({s for s in slide_ids if s in seen or seen.add(s)})  # type: ignore[func-returns-value]
+        if dup:
+            raise ValueError(f"{self.labels_csv}: duplicated {slide_col!r} values {_fmt_ids(dup)}")
+        cases = [s.strip() for s in df[case_col].tolist()] if case_col in df.columns else [""] * len(df)
+        splits = [s.strip() for s in df[split_col].tolist()] if split_col in df.columns else [""] * len(df)
+        return slide_ids, raw, cases, splits
+
+    def _scan_folder(self) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for p in sorted(self.features_dir.iterdir()):
+            if p.suffix not in FEATURE_SUFFIXES or p.name.startswith("."):
+                continue
+            prev = files.get(p.stem)
+            if prev is not None:
+                if prev.suffix == ".h5":
+                    logger.debug("both %s and %s exist; using the .h5", prev, p)
+                    continue
+                if p.suffix != ".h5":
+                    continue
+            files[p.stem] = p
+        return files
+
+    # --- dataset protocol ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _select(self, indices: list[int]) -> None:
+        self._entries = [self._entries[i] for i in indices]
+
+    def _read(self, entry: _Entry) -> tuple[Tensor, Tensor | None]:
+        cached = self._cache.get(entry.bag_id)
+        if cached is not None:
+            return cached
+        feats: list[Tensor] = []
+        coords: list[Tensor | None] = []
+        for sid, path in zip(entry.slide_ids, entry.paths):
+            f, c = read_feature_file(path)  # type: ignore[misc]
+            if f.shape[0] == 0:
+                raise ValueError(
+                    f"slide {sid!r} ({path}) has 0 patches; construct the dataset with check_shapes=True to "
+                    "skip empty slides"
+                )
+            if self._dim is None:
+                self._dim = int(f.shape[1])
+            elif f.shape[1] != self._dim:
+                raise ValueError(
+                    f"slide {sid!r} ({path}) has feature dim {f.shape[1]} but the dataset has {self._dim}; all "
+                    "slides must come from one feature extractor"
+                )
+            bad = ~torch.isfinite(f)
+            if bad.any():
+                if self.nonfinite == "error":
+                    raise ValueError(
+                        f"slide {sid!r} ({path}) has {int(bad.sum())} NaN/inf feature values in "
+                        f"{int(bad.any(1).sum())} patch(es); re-extract it, drop it from the labels CSV, or "
+                        "pass nonfinite='zero'"
+                    )
+                warnings.warn(
+                    f"slide {sid!r}: replaced {int(bad.sum())} NaN/inf feature values by 0",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                f = torch.where(bad, torch.zeros((), dtype=f.dtype), f)
+            feats.append(f)
+            coords.append(c)
+        x = feats[0] if len(feats) == 1 else torch.cat(feats, 0)
+        crd: Tensor | None
+        if all(c is not None for c in coords):
+            crd = coords[0] if len(coords) == 1 else torch.cat(coords, 0)  # type: ignore[arg-type]
+        else:
+            crd = None
+        if self.cache_in_memory:
+            self._cache[entry.bag_id] = (x, crd)
+        return x, crd
+
+    def _get(self, index: int) -> Bag:
+        entry = self._entries[index]
+        x, crd = self._read(entry)
+        return Bag(features=x, label=entry.label, bag_id=entry.bag_id, coords=crd, group=entry.group)
+
+    # --- properties ----------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[int]:
+        return [e.label for e in self._entries]
+
+    @property
+    def bag_ids(self) -> list[str]:
+        return [e.bag_id for e in self._entries]
+
+    @property
+    def groups(self) -> list[str]:
+        return [e.group for e in self._entries]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @property
+    def feature_dim(self) -> int:
+        """Feature dim ``d`` (read from the first file's metadata when not known yet)."""
+        if self._dim is None:
+            self._dim = feature_file_shape(self._entries[0].paths[0])[1]
+        return self._dim
+
+    @property
+    def split_values(self) -> list[str | None]:
+        """The CSV's ``split`` value per bag (None when absent)."""
+        return [e.split for e in self._entries]
+
+    def predefined_split(self) -> Split | None:
+        """The :class:`~medmoe.data.splits.Split` given by the CSV's ``split`` column (None without one)."""
+        values = self.split_values
+        if all(v is None for v in values):
+            return None
+        return split_from_column(values, bag_ids=self.bag_ids)
+
+    def slide_ids(self, index: int) -> list[str]:
+        """Slide ids making up bag ``index`` (one in ``'separate'`` mode)."""
+        return list(self._entries[index].slide_ids)
+
+    def slide_paths(self, index: int) -> list[Path]:
+        """Feature files making up bag ``index``."""
+        return list(self._entries[index].paths)
+
+    @property
+    def num_instances(self) -> list[int]:
+        """Patches per bag, from the files' shape metadata (read on first use when
+        ``check_shapes=False``; no feature data is loaded)."""
+        for e in self._entries:
+            for sid, path in zip(e.slide_ids, e.paths):
+                if sid not in self._shapes:
+                    self._shapes[sid] = feature_file_shape(path)
+        return [sum(self._shapes[s][0] for s in e.slide_ids) for e in self._entries]
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic folders for tests and demos
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticFeatureFolder:
+    """Paths of a folder written by :func:`make_synthetic_feature_folder`."""
+
+    features_dir: Path
+    labels_csv: Path
+    class_names: list[str]
+
+
+def make_synthetic_feature_folder(
+    root: str | os.PathLike,
+    n_slides: int = 16,
+    n_patches: int | tuple[int, int] = (16, 48),
+    dim: int = 32,
+    num_classes: int = 2,
+    seed: int = 0,
+    *,
+    slides_per_case: int = 1,
+    fmt: Literal["h5", "pt"] = "h5",
+    signal: float = 2.0,
+    signal_fraction: float = 0.25,
+    string_labels: bool = False,
+    with_split: bool = False,
+) -> SyntheticFeatureFolder:
+    """Write a small TRIDENT-style folder ``root/features/<slide>.h5`` and ``root/labels.csv``.
+
+    The signal is learnable by any MIL model: in a slide of class ``c``, a random ``signal_fraction`` of
+    the patches has its features shifted by ``+signal`` on a class-specific block of ``dim //
+    num_classes`` (at most 8) feature dims; all other values are standard normal noise.
+
+    Args:
+        root: output folder (created).
+        n_slides: number of slides; labels are balanced (case ``j`` has label ``j % num_classes``).
+        n_patches: patches per slide, an int or an inclusive ``(min, max)`` range.
+        dim: feature dim.
+        num_classes: number of classes (>= 2).
+        seed: RNG seed; the same arguments give the same files.
+        slides_per_case: slides per patient (``case_id`` column); slides of a case share its label.
+        fmt: ``'h5'`` (TRIDENT) or ``'pt'`` (a dict with ``features`` and ``coords``).
+        signal, signal_fraction: strength and share of the class-dependent patches.
+        string_labels: write labels as ``class_0``, ``class_1``, ... instead of ints.
+        with_split: add a ``split`` column (train/val/test by case, about 60/20/20).
+    """
+    if num_classes < 2 or dim < num_classes:
+        raise ValueError(f"need num_classes >= 2 and dim >= num_classes, got {num_classes=} {dim=}")
+    if fmt not in ("h5", "pt"):
+        raise ValueError(f"fmt must be 'h5' or 'pt', got {fmt!r}")
+    root = Path(root)
+    fdir = root / "features"
+    fdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lo, hi = (n_patches, n_patches) if isinstance(n_patches, int) else n_patches
+    block = max(1, min(8, dim // num_classes))
+    names = [f"class_{c}" for c in range(num_classes)]
+    rows = []
+    for s in range(n_slides):
+        case = s // slides_per_case
+        label = case % num_classes
+        n = int(rng.integers(lo, hi + 1))
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        k = max(1, round(signal_fraction * n))
+        hit = rng.choice(n, size=min(k, n), replace=False)
+        x[np.ix_(hit, np.arange(label * block, (label + 1) * block))] += signal
+        sid = f"slide_{s:03d}"
+        if fmt == "h5":
+            write_trident_h5(fdir / f"{sid}.h5", x, patch_size_level0=256)
+        else:
+            side = max(1, int(np.ceil(np.sqrt(n))))
+            idx = np.arange(n)
+            crd = np.stack([idx % side, idx // side], 1).astype(np.int64) * 256
+            torch.save({"features": torch.from_numpy(x), "coords": torch.from_numpy(crd)}, fdir / f"{sid}.pt")
+        split = ("train", "train", "train", "val", "test")[case % 5]
+        rows.append((sid, f"case_{case:03d}", names[label] if string_labels else str(label), split))
+    header = "slide_id,case_id,label" + (",split" if with_split else "")
+    lines = [header] + [",".join(r if with_split else r[:3]) for r in rows]
+    csv = root / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return SyntheticFeatureFolder(features_dir=fdir, labels_csv=csv, class_names=names)

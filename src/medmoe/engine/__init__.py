@@ -1,0 +1,76 @@
+"""Training and evaluation of MIL models: Lightning Fabric loop, metrics, checkpoints, cross-validation.
+
+* :class:`TrainConfig` — every training setting (AdamW, warm-up + cosine, clipping, early stopping, ...).
+* :func:`train_one_fold`, :func:`evaluate`, :func:`predict` — :mod:`medmoe.engine.trainer`.
+* :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.cross_validation`.
+* :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.metrics`.
+* :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.
+
+Needs the ``mil`` extra (``lightning-fabric``, ``torchmetrics``): ``pip install 'medmoe[mil]'``. The
+trainer, cross-validation and metric modules are imported on first use, so ``import medmoe.engine`` and
+the checkpoint functions work without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
+from .config import TrainConfig
+
+__all__ = [
+    "METRIC_NAMES",
+    "CVResult",
+    "CheckpointError",
+    "ComparisonResult",
+    "EvalResult",
+    "FoldResult",
+    "TrainConfig",
+    "compare",
+    "compute_metrics",
+    "evaluate",
+    "format_mean_std",
+    "format_summary",
+    "load_checkpoint",
+    "make_fabric",
+    "predict",
+    "read_checkpoint_info",
+    "resolve_variant",
+    "run_cross_validation",
+    "save_checkpoint",
+    "summarize",
+    "train_one_fold",
+]
+
+_LAZY = {
+    "compute_metrics": "metrics",
+    "summarize": "metrics",
+    "format_summary": "metrics",
+    "format_mean_std": "metrics",
+    "METRIC_NAMES": "metrics",
+    "train_one_fold": "trainer",
+    "evaluate": "trainer",
+    "predict": "trainer",
+    "make_fabric": "trainer",
+    "FoldResult": "trainer",
+    "EvalResult": "trainer",
+    "run_cross_validation": "cross_validation",
+    "compare": "cross_validation",
+    "resolve_variant": "cross_validation",
+    "CVResult": "cross_validation",
+    "ComparisonResult": "cross_validation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,191 @@
+"""Training hyper-parameters: one typed, validated dataclass saved inside every checkpoint.
+
+Defaults follow the MIL-Lab community training recipe (``reference/systems.md`` §1.11): AdamW with
+lr 1e-4 and weight decay 1e-5, cosine annealing to 1e-6, gradient-norm clipping at 1.0, batch size 1,
+20 epochs with at least 10, early stopping on AUROC (binary) or quadratic kappa (multi-class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EARLY_STOPPING_METRICS", "TrainConfig", "resolve_monitor"]
+
+#: Metrics the early-stopping monitor accepts, and whether larger is better.
+EARLY_STOPPING_METRICS: dict[str, bool] = {
+    "auroc": True,
+    "kappa": True,
+    "balanced_accuracy": True,
+    "accuracy": True,
+    "f1": True,
+    "loss": False,
+}
+
+_PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true")
+
+
+@dataclass
+class TrainConfig:
+    """Everything the trainer needs besides the model and the data.
+
+    Attributes:
+        epochs: maximum number of epochs (MIL-Lab recipe: 20).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up length in epochs (0 = none). Fractions are allowed.
+        min_lr: final learning rate of the cosine schedule.
+        scheduler_interval: ``'step'`` (default: the learning rate changes after every optimiser step,
+            smooth with batch size 1) or ``'epoch'`` (changes once per epoch; with no warm-up this is
+            MIL-Lab's ``CosineAnnealingLR(T_max=epochs, eta_min=min_lr)``).
+        grad_clip: maximum global gradient norm (``None`` or 0 = no clipping).
+        batch_size: bags per optimiser step and device; bags are padded and masked by ``collate_bags``.
+        feature_dropout: dropout probability applied to the input instance features in training
+            (MIL-Lab recipe: 0.1; 0 = off).
+        early_stopping: validation metric to monitor: ``'auto'`` (``'auroc'`` for two classes,
+            quadratic-weighted ``'kappa'`` for more, as MIL-Lab), ``'auroc'``, ``'kappa'``,
+            ``'balanced_accuracy'`` (the MAMMOTH paper's metric for subtyping tasks), ``'accuracy'``,
+            ``'f1'`` (macro) or ``'loss'`` (validation cross-entropy, lower is better).
+        patience: stop after this many epochs without improvement of the monitored metric
+            (``None`` = never stop early, keep the best epoch).
+        min_epochs: never stop before this many epochs.
+        class_weights: ``'none'`` or ``'balanced'`` (cross-entropy weights ``n / (C * n_c)``).
+        balanced_sampling: draw training bags with a class-balanced ``WeightedRandomSampler``
+            (with replacement, one epoch = as many bags as the training set) instead of shuffling.
+        seed: seed of everything random (initialisation, shuffling, dropout).
+        precision: Lightning Fabric precision; ``'auto'`` = ``'32-true'`` on CPU/MPS, ``'bf16-mixed'``
+            on CUDA GPUs that support it, else ``'16-mixed'``.
+        accelerator: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'gpu'`` or ``'mps'``.
+        devices: number of devices (or ``'auto'``); more than one uses ``strategy``.
+        strategy: Lightning Fabric strategy (``'auto'``, ``'ddp'``, ``'ddp_spawn'``, ...).
+        num_workers: DataLoader worker processes.
+        standardize_features: z-score instance features with a per-dimension mean / std fitted on the
+            training bags only; the statistics are saved in the checkpoint and re-applied at inference.
+        progress: show rich progress bars (only on rank 0 and only when stderr is a terminal).
+        loggers: extra experiment loggers, any of ``'tensorboard'`` and ``'mlflow'``; each is used only
+            when its package is installed (a warning is logged otherwise). ``metrics.csv`` is always
+            written.
+        eval_batch_size: bags per forward pass in validation / test (default: ``batch_size``).
+    """
+
+    epochs: int = 20
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_epochs: float = 0.0
+    min_lr: float = 1e-6
+    scheduler_interval: str = "step"
+    grad_clip: float | None = 1.0
+    batch_size: int = 1
+    feature_dropout: float = 0.0
+    early_stopping: str = "auto"
+    patience: int | None = 5
+    min_epochs: int = 10
+    class_weights: str = "none"
+    balanced_sampling: bool = False
+    seed: int = 0
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_workers: int = 0
+    standardize_features: bool = False
+    progress: bool = True
+    loggers: list[str] = field(default_factory=list)
+    eval_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            low = 0 if allow_zero else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+
+        positive_int("epochs")
+        positive_int("batch_size")
+        positive_int("min_epochs", allow_zero=True)
+        positive_int("num_workers", allow_zero=True)
+        positive_int("seed", allow_zero=True)
+        if self.eval_batch_size is not None:
+            positive_int("eval_batch_size")
+        if self.patience is not None:
+            positive_int("patience")
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a number >= 0, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"TrainConfig.min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(
+                f"TrainConfig.warmup_epochs ({self.warmup_epochs}) must be smaller than "
+                f"epochs ({self.epochs})"
+            )
+        if self.scheduler_interval not in ("step", "epoch"):
+            raise ValueError(
+                f"TrainConfig.scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}"
+            )
+        if self.grad_clip is not None and (
+            not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0
+        ):
+            raise ValueError(f"TrainConfig.grad_clip must be None or a number >= 0, got {self.grad_clip!r}")
+        if not 0.0 <= float(self.feature_dropout) < 1.0:
+            raise ValueError(f"TrainConfig.feature_dropout must be in [0, 1), got {self.feature_dropout}")
+        if self.early_stopping != "auto" and self.early_stopping not in EARLY_STOPPING_METRICS:
+            raise ValueError(
+                f"TrainConfig.early_stopping must be 'auto' or one of {sorted(EARLY_STOPPING_METRICS)}, "
+                f"got {self.early_stopping!r}"
+            )
+        if self.class_weights not in ("none", "balanced"):
+            raise ValueError(
+                f"TrainConfig.class_weights must be 'none' or 'balanced', got {self.class_weights!r}"
+            )
+        if self.precision not in _PRECISIONS:
+            raise ValueError(
+                f"TrainConfig.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}"
+            )
+        if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):
+            raise ValueError(
+                f"TrainConfig.devices must be a positive integer or 'auto', got {self.devices!r}"
+            )
+        self.loggers = list(self.loggers)
+        unknown = sorted(set(self.loggers) - {"tensorboard", "mlflow"})
+        if unknown:
+            raise ValueError(f"TrainConfig.loggers accepts 'tensorboard' and 'mlflow', got unknown {unknown}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (the inverse of :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def eval_bs(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+
+def resolve_monitor(name: str, num_classes: int) -> tuple[str, bool]:
+    """The metric ``early_stopping`` monitors and whether larger is better.
+
+    ``'auto'`` -> ``'auroc'`` for ``num_classes == 2`` and ``'kappa'`` (quadratic) otherwise.
+    """
+    if name == "auto":
+        name = "auroc" if num_classes == 2 else "kappa"
+    if name not in EARLY_STOPPING_METRICS:
+        raise ValueError(
+            f"unknown early-stopping metric {name!r}; choose from {sorted(EARLY_STOPPING_METRICS)}"
+        )
+    return name, EARLY_STOPPING_METRICS[name]

@@ -1,0 +1,407 @@
+"""k-fold cross-validation over several seeds, and linear-vs-MoE comparisons across models and datasets.
+
+:func:`run_cross_validation` trains one model on every fold of patient-level stratified splits for each
+seed and reports mean ± std of the test metrics over all folds × seeds. Folder layout::
+
+    out_dir/
+      results.json          every run's val/test metrics, the summaries, the split hashes
+      summary.md            mean ± std table
+      seed<s>/splits.json   the folds used with seed s (bag ids + indices, with their hash)
+      seed<s>/fold<i>/      one train_one_fold run (checkpoint/, metrics.csv, trainer_state.pt, ...)
+
+:func:`compare` runs :func:`run_cross_validation` for every ``model × patch embedding × dataset`` and
+returns one table (the ``medmoe mil compare`` command prints it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..data.splits import Split, save_splits, split_hash, stratified_group_kfold
+from .checkpoint import atomic_write_text
+from .config import TrainConfig
+from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
+from .trainer import make_fabric, train_one_fold
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_fabric import Fabric
+
+__all__ = ["CVResult", "ComparisonResult", "compare", "resolve_variant", "run_cross_validation"]
+
+logger = logging.getLogger(__name__)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+@dataclass
+class CVResult:
+    """Outcome of :func:`run_cross_validation`.
+
+    Attributes:
+        model_name: the model trained.
+        model_overrides: config overrides used.
+        runs: one dict per (seed, fold): ``seed``, ``fold``, ``best_epoch``, ``epochs_run``,
+            ``val`` and ``test`` metric dicts, ``checkpoint_dir``.
+        summary: test metrics ``{name: (mean, std)}`` over all runs (sample std).
+        val_summary: the same for the validation metrics of the best checkpoints.
+        split_hashes: ``{seed: split hash}``.
+        out_dir: the results folder.
+    """
+
+    model_name: str
+    model_overrides: dict[str, Any]
+    runs: list[dict[str, Any]]
+    summary: dict[str, tuple[float, float]]
+    val_summary: dict[str, tuple[float, float]]
+    split_hashes: dict[int, str]
+    out_dir: Path
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _nan_to_none(
+            {
+                "model_name": self.model_name,
+                "model_overrides": self.model_overrides,
+                "train_config": self.train_config,
+                "split_hashes": {str(k): v for k, v in self.split_hashes.items()},
+                "summary": {k: list(v) for k, v in self.summary.items()},
+                "val_summary": {k: list(v) for k, v in self.val_summary.items()},
+                "runs": self.runs,
+                "out_dir": str(self.out_dir),
+            }
+        )
+
+    def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
+        """Title, run count and a ``| metric | test | val |`` table of mean ± std."""
+        names = list(metrics) if metrics is not None else [m for m in METRIC_NAMES if m in self.summary]
+        seeds = sorted({r["seed"] for r in self.runs})
+        folds = sorted({r["fold"] for r in self.runs})
+        lines = [
+            f"# {self.model_name}",
+            "",
+            f"{len(self.runs)} runs: {len(folds)} folds x seeds {seeds}; mean ± std (sample std over runs).",
+            "",
+            "| metric | test | val |",
+            "|---|---|---|",
+        ]
+        for name in names:
+            test = format_mean_std(*self.summary.get(name, (math.nan, math.nan)), digits=digits)
+            val = format_mean_std(*self.val_summary.get(name, (math.nan, math.nan)), digits=digits)
+            lines.append(f"| {name} | {test} | {val} |")
+        return "\n".join(lines) + "\n"
+
+
+def run_cross_validation(
+    model_name: str,
+    dataset: Any,
+    k: int = 5,
+    seeds: Sequence[int] = (0,),
+    cfg: TrainConfig | None = None,
+    out_dir: str | Path = "runs/cv",
+    model_overrides: dict[str, Any] | None = None,
+    *,
+    val_folds: int = 1,
+    split_seed: int | None = None,
+    splits: Sequence[Split] | None = None,
+    resume: bool = False,
+    fabric: Fabric | None = None,
+) -> CVResult:
+    """k-fold cross-validation of ``model_name`` on ``dataset``, repeated for every seed.
+
+    Args:
+        model_name: registry name (``'abmil.base'``, ``'abmil.base_mammoth'``, ...).
+        dataset: bag dataset with ``labels``, ``groups``, ``bag_ids`` and ``subset``.
+        k: folds; split ``i`` tests on fold ``i`` and validates on the next ``val_folds`` folds.
+        seeds: one repetition per seed: the seed sets the training seed and (unless ``split_seed``
+            or ``splits`` is given) the fold assignment.
+        cfg: training settings (its ``seed`` is replaced by each seed).
+        out_dir: results folder (see the module docstring).
+        model_overrides: config overrides for the model.
+        val_folds: validation folds per split (0 = no validation set: the last epoch is kept).
+        split_seed: use the same folds (from this seed) for every seed.
+        splits: explicit splits (e.g. :func:`medmoe.data.load_splits`) used for every seed; ``k`` and
+            ``val_folds`` are then ignored.
+        resume: resume / skip runs whose ``trainer_state.pt`` exists (see :func:`train_one_fold`).
+        fabric: a launched Fabric (default: built from ``cfg``).
+
+    Returns:
+        :class:`CVResult`; ``results.json`` and ``summary.md`` are written to ``out_dir``.
+    """
+    cfg = cfg or TrainConfig()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, e.g. seeds=[0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    out_dir = Path(out_dir)
+    fabric = fabric if fabric is not None else make_fabric(cfg)
+    model_overrides = dict(model_overrides or {})
+    labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
+
+    runs: list[dict[str, Any]] = []
+    hashes: dict[int, str] = {}
+    for seed in seeds:
+        if splits is not None:
+            seed_splits = list(splits)
+        else:
+            seed_splits = stratified_group_kfold(
+                labels,
+                groups,
+                k,
+                seed if split_seed is None else split_seed,
+                val_folds=val_folds,
+                bag_ids=bag_ids,
+            )
+        h = split_hash(seed_splits, bag_ids)
+        hashes[seed] = h
+        seed_dir = out_dir / f"seed{seed}"
+        if fabric.is_global_zero:
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            save_splits(seed_splits, seed_dir / "splits.json", bag_ids=bag_ids)
+        for fold, split in enumerate(seed_splits):
+            if not split.train:
+                raise ValueError(f"fold {fold} (seed {seed}) has no training bags; use fewer folds")
+            if fabric.is_global_zero:
+                logger.info(
+                    "%s: seed %d fold %d/%d (%d train, %d val, %d test bags)",
+                    model_name,
+                    seed,
+                    fold + 1,
+                    len(seed_splits),
+                    len(split.train),
+                    len(split.val),
+                    len(split.test),
+                )
+            result = train_one_fold(
+                model_name,
+                dataset.subset(split.train),
+                dataset.subset(split.val) if split.val else None,
+                dataset.subset(split.test) if split.test else None,
+                cfg.replace(seed=seed),
+                seed_dir / f"fold{fold}",
+                model_overrides,
+                resume=resume,
+                split_hash=h,
+                fabric=fabric,
+            )
+            runs.append(
+                {
+                    "seed": seed,
+                    "fold": fold,
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": result.epochs_run,
+                    "stopped_early": result.stopped_early,
+                    "monitor": result.monitor,
+                    "val": result.val_metrics,
+                    "test": result.test_metrics,
+                    "checkpoint_dir": str(result.checkpoint_dir),
+                }
+            )
+
+    summary = summarize([r["test"] for r in runs if r["test"] is not None])
+    val_summary = summarize([r["val"] for r in runs if r["val"]])
+    result_cv = CVResult(
+        model_name=model_name,
+        model_overrides=model_overrides,
+        runs=runs,
+        summary=summary,
+        val_summary=val_summary,
+        split_hashes=hashes,
+        out_dir=out_dir,
+        train_config=cfg.to_dict(),
+    )
+    if fabric.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
+        )
+        atomic_write_text(out_dir / "summary.md", result_cv.to_markdown())
+        logger.info("%s: %d runs\n%s", model_name, len(runs), format_summary(summary, title="test"))
+    return result_cv
+
+
+# ----------------------------------------------------------------------------------------------
+# comparisons
+
+
+def resolve_variant(
+    model_name: str, patch_embed: str, patch_embed_args: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The model name and overrides that give ``model_name`` the patch embedding ``patch_embed``.
+
+    Rule: take the model's config (``base`` when not named; a ``_<embed>`` suffix is stripped, e.g.
+    ``base_mammoth`` -> ``base``). If its patch embedding already is ``patch_embed``, use it; else if a
+    config ``<config>_<patch_embed>`` is registered (``abmil.base_mammoth``: the paper's Mammoth
+    settings), use that; else override ``patch_embed=<patch_embed>``. ``patch_embed_args`` (e.g.
+    ``{'num_experts': 4}`` for small data) are merged into the chosen config's. The encoder part of the
+    name is dropped (``in_dim`` comes from the data).
+
+    Returns:
+        ``(name, overrides)`` for :func:`medmoe.create_model` / :func:`run_cross_validation`.
+    """
+    from ..registry import get_entry, parse_model_name
+
+    parsed = parse_model_name(model_name)
+    entry = get_entry(parsed.model)
+    available = entry.config_names()
+    config = parsed.config
+    for embed in ("mammoth", "soft_moe", "mlp", "linear"):
+        suffix = f"_{embed}"
+        if config.endswith(suffix) and config[: -len(suffix)] in available:
+            config = config[: -len(suffix)]
+            break
+    overrides: dict[str, Any] = {}
+    base_embed = entry.config_dict(config).get("patch_embed", "linear")
+    if base_embed == patch_embed:
+        chosen = config
+    elif f"{config}_{patch_embed}" in available:
+        chosen = f"{config}_{patch_embed}"
+    else:
+        chosen = config
+        overrides["patch_embed"] = patch_embed
+        if entry.config_dict(config).get("patch_embed_args"):
+            logger.warning(
+                "%s.%s has patch_embed_args meant for %r; they are passed on to %r too",
+                parsed.model,
+                config,
+                base_embed,
+                patch_embed,
+            )
+    if patch_embed_args:
+        overrides["patch_embed_args"] = dict(patch_embed_args)
+    return f"{parsed.model}.{chosen}", overrides
+
+
+@dataclass
+class ComparisonResult:
+    """Rows of :func:`compare`: one per (dataset, model, patch embedding).
+
+    Each row: ``dataset``, ``model``, ``patch_embed``, ``model_name`` (resolved), ``runs``, ``summary``
+    (test metrics ``{name: (mean, std)}``), ``out_dir``.
+    """
+
+    rows: list[dict[str, Any]]
+    metrics: list[str]
+
+    def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
+        """``| dataset | model | patch_embed | metric ... |`` with ``mean ± std`` cells."""
+        names = list(metrics) if metrics is not None else self.metrics
+        head = "| dataset | model | patch_embed | " + " | ".join(names) + " |"
+        lines = [head, "|" + "---|" * (3 + len(names))]
+        for row in self.rows:
+            cells = [
+                format_mean_std(*row["summary"].get(m, (math.nan, math.nan)), digits=digits) for m in names
+            ]
+            lines.append(
+                f"| {row['dataset']} | {row['model']} | {row['patch_embed']} | " + " | ".join(cells) + " |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _nan_to_none(
+            {
+                "metrics": self.metrics,
+                "rows": [{**r, "summary": {k: list(v) for k, v in r["summary"].items()}} for r in self.rows],
+            }
+        )
+
+
+def compare(
+    models: Sequence[str],
+    datasets: Mapping[str, Any],
+    patch_embeds: Sequence[str] = ("linear", "mammoth"),
+    *,
+    k: int = 5,
+    seeds: Sequence[int] = (0,),
+    cfg: TrainConfig | None = None,
+    out_dir: str | Path = "runs/compare",
+    model_overrides: Mapping[str, Any] | None = None,
+    patch_embed_args: Mapping[str, Mapping[str, Any]] | None = None,
+    metrics: Sequence[str] | None = None,
+    val_folds: int = 1,
+    resume: bool = False,
+    fabric: Fabric | None = None,
+) -> ComparisonResult:
+    """Cross-validate every ``model × patch embedding`` on every dataset with the same folds and seeds.
+
+    Args:
+        models: model names, e.g. ``['abmil', 'transmil']``.
+        datasets: ``{name: bag dataset}``.
+        patch_embeds: e.g. ``('linear', 'mammoth')``; see :func:`resolve_variant` for how each maps to a
+            config.
+        k, seeds, cfg, val_folds, resume, fabric: as :func:`run_cross_validation`; splits depend only on
+            the dataset and seed, so every variant sees the same folds (a fair comparison).
+        out_dir: runs go to ``out_dir/<dataset>/<model>/<patch_embed>``; ``comparison.json`` and
+            ``comparison.md`` are written at the top.
+        model_overrides: overrides for every model (e.g. ``{'embed_dim': 128}``).
+        patch_embed_args: per patch embedding extra args, e.g. ``{'mammoth': {'num_experts': 4,
+            'num_slots': 4}}`` for small data; the caller decides.
+        metrics: table columns (default: all of :data:`~medmoe.engine.metrics.METRIC_NAMES`).
+    """
+    if not models or not datasets or not patch_embeds:
+        raise ValueError("compare needs at least one model, one dataset and one patch embedding")
+    cfg = cfg or TrainConfig()
+    fabric = fabric if fabric is not None else make_fabric(cfg)
+    out_dir = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    for ds_name, dataset in datasets.items():
+        for model in models:
+            for embed in patch_embeds:
+                name, overrides = resolve_variant(model, embed, (patch_embed_args or {}).get(embed))
+                merged = {**dict(model_overrides or {}), **overrides}
+                if "patch_embed_args" in (model_overrides or {}) and "patch_embed_args" in overrides:
+                    merged["patch_embed_args"] = {
+                        **model_overrides["patch_embed_args"],
+                        **overrides["patch_embed_args"],
+                    }  # type: ignore[index]
+                run_dir = out_dir / _safe(ds_name) / _safe(model) / _safe(embed)
+                cv = run_cross_validation(
+                    name,
+                    dataset,
+                    k=k,
+                    seeds=seeds,
+                    cfg=cfg,
+                    out_dir=run_dir,
+                    model_overrides=merged,
+                    val_folds=val_folds,
+                    resume=resume,
+                    fabric=fabric,
+                )
+                rows.append(
+                    {
+                        "dataset": ds_name,
+                        "model": model,
+                        "patch_embed": embed,
+                        "model_name": name,
+                        "model_overrides": merged,
+                        "runs": len(cv.runs),
+                        "summary": cv.summary,
+                        "out_dir": str(run_dir),
+                    }
+                )
+    result = ComparisonResult(rows, list(metrics) if metrics is not None else list(METRIC_NAMES))
+    if fabric.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            out_dir / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+        )
+        atomic_write_text(out_dir / "comparison.md", result.to_markdown())
+    return result
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))

@@ -1,0 +1,979 @@
+"""Training loop for MIL bag classification on Lightning Fabric (CPU, CUDA, MPS, DDP: same code).
+
+:func:`train_one_fold` trains one model on one train/val/test split:
+
+* AdamW (``lr``, ``weight_decay``) over the trainable parameters;
+* linear warm-up for ``warmup_epochs`` then cosine decay to ``min_lr``, stepped after every optimiser
+  step (``scheduler_interval='step'``, default) or once per epoch (``'epoch'``);
+* gradient-norm clipping (``grad_clip``), mixed precision on GPUs (``precision``);
+* loss ``out.total_loss(cross_entropy(out.logits, label, weight=class_weights))`` with ``label`` passed
+  to the model, so auxiliary losses (CLAM instance loss, DTFD tier-1 loss) are included;
+* class-balanced cross-entropy weights or a class-balanced sampler, input feature dropout, optional
+  feature standardisation fitted on the training bags only;
+* early stopping on a validation metric; the best epoch is saved as a self-describing checkpoint
+  (``out_dir/checkpoint``) and the final val/test metrics come from it;
+* ``out_dir/metrics.csv`` (one row per epoch: ``epoch``, ``lr`` of the epoch's last step,
+  ``train_loss``, ``val_<metric>``, ``best``, ``seconds``; rewritten atomically from the run history
+  after every epoch, so after a resume it matches the trainer state), optional TensorBoard / MLflow;
+* resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, RNG states, early-stopping
+  state, history) is written atomically after every epoch, and ``resume=True`` continues from it.
+
+Determinism: the epoch's bag order (shuffle or balanced sampling) comes from a generator seeded with
+``(seed, epoch)``, and the global torch / numpy / python RNGs are re-seeded from ``(seed, epoch, rank)``
+at the start of every epoch. An interrupted run resumed from its trainer state therefore ends with
+exactly the same weights and metrics as an uninterrupted one (on the same hardware and software).
+
+Distributed (``devices > 1``): each process trains on its shard of the epoch's bag order (padded by
+wrapping so every rank takes the same number of steps); gradients are averaged by DDP, so the
+effective batch is ``batch_size * world_size``. Evaluation shards the bags without duplicates and
+gathers the probabilities, so metrics are computed on exactly the evaluated set.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..data.bags import Standardize, collate_bags, feature_mean_std
+from ..registry import create_model
+from .checkpoint import (
+    TRAINER_STATE_NAME,
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_trainer_state,
+    read_checkpoint_info,
+    save_checkpoint,
+    save_trainer_state,
+    unwrap_model,
+)
+from .config import TrainConfig, resolve_monitor
+from .metrics import compute_metrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_fabric import Fabric
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "METRICS_CSV",
+    "EvalResult",
+    "FoldResult",
+    "WarmupCosine",
+    "evaluate",
+    "make_fabric",
+    "predict",
+    "train_one_fold",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_CSV = "metrics.csv"
+FOLD_RESULT_JSON = "fold_result.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class FoldResult:
+    """Outcome of :func:`train_one_fold`.
+
+    Attributes:
+        out_dir: the run folder.
+        checkpoint_dir: the best checkpoint (load with :func:`medmoe.engine.load_checkpoint`).
+        monitor: the early-stopping metric (``'auroc'``, ``'kappa'``, ... or ``'none'`` without a
+            validation set, in which case the last epoch is kept).
+        best_epoch: 0-based epoch of the best checkpoint.
+        epochs_run: epochs trained.
+        stopped_early: whether early stopping ended training before ``cfg.epochs``.
+        val_metrics: validation metrics of the best checkpoint (empty without a validation set).
+        test_metrics: test metrics of the best checkpoint (``None`` without a test set).
+        history: one dict per epoch (the rows of ``metrics.csv``).
+    """
+
+    out_dir: Path
+    checkpoint_dir: Path
+    monitor: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        d["checkpoint_dir"] = str(self.checkpoint_dir)
+        return d
+
+
+class EvalResult(NamedTuple):
+    """What :func:`evaluate` returns (unpacks as ``metrics, probs, labels, bag_ids``).
+
+    ``probs (n, C)`` float32 and ``labels (n,)`` int64 on the CPU, in dataset order.
+    """
+
+    metrics: dict[str, float]
+    probs: Tensor
+    labels: Tensor
+    bag_ids: list[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule, seeds, fabric
+
+
+class WarmupCosine:
+    """Learning-rate factor for :class:`torch.optim.lr_scheduler.LambdaLR`.
+
+    ``factor(t) = (t + 1) / warmup`` for ``t < warmup`` (linear warm-up), then
+    ``m + (1 - m) * (1 + cos(pi * p)) / 2`` with ``p = (t - warmup) / (total - warmup)`` clipped to 1 and
+    ``m = min_lr / lr``: cosine decay from ``lr`` to ``min_lr``. ``t`` counts optimiser steps or epochs.
+    With ``warmup = 0`` and epoch stepping this is ``CosineAnnealingLR(T_max=total, eta_min=min_lr)``.
+    """
+
+    def __init__(self, total: int, warmup: int, lr: float, min_lr: float) -> None:
+        self.total = int(total)
+        self.warmup = int(warmup)
+        self.floor = float(min_lr) / float(lr)
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return (t + 1) / self.warmup
+        span = max(1, self.total - self.warmup)
+        p = min(1.0, (t - self.warmup) / span)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed from ``seed`` and integer keys (numpy's SeedSequence: well mixed, stable)."""
+    ss = np.random.SeedSequence([int(seed), *[int(k) for k in keys]])
+    lo, hi = (int(v) for v in ss.generate_state(2, dtype=np.uint32))
+    return (lo | (hi << 32)) & ((1 << 63) - 1)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    use_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_cuda and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+_FABRICS: dict[tuple[Any, ...], Any] = {}
+
+
+def make_fabric(cfg: TrainConfig) -> Fabric:
+    """A launched :class:`lightning_fabric.Fabric` for ``cfg`` (cached per process and settings).
+
+    ``strategy='ddp'`` (or ``'auto'`` with several devices) uses Fabric's subprocess launcher: the
+    running script is started again once per extra device, so call the trainer from a script (``python
+    train.py``), not from an interactive session. Spawn-based strategies need
+    ``fabric.launch(function)``; launch them yourself and pass ``fabric=`` to :func:`train_one_fold`.
+    DDP is set up with ``find_unused_parameters=True`` because some MIL models (CLAM instance
+    classifiers) do not use every parameter at every step.
+    """
+    try:
+        from lightning_fabric import Fabric
+        from lightning_fabric.strategies import DDPStrategy
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the medmoe trainer needs lightning-fabric; install the MIL extra: pip install 'medmoe[mil]'"
+        ) from err
+    precision = _resolve_precision(cfg.precision, cfg.accelerator)
+    key = (cfg.accelerator, cfg.devices, cfg.strategy, precision)
+    if key in _FABRICS:
+        return _FABRICS[key]
+    strategy: Any = cfg.strategy
+    if strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", "spawn"):
+        raise ValueError(
+            f"strategy {strategy!r} needs fabric.launch(function); use strategy='ddp' in a script, or "
+            "create and launch a Fabric yourself and pass it as train_one_fold(..., fabric=fabric)"
+        )
+    if strategy == "ddp":
+        strategy = DDPStrategy(find_unused_parameters=True)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=precision)
+    if fabric.world_size > 1 and cfg.strategy == "auto":
+        fabric = Fabric(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            precision=precision,
+            strategy=DDPStrategy(find_unused_parameters=True),
+        )
+    fabric.launch()
+    _FABRICS[key] = fabric
+    return fabric
+
+
+# ----------------------------------------------------------------------------------------------
+# data helpers
+
+
+class _Chain:
+    """Apply ``first`` then ``second`` (picklable for DataLoader workers)."""
+
+    def __init__(self, first: Callable[[Tensor], Tensor], second: Callable[[Tensor], Tensor]) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+
+def _with_stats(dataset: Any, stats: dict[str, Any] | None) -> Any:
+    """``dataset`` with :class:`Standardize` appended to its transform (unchanged when no stats)."""
+    if dataset is None or stats is None:
+        return dataset
+    std = Standardize(
+        torch.as_tensor(stats["mean"], dtype=torch.float32),
+        torch.as_tensor(stats["std"], dtype=torch.float32),
+    )
+    current = getattr(dataset, "transform", None)
+    return dataset.with_transform(std if current is None else _Chain(current, std))
+
+
+def _check_dataset(name: str, dataset: Any, num_classes: int | None, feature_dim: int | None) -> None:
+    for attr in ("labels", "bag_ids", "num_classes", "feature_dim", "class_names"):
+        if not hasattr(dataset, attr):
+            raise ValueError(
+                f"{name} must be a medmoe bag dataset (InMemoryBags, H5 bags, ...) exposing .{attr}; "
+                f"got {type(dataset).__name__}"
+            )
+    if len(dataset) == 0:
+        raise ValueError(f"{name} is empty; every split needs at least one bag")
+    if num_classes is not None and dataset.num_classes != num_classes:
+        raise ValueError(f"{name} has {dataset.num_classes} classes but the training set has {num_classes}")
+    if feature_dim is not None and dataset.feature_dim != feature_dim:
+        raise ValueError(
+            f"{name} has {dataset.feature_dim}-d features but the training set has {feature_dim}-d"
+        )
+
+
+def _loader(dataset: Any, indices: Sequence[int], batch_size: int, num_workers: int, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=list(indices),
+        collate_fn=collate_bags,
+        num_workers=num_workers,
+        generator=generator,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+
+
+def _epoch_order(labels: Sequence[int], num_classes: int, balanced: bool, seed: int, epoch: int) -> list[int]:
+    """The epoch's bag order: a seeded permutation, or class-balanced draws with replacement
+    (what :class:`torch.utils.data.WeightedRandomSampler` does with weights ``1 / n_class``)."""
+    g = torch.Generator().manual_seed(_derive_seed(seed, epoch, 17))
+    n = len(labels)
+    if not balanced:
+        return torch.randperm(n, generator=g).tolist()
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    weights = 1.0 / counts[torch.as_tensor(labels, dtype=torch.long)]
+    return torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+
+
+def _shard(order: list[int], rank: int, world: int, pad: bool) -> list[int]:
+    """Rank ``rank``'s bags ``order[rank::world]``; with ``pad``, wrapped to ``ceil(n / world)``."""
+    if world == 1:
+        return list(order)
+    shard = order[rank::world]
+    if pad:
+        per_rank = math.ceil(len(order) / world)
+        k = 0
+        while len(shard) < per_rank:
+            shard.append(order[k % len(order)])
+            k += 1
+    return shard
+
+
+def _class_weights(labels: Sequence[int], num_classes: int) -> Tensor:
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    weights = torch.where(
+        counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts)
+    )
+    missing = (counts == 0).nonzero().flatten().tolist()
+    if missing:
+        logger.warning("classes %s have no training bags; their loss weight is 0", missing)
+    return weights.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# inference
+
+
+@torch.no_grad()
+def _infer(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    fabric: Fabric | None = None,
+    progress: Any = None,
+    description: str = "eval",
+) -> tuple[Tensor, Tensor]:
+    """Class probabilities ``(n, C)`` and labels ``(n,)`` of every bag, in dataset order (DDP-sharded
+    and gathered when ``fabric`` runs several processes)."""
+    n = len(dataset)
+    world = fabric.world_size if fabric is not None else 1
+    rank = fabric.global_rank if fabric is not None else 0
+    shard = _shard(list(range(n)), rank, world, pad=True)
+    was_training = model.training
+    model.eval()
+    probs_parts: list[Tensor] = []
+    loader = _loader(dataset, shard, batch_size, num_workers, seed=0)
+    task = progress.add_task(description, total=len(loader), info="") if progress is not None else None
+    for batch in loader:
+        batch = batch.to(device)
+        x = batch.x
+        if fabric is not None:
+            x = fabric.strategy.precision.convert_input(x)
+            with fabric.autocast():
+                out = model(x, batch.mask)
+        else:
+            out = model(x, batch.mask)
+        probs_parts.append(torch.softmax(out.logits.float(), dim=-1))
+        if task is not None:
+            progress.advance(task)
+    if task is not None:
+        progress.remove_task(task)
+    model.train(was_training)
+    probs = torch.cat(probs_parts, 0)
+    if world > 1:
+        assert fabric is not None
+        gathered = fabric.all_gather(probs)  # (world, ceil(n / world), C)
+        full = torch.empty(n, probs.shape[1], device=probs.device)
+        for r in range(world):
+            count = len(range(r, n, world))
+            full[r::world] = gathered[r, :count]
+        probs = full
+    labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+    return probs.float().cpu(), labels
+
+
+def _metrics_with_loss(probs: Tensor, labels: Tensor) -> dict[str, float]:
+    metrics = compute_metrics(probs, labels)
+    p = probs.double().clamp_min(1e-12)
+    metrics["loss"] = float(-p.gather(1, labels.view(-1, 1)).log().mean())
+    return metrics
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    feature_stats: dict[str, Any] | None = None,
+    num_workers: int = 0,
+    fabric: Fabric | None = None,
+) -> EvalResult:
+    """Evaluate a MIL model on a bag dataset.
+
+    Args:
+        model: a medmoe MIL model (or a Fabric-wrapped one).
+        dataset: bag dataset (labels must be valid class indices).
+        batch_size: bags per forward pass (padded and masked).
+        device: where to run (default: the model's device). Ignored when ``fabric`` is given.
+        feature_stats: ``{'mean': (d,), 'std': (d,)}`` to standardise features (as saved in a
+            checkpoint's ``feature_stats``); ``None`` = use features as they are.
+        num_workers: DataLoader workers.
+        fabric: a launched Fabric: its device and precision are used and, with several processes,
+            the bags are sharded and the probabilities gathered.
+
+    Returns:
+        :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
+        :func:`~medmoe.engine.metrics.compute_metrics` plus ``loss`` (mean cross-entropy).
+    """
+    dataset = _with_stats(dataset, feature_stats)
+    raw = unwrap_model(model)
+    if fabric is not None:
+        dev = fabric.device
+    else:
+        dev = torch.device(device) if device is not None else next(raw.parameters()).device
+        raw.to(dev)
+    probs, labels = _infer(
+        raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
+    )
+    return EvalResult(_metrics_with_loss(probs, labels), probs, labels, list(dataset.bag_ids))
+
+
+def predict(
+    checkpoint_dir: str | Path,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    as_frame: bool = False,
+) -> Any:
+    """Per-bag class probabilities from a saved checkpoint.
+
+    Features are standardised with the checkpoint's saved statistics when it has them.
+
+    Returns:
+        A list of dicts (or a pandas DataFrame with ``as_frame=True``), one per bag in dataset order:
+        ``bag_id``, ``label`` (the dataset's label; ``None`` when negative / unknown), ``pred`` (class
+        index), ``pred_name`` and ``prob_<class name>`` for every class.
+    """
+    model, info = load_checkpoint(checkpoint_dir, map_location=device)
+    in_dim = model.config.in_dim
+    if getattr(dataset, "feature_dim", in_dim) != in_dim:
+        raise ValueError(
+            f"the checkpoint expects {in_dim}-d features but the dataset has {dataset.feature_dim}-d; "
+            "use features from the same encoder as in training"
+        )
+    dataset = _with_stats(dataset, info.get("feature_stats"))
+    names = info.get("class_names") or [str(c) for c in range(model.config.num_classes)]
+    probs, _ = _infer(model, dataset, batch_size=batch_size, device=torch.device(device))
+    rows = []
+    labels = list(getattr(dataset, "labels", [None] * len(dataset)))
+    for i, bag_id in enumerate(dataset.bag_ids):
+        pred = int(probs[i].argmax())
+        label = labels[i]
+        row: dict[str, Any] = {
+            "bag_id": bag_id,
+            "label": None if label is None or int(label) < 0 else int(label),
+            "pred": pred,
+            "pred_name": names[pred] if pred < len(names) else str(pred),
+        }
+        for c, name in enumerate(names):
+            row[f"prob_{name}"] = float(probs[i, c])
+        rows.append(row)
+    if as_frame:
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover
+            raise ImportError("as_frame=True needs pandas: pip install 'medmoe[mil]'") from err
+        return pd.DataFrame(rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# logging helpers
+
+
+def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in history:
+        for k in row:
+            if k not in columns:
+                columns.append(k)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in columns})
+    atomic_write_text(path, buffer.getvalue())
+
+
+class _MLflowLogger:
+    """Minimal MLflow adapter: logs params once and metrics per epoch into the active (or a new) run."""
+
+    def __init__(self, run_name: str, params: dict[str, Any]) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self._own_run = mlflow.active_run() is None
+        if self._own_run:
+            mlflow.start_run(run_name=run_name)
+        mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._mlflow.log_metrics(
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(v)}, step=step
+        )
+
+    def finalize(self, status: str) -> None:
+        if self._own_run:
+            self._mlflow.end_run()
+
+
+class _TensorBoardLogger:
+    def __init__(self, root: Path) -> None:
+        from lightning_fabric.loggers import TensorBoardLogger
+
+        self._logger = TensorBoardLogger(root_dir=str(root), name="tensorboard")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def finalize(self, status: str) -> None:
+        self._logger.finalize(status)
+
+
+def _make_loggers(cfg: TrainConfig, out_dir: Path, params: dict[str, Any]) -> list[Any]:
+    import importlib.util
+
+    loggers: list[Any] = []
+    for name in cfg.loggers:
+        if name == "tensorboard":
+            if (
+                importlib.util.find_spec("tensorboard") is None
+                and importlib.util.find_spec("tensorboardX") is None
+            ):
+                logger.warning("TensorBoard logging requested but tensorboard is not installed; skipping it")
+                continue
+            loggers.append(_TensorBoardLogger(out_dir))
+        elif name == "mlflow":
+            if importlib.util.find_spec("mlflow") is None:
+                logger.warning("MLflow logging requested but mlflow is not installed; skipping it")
+                continue
+            loggers.append(_MLflowLogger(out_dir.name, params))
+    return loggers
+
+
+def _progress(cfg: TrainConfig, is_zero: bool) -> Any:
+    enabled = cfg.progress and is_zero and sys.stderr.isatty()
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def _is_better(value: float, best: float | None, maximize: bool) -> bool:
+    if math.isnan(value):
+        return best is None
+    if best is None or math.isnan(best):
+        return True
+    return value > best if maximize else value < best
+
+
+def train_one_fold(
+    model_name: str,
+    train_set: Any,
+    val_set: Any,
+    test_set: Any,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    model_overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    *,
+    split_hash: str | None = None,
+    fabric: Fabric | None = None,
+) -> FoldResult:
+    """Train ``model_name`` on ``train_set``, early-stop on ``val_set``, report ``test_set``.
+
+    Args:
+        model_name: registry name, e.g. ``'abmil.base'`` or ``'abmil.base_mammoth'``; ``in_dim`` and
+            ``num_classes`` come from the training set.
+        train_set: bag dataset to train on (``labels``, ``bag_ids``, ``num_classes``, ``feature_dim``,
+            ``class_names``, ``with_transform``).
+        val_set: bag dataset for early stopping, or ``None`` (keep the last epoch).
+        test_set: bag dataset evaluated once with the best checkpoint, or ``None``.
+        cfg: training settings.
+        out_dir: run folder: ``checkpoint/`` (best model), ``trainer_state.pt``, ``metrics.csv``,
+            ``fold_result.json``.
+        model_overrides: config overrides for :func:`medmoe.create_model` (e.g. ``embed_dim=64``,
+            ``patch_embed='mammoth'``, ``patch_embed_args={'num_experts': 4}``).
+        resume: continue from ``out_dir/trainer_state.pt`` if it exists (same settings required); a
+            finished run is only re-evaluated. Without ``resume`` an existing state is overwritten.
+        split_hash: identifier of the data split, stored in the checkpoint.
+        fabric: a launched Fabric to use instead of one built from ``cfg``.
+
+    Returns:
+        :class:`FoldResult`.
+    """
+    model_overrides = dict(model_overrides or {})
+    out_dir = Path(out_dir)
+    if val_set is not None and len(val_set) == 0:
+        val_set = None
+    if test_set is not None and len(test_set) == 0:
+        test_set = None
+    _check_dataset("train_set", train_set, None, None)
+    num_classes, in_dim = train_set.num_classes, train_set.feature_dim
+    if num_classes < 2:
+        raise ValueError(f"bag classification needs at least 2 classes, the training set has {num_classes}")
+    for name, ds in (("val_set", val_set), ("test_set", test_set)):
+        if ds is not None:
+            _check_dataset(name, ds, num_classes, in_dim)
+    if "in_dim" in model_overrides or "num_classes" in model_overrides:
+        raise ValueError(
+            "in_dim and num_classes come from the training set; remove them from model_overrides"
+        )
+
+    fabric = fabric if fabric is not None else make_fabric(cfg)
+    rank, world, is_zero = fabric.global_rank, fabric.world_size, fabric.is_global_zero
+    device = fabric.device
+    if is_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    fabric.barrier()
+    monitor, maximize = (
+        resolve_monitor(cfg.early_stopping, num_classes) if val_set is not None else ("none", True)
+    )
+    state_path = out_dir / TRAINER_STATE_NAME
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+
+    fabric.seed_everything(cfg.seed, workers=False, verbose=False)
+
+    # features: standardisation fitted on the training bags only
+    feature_stats = None
+    if cfg.standardize_features:
+        mean, std = feature_mean_std(train_set)
+        feature_stats = {"mean": mean.tolist(), "std": std.tolist()}
+    train_ds = _with_stats(train_set, feature_stats)
+    val_ds = _with_stats(val_set, feature_stats)
+    test_ds = _with_stats(test_set, feature_stats)
+
+    model = create_model(model_name, num_classes=num_classes, in_dim=in_dim, **model_overrides)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    labels = list(train_set.labels)
+    per_rank = math.ceil(len(labels) / world)
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    if cfg.scheduler_interval == "step":
+        schedule = WarmupCosine(
+            cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr
+        )
+    else:
+        schedule = WarmupCosine(cfg.epochs, round(cfg.warmup_epochs), cfg.lr, cfg.min_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model_f, optimizer_f = fabric.setup(model, optimizer)
+    weight = _class_weights(labels, num_classes).to(device) if cfg.class_weights == "balanced" else None
+
+    run_signature = {
+        "model_name": model_name,
+        "model_overrides": json.loads(json.dumps(model_overrides, default=str)),
+        "train_config": cfg.to_dict(),
+        "train_bags": list(train_set.bag_ids),
+        "world_size": world,
+    }
+    extra_base: dict[str, Any] = {
+        "seed": cfg.seed,
+        "split_hash": split_hash,
+        "class_names": list(train_set.class_names),
+        "feature_stats": feature_stats,
+        "train_config": cfg.to_dict(),
+        "model_overrides": run_signature["model_overrides"],
+        "monitor": monitor,
+    }
+
+    start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
+    history: list[dict[str, Any]] = []
+    finished, stopped_early = False, False
+    if resume and state_path.is_file():
+        state = load_trainer_state(state_path)
+        if state.get("signature") != run_signature:
+            raise ValueError(
+                f"{state_path} belongs to a run with different settings (model, overrides, train config, "
+                "training bags or number of devices); resume with the same settings, use another out_dir, "
+                "or pass resume=False to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer_f.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best = state["best"]
+        best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
+        history = list(state["history"])
+        finished, stopped_early = bool(state["finished"]), bool(state["stopped_early"])
+        _set_rng_state(state["rng"])
+        if is_zero:
+            logger.info(
+                "resuming %s from epoch %d (best %s = %s at epoch %d)",
+                out_dir,
+                start_epoch,
+                monitor,
+                best,
+                best_epoch,
+            )
+    elif resume and is_zero:
+        logger.info("no trainer state in %s; starting from scratch", out_dir)
+
+    loggers = _make_loggers(cfg, out_dir, {"model_name": model_name, **cfg.to_dict()}) if is_zero else []
+    progress = _progress(cfg, is_zero)
+    if progress is not None:
+        progress.start()
+    status = "success"
+    try:
+        epoch = start_epoch
+        while not finished and epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            _seed_all(_derive_seed(cfg.seed, epoch, 1000 + rank))
+            order = _epoch_order(labels, num_classes, cfg.balanced_sampling, cfg.seed, epoch)
+            shard = _shard(order, rank, world, pad=True)
+            loader = _loader(
+                train_ds,
+                shard,
+                cfg.batch_size,
+                cfg.num_workers,
+                seed=_derive_seed(cfg.seed, epoch, 2000 + rank),
+            )
+            model_f.train()
+            loss_sum = 0.0
+            lr_used = optimizer_f.param_groups[0]["lr"]
+            count = 0
+            task = (
+                progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
+                if progress
+                else None
+            )
+            for batch in loader:
+                batch = batch.to(device)
+                x = batch.x
+                if cfg.feature_dropout > 0:
+                    x = F.dropout(x, p=cfg.feature_dropout, training=True)
+                out = model_f(x, batch.mask, label=batch.label)
+                task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
+                loss = out.total_loss(task_loss)
+                loss_value = float(loss.detach())  # one sync per step: a NaN must stop the run
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"non-finite training loss at epoch {epoch}, bags {batch.bag_ids}; lower cfg.lr, "
+                        "use precision='32-true', or enable standardize_features"
+                    )
+                optimizer_f.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                if cfg.grad_clip:
+                    fabric.clip_gradients(
+                        model_f, optimizer_f, max_norm=float(cfg.grad_clip), error_if_nonfinite=False
+                    )
+                lr_used = optimizer_f.param_groups[0]["lr"]
+                optimizer_f.step()
+                if cfg.scheduler_interval == "step":
+                    scheduler.step()
+                loss_sum += loss_value * len(batch)
+                count += len(batch)
+                if task is not None:
+                    progress.update(task, advance=1, info=f"loss {loss_value:.4f}")
+            if task is not None:
+                progress.remove_task(task)
+            if cfg.scheduler_interval == "epoch":
+                scheduler.step()
+            train_loss = loss_sum / max(count, 1)
+            if world > 1:
+                mean_loss = torch.tensor(train_loss, dtype=torch.float32, device=device)
+                train_loss = float(fabric.all_reduce(mean_loss, reduce_op="mean"))
+
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr_used, "train_loss": train_loss}
+            if val_ds is not None:
+                probs, vlabels = _infer(
+                    model,
+                    val_ds,
+                    batch_size=cfg.eval_bs,
+                    device=device,
+                    num_workers=cfg.num_workers,
+                    fabric=fabric,
+                    progress=progress,
+                    description="validation",
+                )
+                val_metrics = _metrics_with_loss(probs, vlabels)
+                row.update({f"val_{k}": v for k, v in val_metrics.items()})
+                value = val_metrics[monitor]
+            else:
+                val_metrics, value = {}, float(epoch)  # no validation: the last epoch is the best
+            improved = _is_better(value, best, maximize)
+            if improved:
+                best, best_epoch, bad_epochs = value, epoch, 0
+                if is_zero:
+                    save_checkpoint(
+                        ckpt_dir, model, {**extra_base, "epoch": epoch, "metrics": {"val": val_metrics}}
+                    )
+            else:
+                bad_epochs += 1
+            row["best"] = bool(improved)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(row)
+            done_epochs = epoch + 1
+            if (
+                cfg.patience is not None
+                and val_ds is not None
+                and done_epochs >= cfg.min_epochs
+                and bad_epochs >= cfg.patience
+                and done_epochs < cfg.epochs
+            ):
+                stopped_early = True
+            finished = stopped_early or done_epochs >= cfg.epochs
+            if is_zero:
+                logger.info(
+                    "epoch %d/%d  train_loss %.4f  %s  %s",
+                    done_epochs,
+                    cfg.epochs,
+                    train_loss,
+                    f"val_{monitor} {value:.4f}" if val_ds is not None else "",
+                    "*" if improved else "",
+                )
+                save_trainer_state(
+                    state_path,
+                    {
+                        "signature": run_signature,
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer_f.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "best": best,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs,
+                        "history": history,
+                        "finished": finished,
+                        "stopped_early": stopped_early,
+                        "rng": _rng_state(),
+                    },
+                )
+                _write_csv(out_dir / METRICS_CSV, history)
+                for lg in loggers:
+                    lg.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            fabric.barrier()
+            epoch += 1
+        if stopped_early and is_zero:
+            logger.info(
+                "early stopping after %d epochs (best %s %.4f at epoch %d)",
+                len(history),
+                monitor,
+                float("nan") if best is None else best,
+                best_epoch + 1,
+            )
+
+        # final evaluation with the best checkpoint
+        fabric.barrier()
+        if not (ckpt_dir / "model.safetensors").is_file():
+            raise CheckpointError(f"no best checkpoint in {ckpt_dir}; the run did not complete an epoch")
+        best_model, _ = load_checkpoint(ckpt_dir)
+        model.load_state_dict(best_model.state_dict())
+        final_val: dict[str, float] = {}
+        final_test: dict[str, float] | None = None
+        if val_ds is not None:
+            probs, vlabels = _infer(
+                model,
+                val_ds,
+                batch_size=cfg.eval_bs,
+                device=device,
+                num_workers=cfg.num_workers,
+                fabric=fabric,
+            )
+            final_val = _metrics_with_loss(probs, vlabels)
+        if test_ds is not None:
+            probs, tlabels = _infer(
+                model,
+                test_ds,
+                batch_size=cfg.eval_bs,
+                device=device,
+                num_workers=cfg.num_workers,
+                fabric=fabric,
+            )
+            final_test = _metrics_with_loss(probs, tlabels)
+        result = FoldResult(
+            out_dir=out_dir,
+            checkpoint_dir=ckpt_dir,
+            monitor=monitor,
+            best_epoch=best_epoch,
+            epochs_run=len(history),
+            stopped_early=stopped_early,
+            val_metrics=final_val,
+            test_metrics=final_test,
+            history=history,
+        )
+        if is_zero:
+            info = read_checkpoint_info(ckpt_dir)
+            save_checkpoint(
+                ckpt_dir,
+                model,
+                {
+                    **extra_base,
+                    "epoch": info.get("epoch", best_epoch),
+                    "metrics": {"val": final_val, "test": final_test},
+                },
+            )
+            atomic_write_text(
+                out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
+            )
+        fabric.barrier()
+        return result
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+        for lg in loggers:
+            try:
+                lg.finalize(status)
+            except Exception:  # pragma: no cover - logging must not hide the real error
+                logger.exception("logger finalisation failed")
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value

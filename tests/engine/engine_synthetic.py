@@ -1,0 +1,33 @@
+"""Shared synthetic data for the engine tests (imported by them; not a test module): tiny bags with a
+learnable signal."""
+
+from __future__ import annotations
+
+import torch
+
+from medmoe.data import InMemoryBags
+
+#: Tiny ABMIL used by most engine tests (fast on 2 CPU cores).
+TINY_ABMIL = {"embed_dim": 16, "attn_dim": 16, "dropout": 0.0}
+
+
+def synthetic_bags(
+    n_bags: int, *, d: int = 8, seed: int = 0, num_classes: int = 2, shift: float = 2.0, groups: bool = False
+) -> InMemoryBags:
+    """Bags of 4..15 instances of N(0, 1) features; a bag of class c > 0 has a quarter of its instances
+    shifted by ``shift`` on the feature block of class c (block 0 for the binary problem)."""
+    g = torch.Generator().manual_seed(seed)
+    feats, labels = [], []
+    for i in range(n_bags):
+        y = i % num_classes
+        n = int(torch.randint(4, 16, (1,), generator=g))
+        x = torch.randn(n, d, generator=g)
+        if y > 0:
+            block = slice(0, 4) if num_classes == 2 else slice(2 * (y - 1), 2 * y)
+            x[: max(1, n // 4), block] += shift
+        feats.append(x)
+        labels.append(y)
+    ids = [f"s{seed}_b{i}" for i in range(n_bags)]
+    grp = [f"s{seed}_p{i // 2}" for i in range(n_bags)] if groups else None
+    names = ["neg", "pos"] if num_classes == 2 else [f"c{c}" for c in range(num_classes)]
+    return InMemoryBags(feats, labels, bag_ids=ids, groups=grp, class_names=names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, demo, doctor
+from . import bench, demo, doctor, mil
 
 app = typer.Typer(
     name="medmoe",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("doctor", help=doctor.__doc__)(doctor.doctor)
 app.command("demo", help=demo.__doc__)(demo.demo)
 app.add_typer(bench.app, name="bench")
+app.add_typer(mil.app, name="mil")
 
 
 def _print_version(value: bool) -> None:

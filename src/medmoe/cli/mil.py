@@ -1,0 +1,199 @@
+"""Multiple-instance learning: list models, train (k-fold), evaluate, predict, compare linear vs MoE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+app = typer.Typer(help=__doc__, no_args_is_help=True)
+
+DATASET_HELP = "A real benchmark fetched on first use: musk1, musk2, elephant, ucsb_breast, protein, birds_brown_creeper."
+SET_HELP = "Model config override KEY=VALUE (YAML value), repeatable, e.g. --set embed_dim=128 --set dropout=0.1."
+
+
+def load_dataset(dataset: str | None, features: Path | None, labels: Path | None, patient_mode: str = "separate"):
+    """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV."""
+    if (dataset is None) == (features is None):
+        raise typer.BadParameter("give either --dataset NAME or --features DIR (with --labels CSV)")
+    if dataset is not None:
+        from ..data import load_mil_benchmark
+
+        return dataset, load_mil_benchmark(dataset)
+    if labels is None:
+        raise typer.BadParameter("--features needs --labels CSV (columns slide_id, label[, case_id, split])")
+    from ..data import FeatureFolderBags
+
+    return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _train_config(**kwargs: Any):
+    from ..engine import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("models")
+def models(pattern: str = typer.Argument("*", help="Glob over 'model.config' names.")) -> None:
+    """List the registered MIL models and configs."""
+    from ..registry import list_models
+
+    for name in list_models(pattern):
+        typer.echo(name)
+
+
+@app.command("train")
+def train(
+    model: str = typer.Option("abmil.base_mammoth", "--model", "-m", help="Registry name, e.g. abmil.base_mammoth."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+    features: Path = typer.Option(None, help="Folder of TRIDENT/CLAM .h5 (or .pt) feature files."),
+    labels: Path = typer.Option(None, help="Labels CSV: slide_id, label[, case_id, split]."),
+    patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
+    k: int = typer.Option(5, min=3, help="Folds (patient-level, stratified): test, validation and training folds."),
+    seeds: list[int] = typer.Option([0], "--seed", help="Repeat for several seeds (repeat the option)."),
+    epochs: int = typer.Option(20, min=1),
+    lr: float = typer.Option(1e-4),
+    weight_decay: float = typer.Option(1e-5),
+    batch_size: int = typer.Option(1, min=1),
+    patience: int = typer.Option(5, min=1),
+    early_stopping: str = typer.Option("auto", help="auto | auroc | kappa | balanced_accuracy | accuracy | f1 | loss"),
+    standardize: bool = typer.Option(True, help="z-score features with train-fold statistics."),
+    class_weights: str = typer.Option("none", help="none | balanced"),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    out: Path = typer.Option(Path("runs/train"), help="Output folder."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    accelerator: str = typer.Option("auto"),
+    devices: int = typer.Option(1, min=1),
+) -> None:
+    """k-fold cross-validation of one model; writes checkpoints, metrics.csv per fold and summary.md."""
+    from ..engine import run_cross_validation
+
+    try:
+        name, ds = load_dataset(dataset, features, labels, patient_mode)
+        cfg = _train_config(
+            epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
+            min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
+            class_weights=class_weights, accelerator=accelerator, devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+        )
+        result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
+                                      model_overrides=parse_overrides(set_), resume=resume)
+    except (ValueError, RuntimeError) as err:
+        _fail(err)
+    typer.echo((out / "summary.md").read_text() if (out / "summary.md").exists() else str(result.summary))
+    typer.echo(f"results: {out}")
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (model.safetensors + config.json)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+    features: Path = typer.Option(None),
+    labels: Path = typer.Option(None),
+) -> None:
+    """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
+    from ..engine import evaluate, load_checkpoint
+
+    try:
+        _, ds = load_dataset(dataset, features, labels)
+        model, info = load_checkpoint(checkpoint)
+        result = evaluate(model, ds, feature_stats=info.get("feature_stats"))
+    except (ValueError, RuntimeError) as err:
+        _fail(err)
+    typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
+
+
+@app.command("predict")
+def predict_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder."),
+    features: Path = typer.Argument(..., help="Folder of .h5/.pt feature files."),
+    labels: Path = typer.Option(None, help="Optional labels CSV; without it every feature file is predicted."),
+    out: Path = typer.Option(Path("predictions.csv"), help="Output CSV (one row per slide)."),
+) -> None:
+    """Write a CSV of class probabilities per slide."""
+    from ..engine import predict
+    from ..engine.checkpoint import read_checkpoint_info
+
+    try:
+        if labels is None:
+            info = read_checkpoint_info(checkpoint)
+            class_names = info.get("class_names") or ["0"]
+            stems = sorted({p.stem for p in Path(features).iterdir() if p.suffix in (".h5", ".pt")})
+            if not stems:
+                raise ValueError(f"no .h5 or .pt feature files in {features}")
+            labels = out.with_suffix(".labels.csv")
+            labels.parent.mkdir(parents=True, exist_ok=True)
+            labels.write_text("slide_id,label\n" + "".join(f"{s},{class_names[0]}\n" for s in stems))
+        from ..data import FeatureFolderBags
+
+        ds = FeatureFolderBags(features, labels)
+        frame = predict(checkpoint, ds, as_frame=True)
+    except (ValueError, RuntimeError) as err:
+        _fail(err)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    typer.echo(f"wrote {len(frame)} predictions to {out}")
+
+
+def run_compare(
+    models: list[str], datasets: list[str], patch_embeds: list[str], k: int, seeds: list[int], epochs: int,
+    out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
+    lr: float = 1e-4, patience: int = 5,
+) -> Path:
+    """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png."""
+    from ..engine import compare
+    from ..viz.comparison import plot_comparison
+
+    loaded = dict(load_dataset(d, None, None) for d in datasets)
+    cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),
+                        standardize_features=True, progress=False)
+    result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
+                     model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None)
+    table = result.to_markdown()
+    (out / "comparison.md").write_text(table)
+    png = plot_comparison(result.rows, metric, out / "comparison.png",
+                          title=f"{k}-fold CV, seeds {list(seeds)}: test {metric}")
+    typer.echo(table)
+    typer.echo(f"table: {out / 'comparison.md'}\nplot:  {png}")
+    return png
+
+
+@app.command("compare")
+def compare_cmd(
+    models: list[str] = typer.Option(["abmil", "meanmil", "transmil"], "--model", "-m"),
+    datasets: list[str] = typer.Option(["musk1", "ucsb_breast"], "--dataset", "-d", help=DATASET_HELP),
+    patch_embeds: list[str] = typer.Option(["linear", "mammoth"], "--patch-embed"),
+    k: int = typer.Option(5, min=3),
+    seeds: list[int] = typer.Option([0], "--seed"),
+    epochs: int = typer.Option(20, min=1),
+    lr: float = typer.Option(1e-4),
+    metric: str = typer.Option("auroc", help="Metric drawn in the plot."),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    moe: list[str] = typer.Option(None, "--moe", help="Mammoth argument KEY=VALUE for the mammoth variant only, "
+                                  "e.g. --moe num_experts=8 (default: the paper's 30 experts x 10 slots)."),
+    out: Path = typer.Option(Path("runs/compare")),
+) -> None:
+    """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot."""
+    try:
+        run_compare(models, datasets, patch_embeds, k, seeds, epochs, out, metric, parse_overrides(set_),
+                    moe_args=parse_overrides(moe), lr=lr)
+    except (ValueError, RuntimeError) as err:
+        _fail(err)

@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -e ".[$(EXTRAS)]"
+	@# lin-mil (Lin-MIL parity tests) declares torchvision, which would pull a CUDA torch: no deps.
+	$(PIP) install --no-deps "lin-mil==1.0.1"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -36,6 +38,8 @@ test-slow: install
 bench: install
 	$(PY) benchmarks/bench_mammoth.py
 	$(PY) benchmarks/bench_soft_moe.py
+	$(PY) benchmarks/bench_linmil.py
+	$(PY) benchmarks/bench_mil_zoo.py --quick
 
 doctor: install
 	$(VENV)/bin/medmoe doctor

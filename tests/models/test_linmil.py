@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import medmoe
-from medmoe.registry import get_config
 from medmoe.models.mil.linmil import DropPath, LinMIL, LinMILConfig, reference_key_map
+from medmoe.registry import get_config
 
 VARIANTS = ["linear", "softmax", "nystrom", "dilated"]
 IN_DIM = 20

@@ -76,7 +76,7 @@ def naive_dilated(
     return out, amap
 
 
-CASES = [1, 3, 5, 31, 33, 64, 100, 130, 257]
+CASES = [1, 3, 5, 33, 64, 130, 257]
 
 
 @pytest.mark.parametrize("reference_padding", [False, True], ids=["masked-padding", "reference-padding"])

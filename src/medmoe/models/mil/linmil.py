@@ -64,7 +64,7 @@ from ...nn.embed import create_patch_embed
 from ...registry import register_model
 from .base import MILConfig, MILModel, MILOutput
 
-__all__ = ["LinMILConfig", "LinMIL", "LinMILBlock", "DropPath", "reference_key_map"]
+__all__ = ["DropPath", "LinMIL", "LinMILBlock", "LinMILConfig", "reference_key_map"]
 
 ATTENTION_VARIANTS = ("linear", "softmax", "nystrom", "dilated")
 
@@ -296,7 +296,7 @@ class LinMIL(MILModel):
 
     def __init__(self, config: LinMILConfig, pos_enc: Callable[[Tensor, Any], Tensor] | None = None) -> None:
         if not isinstance(config, LinMILConfig):
-            raise ValueError(f"LinMIL needs a LinMILConfig, got {type(config).__name__}")
+            raise ValueError(f"LinMIL needs a LinMILConfig, got {type(config).__name__}")  # noqa: TRY004
         super().__init__(config, build_patch_embed=False)
         self.config: LinMILConfig
         d = config.embed_dim
@@ -381,7 +381,10 @@ class LinMIL(MILModel):
         """Translate a ``lin_mil.Config`` (+ the ``Lin_MIL`` arguments) into a :class:`LinMILConfig`.
 
         The reference builds linear attention whenever ``ablation`` is off, whatever ``attention`` says;
-        that is reproduced here.
+        that is reproduced here, and so is its batch-wide Nyström pinv scaling (``nystrom_pinv_scale =
+        'batch'``). The dilated variant matches the reference's maths in fp32 (the reference runs it in
+        fp16 through flash-attn); set ``block.attn.reference_padding = True`` to also let the zero padding
+        act as keys, as the reference does.
         """
         ablation = bool(ref_config.ablation)
         return LinMILConfig(

@@ -14,14 +14,14 @@ followed by the output projection. ``tau_h`` is a learnable per-head temperature
 Padded keys (``mask == False``) are removed from both ``K~^T V`` and ``sum_j K~_j`` by zeroing their
 features, so padding never changes the output at real positions.
 
-About ``denominator_floor`` (default ``100``, the reference's hard-coded clamp minimum): the clamp keeps
-the division safe for feature maps that can go negative (GELU, ELU, tanh, leaky ReLU), but whenever
-``Q~ sum_j K~_j < 100`` the normaliser is the constant 100 instead of the key sum, so the output is no
-longer a weighted average of the values: it shrinks with the number and scale of the keys. Small bags
-(or small feature magnitudes) are therefore damped relative to large ones. The default keeps parity
-with ``lin_mil`` 1.0.1 (and trained Lin-MIL weights); pass e.g. ``denominator_floor=1e-6`` for a
-properly normalised attention with a non-negative feature map (``relu``, ``elu``+1-style maps,
-``softplus``).
+About ``denominator_floor`` (default ``100``, the reference's hard-coded clamp minimum). The clamp keeps
+the division safe (a query whose features are all zero has ``z = 0``; feature maps such as GELU, ELU,
+tanh or leaky ReLU can even make ``z`` negative), but whenever ``Q~ sum_j K~_j < 100`` the normaliser is
+the constant 100 instead of the key sum, so the output is no longer a weighted average of the values:
+it shrinks with the number and the scale of the keys, and small bags (or small feature magnitudes) are
+damped relative to large ones. (The temperature scales the numerator only.) The default keeps parity
+with ``lin_mil`` 1.0.1 and with weights trained there; with a non-negative feature map (``relu``,
+``softplus``) a small floor such as ``1e-6`` gives a properly normalised attention.
 
 The per-token score the reference uses for its attention map is the numerator ``U`` averaged over heads
 and channels: ``score[b, n] = mean_h mean_e U[b, h, n, e]``; it is computed here without materialising
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LinearAttention", "FEATURE_MAPS", "make_feature_map"]
+__all__ = ["FEATURE_MAPS", "LinearAttention", "make_feature_map"]
 
 #: Feature maps phi by normalised name (lower case, no ``_``); the reference's spellings
 #: (``GeLU``, ``ReLU``, ``ELU``, ``LeakyReLU``, ``TanH``, ``Softplus``) map onto these.
@@ -52,7 +52,7 @@ def make_feature_map(name: str) -> nn.Module:
     """The kernel feature map ``phi`` by name (case and ``_`` insensitive: ``relu``, ``gelu``, ``elu``,
     ``leaky_relu``, ``tanh``, ``softplus``; ``GeLU``/``TanH`` etc. as in ``lin_mil``)."""
     if not isinstance(name, str):
-        raise ValueError(f"feature map must be a name, got {name!r}")
+        raise ValueError(f"feature map must be a name, got {name!r}")  # noqa: TRY004
     key = name.lower().replace("_", "").replace("-", "")
     if key not in FEATURE_MAPS:
         raise ValueError(f"unknown feature map {name!r}; choose one of {sorted(FEATURE_MAPS)}")

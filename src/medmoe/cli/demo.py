@@ -15,7 +15,7 @@ DEMO_DATASETS = ["musk1", "ucsb_breast"]
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder (table, plot, checkpoints)."),
-    epochs: int = typer.Option(10, min=1, help="Epochs per fold."),
+    epochs: int = typer.Option(20, min=1, help="Epochs per fold (MIL-Lab recipe: 20, early stopping)."),
     quick: bool = typer.Option(False, help="Musk1 only, 3 folds, 3 epochs (about a minute)."),
     layers: bool = typer.Option(False, help="Instead: the Mammoth layer benchmark (vs mammoth-moe and nn.Linear)."),
 ) -> None:

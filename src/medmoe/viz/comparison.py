@@ -48,10 +48,11 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], metric: str, path: str | 
         ax.set_title(ds)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"{metric} (mean ± std)")
-    axes[0][-1].legend(title="patch embedding", fontsize=8)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, title="patch embedding", fontsize=8, loc="lower center", ncol=len(embeds))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

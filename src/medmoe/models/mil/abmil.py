@@ -91,14 +91,7 @@ class ABMIL(MILModel):
         slide = pooled.flatten(1)
         out = MILOutput(logits=self.classifier(slide), slide_features=slide)
         if return_attention:
-            if getattr(self.patch_embed, "preserves_tokens", True):
-                if emb.mask is not None:
-                    scores = scores.masked_fill(~emb.mask.unsqueeze(1), float("-inf"))
-                out.attention = scores
-                out.extras["attention_kind"] = "pre-softmax"
-            else:
-                out.attention = self.to_patch_attention(emb, weights)
-                out.extras["attention_kind"] = "post-softmax"
+            self.attach_attention(out, emb, scores, weights)
         if return_routing:
             out.routing = emb.routing
         return out

@@ -157,6 +157,32 @@ class MILModel(nn.Module):
             return pe.embed(x, mask, return_routing=need)
         return EmbeddedPatches(pe(x), mask, None)
 
+    def attach_attention(
+        self, out: MILOutput, emb: EmbeddedPatches, scores: Tensor, weights: Tensor | None = None
+    ) -> None:
+        """Store token attention in ``out.attention`` as ``(b, k, n)`` scores over the input patches.
+
+        Args:
+            out: the output being built.
+            emb: the patch embedding's result.
+            scores: ``(b, k, t)`` pre-softmax token scores.
+            weights: ``(b, k, t)`` post-softmax weights (a softmax of ``scores`` when ``None``).
+
+        When the tokens are the patches the pre-softmax scores are kept (``-inf`` at padded patches);
+        otherwise (Mammoth's slot tokens) the post-softmax weights are carried to the patches through
+        the routing. ``out.extras['attention_kind']`` says which.
+        """
+        if getattr(self.patch_embed, "preserves_tokens", True):
+            if emb.mask is not None:
+                scores = scores.masked_fill(~emb.mask.unsqueeze(1), float("-inf"))
+            out.attention = scores
+            out.extras["attention_kind"] = "pre-softmax"
+        else:
+            if weights is None:
+                weights = scores.float().softmax(dim=-1).to(scores.dtype)
+            out.attention = self.to_patch_attention(emb, weights)
+            out.extras["attention_kind"] = "post-softmax"
+
     @staticmethod
     def to_patch_attention(emb: EmbeddedPatches, token_scores: Tensor | None) -> Tensor | None:
         """``(b, k, t)`` token scores -> ``(b, k, n)`` patch scores (identity when tokens are patches)."""

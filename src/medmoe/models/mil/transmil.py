@@ -222,13 +222,7 @@ class TransMIL(MILModel):
             scores = torch.cat(score_rows, dim=0) if return_attention else None
         out = MILOutput(logits=self.classifier(slide), slide_features=slide)
         if return_attention and scores is not None:
-            scores = scores.unsqueeze(1)  # (b, 1, t)
-            if getattr(self.patch_embed, "preserves_tokens", True):
-                out.attention = scores
-                out.extras["attention_kind"] = "pre-softmax"
-            else:
-                out.attention = self.to_patch_attention(emb, scores.float().softmax(dim=-1).to(scores.dtype))
-                out.extras["attention_kind"] = "post-softmax"
+            self.attach_attention(out, emb, scores.unsqueeze(1))  # (b, 1, t) token scores
         if return_routing:
             out.routing = emb.routing
         return out

@@ -907,28 +907,15 @@ def train_one_fold(
             raise CheckpointError(f"no best checkpoint in {ckpt_dir}; the run did not complete an epoch")
         best_model, _ = load_checkpoint(ckpt_dir)
         model.load_state_dict(best_model.state_dict())
-        final_val: dict[str, float] = {}
-        final_test: dict[str, float] | None = None
-        if val_ds is not None:
-            probs, vlabels = _infer(
-                model,
-                val_ds,
-                batch_size=cfg.eval_bs,
-                device=device,
-                num_workers=cfg.num_workers,
-                fabric=fabric,
+
+        def best_metrics(ds: Any) -> dict[str, float]:
+            probs, labels = _infer(
+                model, ds, batch_size=cfg.eval_bs, device=device, num_workers=cfg.num_workers, fabric=fabric
             )
-            final_val = _metrics_with_loss(probs, vlabels)
-        if test_ds is not None:
-            probs, tlabels = _infer(
-                model,
-                test_ds,
-                batch_size=cfg.eval_bs,
-                device=device,
-                num_workers=cfg.num_workers,
-                fabric=fabric,
-            )
-            final_test = _metrics_with_loss(probs, tlabels)
+            return _metrics_with_loss(probs, labels)
+
+        final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
+        final_test: dict[str, float] | None = best_metrics(test_ds) if test_ds is not None else None
         result = FoldResult(
             out_dir=out_dir,
             checkpoint_dir=ckpt_dir,

@@ -31,50 +31,20 @@ token only (keys/values still for every token); the linear attention fuses the k
 from __future__ import annotations
 
 import argparse
-import importlib
 import platform
 import statistics
 import sys
 import time
-import types
 from typing import Any
 
 import torch
 from torch import nn
 
+from medmoe.bench.references import import_lin_mil
 from medmoe.models.mil.linmil import LinMIL
 
 IN_DIM = 1024
 NUM_CLASSES = 2
-
-
-class _StandInDropPath(nn.Module):
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep) / keep
-
-
-def import_lin_mil() -> Any:
-    """Import ``lin_mil`` with a stand-in ``timm.models.layers.DropPath`` (restored afterwards)."""
-    names = ("timm", "timm.models", "timm.models.layers")
-    saved = {name: sys.modules.get(name) for name in names}
-    for name in names:
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["timm.models.layers"].DropPath = _StandInDropPath  # type: ignore[attr-defined]
-    try:
-        return importlib.import_module("lin_mil")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 def build_pair(lin_mil: Any) -> tuple[nn.Module, LinMIL]:

@@ -21,53 +21,21 @@ small stand-in ``timm.models.layers`` module is put into ``sys.modules`` while `
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 import pytest
 import torch
 from torch import nn
 
+from medmoe.bench.references import import_lin_mil
 from medmoe.models.mil.linmil import LinMIL
 
 pytestmark = pytest.mark.parity
 
 
-class _StandInDropPath(nn.Module):
-    """timm's DropPath semantics: per-sample residual drop in training, identity in eval."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep) / keep
-
-
-def _import_lin_mil() -> types.ModuleType | None:
-    names = ("timm", "timm.models", "timm.models.layers")
-    saved = {name: sys.modules.get(name) for name in names}
-    for name in names:
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["timm.models.layers"].DropPath = _StandInDropPath  # type: ignore[attr-defined]
-    try:
-        return importlib.import_module("lin_mil")
-    except ImportError:
-        return None
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-lin_mil = _import_lin_mil()
-if lin_mil is None:
-    pytest.skip("lin_mil (pip install lin-mil==1.0.1) is not installed", allow_module_level=True)
+try:
+    lin_mil = import_lin_mil()
+except ImportError:
+    pytest.skip("lin_mil (pip install --no-deps lin-mil==1.0.1) is not installed", allow_module_level=True)
 
 IN_DIM, NUM_CLASSES, N, LATENT = 96, 3, 150, 128
 ATOL = RTOL = 1e-5

@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,parity,mil
+EXTRAS ?= dev,parity,mil,seg,wsi
 PIP := $(PY) -m pip --disable-pip-version-check --no-input
 
 .PHONY: install demo test test-slow bench doctor clean
@@ -21,7 +21,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -e ".[$(EXTRAS)]"
 	@# lin-mil (Lin-MIL parity tests) declares torchvision, which would pull a CUDA torch: no deps.
-	$(PIP) install --no-deps "lin-mil==1.0.1"
+	@# medmnist (its Evaluator is the reference for our ACC/AUC) declares torchvision as well: no deps.
+	$(PIP) install --no-deps "lin-mil==1.0.1" "medmnist==3.0.2"
+	@# Headless Chromium renders `medmoe report` pages in a test. Best effort: installed with apt when
+	@# we are root, otherwise that one test is skipped with its reason.
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } \
+	  || echo "chromium not installed: the report rendering test will be skipped"
 	@touch $@
 
 install: $(VENV)/.installed

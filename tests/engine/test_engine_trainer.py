@@ -43,6 +43,8 @@ def test_train_eval_predict_end_to_end(tmp_path):
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(6))
     assert {"lr", "train_loss", "val_auroc", "val_loss", "best"} <= set(rows[0])
+    for r in rows:  # the data-wait share is part of the training pass, which is part of the epoch
+        assert 0.0 <= float(r["data_wait_seconds"]) <= float(r["train_seconds"]) <= float(r["seconds"])
     saved = json.loads((tmp_path / "fold_result.json").read_text())
     assert saved["test_metrics"]["auroc"] == pytest.approx(res.test_metrics["auroc"])
     info = read_checkpoint_info(res.checkpoint_dir)

@@ -13,7 +13,9 @@
 * early stopping on a validation metric; the best epoch is saved as a self-describing checkpoint
   (``out_dir/checkpoint``) and the final val/test metrics come from it;
 * ``out_dir/metrics.csv`` (one row per epoch: ``epoch``, ``lr`` of the epoch's last step,
-  ``train_loss``, ``val_<metric>``, ``best``, ``seconds``; rewritten atomically from the run history
+  ``train_loss``, ``train_seconds`` (the training pass), ``data_wait_seconds`` (the part of it spent
+  blocked on the loader: reading, collating and moving bags), ``val_<metric>``, ``best``, ``seconds``
+  (the whole epoch, validation included); rewritten atomically from the run history
   after every epoch, so after a resume it matches the trainer state), optional TensorBoard / MLflow;
 * resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, RNG states, early-stopping
   state, history) is written atomically after every epoch, and ``resume=True`` continues from it.
@@ -785,8 +787,16 @@ def train_one_fold(
                 if progress
                 else None
             )
-            for batch in loader:
+            data_wait = 0.0  # seconds the loop spent blocked on the loader (reading + collating bags)
+            t_train = time.perf_counter()
+            loader_iter = iter(loader)
+            while True:
+                t_wait = time.perf_counter()
+                batch = next(loader_iter, None)
+                if batch is None:
+                    break
                 batch = batch.to(device)
+                data_wait += time.perf_counter() - t_wait
                 x = batch.x
                 if cfg.feature_dropout > 0:
                     x = F.dropout(x, p=cfg.feature_dropout, training=True)
@@ -813,6 +823,7 @@ def train_one_fold(
                 count += len(batch)
                 if task is not None:
                     progress.update(task, advance=1, info=f"loss {loss_value:.4f}")
+            train_seconds = time.perf_counter() - t_train
             if task is not None:
                 progress.remove_task(task)
             if cfg.scheduler_interval == "epoch":
@@ -822,7 +833,13 @@ def train_one_fold(
                 mean_loss = torch.tensor(train_loss, dtype=torch.float32, device=device)
                 train_loss = float(fabric.all_reduce(mean_loss, reduce_op="mean"))
 
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr_used, "train_loss": train_loss}
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "lr": lr_used,
+                "train_loss": train_loss,
+                "train_seconds": round(train_seconds, 4),
+                "data_wait_seconds": round(data_wait, 4),
+            }
             if val_ds is not None:
                 probs, vlabels = _infer(
                     model,

@@ -1,0 +1,218 @@
+"""MONAI transform pipelines for 3-D segmentation, configurable per modality.
+
+One :class:`SegTransformConfig` drives the training, validation, inference and resampling pipelines, so
+they always agree on orientation, spacing and intensity normalisation:
+
+* **orientation**: ``Orientationd(axcodes)`` (``"RAS"`` by default, for training *and* resampling;
+  the reference used LPS in one script and RAS in the other). ``None`` keeps the file's orientation.
+* **spacing**: ``Spacingd(pixdim)`` when ``spacing`` is given (bilinear for images, nearest for labels).
+* **intensity** (by ``modality``; the CT window is never applied to other modalities):
+
+  - ``"ct"``: ``ScaleIntensityRanged(ct_window -> [0, 1], clip)`` (default window -175..250 HU);
+  - ``"mri"``: clip each channel to its ``percentiles`` then z-score it (mean 0, std 1 over the volume);
+  - ``"other"`` (microscopy, ultrasound, ...): percentile scaling of each channel to ``[0, 1]``.
+
+* **training crops**: ``SpatialPadd`` to ``roi_size`` (a volume smaller than the ROI is zero-padded,
+  the label padded with background), then ``RandCropByPosNegLabeld`` (``pos``:``neg`` ratio,
+  ``num_samples`` crops per volume), then light augmentation (flips, 90° rotations when the two
+  in-plane ROI sides are equal, intensity shift/scale, Gaussian noise).
+
+Every builder returns a :class:`monai.transforms.Compose`. Data dicts have keys ``image`` (a path or a
+list of channel paths) and ``label``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MODALITIES",
+    "SegTransformConfig",
+    "build_inference_transforms",
+    "build_train_transforms",
+    "build_val_transforms",
+    "modality_from_names",
+    "resample_volume",
+]
+
+MODALITIES = ("ct", "mri", "other")
+
+
+@dataclass
+class SegTransformConfig:
+    """Preprocessing and augmentation settings.
+
+    Attributes:
+        modality: ``"ct"``, ``"mri"`` or ``"other"`` (see the module docstring).
+        ct_window: ``(a_min, a_max)`` in HU mapped to ``[0, 1]`` for CT.
+        percentiles: lower/upper percentiles for MRI clipping and ``other`` scaling.
+        spacing: target voxel size ``(x, y, z)`` in the file's units, or ``None`` to keep it.
+        orientation: axis codes (``"RAS"``) or ``None`` to keep the file's orientation.
+        roi_size: training crop / sliding-window size ``(x, y, z)`` in voxels.
+        pos, neg: foreground:background ratio of crop centres.
+        num_samples: crops drawn per loaded volume.
+        augment: random flips/rotations/intensity augmentation during training.
+    """
+
+    modality: str = "mri"
+    ct_window: tuple[float, float] = (-175.0, 250.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    spacing: tuple[float, float, float] | None = None
+    orientation: str | None = "RAS"
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    pos: float = 1.0
+    neg: float = 1.0
+    num_samples: int = 2
+    augment: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.modality = str(self.modality).lower()
+        if self.modality in ("mr", "t1", "t2", "flair"):
+            self.modality = "mri"
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        self.roi_size = tuple(int(r) for r in self.roi_size)  # type: ignore[assignment]
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ValueError(f"roi_size must be three positive ints, got {self.roi_size}")
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+            if len(self.spacing) != 3 or min(self.spacing) <= 0:
+                raise ValueError(f"spacing must be three positive numbers, got {self.spacing}")
+        lo, hi = self.ct_window
+        if not lo < hi:
+            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+        plo, phi = self.percentiles
+        if not 0 <= plo < phi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.pos < 0 or self.neg < 0 or self.pos + self.neg == 0:
+            raise ValueError(f"pos and neg must be >= 0 and not both 0, got {self.pos}, {self.neg}")
+
+
+def modality_from_names(names: Mapping[int, str] | Sequence[str] | None, default: str = "mri") -> str:
+    """Map ``dataset.json`` channel names to a modality: all CT -> ``"ct"``; any MR-like name (MR, MRI,
+    T1, T2, FLAIR, ADC, DWI, PD) -> ``"mri"``; other names -> ``"other"``; nothing -> ``default``."""
+    if not names:
+        return default
+    values = [str(v).lower() for v in (names.values() if isinstance(names, Mapping) else names)]
+    if all(v in ("ct", "ct scan", "computed tomography") for v in values):
+        return "ct"
+    mr = ("mr", "t1", "t2", "flair", "adc", "dwi", "pd", "dce", "bold")
+    if any(any(v.startswith(m) or m in v.split() for m in mr) for v in values):
+        return "mri"
+    return "other"
+
+
+def _load_and_space(cfg: SegTransformConfig, keys: tuple[str, ...]) -> list[Any]:
+    import torch
+    from monai import transforms as T
+
+    ops: list[Any] = [
+        T.LoadImaged(keys=keys, image_only=True),
+        T.EnsureChannelFirstd(keys=keys),
+    ]
+    if "label" in keys:
+        ops.append(T.EnsureTyped(keys="label", dtype=torch.float32))
+    if cfg.orientation:
+        ops.append(T.Orientationd(keys=keys, axcodes=cfg.orientation, labels=None))
+    if cfg.spacing is not None:
+        modes = tuple("nearest" if k == "label" else "bilinear" for k in keys)
+        ops.append(T.Spacingd(keys=keys, pixdim=cfg.spacing, mode=modes))
+    return ops
+
+
+def _intensity(cfg: SegTransformConfig) -> list[Any]:
+    from monai import transforms as T
+
+    lo, hi = cfg.percentiles
+    if cfg.modality == "ct":
+        a_min, a_max = cfg.ct_window
+        return [T.ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
+    if cfg.modality == "mri":
+        return [
+            T.ScaleIntensityRangePercentilesd(
+                keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+            ),
+            # z-score is invariant to the affine map above, so this is "clip to percentiles, z-score"
+            T.NormalizeIntensityd(keys="image", nonzero=False, channel_wise=True),
+        ]
+    return [
+        T.ScaleIntensityRangePercentilesd(
+            keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+        )
+    ]
+
+
+def build_train_transforms(cfg: SegTransformConfig) -> Any:
+    """Load -> channel-first -> orientation -> spacing -> intensity -> pad to ROI -> pos/neg crops ->
+    augmentation. Each input dict yields ``cfg.num_samples`` crops of ``cfg.roi_size``."""
+    from monai import transforms as T
+
+    keys = ("image", "label")
+    ops = _load_and_space(cfg, keys) + _intensity(cfg)
+    ops += [
+        T.SpatialPadd(keys=keys, spatial_size=cfg.roi_size, mode="constant"),
+        T.RandCropByPosNegLabeld(
+            keys=keys, label_key="label", spatial_size=cfg.roi_size, pos=cfg.pos, neg=cfg.neg,
+            num_samples=cfg.num_samples, allow_smaller=False,
+        ),
+    ]
+    if cfg.augment:
+        ops += [T.RandFlipd(keys=keys, prob=0.2, spatial_axis=axis) for axis in range(3)]
+        if cfg.roi_size[0] == cfg.roi_size[1]:
+            ops.append(T.RandRotate90d(keys=keys, prob=0.1, max_k=3, spatial_axes=(0, 1)))
+        ops += [
+            T.RandScaleIntensityd(keys="image", factors=0.1, prob=0.2),
+            T.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.2),
+            T.RandGaussianNoised(keys="image", std=0.01, prob=0.2),
+        ]
+    ops.append(T.EnsureTyped(keys=keys, track_meta=False))
+    return T.Compose(ops)
+
+
+def build_val_transforms(cfg: SegTransformConfig) -> Any:
+    """Load -> channel-first -> orientation -> spacing -> intensity (whole volumes, for sliding-window
+    validation; labels kept as float label maps on the same grid)."""
+    from monai import transforms as T
+
+    return T.Compose(_load_and_space(cfg, ("image", "label")) + _intensity(cfg))
+
+
+def build_inference_transforms(cfg: SegTransformConfig) -> Any:
+    """Image-only version of :func:`build_val_transforms`; invertible with :class:`monai.transforms.Invertd`
+    (the image keeps its MetaTensor history) so predictions go back to the original voxel grid."""
+    from monai import transforms as T
+
+    return T.Compose(_load_and_space(cfg, ("image",)) + _intensity(cfg))
+
+
+def resample_volume(
+    source: str | Path,
+    target: str | Path,
+    spacing: Sequence[float],
+    is_label: bool = False,
+    orientation: str | None = "RAS",
+) -> Path:
+    """Resample one NIfTI file to ``spacing`` (bilinear for images, nearest for labels, label dtype
+    kept) and write it to ``target`` (``.nii.gz``). Orientation ``RAS`` by default, like training."""
+    import nibabel as nib
+    import numpy as np
+    from monai import transforms as T
+
+    cfg = SegTransformConfig(spacing=tuple(spacing), orientation=orientation)  # validates the spacing
+    key = "label" if is_label else "image"
+    ops = _load_and_space(cfg, (key,))
+    out = T.Compose(ops)({key: str(source)})[key]
+    arr = out.detach().cpu().numpy()[0]
+    affine = np.asarray(out.affine, dtype=np.float64)
+    if is_label:
+        src_dtype = nib.load(str(source)).get_data_dtype()
+        arr = np.rint(arr).astype(src_dtype if np.issubdtype(src_dtype, np.integer) else np.int16)
+    from .volumes import write_nifti
+
+    return write_nifti(target, arr, affine)

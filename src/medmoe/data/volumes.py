@@ -1,0 +1,420 @@
+"""3-D volumes with labels: dataset discovery and validation for segmentation.
+
+Three ways to describe a segmentation data set, all giving a list of :class:`VolumeCase`:
+
+* an **MSD / nnU-Net folder** (:func:`discover_msd_folder`)::
+
+      ROOT/imagesTr/<case>.nii.gz            MSD: one (possibly 4-D) file per case
+      ROOT/imagesTr/<case>_0000.nii.gz       nnU-Net: one file per channel (_0000, _0001, ...)
+      ROOT/labelsTr/<case>.nii.gz            integer label map
+      ROOT/imagesTs/...                      optional, unlabelled test images
+      ROOT/dataset.json                      optional: "training" list, "labels", "modality"/"channel_names"
+
+* a **CSV** with columns ``image`` and ``label`` (optional ``case_id``; extra channels in ``image_1``,
+  ``image_2``, ...), paths relative to the CSV's folder;
+* a **JSON** list of ``{"image": ..., "label": ...}`` objects (``image`` may be a list of channel files),
+  or a dict with a ``"training"`` list (the MSD ``dataset.json`` form).
+
+:func:`load_volume_cases` picks the right reader from the path. :func:`validate_case` reads only the
+NIfTI headers (plus the label voxels when ``num_classes`` is given) and raises :class:`VolumeError`, a
+``ValueError``, with a message naming the file and the fix when image and label shapes or affines
+differ, when channel files disagree, or when label values fall outside ``[0, num_classes)``. A volume
+smaller than the training ROI is **not** an error: the transforms pad it (``SpatialPadd``, zeros for the
+image after normalisation and background for the label); :func:`validate_case` reports it in
+``CaseReport.padded_axes``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "CaseReport",
+    "SegDatasetInfo",
+    "VolumeCase",
+    "VolumeError",
+    "discover_msd_folder",
+    "load_volume_cases",
+    "read_pair_list",
+    "validate_case",
+    "validate_cases",
+    "write_nifti",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class VolumeError(ValueError):
+    """A segmentation case is unreadable or inconsistent (shapes, affines, label values, layout)."""
+
+
+@dataclass(frozen=True)
+class VolumeCase:
+    """One case: image channel files (1 or more) and an optional label map.
+
+    Attributes:
+        case_id: name of the case (file name without ``.nii.gz`` and channel suffix).
+        images: one path per channel file (an MSD 4-D image is one file holding every channel).
+        label: integer label map with the image's spatial shape and affine, or ``None`` (inference).
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """MONAI dictionary form: ``{"image": [paths], "label": path, "case_id": str}``."""
+        d: dict[str, Any] = {"image": [str(p) for p in self.images], "case_id": self.case_id}
+        if self.label is not None:
+            d["label"] = str(self.label)
+        return d
+
+
+@dataclass
+class SegDatasetInfo:
+    """What a data set folder or list says about itself.
+
+    Attributes:
+        cases: labelled cases (training pool).
+        test_cases: unlabelled cases (``imagesTs``), may be empty.
+        label_names: ``{value: name}`` from ``dataset.json`` (empty when unknown).
+        modality: ``{channel index: name}`` (``"CT"``, ``"T1"``, ...) from ``dataset.json``.
+        source: the folder or list file read.
+    """
+
+    cases: list[VolumeCase]
+    test_cases: list[VolumeCase] = field(default_factory=list)
+    label_names: dict[int, str] = field(default_factory=dict)
+    modality: dict[int, str] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        """``max label value + 1`` from ``dataset.json``'s labels, ``None`` if not declared."""
+        return max(self.label_names) + 1 if self.label_names else None
+
+    @property
+    def in_channels(self) -> int | None:
+        return len(self.modality) if self.modality else None
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """Result of :func:`validate_case` for one case (all sizes in voxels)."""
+
+    case_id: str
+    shape: tuple[int, int, int]
+    channels: int
+    spacing: tuple[float, float, float]
+    label_values: tuple[int, ...] = ()
+    padded_axes: tuple[int, ...] = ()
+
+
+def _strip_nifti(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        stem = _strip_nifti(p.name)
+        if stem is not None and not p.name.startswith((".", "._")) and p.is_file():
+            out[stem] = p
+    return out
+
+
+def _group_images(images: dict[str, Path], label_stems: set[str]) -> dict[str, tuple[Path, ...]]:
+    """Group image files into cases: ``case_0000``-style channel files (nnU-Net) or one file per case."""
+    cases: dict[str, list[tuple[int, Path]]] = {}
+    for stem, path in images.items():
+        m = _CHANNEL_RE.match(stem)
+        if stem in label_stems or m is None:
+            cases.setdefault(stem, []).append((0, path))
+        else:
+            cases.setdefault(m.group("case"), []).append((int(m.group("channel")), path))
+    out = {}
+    for case, items in cases.items():
+        items.sort()
+        channels = [c for c, _ in items]
+        if len(items) > 1 and channels != list(range(len(items))):
+            raise VolumeError(
+                f"case {case!r}: channel files {[p.name for _, p in items]} are not numbered _0000, _0001, ... "
+                "without gaps"
+            )
+        out[case] = tuple(p for _, p in items)
+    return out
+
+
+def _resolve(base: Path, value: str | Path) -> Path:
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        # MSD dataset.json uses "./imagesTr/x.nii.gz"
+        p = base / p
+    return p
+
+
+def discover_msd_folder(root: str | Path) -> SegDatasetInfo:
+    """Read an MSD or nnU-Net raw data folder (``imagesTr``, ``labelsTr``, optional ``imagesTs`` and
+    ``dataset.json``). Every image must have a label with the same case name and vice versa.
+
+    Raises:
+        VolumeError: missing folders, images without labels (or the reverse), listed files missing.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise VolumeError(f"data folder {str(root)!r} does not exist")
+    meta: dict[str, Any] = {}
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise VolumeError(f"{meta_path} is not valid JSON: {e}") from e
+    label_names = _label_names(meta.get("labels", {}))
+    modality = {int(k): str(v) for k, v in (meta.get("modality") or meta.get("channel_names") or {}).items()}
+
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise VolumeError(
+            f"{str(root)!r} is not an MSD/nnU-Net folder: it needs imagesTr/ and labelsTr/ "
+            f"(found: {sorted(p.name for p in root.iterdir())}). A CSV or JSON list of image/label pairs "
+            "works too"
+        )
+    # MSD dataset.json lists the training pairs explicitly; nnU-Net v2 does not (it has file_ending).
+    training = meta.get("training")
+    if isinstance(training, list) and training and isinstance(training[0], dict) and "image" in training[0]:
+        cases = _cases_from_records(training, root, str(meta_path))
+    else:
+        labels = _nifti_files(labels_dir)
+        grouped = _group_images(_nifti_files(images_dir), set(labels))
+        missing_labels = sorted(set(grouped) - set(labels))
+        missing_images = sorted(set(labels) - set(grouped))
+        if missing_labels or missing_images:
+            raise VolumeError(
+                f"{root}: images without a label: {missing_labels[:5]}; labels without an image: "
+                f"{missing_images[:5]}. Each imagesTr/<case>[_0000].nii.gz needs labelsTr/<case>.nii.gz"
+            )
+        cases = [VolumeCase(c, grouped[c], labels[c]) for c in sorted(grouped)]
+    if not cases:
+        raise VolumeError(f"no NIfTI cases found in {images_dir}")
+    test_cases: list[VolumeCase] = []
+    if (root / "imagesTs").is_dir():
+        grouped = _group_images(_nifti_files(root / "imagesTs"), set())
+        test_cases = [VolumeCase(c, grouped[c], None) for c in sorted(grouped)]
+    return SegDatasetInfo(cases, test_cases, label_names, modality, root)
+
+
+def _label_names(labels: dict[str, Any]) -> dict[int, str]:
+    """MSD: ``{"0": "background", ...}``; nnU-Net v2: ``{"background": 0, ...}`` (regions ignored)."""
+    out: dict[int, str] = {}
+    for k, v in labels.items():
+        if str(k).lstrip("-").isdigit():
+            out[int(k)] = str(v)
+        elif isinstance(v, int):
+            out[v] = str(k)
+    return out
+
+
+def _cases_from_records(records: Sequence[Any], base: Path, source: str) -> list[VolumeCase]:
+    cases = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "image" not in rec:
+            raise VolumeError(f"{source}: entry {i} must be an object with 'image' (and 'label'), got {rec!r}")
+        raw = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        images = tuple(_resolve(base, p) for p in raw)
+        label = _resolve(base, rec["label"]) if rec.get("label") else None
+        case_id = str(rec.get("case_id") or _strip_nifti(images[0].name) or images[0].stem)
+        for p in (*images, *([label] if label else [])):
+            if not p.is_file():
+                raise VolumeError(f"{source}: entry {i} ({case_id}) lists {p}, which does not exist")
+        cases.append(VolumeCase(case_id, images, label))
+    ids = [c.case_id for c in cases]
+    dupes = sorted({x for x in ids if ids.count(x) > 1})
+    if dupes:
+        raise VolumeError(f"{source}: duplicate case ids {dupes[:5]}; add a unique 'case_id' column/field")
+    return cases
+
+
+def read_pair_list(path: str | Path) -> SegDatasetInfo:
+    """Read a CSV (columns ``image``, ``label``, optional ``case_id``, ``image_1``...) or JSON list of
+    image/label pairs. Relative paths are relative to the list file's folder."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VolumeError(f"pair list {str(path)!r} does not exist")
+    base = path.parent
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            if "image" not in cols:
+                raise VolumeError(f"{path}: the CSV needs an 'image' column (and 'label'); found columns {cols}")
+            extra = sorted((c for c in cols if re.fullmatch(r"image_\d+", c)), key=lambda c: int(c[6:]))
+            records = []
+            for row in reader:
+                images = [row["image"], *[row[c] for c in extra if row.get(c)]]
+                records.append({"image": images, "label": row.get("label") or None, "case_id": row.get("case_id")})
+        return SegDatasetInfo(_cases_from_records(records, base, str(path)), source=path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise VolumeError(f"{path} is not valid JSON: {e}") from e
+        if isinstance(data, dict):
+            records = data.get("training")
+            if records is None:
+                raise VolumeError(f"{path}: expected a list of pairs or an object with a 'training' list")
+            label_names = _label_names(data.get("labels", {}))
+        else:
+            records, label_names = data, {}
+        return SegDatasetInfo(_cases_from_records(records, base, str(path)), label_names=label_names, source=path)
+    raise VolumeError(f"{path}: pair lists must be .csv or .json")
+
+
+def load_volume_cases(source: str | Path) -> SegDatasetInfo:
+    """Dispatch: a folder -> :func:`discover_msd_folder`, a ``.csv``/``.json`` -> :func:`read_pair_list`."""
+    source = Path(source).expanduser()
+    if source.is_dir():
+        return discover_msd_folder(source)
+    if source.suffix.lower() in (".csv", ".json"):
+        return read_pair_list(source)
+    raise VolumeError(
+        f"{str(source)!r} is neither a data folder (imagesTr/labelsTr) nor a .csv/.json list of pairs"
+    )
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for broken files
+        raise VolumeError(f"cannot read {path} as NIfTI: {e}") from e
+    return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
+
+
+def validate_case(
+    case: VolumeCase,
+    num_classes: int | None = None,
+    roi_size: Sequence[int] | None = None,
+    affine_atol: float = 1e-3,
+) -> CaseReport:
+    """Check one case and describe it.
+
+    Checks: every file is readable NIfTI; channel files share one 3-D grid; the label has the image's
+    spatial shape and affine (within ``affine_atol``, in mm); with ``num_classes``, every label value is
+    an integer in ``[0, num_classes)``. Volumes smaller than ``roi_size`` are reported in
+    ``padded_axes`` (they are padded by the transforms, not rejected).
+
+    Raises:
+        VolumeError: with the case id, both shapes/affines or the offending label values, and the fix.
+    """
+    shapes, affines = [], []
+    for p in case.images:
+        s, a = _header(p)
+        if len(s) not in (3, 4):
+            raise VolumeError(f"case {case.case_id}: {p.name} has shape {s}; expected a 3-D (or 4-D) volume")
+        shapes.append(s)
+        affines.append(a)
+    spatial = shapes[0][:3]
+    for p, s, a in zip(case.images[1:], shapes[1:], affines[1:]):
+        if s[:3] != spatial or not np.allclose(a, affines[0], atol=affine_atol):
+            raise VolumeError(
+                f"case {case.case_id}: channel file {p.name} (shape {s}) is not on the grid of "
+                f"{case.images[0].name} (shape {shapes[0]}); resample every channel to one grid"
+            )
+    channels = sum(s[3] if len(s) == 4 else 1 for s in shapes)
+    values: tuple[int, ...] = ()
+    if case.label is not None:
+        ls, la = _header(case.label)
+        ls3 = ls[:3] if len(ls) == 4 and ls[3] == 1 else ls
+        if tuple(ls3) != spatial:
+            raise VolumeError(
+                f"case {case.case_id}: label {case.label.name} has shape {ls} but image "
+                f"{case.images[0].name} has spatial shape {spatial}; they must be on the same voxel grid "
+                "(resample the label with nearest-neighbour interpolation, e.g. `medmoe seg resample`)"
+            )
+        if not np.allclose(la, affines[0], atol=affine_atol):
+            diff = float(np.abs(la - affines[0]).max())
+            raise VolumeError(
+                f"case {case.case_id}: label and image affines differ by up to {diff:.4g} mm "
+                f"(tolerance {affine_atol}).\nimage affine:\n{np.round(affines[0], 4)}\nlabel affine:\n"
+                f"{np.round(la, 4)}\nThe label is not aligned with the image; fix its header or resample it"
+            )
+        if num_classes is not None:
+            import nibabel as nib
+
+            data = np.asarray(nib.load(str(case.label)).dataobj)
+            uniq = np.unique(data)
+            if not np.all(np.isfinite(uniq)) or not np.all(uniq == np.round(uniq)):
+                raise VolumeError(f"case {case.case_id}: label {case.label.name} holds non-integer values")
+            bad = uniq[(uniq < 0) | (uniq >= num_classes)]
+            if bad.size:
+                raise VolumeError(
+                    f"case {case.case_id}: label {case.label.name} has values {bad[:10].astype(int).tolist()} "
+                    f"outside [0, {num_classes}) (num_classes={num_classes}). Set num_classes to max label + 1 "
+                    f"({int(uniq.max()) + 1}) or remap the labels"
+                )
+            values = tuple(int(v) for v in uniq)
+    zooms = np.sqrt((affines[0][:3, :3] ** 2).sum(axis=0))
+    padded: tuple[int, ...] = ()
+    if roi_size is not None:
+        padded = tuple(i for i, (s, r) in enumerate(zip(spatial, roi_size)) if s < int(r))
+    return CaseReport(case.case_id, tuple(spatial), channels, tuple(float(z) for z in zooms), values, padded)  # type: ignore[arg-type]
+
+
+def validate_cases(
+    cases: Sequence[VolumeCase],
+    num_classes: int | None = None,
+    roi_size: Sequence[int] | None = None,
+    in_channels: int | None = None,
+) -> list[CaseReport]:
+    """:func:`validate_case` for every case, plus: all cases have the same channel count (and it equals
+    ``in_channels`` when given). Volumes smaller than the ROI are logged (they will be padded)."""
+    reports = [validate_case(c, num_classes, roi_size) for c in cases]
+    channels = {r.channels for r in reports}
+    if len(channels) > 1:
+        raise VolumeError(f"cases have different channel counts {sorted(channels)}; every case needs the same")
+    if in_channels is not None and reports and reports[0].channels != in_channels:
+        raise VolumeError(
+            f"the images have {reports[0].channels} channel(s) but the model expects in_channels={in_channels}"
+        )
+    small = [r for r in reports if r.padded_axes]
+    if small:
+        logger.info(
+            "%d case(s) are smaller than the ROI %s along some axis and will be zero-padded (e.g. %s %s)",
+            len(small), tuple(roi_size or ()), small[0].case_id, small[0].shape,
+        )
+    return reports
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Write ``array`` (x, y, z[, c]) as NIfTI with ``affine`` (identity by default); integer arrays keep
+    their dtype (labels as uint8/int16), others are stored as float32."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array)
+    if not np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float32)
+    img = nib.Nifti1Image(arr, np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(path))
+    return path

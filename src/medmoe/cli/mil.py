@@ -156,7 +156,7 @@ def predict_checkpoint(
 def run_compare(
     models: list[str], datasets: list[str], patch_embeds: list[str], k: int, seeds: list[int], epochs: int,
     out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
-    lr: float = 1e-4, patience: int = 5,
+    lr: float = 1e-4, patience: int = 5, resume: bool = False,
 ) -> Path:
     """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png."""
     from ..engine import compare
@@ -166,7 +166,8 @@ def run_compare(
     cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),
                         standardize_features=True, progress=False)
     result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
-                     model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None)
+                     model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
+                     resume=resume)
     table = result.to_markdown()
     (out / "comparison.md").write_text(table)
     png = plot_comparison(result.rows, metric, out / "comparison.png",
@@ -190,10 +191,15 @@ def compare_cmd(
     moe: list[str] = typer.Option(None, "--moe", help="Mammoth argument KEY=VALUE for the mammoth variant only, "
                                   "e.g. --moe num_experts=8 (default: the paper's 30 experts x 10 slots)."),
     out: Path = typer.Option(Path("runs/compare")),
+    resume: bool = typer.Option(False, "--resume", help="Keep finished folds under --out and continue "
+                                "interrupted ones (same settings required): a long grid can be stopped and resumed."),
 ) -> None:
     """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot."""
     try:
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out, metric, parse_overrides(set_),
-                    moe_args=parse_overrides(moe), lr=lr)
+                    moe_args=parse_overrides(moe), lr=lr, resume=resume)
     except (ValueError, RuntimeError) as err:
         _fail(err)
+
+
+app.command("heatmap")(__import__(f"{__package__}.heatmap", fromlist=["heatmap"]).heatmap)

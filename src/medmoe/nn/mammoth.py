@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .experts import FactorizedLinear
 from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
+from .onednn_linear import FastLinear
 from .patch_embedding import EmbeddedPatches, PatchEmbedding
 from .routing import Routing, check_mask
 
@@ -185,7 +186,7 @@ class Mammoth(PatchEmbedding):
         self.head_dim = self.dim // num_heads
 
         norm_cls = LayerNorm if use_layernorm else RMSNorm
-        self.wq = nn.Linear(self.input_dim, self.slot_dim, bias=True)
+        self.wq = FastLinear(self.input_dim, self.slot_dim, bias=True)  # oneDNN on large CPU inputs
         self.norm = norm_cls(self.slot_dim)
         self.slot_norm = norm_cls(self.head_dim_input)
         self.slot_embeds = nn.Parameter(

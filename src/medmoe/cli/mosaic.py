@@ -1,0 +1,169 @@
+"""MOSAIC on MedMNIST: list the datasets, train the mixture-of-specialists ViT, evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help=__doc__, no_args_is_help=True)
+
+SYNTHETIC_NOTE = "SYNTHETIC data written by write_fake_medmnist (not MedMNIST images): numbers mean nothing clinically"
+WEIGHTS_HELP = (
+    "ViT-B/16 ImageNet weights: the JAX 'ViT-B_16.npz' or a timm .safetensors/.pth file; 'none' = random "
+    "backbone (a warning is printed)."
+)
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("info")
+def info(
+    data: Path = typer.Option(None, help="Folder with MedMNIST .npz files: show which are present."),
+    size: int = typer.Option(28, help="Image size to check the files for (28, 64, 128, 224)."),
+) -> None:
+    """The 18 MedMNIST datasets: task, classes, channels, split sizes, licence, MOSAIC specialist."""
+    from ..data.medmnist import MEDMNIST_FLAGS, medmnist_filename, medmnist_info
+    from ..nn.adapters import ROUTING_TABLES
+
+    table = ROUTING_TABLES["mosaic"]
+    header = "| dataset | task | classes | ch | train / val / test | licence | specialist |"
+    if data is not None:
+        header += " file |"
+    typer.echo(header)
+    typer.echo("|---" * (header.count("|") - 1) + "|")
+    for flag in MEDMNIST_FLAGS:
+        i = medmnist_info(flag)
+        n = i.n_samples
+        spec = table.route(flag)
+        row = (f"| {flag} | {i.task} | {i.num_classes} | {i.n_channels} | {n['train']:,} / {n['val']:,} / "
+               f"{n['test']:,} | {i.license} | {spec} (r={table.specialists[spec].bottleneck}) |")
+        if data is not None:
+            s = min(size, 64) if i.spatial_dims == 3 else size
+            name = medmnist_filename(flag, s)
+            row += f" {name} {'present' if (data / name).is_file() else 'MISSING'} |"
+        typer.echo(row)
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Option(None, help="Folder with the official MedMNIST .npz files."),
+    datasets: str = typer.Option("all", help="all | 2d | 3d | comma-separated flags (pathmnist,organmnist3d,...)."),
+    size: int = typer.Option(28, help="2-D image size (28/64/128/224); 3-D datasets use min(size, 64)."),
+    weights: str = typer.Option(None, help=WEIGHTS_HELP),
+    vit: str = typer.Option("base", help="base (ViT-B/16) | tiny (dim 32, depth 2: tests and demos)."),
+    routing: str = typer.Option("mosaic", help="mosaic (A/B/C specialists) | v1 (2-D/3-D) | shared (one adapter)."),
+    image_size_2d: int = typer.Option(None, help="Resize 2-D inputs to this side first (e.g. 224)."),
+    normalize: str = typer.Option("imagenet", help="2-D normalisation: imagenet | inception | none."),
+    rounds: int = typer.Option(100, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    lr: float = typer.Option(1e-4),
+    weight_decay: float = typer.Option(0.01),
+    warmup_rounds: int = typer.Option(5, min=0),
+    sampler: str = typer.Option("round_robin", help="round_robin | interleaved | balanced."),
+    max_steps: int = typer.Option(None, help="Cap on batches per dataset and round (quick runs)."),
+    patience: int = typer.Option(5, min=1),
+    consistency: float = typer.Option(0.1, help="Weight of the student/teacher feature MSE."),
+    seed: int = typer.Option(42),
+    accelerator: str = typer.Option("auto"),
+    precision: str = typer.Option("auto"),
+    out: Path = typer.Option(Path("runs/mosaic"), help="Run folder."),
+    demo: bool = typer.Option(False, help="Write SYNTHETIC fixtures for the datasets into OUT/synthetic_data and train on them."),
+    n_per_split: int = typer.Option(48, help="--demo: samples per split."),
+) -> None:
+    """Train MOSAIC (frozen ViT + specialist adapters + per-dataset heads) on MedMNIST datasets."""
+    from ..data.medmnist import MedMNISTFileError, resolve_medmnist_flags, write_fake_medmnist
+    from ..engine.mosaic_report import format_metrics_table, format_parameter_report, parameter_report
+    from ..engine.mosaic_training import (
+        MosaicTrainConfig,
+        build_mosaic_config,
+        load_medmnist_data,
+        train_mosaic,
+    )
+    from ..models.vit import MosaicModel, VisionTransformerConfig, ViTWeightsError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        flags = resolve_medmnist_flags(datasets)
+        note = ""
+        if demo:
+            data = out / "synthetic_data"
+            write_fake_medmnist(data, flags, size, n_per_split, seed=seed)
+            note = SYNTHETIC_NOTE
+            typer.secho(f"DEMO: {note}", fg="yellow")
+        if data is None:
+            raise typer.BadParameter("give --data DIR with the MedMNIST .npz files (or --demo for synthetic data)")
+        if weights is None:
+            raise typer.BadParameter(
+                "give --weights PATH (ViT-B/16 ImageNet weights: JAX ViT-B_16.npz or timm .safetensors/.pth) "
+                "or --weights none for a random backbone"
+            )
+        if str(weights).lower() != "none" and not Path(weights).is_file():
+            from ..models.vit.weights import WEIGHTS_HELP as VIT_WEIGHTS_HELP
+
+            raise ValueError(f"ViT weight file {weights!r} does not exist. {VIT_WEIGHTS_HELP}")
+        if vit not in ("base", "tiny"):
+            raise typer.BadParameter(f"--vit must be base or tiny, got {vit!r}")
+        vit_cfg = VisionTransformerConfig.base_patch16() if vit == "base" else VisionTransformerConfig.tiny_test()
+        model_cfg = build_mosaic_config(flags, size, vit=vit_cfg, routing=routing, image_size_2d=image_size_2d,
+                                        normalize_2d=normalize)
+        train_cfg = MosaicTrainConfig(
+            rounds=rounds, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_rounds=warmup_rounds,
+            sampler=sampler, max_steps_per_dataset=max_steps, patience=patience, consistency_weight=consistency,
+            seed=seed, accelerator=accelerator, precision=precision,
+        )
+        split_data = load_medmnist_data(data, flags, size)
+        typer.echo(format_parameter_report(parameter_report(MosaicModel(model_cfg, device="meta"))))
+        if str(weights).lower() == "none":
+            typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)
+        result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note)
+    except (ValueError, MedMNISTFileError, ViTWeightsError) as err:
+        _fail(err)
+        return
+    dims = {t.name: t.spatial_dims for t in model_cfg.tasks}
+    if note:
+        typer.secho(note, fg="yellow")
+    typer.echo(format_metrics_table(result.test_metrics, dims, title="Test (official MedMNIST metrics), student"))
+    typer.echo(f"best round {result.best_round}/{result.rounds_run}; checkpoint: {result.checkpoint_dir}; "
+               f"report: {out / 'report.md'}")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder written by 'medmoe mosaic train'."),
+    data: Path = typer.Option(..., help="Folder with the MedMNIST .npz files."),
+    split: str = typer.Option("test", help="train | val | test."),
+    teacher: bool = typer.Option(False, help="Evaluate the EMA teacher instead of the student."),
+    batch_size: int = typer.Option(64, min=1),
+    json_out: Path = typer.Option(None, "--json", help="Also write the metrics as JSON."),
+) -> None:
+    """Official MedMNIST ACC/AUC of a MOSAIC checkpoint on every dataset it has a head for."""
+    from ..data.medmnist import MedMNISTFileError
+    from ..engine.checkpoint import CheckpointError
+    from ..engine.mosaic_report import format_metrics_table, mean_accuracies
+    from ..engine.mosaic_training import evaluate_mosaic, load_medmnist_data, load_mosaic_checkpoint
+
+    try:
+        model, ckpt_info = load_mosaic_checkpoint(checkpoint, teacher=teacher)
+        tasks = model.config.tasks
+        sizes = {t.image_size for t in tasks if t.spatial_dims == 2} or {t.image_size for t in tasks}
+        size = max(s or 28 for s in sizes)
+        splits = load_medmnist_data(data, [t.name for t in tasks], size, splits=(split,))[split]
+        metrics = evaluate_mosaic(model, splits, batch_size=batch_size)
+    except (ValueError, MedMNISTFileError, CheckpointError) as err:
+        _fail(err)
+        return
+    dims = {t.name: t.spatial_dims for t in tasks}
+    note = ckpt_info.get("data_note") or ""
+    if note:
+        typer.secho(f"checkpoint trained on: {note}", fg="yellow")
+    typer.echo(format_metrics_table(metrics, dims, title=f"{split} ({'teacher' if teacher else 'student'})"))
+    if json_out is not None:
+        payload = {k: m.to_dict() for k, m in metrics.items()}
+        payload["means"] = mean_accuracies(metrics, dims)  # type: ignore[assignment]
+        json_out.write_text(json.dumps(payload, indent=2).replace("NaN", "null"))

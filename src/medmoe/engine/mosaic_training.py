@@ -1,0 +1,722 @@
+"""MOSAIC multi-dataset training on Lightning Fabric: cyclic sampling, student/teacher consistency,
+expert-aware EMA, AdamW with warm-up + cosine per round, early stopping on mean validation ACC.
+
+One **round** visits every dataset (reference ``systems.md`` §4.3). Samplers (:func:`round_schedule`):
+
+* ``"round_robin"`` (Ark-style, the reference): a full epoch of each dataset, one dataset after the
+  other in list order;
+* ``"interleaved"``: the same batches, but one batch at a time, alternating a 2-D and a 3-D dataset
+  (cycling within each kind) until every dataset finished its epoch;
+* ``"balanced"`` (size-balanced): every dataset gets the same number of batches per round
+  (``steps_per_dataset``, default the median epoch length), drawn without replacement and repeated
+  for small datasets, in a random order across datasets, so TissueMNIST's 165k images no longer
+  dominate the steps.
+
+Each step: the **student** sees an augmented view (2-D: horizontal flip p 0.5, rotation +-15 degrees;
+3-D: brightness +-0.1 p 0.5, contrast x[0.9, 1.1] p 0.5, clamped to [0, 1]); the **teacher** (a copy of
+the student, never trained by gradients) sees the clean view. Loss = task loss + ``lambda`` *
+MSE(student cls feature, teacher cls feature), ``lambda = 0.1``. After each optimiser step the
+**expert-aware EMA** (:class:`ExpertAwareEMA`) moves the teacher's trainable parameters towards the
+student's with momentum 0.9 (step on a 2-D specialist) or 0.95 (3-D specialist), skipping the adapters
+of the specialists that were inactive in the step. AdamW (lr 1e-4, wd 0.01), gradient clipping 1.0;
+learning rate: linear warm-up over 5 rounds from factor 0.01, then cosine to ``min_lr``, stepped once
+per round. Early stopping on the student's mean validation ACC (patience 5, min_delta 0.001); the
+best round's student is saved and evaluated on the test split (student and teacher).
+
+Outputs in ``out_dir``: ``checkpoint/`` (``model.safetensors`` + ``config.json``, self-describing,
+written atomically; ``teacher.safetensors`` with the teacher's trainable tensors), ``metrics.csv`` (one
+row per round), ``results.json`` and ``report.md`` (per-dataset tables, means, parameter report).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.medmnist import MedMNISTSplit, load_medmnist_split, medmnist_info, resolve_medmnist_flags
+from ..models.vit import MosaicConfig, MosaicModel, VisionTransformerConfig, task_loss, task_scores
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_checkpoint_info,
+    save_checkpoint,
+    unwrap_model,
+)
+from .medmnist_metrics import TaskMetrics, evaluate_scores
+from .mosaic_report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
+
+__all__ = [
+    "SAMPLERS",
+    "ExpertAwareEMA",
+    "MosaicResult",
+    "MosaicTrainConfig",
+    "augment_2d",
+    "augment_3d",
+    "build_mosaic_config",
+    "evaluate_mosaic",
+    "load_medmnist_data",
+    "load_mosaic_checkpoint",
+    "round_lr_factor",
+    "round_schedule",
+    "save_mosaic_checkpoint",
+    "train_mosaic",
+]
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("round_robin", "interleaved", "balanced")
+CHECKPOINT_DIR = "checkpoint"
+TEACHER_NAME = "teacher.safetensors"
+METRICS_CSV = "metrics.csv"
+
+
+@dataclass
+class MosaicTrainConfig:
+    """Training settings (defaults: the MOSAIC reference, ``systems.md`` §4.3).
+
+    Attributes:
+        rounds: maximum rounds (one round visits every dataset).
+        lr, weight_decay: AdamW.
+        warmup_rounds: linear warm-up rounds (from ``warmup_start_factor * lr``).
+        warmup_start_factor: first warm-up factor (0.01).
+        min_lr: end of the cosine decay.
+        grad_clip: global gradient-norm clip (``None``/0 = off).
+        batch_size: samples per step (one dataset per batch; ``drop_last`` unless a dataset is smaller).
+        eval_batch_size: batch size for validation / test (default ``2 * batch_size``).
+        consistency_weight: ``lambda`` of the feature MSE (0 = no teacher forward during training).
+        ema_2d, ema_3d: teacher momentum for steps on a 2-D / 3-D specialist.
+        sampler: ``"round_robin"``, ``"interleaved"`` or ``"balanced"``.
+        steps_per_dataset: batches per dataset and round for ``"balanced"`` (default: median epoch length).
+        max_steps_per_dataset: cap on batches per dataset and round (quick runs; ``None`` = full epochs).
+        patience, min_delta: early stopping on the student's mean validation ACC (``None`` = never stop).
+        augment: student augmentation on/off.
+        seed: seed of everything random.
+        precision: Fabric precision (``"auto"``: ``"bf16-mixed"`` on CUDA, else ``"32-true"``).
+        accelerator: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        eval_teacher: also evaluate the teacher (validation and test).
+        progress: rich progress bar (only when stderr is a terminal).
+    """
+
+    rounds: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_rounds: int = 5
+    warmup_start_factor: float = 0.01
+    min_lr: float = 1e-6
+    grad_clip: float | None = 1.0
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    consistency_weight: float = 0.1
+    ema_2d: float = 0.9
+    ema_3d: float = 0.95
+    sampler: str = "round_robin"
+    steps_per_dataset: int | None = None
+    max_steps_per_dataset: int | None = None
+    patience: int | None = 5
+    min_delta: float = 0.001
+    augment: bool = True
+    seed: int = 42
+    precision: str = "auto"
+    accelerator: str = "auto"
+    eval_teacher: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        for name in ("ema_2d", "ema_3d"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.consistency_weight < 0:
+            raise ValueError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
+        if self.warmup_rounds < 0 or not 0 < self.warmup_start_factor <= 1:
+            raise ValueError("warmup_rounds must be >= 0 and warmup_start_factor in (0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration and data
+
+
+def build_mosaic_config(
+    flags: str | Sequence[str],
+    size: int = 28,
+    *,
+    vit: VisionTransformerConfig | None = None,
+    **model_kwargs: Any,
+) -> MosaicConfig:
+    """A :class:`MosaicConfig` with one head per MedMNIST dataset (``"all"``, ``"2d"``, a list, ...).
+
+    ``size`` is the stored image side (28/64/128/224; 3-D datasets take ``min(size, 64)``); the model
+    then refuses inputs of another size.
+    """
+    tasks = []
+    for flag in resolve_medmnist_flags(flags):
+        info = medmnist_info(flag)
+        tasks.append(info.task_spec_dict(_size_for(info.spatial_dims, size)))
+    return MosaicConfig(tasks=tasks, vit=vit or VisionTransformerConfig(), **model_kwargs)
+
+
+def _size_for(spatial_dims: int, size: int) -> int:
+    return min(size, 64) if spatial_dims == 3 else size
+
+
+def load_medmnist_data(
+    root: str | Path, flags: Sequence[str], size: int, splits: Sequence[str] = ("train", "val", "test"),
+    *, mmap: bool = False,
+) -> dict[str, dict[str, MedMNISTSplit]]:
+    """``split -> flag -> MedMNISTSplit`` for every dataset (3-D datasets at ``min(size, 64)``).
+
+    Raises :class:`~medmoe.data.MedMNISTFileError` listing every missing file at once.
+    """
+    from ..data.medmnist import MedMNISTFileError, _how_to_get, medmnist_filename
+
+    root = Path(root)
+    missing = [f for f in flags if not (root / medmnist_filename(f, _size_for(medmnist_info(f).spatial_dims, size))).is_file()]
+    if missing:
+        sizes = sorted({_size_for(medmnist_info(f).spatial_dims, size) for f in missing})
+        msgs = [_how_to_get([f for f in missing if _size_for(medmnist_info(f).spatial_dims, size) == s], s, root) for s in sizes]
+        raise MedMNISTFileError(f"{len(missing)} MedMNIST file(s) missing; " + " | ".join(msgs))
+    return {
+        split: {
+            f: load_medmnist_split(root, f, split, _size_for(medmnist_info(f).spatial_dims, size), mmap=mmap)
+            for f in flags
+        }
+        for split in splits
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    perm = rng.permutation(n)
+    if n <= batch_size:
+        return [perm]
+    k = n // batch_size  # drop_last
+    return [perm[i * batch_size : (i + 1) * batch_size] for i in range(k)]
+
+
+def round_schedule(
+    train_sizes: Mapping[str, int],
+    spatial_dims: Mapping[str, int],
+    cfg: MosaicTrainConfig,
+    round_index: int,
+) -> list[tuple[str, np.ndarray]]:
+    """The ``(dataset, sample indices)`` batches of one round, deterministic in ``(seed, round)``.
+
+    Args:
+        train_sizes: ``dataset -> training-set size``, in the dataset order.
+        spatial_dims: ``dataset -> 2 or 3``.
+        cfg: sampler, batch size, caps, seed.
+        round_index: 0-based round.
+    """
+    names = list(train_sizes)
+    rng = np.random.default_rng([cfg.seed, round_index, 7])
+    per: dict[str, list[np.ndarray]] = {}
+    if cfg.sampler == "balanced":
+        epoch_steps = [max(1, train_sizes[n] // cfg.batch_size) for n in names]
+        steps = cfg.steps_per_dataset or int(np.median(epoch_steps))
+        if cfg.max_steps_per_dataset:
+            steps = min(steps, cfg.max_steps_per_dataset)
+        for name in names:
+            out: list[np.ndarray] = []
+            while len(out) < steps:
+                out.extend(_batches(train_sizes[name], cfg.batch_size, rng))
+            per[name] = out[:steps]
+        order = [name for name in names for _ in per[name]]
+        rng.shuffle(order)
+        cursor = {n: 0 for n in names}
+        schedule = []
+        for name in order:
+            schedule.append((name, per[name][cursor[name]]))
+            cursor[name] += 1
+        return schedule
+    for name in names:
+        b = _batches(train_sizes[name], cfg.batch_size, rng)
+        per[name] = b[: cfg.max_steps_per_dataset] if cfg.max_steps_per_dataset else b
+    if cfg.sampler == "round_robin":
+        return [(name, idx) for name in names for idx in per[name]]
+    # interleaved: alternate a 2-D and a 3-D dataset, one batch at a time, cycling within each kind
+    queues = {dims: [n for n in names if spatial_dims[n] == dims] for dims in (2, 3)}
+    cursor = {n: 0 for n in names}
+    turn = {2: 0, 3: 0}
+    schedule = []
+    kind = 2 if queues[2] else 3
+    while any(cursor[n] < len(per[n]) for n in names):
+        live = [n for n in queues[kind] if cursor[n] < len(per[n])]
+        if live:
+            name = live[turn[kind] % len(live)]
+            turn[kind] += 1
+            schedule.append((name, per[name][cursor[name]]))
+            cursor[name] += 1
+        kind = 5 - kind  # 2 <-> 3
+    return schedule
+
+
+def round_lr_factor(round_index: int, cfg: MosaicTrainConfig) -> float:
+    """Learning-rate factor of a round: ``LinearLR`` warm-up then cosine to ``min_lr`` (per round)."""
+    w = cfg.warmup_rounds
+    if round_index < w:
+        return cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * round_index / w
+    span = max(1, cfg.rounds - w)
+    p = min(1.0, (round_index - w) / span)
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation (batched, on the device)
+
+
+def augment_2d(x: Tensor, generator: torch.Generator | None = None, *, max_degrees: float = 15.0) -> Tensor:
+    """Random horizontal flip (p 0.5) and rotation in ``[-max_degrees, max_degrees]`` per image.
+
+    ``x: (b, c, h, w)`` in ``[0, 1]`` -> same shape; uncovered corners are 0 (as torchvision's default).
+    """
+    b = x.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sign = torch.where(flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_3d(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Brightness ``+U(-0.1, 0.1)`` (p 0.5) and contrast ``x U(0.9, 1.1)`` around the mean (p 0.5),
+    clamped to ``[0, 1]``. ``x: (b, 1, z, h, w)``."""
+    b = x.shape[0]
+    shape = (b,) + (1,) * (x.ndim - 1)
+    bright = (torch.rand(b, generator=generator) * 0.2 - 0.1) * (torch.rand(b, generator=generator) < 0.5)
+    contrast = torch.where(
+        torch.rand(b, generator=generator) < 0.5, 0.9 + 0.2 * torch.rand(b, generator=generator), torch.ones(b)
+    )
+    bright = bright.to(x).view(shape)
+    contrast = contrast.to(x).view(shape)
+    mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+    return ((x - mean) * contrast + mean + bright).clamp_(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# expert-aware EMA
+
+
+class ExpertAwareEMA:
+    """Teacher <- m * teacher + (1 - m) * student, skipping the adapters of inactive specialists.
+
+    Only the student's trainable parameters are averaged (frozen ones are identical in both). The
+    momentum of a step is the one of its active specialist: ``momentum[specialist]`` (MOSAIC: 0.9 for
+    the 2-D specialists, 0.95 for the 3-D one). Heads and the 3-D tokenizer are averaged every step.
+
+    Args:
+        student, teacher: the two models (same architecture; Fabric/DDP wrappers are unwrapped).
+        momentum: ``specialist -> m``.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, momentum: Mapping[str, float]) -> None:
+        student, teacher = unwrap_model(student), unwrap_model(teacher)
+        t_params = dict(teacher.named_parameters())
+        self.momentum = dict(momentum)
+        self.shared: list[tuple[Tensor, Tensor]] = []
+        self.by_specialist: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in self.momentum}
+        group_of = student.parameter_group  # type: ignore[attr-defined]
+        for name, p in student.named_parameters():
+            if not p.requires_grad:
+                continue
+            group = group_of(name)
+            pair = (t_params[name], p)
+            if group.startswith("adapter:"):
+                self.by_specialist[group.split(":", 1)[1]].append(pair)
+            else:
+                self.shared.append(pair)
+
+    @torch.no_grad()
+    def update(self, active: str | Sequence[str]) -> None:
+        """One EMA step after an optimiser step in which ``active`` specialist(s) were used."""
+        active = [active] if isinstance(active, str) else list(active)
+        unknown = [a for a in active if a not in self.momentum]
+        if unknown:
+            raise ValueError(f"unknown specialists {unknown}; known {sorted(self.momentum)}")
+        m = max(self.momentum[a] for a in active)
+        pairs = self.shared + [p for a in active for p in self.by_specialist[a]]
+        if not pairs:
+            return
+        teacher = [t for t, _ in pairs]
+        student = [s.detach().to(t.dtype) for t, s in pairs]
+        torch._foreach_lerp_(teacher, student, 1.0 - m)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict_split(
+    model: nn.Module, split: MedMNISTSplit, *, batch_size: int = 64, device: torch.device | str | None = None,
+    autocast: Any = None,
+) -> np.ndarray:
+    """Scores ``(n, C)`` (softmax / sigmoid) of ``model`` on a whole split."""
+    module = unwrap_model(model)
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    task = module.task(split.flag)  # type: ignore[attr-defined]
+    out = []
+    for start in range(0, len(split), batch_size):
+        x, _ = split.batch(np.arange(start, min(start + batch_size, len(split))))
+        with autocast() if autocast is not None else _null():
+            logits = model(x.to(device), split.flag).logits
+        out.append(task_scores(logits, task).cpu().numpy())
+    module.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, task.num_outputs))
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def evaluate_mosaic(
+    model: nn.Module, splits: Mapping[str, MedMNISTSplit], *, batch_size: int = 64,
+    device: torch.device | str | None = None, autocast: Any = None,
+) -> dict[str, TaskMetrics]:
+    """Official MedMNIST metrics of ``model`` on each dataset's split (``flag -> TaskMetrics``)."""
+    out = {}
+    for flag, split in splits.items():
+        scores = predict_split(model, split, batch_size=batch_size, device=device, autocast=autocast)
+        out[flag] = evaluate_scores(split.labels, scores, split.info.task)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_mosaic_checkpoint(
+    directory: str | Path, model: nn.Module, extra_state: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
+) -> Path:
+    """Save the model (safetensors + config JSON, atomically) and optionally the teacher's trainable tensors."""
+    from safetensors.torch import save as st_save
+
+    directory = save_checkpoint(directory, unwrap_model(model), extra_state)
+    if teacher is not None:
+        student = unwrap_model(model)
+        names = {n for n, p in student.named_parameters() if p.requires_grad}
+        state = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(teacher).state_dict().items() if k in names}
+        atomic_write_bytes(directory / TEACHER_NAME, st_save(state))
+    return directory
+
+
+def load_mosaic_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu", *, teacher: bool = False
+) -> tuple[MosaicModel, dict[str, Any]]:
+    """Load a MOSAIC checkpoint; ``teacher=True`` overlays the saved teacher tensors on the student."""
+    from safetensors.torch import load_file
+
+    info = read_checkpoint_info(directory)
+    if info.get("model_name") != "mosaic":
+        raise CheckpointError(f"{directory} is a {info.get('model_name')!r} checkpoint, not a MOSAIC one")
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    model = MosaicModel(MosaicConfig.from_dict(info["model_config"]))
+    state = load_file(str(directory / "model.safetensors"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights in {directory} do not match the saved MOSAIC config: {err}") from err
+    if teacher:
+        path = directory / TEACHER_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{directory} has no teacher weights ({TEACHER_NAME})")
+        missing = model.load_state_dict(load_file(str(path)), strict=False)
+        if missing.unexpected_keys:
+            raise CheckpointError(f"teacher weights have unknown tensors {missing.unexpected_keys[:5]}")
+    return model.to(map_location).eval(), info
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class MosaicResult:
+    """Outcome of :func:`train_mosaic` (metrics are ``flag -> TaskMetrics``)."""
+
+    out_dir: Path
+    checkpoint_dir: Path
+    best_round: int
+    rounds_run: int
+    stopped_early: bool
+    val_metrics: dict[str, TaskMetrics]
+    test_metrics: dict[str, TaskMetrics]
+    test_metrics_teacher: dict[str, TaskMetrics] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def means(self, which: str = "test") -> dict[str, float]:
+        metrics = {"test": self.test_metrics, "val": self.val_metrics, "teacher": self.test_metrics_teacher}[which]
+        dims = {f: medmnist_info(f).spatial_dims for f in metrics or {}}
+        return mean_accuracies(metrics or {}, dims)
+
+
+def _resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _make_progress(enabled: bool) -> Any:
+    if not (enabled and sys.stderr.isatty()):
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[info]}"), transient=True)
+
+
+def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _metrics_json(metrics: Mapping[str, TaskMetrics] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: {kk: (None if isinstance(vv, float) and math.isnan(vv) else vv) for kk, vv in m.to_dict().items()}
+            for k, m in metrics.items()}
+
+
+def train_mosaic(
+    model_config: MosaicConfig,
+    train_config: MosaicTrainConfig,
+    data: Mapping[str, Mapping[str, MedMNISTSplit]],
+    out_dir: str | Path,
+    *,
+    weights: str | Path | None = None,
+    data_note: str = "",
+    fabric: Any = None,
+) -> MosaicResult:
+    """Train a :class:`MosaicModel` on several MedMNIST datasets, keep the best round, test it.
+
+    Args:
+        model_config: the model (its ``tasks`` must match ``data``'s datasets).
+        train_config: a :class:`MosaicTrainConfig`.
+        data: ``{"train": {flag: split}, "val": {...}, "test": {...}}`` (:func:`load_medmnist_data`);
+            ``train`` and ``val`` are required, ``test`` is optional.
+        out_dir: run folder (created).
+        weights: ViT ImageNet weights (``.npz`` / ``.safetensors`` / ``.pth``); ``None`` or ``"none"`` =
+            random backbone (a warning is logged).
+        data_note: a line written into the reports (e.g. "SYNTHETIC data, not MedMNIST").
+        fabric: a launched ``lightning_fabric.Fabric`` (default: one device from ``train_config``).
+    """
+    cfg = train_config
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        if split not in data:
+            raise ValueError(f"train_mosaic needs a {split!r} split for every dataset; got splits {sorted(data)}")
+    flags = [t.name for t in model_config.tasks]
+    for split, by_flag in data.items():
+        missing = [f for f in flags if f not in by_flag]
+        if missing:
+            raise ValueError(f"the {split!r} split lacks datasets {missing} that the model config lists")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+
+    if fabric is None:
+        from lightning_fabric import Fabric
+
+        fabric = Fabric(accelerator=cfg.accelerator, devices=1,
+                        precision=_resolve_precision(cfg.precision, cfg.accelerator))  # type: ignore[arg-type]
+        fabric.launch()
+
+    model = MosaicModel(model_config)
+    if weights is None or str(weights).lower() == "none":
+        logger.warning("MOSAIC: no ImageNet weights given: the ViT backbone is randomly initialised and frozen; "
+                       "accuracy will be far below the paper's")
+        weights_info = "none (random initialisation)"
+    else:
+        weights_info = model.load_backbone(str(weights)).summary()
+    teacher = copy.deepcopy(model).requires_grad_(False).eval()
+    params = parameter_report(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = fabric.setup(model, optimizer)
+    teacher = fabric.to_device(teacher)
+    module = unwrap_model(model)
+    table = module.table
+    ema = ExpertAwareEMA(model, teacher, {
+        s: (cfg.ema_3d if spec.spatial_dims == 3 else cfg.ema_2d) for s, spec in table.specialists.items()
+    })
+    specialist = {f: module.specialist_for(f) for f in flags}
+    dims = {f: module.task(f).spatial_dims for f in flags}
+    train_sizes = {f: len(data["train"][f]) for f in flags}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+
+    history: list[dict[str, Any]] = []
+    best_score: float | None = None
+    best_round, bad_rounds, stopped_early = -1, 0, False
+    progress = _make_progress(cfg.progress and fabric.is_global_zero)
+    if progress is not None:
+        progress.start()
+    try:
+        for rnd in range(cfg.rounds):
+            t0 = time.perf_counter()
+            lr = cfg.lr * round_lr_factor(rnd, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            schedule = round_schedule(train_sizes, dims, cfg, rnd)
+            task_id = progress.add_task(f"round {rnd + 1}/{cfg.rounds}", total=len(schedule), info="") if progress else None
+            model.train()
+            sums = {"loss": 0.0, "task_loss": 0.0, "consistency": 0.0}
+            for step, (flag, idx) in enumerate(schedule):
+                x, y = data["train"][flag].batch(idx)
+                x, y = x.to(fabric.device), y.to(fabric.device)
+                task = module.task(flag)
+                clean = x
+                if cfg.augment:
+                    x = augment_3d(x, gen) if task.spatial_dims == 3 else augment_2d(x, gen)
+                with fabric.autocast():
+                    out = model(x, flag)
+                    loss_task = task_loss(out.logits, y, task)
+                    loss = loss_task
+                    cons = torch.zeros((), device=fabric.device)
+                    if cfg.consistency_weight > 0:
+                        with torch.no_grad():
+                            target = teacher(clean, flag).features
+                        cons = F.mse_loss(out.features.float(), target.float())
+                        loss = loss + cfg.consistency_weight * cons
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss on {flag} in round {rnd + 1}, step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                if cfg.grad_clip:
+                    fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip, error_if_nonfinite=False)
+                optimizer.step()
+                ema.update(specialist[flag])
+                sums["loss"] += float(loss.detach())
+                sums["task_loss"] += float(loss_task.detach())
+                sums["consistency"] += float(cons.detach())
+                if progress is not None:
+                    progress.update(task_id, advance=1, info=f"{flag} loss {float(loss):.3f}")
+            if progress is not None:
+                progress.remove_task(task_id)
+            steps = max(1, len(schedule))
+            val = evaluate_mosaic(model, data["val"], batch_size=eval_bs, device=fabric.device, autocast=fabric.autocast)
+            val_means = mean_accuracies(val, dims)
+            score = val_means["acc_all"]
+            row: dict[str, Any] = {"round": rnd + 1, "lr": lr, "steps": len(schedule),
+                                   **{k: v / steps for k, v in sums.items()}, "val_acc_mean": score,
+                                   "val_auc_mean": val_means["auc_all"]}
+            if cfg.eval_teacher:
+                tval = evaluate_mosaic(teacher, data["val"], batch_size=eval_bs, device=fabric.device,
+                                       autocast=fabric.autocast)
+                row["teacher_val_acc_mean"] = mean_accuracies(tval, dims)["acc_all"]
+            row.update({f"val_acc_{f}": m.acc for f, m in val.items()})
+            improved = best_score is None or (not math.isnan(score) and score > best_score + cfg.min_delta)
+            if improved:
+                best_score, best_round, bad_rounds = score, rnd, 0
+                if fabric.is_global_zero:
+                    save_mosaic_checkpoint(ckpt_dir, model, {
+                        "seed": cfg.seed, "round": rnd + 1, "train_config": asdict(cfg),
+                        "val_metrics": _metrics_json(val), "weights": weights_info, "data_note": data_note,
+                    }, teacher=teacher)
+            else:
+                bad_rounds += 1
+            row["best"] = bool(improved)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(row)
+            if fabric.is_global_zero:
+                _write_csv(out_dir / METRICS_CSV, history)
+            logger.info("round %d: loss %.4f, val mean ACC %.4f%s", rnd + 1, row["loss"], score,
+                        " (best)" if improved else "")
+            if cfg.patience is not None and bad_rounds >= cfg.patience:
+                stopped_early = True
+                break
+    finally:
+        if progress is not None:
+            progress.stop()
+
+    best, _ = load_mosaic_checkpoint(ckpt_dir, fabric.device)
+    val_best = evaluate_mosaic(best, data["val"], batch_size=eval_bs)
+    test = evaluate_mosaic(best, data["test"], batch_size=eval_bs) if "test" in data else {}
+    test_teacher = None
+    if cfg.eval_teacher and "test" in data:
+        best_teacher, _ = load_mosaic_checkpoint(ckpt_dir, fabric.device, teacher=True)
+        test_teacher = evaluate_mosaic(best_teacher, data["test"], batch_size=eval_bs)
+    result = MosaicResult(out_dir=out_dir, checkpoint_dir=ckpt_dir, best_round=best_round + 1,
+                          rounds_run=len(history), stopped_early=stopped_early, val_metrics=val_best,
+                          test_metrics=test, test_metrics_teacher=test_teacher, history=history,
+                          parameters=params.to_dict())
+    if fabric.is_global_zero:
+        _write_reports(result, dims, data_note, weights_info, params)
+    return result
+
+
+def _write_reports(result: MosaicResult, dims: Mapping[str, int], note: str, weights_info: str, params: Any) -> None:
+    payload = {
+        "best_round": result.best_round,
+        "rounds_run": result.rounds_run,
+        "stopped_early": result.stopped_early,
+        "data_note": note,
+        "weights": weights_info,
+        "val": _metrics_json(result.val_metrics),
+        "test": _metrics_json(result.test_metrics),
+        "test_teacher": _metrics_json(result.test_metrics_teacher),
+        "test_means": mean_accuracies(result.test_metrics, dims) if result.test_metrics else None,
+        "parameters": result.parameters,
+    }
+    text = json.dumps(payload, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+    atomic_write_text(result.out_dir / "results.json", text.replace("NaN", "null") + "\n")
+    parts = [f"# MOSAIC run ({result.out_dir.name})", ""]
+    if note:
+        parts += [f"**{note}**", ""]
+    stop = " (early stop)" if result.stopped_early else ""
+    parts += [f"Backbone weights: {weights_info}. Best round {result.best_round} of {result.rounds_run}{stop}.", ""]
+    if result.test_metrics:
+        parts += [format_metrics_table(result.test_metrics, dims, title="Test, student (official MedMNIST metrics)"), ""]
+    if result.test_metrics_teacher:
+        parts += [format_metrics_table(result.test_metrics_teacher, dims, title="Test, EMA teacher"), ""]
+    parts += [format_metrics_table(result.val_metrics, dims, title="Validation, student"), ""]
+    parts += ["### Parameters", "", format_parameter_report(params), ""]
+    atomic_write_text(result.out_dir / "report.md", "\n".join(parts))

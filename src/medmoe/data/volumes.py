@@ -43,8 +43,10 @@ __all__ = [
     "SegDatasetInfo",
     "VolumeCase",
     "VolumeError",
+    "crop_case",
     "discover_msd_folder",
     "load_volume_cases",
+    "make_synthetic_volumes",
     "read_pair_list",
     "validate_case",
     "validate_cases",
@@ -289,6 +291,8 @@ def read_pair_list(path: str | Path) -> SegDatasetInfo:
 def load_volume_cases(source: str | Path) -> SegDatasetInfo:
     """Dispatch: a folder -> :func:`discover_msd_folder`, a ``.csv``/``.json`` -> :func:`read_pair_list`."""
     source = Path(source).expanduser()
+    if not source.exists():
+        raise VolumeError(f"data path {str(source)!r} does not exist")
     if source.is_dir():
         return discover_msd_folder(source)
     if source.suffix.lower() in (".csv", ".json"):
@@ -418,3 +422,82 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None =
     img.set_sform(img.affine, code=1)
     nib.save(img, str(path))
     return path
+
+
+def crop_case(
+    case: VolumeCase, box: Sequence[tuple[int, int]], out_root: str | Path, case_id: str | None = None
+) -> VolumeCase:
+    """Cut the voxel box ``[(x0, x1), (y0, y1), (z0, z1)]`` out of a case and write it as an MSD case under
+    ``out_root`` (``imagesTr/<id>.nii.gz``, ``labelsTr/<id>.nii.gz``). The affine is shifted so the crop
+    stays at its physical position (used to hold out a spatial region of a volume for testing)."""
+    import nibabel as nib
+
+    if len(box) != 3:
+        raise ValueError(f"box needs three (start, stop) pairs, got {box!r}")
+    out_root = Path(out_root)
+    case_id = case_id or case.case_id
+    slices = tuple(slice(int(a), int(b)) for a, b in box)
+
+    def cut(path: Path, target: Path) -> Path:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)[slices]
+        if min(arr.shape[:3]) < 1:
+            raise ValueError(f"box {box} is empty for {path.name} with shape {img.shape}")
+        affine = np.array(img.affine, dtype=np.float64)
+        affine[:3, 3] = affine[:3, :3] @ np.array([s.start or 0 for s in slices], dtype=np.float64) + affine[:3, 3]
+        return write_nifti(target, arr, affine)
+
+    images = tuple(
+        cut(p, out_root / "imagesTr" / (f"{case_id}_{i:04d}.nii.gz" if len(case.images) > 1 else f"{case_id}.nii.gz"))
+        for i, p in enumerate(case.images)
+    )
+    label = cut(case.label, out_root / "labelsTr" / f"{case_id}.nii.gz") if case.label is not None else None
+    return VolumeCase(case_id, images, label)
+
+
+def make_synthetic_volumes(
+    root: str | Path,
+    n_cases: int = 3,
+    shape: Sequence[int] = (32, 32, 24),
+    num_classes: int = 3,
+    channels: int = 1,
+    spacing: Sequence[float] = (1.0, 1.0, 1.5),
+    seed: int = 0,
+    nnunet_naming: bool = False,
+    dataset_json: bool = True,
+) -> SegDatasetInfo:
+    """Write a small MSD folder of noisy boxes for tests and smoke runs and return it read back.
+
+    Every case holds one axis-aligned box per foreground class (random position) in an image equal to
+    ``label / (num_classes - 1)`` plus Gaussian noise (std 0.1), so a network can learn it in a few
+    steps. ``nnunet_naming`` writes one ``<case>_000c.nii.gz`` file per channel instead of 4-D images.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    affine = np.diag([*[float(s) for s in spacing], 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 2.0]
+    for i in range(n_cases):
+        label = np.zeros(shape, dtype=np.uint8)
+        for k in range(1, num_classes):
+            size = [max(2, s // 3) for s in shape]
+            start = [int(rng.integers(0, s - z + 1)) for s, z in zip(shape, size)]
+            label[tuple(slice(a, a + z) for a, z in zip(start, size))] = k
+        base = label.astype(np.float32) / max(1, num_classes - 1)
+        chans = [base + rng.normal(0.0, 0.1, shape).astype(np.float32) * (c + 1) for c in range(channels)]
+        name = f"case{i:03d}"
+        if nnunet_naming:
+            for c, arr in enumerate(chans):
+                write_nifti(root / "imagesTr" / f"{name}_{c:04d}.nii.gz", arr, affine)
+        else:
+            arr = chans[0] if channels == 1 else np.stack(chans, axis=-1)
+            write_nifti(root / "imagesTr" / f"{name}.nii.gz", arr, affine)
+        write_nifti(root / "labelsTr" / f"{name}.nii.gz", label, affine)
+    if dataset_json:
+        meta = {
+            "name": "synthetic boxes",
+            "modality": {str(c): "MRI" for c in range(channels)},
+            "labels": {str(k): ("background" if k == 0 else f"box{k}") for k in range(num_classes)},
+        }
+        (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return discover_msd_folder(root)

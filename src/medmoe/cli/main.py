@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from . import bench, demo, doctor, mil
+from . import report as report_cli
+from . import seg as seg_cli
+from . import mosaic as mosaic_cli
 
 app = typer.Typer(
     name="medmoe",
@@ -17,6 +20,9 @@ app.command("doctor", help=doctor.__doc__)(doctor.doctor)
 app.command("demo", help=demo.__doc__)(demo.demo)
 app.add_typer(bench.app, name="bench")
 app.add_typer(mil.app, name="mil")
+app.add_typer(seg_cli.app, name="seg")
+app.add_typer(mosaic_cli.app, name="mosaic")
+app.command("report", help=report_cli.__doc__)(report_cli.report)
 
 
 def _print_version(value: bool) -> None:

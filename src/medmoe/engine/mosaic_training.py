@@ -31,12 +31,9 @@ row per round), ``results.json`` and ``report.md`` (per-dataset tables, means, p
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +57,7 @@ from .checkpoint import (
 )
 from .medmnist_metrics import TaskMetrics, evaluate_scores
 from .mosaic_report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
+from .run_logging import training_progress, write_history_csv
 
 __all__ = [
     "SAMPLERS",
@@ -497,26 +495,6 @@ def _resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def _make_progress(enabled: bool) -> Any:
-    if not (enabled and sys.stderr.isatty()):
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"), transient=True)
-
-
-def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
-
-
 def _metrics_json(metrics: Mapping[str, TaskMetrics] | None) -> dict[str, Any] | None:
     if metrics is None:
         return None
@@ -596,7 +574,7 @@ def train_mosaic(
     history: list[dict[str, Any]] = []
     best_score: float | None = None
     best_round, bad_rounds, stopped_early = -1, 0, False
-    progress = _make_progress(cfg.progress and fabric.is_global_zero)
+    progress = training_progress(cfg.progress and fabric.is_global_zero)
     if progress is not None:
         progress.start()
     try:
@@ -667,7 +645,7 @@ def train_mosaic(
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             if fabric.is_global_zero:
-                _write_csv(out_dir / METRICS_CSV, history)
+                write_history_csv(out_dir / METRICS_CSV, history)
             logger.info("round %d: loss %.4f, val mean ACC %.4f%s", rnd + 1, row["loss"], score,
                         " (best)" if improved else "")
             if cfg.patience is not None and bad_rounds >= cfg.patience:

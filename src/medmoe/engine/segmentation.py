@@ -26,12 +26,9 @@ checkpoint with the preprocessing it was trained with.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -48,13 +45,13 @@ from ..data.volumes import VolumeCase, validate_cases
 from .checkpoint import (
     TRAINER_STATE_NAME,
     CheckpointError,
-    atomic_write_bytes,
     load_trainer_state,
     read_checkpoint_info,
     save_checkpoint,
     save_trainer_state,
     unwrap_model,
 )
+from .run_logging import training_progress, write_history_csv
 from .seg_inference import SLIDING_WINDOW_MODES, check_roi, sliding_window_logits
 
 __all__ = [
@@ -328,27 +325,6 @@ def _train_loader(cases: Sequence[VolumeCase], tcfg: SegTransformConfig, cfg: Se
                           collate_fn=list_data_collate, drop_last=False)
 
 
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row.get(k, "") for k in keys})
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"), transient=True)
-
-
 def train_segmentation(
     model: nn.Module,
     train_cases: Sequence[VolumeCase],
@@ -427,7 +403,7 @@ def train_segmentation(
         "val_cases": [c.case_id for c in val_cases],
     }
     ckpt_dir = out_dir / SEG_CHECKPOINT_DIR
-    bar = _progress(cfg.progress and fabric.is_global_zero)
+    bar = training_progress(cfg.progress and fabric.is_global_zero)
     task = None
     if bar is not None:
         bar.start()
@@ -493,7 +469,7 @@ def train_segmentation(
                 if improved:
                     save_checkpoint(ckpt_dir, model, {**extra, "epoch": epoch, "step": step,
                                                       "metrics": {k: v for k, v in row.items() if k.startswith("val_")}})
-                _write_metrics(out_dir / METRICS_CSV, history)
+                write_history_csv(out_dir / METRICS_CSV, history)
                 save_trainer_state(state_path, {
                     "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best": best,

@@ -33,14 +33,11 @@ gathers the probabilities, so metrics are computed on exactly the evaluated set.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +65,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, resolve_monitor
 from .metrics import compute_metrics
+from .run_logging import training_progress, write_history_csv
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -520,20 +518,6 @@ def predict(
 # logging helpers
 
 
-def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in history:
-        for k in row:
-            if k not in columns:
-                columns.append(k)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row.get(k, "") for k in columns})
-    atomic_write_text(path, buffer.getvalue())
-
-
 class _MLflowLogger:
     """Minimal MLflow adapter: logs params once and metrics per epoch into the active (or a new) run."""
 
@@ -588,22 +572,6 @@ def _make_loggers(cfg: TrainConfig, out_dir: Path, params: dict[str, Any]) -> li
                 continue
             loggers.append(_MLflowLogger(out_dir.name, params))
     return loggers
-
-
-def _progress(cfg: TrainConfig, is_zero: bool) -> Any:
-    enabled = cfg.progress and is_zero and sys.stderr.isatty()
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        transient=True,
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -760,7 +728,7 @@ def train_one_fold(
         logger.info("no trainer state in %s; starting from scratch", out_dir)
 
     loggers = _make_loggers(cfg, out_dir, {"model_name": model_name, **cfg.to_dict()}) if is_zero else []
-    progress = _progress(cfg, is_zero)
+    progress = training_progress(cfg.progress and is_zero)
     if progress is not None:
         progress.start()
     status = "success"
@@ -904,7 +872,7 @@ def train_one_fold(
                         "rng": _rng_state(),
                     },
                 )
-                _write_csv(out_dir / METRICS_CSV, history)
+                write_history_csv(out_dir / METRICS_CSV, history)
                 for lg in loggers:
                     lg.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             fabric.barrier()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FastLinear", "fast_linear", "onednn_linear_available"]
+__all__ = ["FastLinear", "fast_linear", "matmul_nt", "onednn_linear_available"]
 
 _MIN_ROWS = 2048  # below this the default kernel is as fast; oneDNN only pays off on tall inputs
 
@@ -66,6 +66,26 @@ def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     lead = x.shape[:-1]
     out = _OneDNNLinear.apply(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
     return out.reshape(*lead, weight.shape[0])
+
+
+def matmul_nt(a: Tensor, b_t: Tensor) -> Tensor:
+    """``a @ b_t.transpose(-1, -2)``: ``a (m, k)`` or ``(b, m, k)``, ``b_t (p, k)`` or ``(b, p, k)``.
+
+    Runs on oneDNN when that pays off (CPU float32, no autocast, a single matrix (``b == 1``) with a
+    side of at least 2048), else :func:`torch.matmul`. Either operand may be a transposed view.
+    """
+    if (
+        a.device.type == "cpu"
+        and a.dtype == b_t.dtype == torch.float32
+        and (a.dim() == 2 or a.shape[0] == 1)
+        and (b_t.dim() == 2 or b_t.shape[0] == 1)
+        and max(a.shape[-2], a.shape[-1]) >= _MIN_ROWS
+        and not torch.is_autocast_enabled("cpu")
+        and onednn_linear_available()
+    ):
+        out = _onednn_linear(a.reshape(a.shape[-2:]), b_t.reshape(b_t.shape[-2:]))
+        return out.unsqueeze(0) if max(a.dim(), b_t.dim()) == 3 else out
+    return torch.matmul(a, b_t.transpose(-1, -2))
 
 
 class FastLinear(nn.Linear):

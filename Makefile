@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,parity,mil,seg,wsi
 PIP := $(PY) -m pip --disable-pip-version-check --no-input
 
-.PHONY: install demo test test-slow bench doctor clean
+.PHONY: install demo test test-slow lint bench doctor clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ demo: install
 	$(VENV)/bin/medmoe demo
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

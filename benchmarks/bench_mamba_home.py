@@ -75,7 +75,7 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb() - base
         queue.put({"model": name, "task": task, "params_M": params / 1e6, "seconds": statistics.median(times),
                    "peak_MB": peak})
-    except Exception as err:  # report, do not hang the parent
+    except Exception as err:  # noqa: BLE001 (report any failure to the parent, do not hang it)
         queue.put({"model": name, "task": task, "error": f"{type(err).__name__}: {err}"})
 
 

@@ -110,7 +110,7 @@ def main() -> None:
         later = max(hist[1:], key=lambda r: r["slides_per_s"]) if len(hist) > 1 else hist[0]
         rows.append((workers, hist[0], later))
 
-    print(f"| model | workers | epoch | slides/s | data wait share (target <= 10 %) |")
+    print("| model | workers | epoch | slides/s | data wait share (target <= 10 %) |")
     print("|---|---|---|---|---|")
     for workers, first, later in rows:
         print(f"| {args.model} | {workers} | first | {first['slides_per_s']:.2f} | {100 * first['wait_share']:.1f} % |")

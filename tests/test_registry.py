@@ -113,7 +113,7 @@ def test_wheel_ships_the_yaml_configs(tmp_path):
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         pytest.skip(f"could not build a wheel here: {proc.stderr.strip()[-200:]}")

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .registry import ENCODER_DIMS, create_model, list_models, register_model  # noqa: E402
+from .registry import ENCODER_DIMS, create_model, list_models, register_model
 
-__all__ = ["__version__", "create_model", "list_models", "register_model", "ENCODER_DIMS"]
+__all__ = ["ENCODER_DIMS", "__version__", "create_model", "list_models", "register_model"]

@@ -31,4 +31,4 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
                     break
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}

@@ -15,9 +15,10 @@ import dataclasses
 import fnmatch
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -25,11 +26,11 @@ __all__ = [
     "ENCODER_DIMS",
     "ModelEntry",
     "ModelName",
-    "register_model",
     "create_model",
-    "list_models",
     "get_config",
+    "list_models",
     "parse_model_name",
+    "register_model",
     "register_model_alias",
 ]
 

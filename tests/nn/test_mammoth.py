@@ -7,7 +7,7 @@ from medmoe.nn import Mammoth, create_patch_embed, mammoth_auto_rank
 
 
 def tiny(**kw) -> Mammoth:
-    cfg = dict(num_experts=3, num_slots=2, num_heads=2, slot_dim=8, dropout=0.0)
+    cfg = {"num_experts": 3, "num_slots": 2, "num_heads": 2, "slot_dim": 8, "dropout": 0.0}
     cfg.update(kw)
     return Mammoth(kw.pop("input_dim", 10), kw.pop("dim", 12), **{k: v for k, v in cfg.items() if k not in ("input_dim", "dim")})
 
@@ -61,11 +61,11 @@ def test_dim_equal_slot_dim_gives_rank_one_with_a_warning(caplog):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(num_heads=5), "divisible by num_heads"),
-        (dict(num_experts=0), "num_experts"),
-        (dict(dropout=1.5), "dropout"),
-        (dict(auto_rank=False, lora_rank=0), "lora_rank"),
-        (dict(slot_dim=2.5), "slot_dim"),
+        ({"num_heads": 5}, "divisible by num_heads"),
+        ({"num_experts": 0}, "num_experts"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"auto_rank": False, "lora_rank": 0}, "lora_rank"),
+        ({"slot_dim": 2.5}, "slot_dim"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):

@@ -11,7 +11,7 @@ from medmoe.nn import Mammoth
 mammoth = pytest.importorskip("mammoth", reason="install the parity extra: pip install -e '.[parity]'")
 pytestmark = pytest.mark.parity
 
-CFG = dict(num_experts=5, num_slots=3, num_heads=4, slot_dim=32, dropout=0.0)
+CFG = {"num_experts": 5, "num_slots": 3, "num_heads": 4, "slot_dim": 32, "dropout": 0.0}
 
 
 def make_pair(input_dim=48, dim=64, **kw):
@@ -75,7 +75,7 @@ def test_unshared_lora_weights():
     with pytest.raises(AssertionError):
         ref_unshared(torch.randn(1, 4, 48))
 
-    ref, ours_shared = make_pair()
+    ref, _ours_shared = make_pair()
     sd = ref.state_dict()
     sd["expert_heads.lora_layers.shared_weight"] = sd["expert_heads.lora_layers.shared_weight"].expand(5, -1, -1, -1)
     sd["expert_heads.lora_layers.shared_bias"] = sd["expert_heads.lora_layers.shared_bias"].expand(5, -1, -1)

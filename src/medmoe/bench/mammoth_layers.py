@@ -38,7 +38,7 @@ def run_case(layer: str, n: int, reps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = dict(num_experts=30, num_slots=10, num_heads=16, slot_dim=256, keep_slots=True, dropout=0.0)
+    cfg = {"num_experts": 30, "num_slots": 10, "num_heads": 16, "slot_dim": 256, "keep_slots": True, "dropout": 0.0}
     if layer == "reference":
         import contextlib
         import io
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.sizes:
         for layer in LAYERS:
             if layer == "reference" and not reference_fits(n, args.memory_budget_gib):
-                results[(layer, n)] = "skipped (would need > %.0f GiB)" % args.memory_budget_gib
+                results[(layer, n)] = f"skipped (would need > {args.memory_budget_gib:.0f} GiB)"
                 continue
             proc = subprocess.run(
                 [sys.executable, "-m", "medmoe.bench.mammoth_layers", "--case", layer, str(n), "--reps", str(args.reps),
                  "--threads", str(args.threads)],
-                capture_output=True, text=True,
+                capture_output=True, text=True, check=False,
             )
             if proc.returncode != 0:
                 results[(layer, n)] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:80]

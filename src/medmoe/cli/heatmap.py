@@ -68,8 +68,8 @@ def heatmap(
             from ..engine import load_checkpoint
 
             model, info = load_checkpoint(checkpoint, map_location=device)
-        common = dict(num_expert_maps=experts, top_k=top_k, max_size=max_size, alpha=alpha, blur=blur, cmap=cmap,
-                      normalize=normalize, device=device, embedding=embedding)
+        common = {"num_expert_maps": experts, "top_k": top_k, "max_size": max_size, "alpha": alpha, "blur": blur, "cmap": cmap,
+                      "normalize": normalize, "device": device, "embedding": embedding}
         if cohort is not None:
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 
 from . import bench, demo, doctor, mil
+from . import mosaic as mosaic_cli
 from . import report as report_cli
 from . import seg as seg_cli
-from . import mosaic as mosaic_cli
 
 app = typer.Typer(
     name="medmoe",

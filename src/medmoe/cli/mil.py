@@ -87,7 +87,7 @@ def train(
     from ..engine import run_cross_validation
 
     try:
-        name, ds = load_dataset(dataset, features, labels, patient_mode)
+        _name, ds = load_dataset(dataset, features, labels, patient_mode)
         cfg = _train_config(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
@@ -203,6 +203,6 @@ def compare_cmd(
 
 
 # Registered here so the command lives under `medmoe mil`; its module imports this one's helpers lazily.
-from .heatmap import heatmap as _heatmap  # noqa: E402
+from .heatmap import heatmap as _heatmap
 
 app.command("heatmap")(_heatmap)

@@ -61,7 +61,7 @@ def _split(cases: list, val_fraction: float, seed: int) -> tuple[list, list]:
         return list(cases), []
     order = list(cases)
     random.Random(seed).shuffle(order)
-    n_val = max(1, int(round(len(order) * val_fraction)))
+    n_val = max(1, round(len(order) * val_fraction))
     return order[n_val:], order[:n_val]
 
 
@@ -236,8 +236,8 @@ def resample(
 
 #: dataset -> (modality, spacing, roi, quick roi, held-out axis, class names)
 _DEMO = {
-    "nuclei": dict(modality="other", spacing=None, roi=(64, 64, 32), quick_roi=(32, 32, 32), axis=0),
-    "mni152": dict(modality="mri", spacing=(2.0, 2.0, 2.0), roi=(64, 64, 64), quick_roi=(32, 32, 32), axis=2),
+    "nuclei": {"modality": "other", "spacing": None, "roi": (64, 64, 32), "quick_roi": (32, 32, 32), "axis": 0},
+    "mni152": {"modality": "mri", "spacing": (2.0, 2.0, 2.0), "roi": (64, 64, 64), "quick_roi": (32, 32, 32), "axis": 2},
 }
 
 

@@ -47,32 +47,21 @@ from .patch_features import (
     extract_features,
     extract_slide_features,
 )
-from .slide_samples import cmu_small_region_path
-from .slides import ArraySlide, Slide, SlideError, open_slide
 from .seg_samples import SEG_SAMPLES, fetch_mni152, fetch_nuclei, fetch_seg_sample
 from .seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
-from .volumes import VolumeCase, VolumeError, load_volume_cases, make_synthetic_volumes, validate_cases
+from .slide_samples import cmu_small_region_path
+from .slides import ArraySlide, Slide, SlideError, open_slide
 from .splits import Split, load_splits, save_splits, split_from_column, split_hash, stratified_group_kfold
 from .tissue import TileGrid, otsu_threshold, tile_grid, tissue_mask
+from .volumes import VolumeCase, VolumeError, load_volume_cases, make_synthetic_volumes, validate_cases
 
 __all__ = [
-    "SEG_SAMPLES",
-    "SegTransformConfig",
-    "VolumeCase",
-    "VolumeError",
-    "build_train_transforms",
-    "build_val_transforms",
-    "fetch_mni152",
-    "fetch_nuclei",
-    "fetch_seg_sample",
-    "load_volume_cases",
-    "make_synthetic_volumes",
-    "validate_cases",
     "BUILTIN_FEATURE_DIM",
     "MEDMNIST_2D",
     "MEDMNIST_3D",
     "MEDMNIST_FLAGS",
     "MIL_BENCHMARKS",
+    "SEG_SAMPLES",
     "ArraySlide",
     "Bag",
     "BagBatch",
@@ -85,6 +74,7 @@ __all__ = [
     "MedMNISTInfo",
     "MedMNISTSplit",
     "PinnedWheel",
+    "SegTransformConfig",
     "Slide",
     "SlideError",
     "SlideFeatures",
@@ -92,6 +82,10 @@ __all__ = [
     "Standardize",
     "SyntheticFeatureFolder",
     "TileGrid",
+    "VolumeCase",
+    "VolumeError",
+    "build_train_transforms",
+    "build_val_transforms",
     "cache_root",
     "cmu_small_region_path",
     "collate_bags",
@@ -99,12 +93,17 @@ __all__ = [
     "extract_slide_features",
     "feature_file_shape",
     "feature_mean_std",
+    "fetch_mni152",
+    "fetch_nuclei",
+    "fetch_seg_sample",
     "fetch_wheel_members",
     "list_mil_benchmarks",
     "load_medmnist_split",
     "load_mil_benchmark",
     "load_splits",
+    "load_volume_cases",
     "make_synthetic_feature_folder",
+    "make_synthetic_volumes",
     "medmnist_filename",
     "medmnist_info",
     "mil_benchmark_path",
@@ -118,6 +117,7 @@ __all__ = [
     "stratified_group_kfold",
     "tile_grid",
     "tissue_mask",
+    "validate_cases",
     "write_fake_medmnist",
     "write_trident_h5",
 ]

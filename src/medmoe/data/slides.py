@@ -167,7 +167,7 @@ class Slide(ABC):
     def close(self) -> None:
         """Release file handles."""
 
-    def __enter__(self) -> Slide:
+    def __enter__(self) -> Slide:  # noqa: PYI034 (Slide is final in practice; typing.Self needs 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,49 +1,56 @@
 """Reusable layers. This package imports nothing else from medmoe."""
 
-from .adapters import ROUTING_TABLES, Adapter, MixtureOfSpecialists, RoutingTable, Specialist, get_routing_table
+from .adapters import (
+    ROUTING_TABLES,
+    Adapter,
+    MixtureOfSpecialists,
+    RoutingTable,
+    Specialist,
+    get_routing_table,
+)
+from .dynamic_tanh import DynamicTanh
 from .embed import PATCH_EMBED_KINDS, create_patch_embed
 from .experts import BatchedFeedForward, FactorizedLinear
-from .onednn_linear import FastLinear, fast_linear
-from .mammoth import Mammoth, MammothExperts, mammoth_auto_rank
-from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
-from .patch_embedding import EmbeddedPatches, MLPEmbed, PatchEmbedding
-from .routing import Routing
-from .soft_moe import SoftMoE, SoftMoEEmbed
-from .dynamic_tanh import DynamicTanh
 from .gated_spatial_conv import GatedSpatialConv
 from .home import DynamicSlotsSoftMoE, HoME
 from .mamba import Mamba
+from .mammoth import Mammoth, MammothExperts, mammoth_auto_rank
+from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
+from .onednn_linear import FastLinear, fast_linear
+from .patch_embedding import EmbeddedPatches, MLPEmbed, PatchEmbedding
+from .routing import Routing
 from .selective_scan import selective_scan
+from .soft_moe import SoftMoE, SoftMoEEmbed
 
 __all__ = [
-    "Adapter",
-    "MixtureOfSpecialists",
-    "ROUTING_TABLES",
-    "RoutingTable",
-    "Specialist",
-    "get_routing_table",
-    "create_patch_embed",
     "PATCH_EMBED_KINDS",
+    "ROUTING_TABLES",
+    "Adapter",
+    "BatchedFeedForward",
+    "DynamicSlotsSoftMoE",
+    "DynamicTanh",
+    "EmbeddedPatches",
+    "ExpertWiseRMSNorm",
     "FactorizedLinear",
     "FastLinear",
-    "fast_linear",
-    "BatchedFeedForward",
-    "SoftMoE",
-    "SoftMoEEmbed",
+    "GatedSpatialConv",
+    "HoME",
+    "LayerNorm",
+    "MLPEmbed",
+    "Mamba",
     "Mammoth",
     "MammothExperts",
-    "mammoth_auto_rank",
-    "LayerNorm",
-    "RMSNorm",
-    "ExpertWiseRMSNorm",
-    "EmbeddedPatches",
-    "MLPEmbed",
+    "MixtureOfSpecialists",
     "PatchEmbedding",
+    "RMSNorm",
     "Routing",
-    "DynamicTanh",
-    "GatedSpatialConv",
-    "DynamicSlotsSoftMoE",
-    "HoME",
-    "Mamba",
+    "RoutingTable",
+    "SoftMoE",
+    "SoftMoEEmbed",
+    "Specialist",
+    "create_patch_embed",
+    "fast_linear",
+    "get_routing_table",
+    "mammoth_auto_rank",
     "selective_scan",
 ]

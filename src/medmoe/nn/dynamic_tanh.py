@@ -30,7 +30,7 @@ class DynamicTanh(nn.Module):
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"DynamicTanh: dim must be a positive integer, got {dim!r}")
         if not isinstance(alpha_init, (int, float)) or isinstance(alpha_init, bool):
-            raise ValueError(f"DynamicTanh: alpha_init must be a number, got {alpha_init!r}")  # noqa: TRY004
+            raise ValueError(f"DynamicTanh: alpha_init must be a number, got {alpha_init!r}")
         self.dim = dim
         self.alpha_init = float(alpha_init)
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))

@@ -11,11 +11,12 @@ Kinds:
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .patch_embedding import MLPEmbed, PatchEmbedding
 
-__all__ = ["create_patch_embed", "PATCH_EMBED_KINDS"]
+__all__ = ["PATCH_EMBED_KINDS", "create_patch_embed"]
 
 
 def _mlp(in_dim: int, embed_dim: int, **kwargs: Any) -> PatchEmbedding:

@@ -378,7 +378,7 @@ class Mammoth(PatchEmbedding):
         ``dispatch`` is ``(b, n, E, H, S)`` exactly as the reference's ``return_weights``.
         """
         b, H, n, _ = xh.shape
-        E, S, T = self.num_experts, self.num_slots, self.num_tokens
+        E, S, _T = self.num_experts, self.num_slots, self.num_tokens
         lse = self._dispatch_lse(xh, keys, mask)
         assignment, composition, dispatch = [], [], []
         for start in range(0, n, self.routing_chunk_size):

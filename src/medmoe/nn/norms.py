@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm", "RMSNorm", "ExpertWiseRMSNorm", "l2norm"]
+__all__ = ["ExpertWiseRMSNorm", "LayerNorm", "RMSNorm", "l2norm"]
 
 
 def l2norm(x: Tensor, eps: float = 1e-8) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .routing import Routing, check_mask
 
-__all__ = ["EmbeddedPatches", "PatchEmbedding", "MLPEmbed", "make_activation"]
+__all__ = ["EmbeddedPatches", "MLPEmbed", "PatchEmbedding", "make_activation"]
 
 
 @dataclass

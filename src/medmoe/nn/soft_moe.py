@@ -285,7 +285,7 @@ class SoftMoE(nn.Module):
         if mask is None:
             return None
         if not isinstance(mask, Tensor):
-            raise ValueError(f"mask must be a bool tensor of shape (b, n), got {type(mask).__name__}")  # noqa: TRY004
+            raise ValueError(f"mask must be a bool tensor of shape (b, n), got {type(mask).__name__}")
         if mask.ndim > 2 and mask.shape[0] == tokens.shape[0]:
             mask = mask.flatten(1)
         return check_mask(tokens, mask)

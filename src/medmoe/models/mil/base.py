@@ -18,7 +18,7 @@ from ...nn.embed import create_patch_embed
 from ...nn.patch_embedding import EmbeddedPatches, PatchEmbedding
 from ...nn.routing import Routing
 
-__all__ = ["MILConfig", "MILOutput", "MILModel"]
+__all__ = ["MILConfig", "MILModel", "MILOutput"]
 
 
 @dataclass

@@ -103,7 +103,7 @@ class DTFDConfig(MILConfig):
         if not 0.0 <= float(self.bag_weight) <= 1.0:
             raise ValueError(f"DTFDConfig.bag_weight must be in [0, 1], got {self.bag_weight}")
         if not isinstance(self.eval_seed, int) or isinstance(self.eval_seed, bool):
-            raise ValueError(f"DTFDConfig.eval_seed must be an integer, got {self.eval_seed!r}")  # noqa: TRY004
+            raise ValueError(f"DTFDConfig.eval_seed must be an integer, got {self.eval_seed!r}")
 
     @property
     def instance_per_group(self) -> int:

@@ -296,7 +296,7 @@ class LinMIL(MILModel):
 
     def __init__(self, config: LinMILConfig, pos_enc: Callable[[Tensor, Any], Tensor] | None = None) -> None:
         if not isinstance(config, LinMILConfig):
-            raise ValueError(f"LinMIL needs a LinMILConfig, got {type(config).__name__}")  # noqa: TRY004
+            raise ValueError(f"LinMIL needs a LinMILConfig, got {type(config).__name__}")
         super().__init__(config, build_patch_embed=False)
         self.config: LinMILConfig
         d = config.embed_dim

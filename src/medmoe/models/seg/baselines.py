@@ -31,13 +31,13 @@ __all__ = ["SEG_MODELS", "MonaiSegNet", "MonaiSegNetConfig", "create_seg_model",
 
 #: ``arch.size`` -> (MONAI class name, default kwargs, spatial divisor)
 _MONAI_PRESETS: dict[str, tuple[str, dict[str, Any], int]] = {
-    "unet.base": ("UNet", dict(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2,
-                               norm="instance"), 16),
-    "unet.small": ("UNet", dict(channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1,
-                                norm="instance"), 8),
-    "segresnet.base": ("SegResNet", dict(init_filters=16, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)), 8),
-    "segresnet.small": ("SegResNet", dict(init_filters=8, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)), 8),
-    "swinunetr.base": ("SwinUNETR", dict(feature_size=48), 32),
+    "unet.base": ("UNet", {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2,
+                               "norm": "instance"}, 16),
+    "unet.small": ("UNet", {"channels": (8, 16, 32, 64), "strides": (2, 2, 2), "num_res_units": 1,
+                                "norm": "instance"}, 8),
+    "segresnet.base": ("SegResNet", {"init_filters": 16, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)}, 8),
+    "segresnet.small": ("SegResNet", {"init_filters": 8, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)}, 8),
+    "swinunetr.base": ("SwinUNETR", {"feature_size": 48}, 32),
 }
 
 SEG_MODELS = ("mamba_home.tiny", "mamba_home.paper", *_MONAI_PRESETS)

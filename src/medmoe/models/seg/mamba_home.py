@@ -109,11 +109,11 @@ class MambaHoMEConfig:
     def tiny(cls, in_channels: int = 1, num_classes: int = 2, **overrides: Any) -> MambaHoMEConfig:
         """A CPU-sized model (features 8/16/32/64, one repeat per stage, few experts): a 32x64x64 patch
         takes well under a second per training step on a laptop CPU."""
-        base: dict[str, Any] = dict(
-            feature_size=(8, 16, 32, 64), depths=(1, 1, 1, 1), hidden_size=128,
-            num_experts=(2, 2, 4, 4), num_experts_second=(2, 4, 4, 8), group_sizes=(512, 256, 128, 64),
-            slots_per_expert=2, d_state=8,
-        )
+        base: dict[str, Any] = {
+            "feature_size": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "hidden_size": 128,
+            "num_experts": (2, 2, 4, 4), "num_experts_second": (2, 4, 4, 8), "group_sizes": (512, 256, 128, 64),
+            "slots_per_expert": 2, "d_state": 8,
+        }
         base.update(overrides)
         return cls(in_channels=in_channels, num_classes=num_classes, **base)
 

@@ -52,7 +52,7 @@ def make_feature_map(name: str) -> nn.Module:
     """The kernel feature map ``phi`` by name (case and ``_`` insensitive: ``relu``, ``gelu``, ``elu``,
     ``leaky_relu``, ``tanh``, ``softplus``; ``GeLU``/``TanH`` etc. as in ``lin_mil``)."""
     if not isinstance(name, str):
-        raise ValueError(f"feature map must be a name, got {name!r}")  # noqa: TRY004
+        raise ValueError(f"feature map must be a name, got {name!r}")
     key = name.lower().replace("_", "").replace("-", "")
     if key not in FEATURE_MAPS:
         raise ValueError(f"unknown feature map {name!r}; choose one of {sorted(FEATURE_MAPS)}")

@@ -202,6 +202,40 @@ def compare_cmd(
         _fail(err)
 
 
+@app.command("summarize")
+def summarize_cmd(
+    run_dir: Path = typer.Argument(..., help="The --out folder of `medmoe mil compare` (finished or not)."),
+    datasets: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets, in this order."),
+    models: list[str] = typer.Option(None, "--model", "-m", help="Only these models, in this order."),
+    metric: list[str] = typer.Option(["auroc", "balanced_accuracy", "f1"], "--metric",
+                                     help="Table columns; the first is drawn in the plot."),
+    min_runs: int = typer.Option(1, min=1, help="Leave out variants with fewer finished folds."),
+    out: Path = typer.Option(None, help="Write <out>.md and <out>.png (default: RUN_DIR/summary_table)."),
+) -> None:
+    """Table (mean ± std over the finished folds, with their count) and bar plot of a compare folder.
+
+    Reads every seed*/fold*/fold_result.json under RUN_DIR/<dataset>/<model>/<patch_embed>; trains
+    nothing, so it can report a long grid while it is still running.
+    """
+    from ..engine import collect_comparison
+    from ..viz.comparison import plot_comparison
+
+    try:
+        result = collect_comparison(run_dir, datasets=datasets or None, models=models or None, min_runs=min_runs)
+    except ValueError as err:
+        _fail(err)
+    unknown = [m for m in metric if m not in result.metrics]
+    if unknown:
+        _fail(ValueError(f"unknown metric(s) {unknown}; choose from {result.metrics}"))
+    table = result.to_markdown(metric, show_runs=True)
+    stem = out if out is not None else run_dir / "summary_table"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.md").write_text(table)
+    png = plot_comparison(result.rows, metric[0], Path(f"{stem}.png"), title=f"test {metric[0]} (finished folds)")
+    typer.echo(table)
+    typer.echo(f"table: {stem}.md\nplot:  {png}")
+
+
 # Registered here so the command lives under `medmoe mil`; its module imports this one's helpers lazily.
 from .heatmap import heatmap as _heatmap
 

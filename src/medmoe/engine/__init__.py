@@ -3,6 +3,7 @@
 * :class:`TrainConfig` — every training setting (AdamW, warm-up + cosine, clipping, early stopping, ...).
 * :func:`train_one_fold`, :func:`evaluate`, :func:`predict` — :mod:`medmoe.engine.trainer`.
 * :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.cross_validation`.
+* :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
 * :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.metrics`.
 * :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.
 
@@ -31,6 +32,7 @@ __all__ = [
     "SegTrainConfig",
     "TrainConfig",
     "build_mosaic_config",
+    "collect_comparison",
     "compare",
     "compute_metrics",
     "evaluate",
@@ -84,6 +86,7 @@ _LAZY = {
     "EvalResult": "trainer",
     "run_cross_validation": "cross_validation",
     "compare": "cross_validation",
+    "collect_comparison": "comparison_summary",
     "resolve_variant": "cross_validation",
     "CVResult": "cross_validation",
     "ComparisonResult": "cross_validation",

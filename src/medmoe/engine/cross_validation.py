@@ -297,18 +297,19 @@ class ComparisonResult:
     rows: list[dict[str, Any]]
     metrics: list[str]
 
-    def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
-        """``| dataset | model | patch_embed | metric ... |`` with ``mean ± std`` cells."""
+    def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3, show_runs: bool = False) -> str:
+        """``| dataset | model | patch_embed | metric ... |`` with ``mean ± std`` cells.
+
+        ``show_runs`` adds a ``runs`` column (folds × seeds behind each row) after ``patch_embed``.
+        """
         names = list(metrics) if metrics is not None else self.metrics
-        head = "| dataset | model | patch_embed | " + " | ".join(names) + " |"
-        lines = [head, "|" + "---|" * (3 + len(names))]
+        lead = ["dataset", "model", "patch_embed"] + (["runs"] if show_runs else [])
+        lines = ["| " + " | ".join(lead + names) + " |", "|" + "---|" * (len(lead) + len(names))]
         for row in self.rows:
-            cells = [
+            cells = [str(row[c]) for c in lead] + [
                 format_mean_std(*row["summary"].get(m, (math.nan, math.nan)), digits=digits) for m in names
             ]
-            lines.append(
-                f"| {row['dataset']} | {row['model']} | {row['patch_embed']} | " + " | ".join(cells) + " |"
-            )
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:

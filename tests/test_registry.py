@@ -109,7 +109,7 @@ def test_checkpoint_path_round_trip(tmp_path):
 
 
 def test_wheel_ships_the_yaml_configs(tmp_path):
-    """A non-editable install must find the configs (MIL-Lab PR #19)."""
+    """A non-editable install must find the configs (MIL-Lab PR #19) and the native kernel sources."""
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
@@ -123,3 +123,4 @@ def test_wheel_ships_the_yaml_configs(tmp_path):
     for model in ("abmil", "clam", "transmil", "linmil"):
         assert f"medmoe/configs/mil/{model}/base.yaml" in yamls
         assert f"medmoe/configs/mil/{model}/base_mammoth.yaml" in yamls
+    assert "medmoe/nn/kernels/slot_dispatch.cpp" in names

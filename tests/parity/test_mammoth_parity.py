@@ -24,17 +24,24 @@ def make_pair(input_dim=48, dim=64, **kw):
 
 
 def assert_same_grads(ref, ours, x_ref, x_ours):
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-4)
+    """1e-5 absolute, scaled by the gradient's largest entry when that exceeds 1: float32 keeps ~7 digits,
+    so a gradient of size ~60 (slot embeddings with head size 16) cannot agree to 1e-5 absolute, whichever
+    kernel (PyTorch's or medmoe's) computes it."""
+    pairs = [("input", x_ours.grad, x_ref.grad)]
     ref_params = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, ref_params[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    pairs += [(name, p.grad, ref_params[name].grad) for name, p in ours.named_parameters()]
+    for name, mine, theirs in pairs:
+        scale = max(1.0, float(theirs.abs().max()))
+        torch.testing.assert_close(mine, theirs, atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("keep_slots", [True, False])
 @pytest.mark.parametrize("use_layernorm", [True, False])
 @pytest.mark.parametrize("return_weights", [False, True])
-def test_outputs_and_gradients_match(keep_slots, use_layernorm, return_weights):
-    ref, ours = make_pair(keep_slots=keep_slots, use_layernorm=use_layernorm)
+@pytest.mark.parametrize("slot_dim", [32, 64], ids=["head8-sdpa", "head16-native"])
+def test_outputs_and_gradients_match(keep_slots, use_layernorm, return_weights, slot_dim):
+    """slot_dim 64 / 4 heads = head size 16: the dispatch runs the native CPU kernel where it builds."""
+    ref, ours = make_pair(48, 96, keep_slots=keep_slots, use_layernorm=use_layernorm, slot_dim=slot_dim)
     x_ref = torch.randn(2, 37, 48, requires_grad=True)
     x_ours = x_ref.detach().clone().requires_grad_()
     out_ref, out_ours = ref(x_ref, return_weights=return_weights), ours(x_ours, return_weights=return_weights)

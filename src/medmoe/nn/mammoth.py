@@ -15,7 +15,8 @@ Maths (``E`` experts, ``S`` slots per expert, ``H`` heads, ``d_s = slot_dim / H`
 
 Speed: the dispatch is "slots attend to patches" and the combine is "patches attend to slots", so
 both run as ``scaled_dot_product_attention`` with scale 1: the ``(b, n, E, H, S)`` logits tensor (about
-1 GB at 50k patches) is never materialised. Routing weights are computed only when asked for, in
+1 GB at 50k patches) is never materialised. On CPU with float32 and head size 16 the dispatch runs a fused
+compiled kernel instead (:mod:`medmoe.nn.slot_dispatch`, 1.5x faster than PyTorch's flash attention there). Routing weights are computed only when asked for, in
 chunks of ``routing_chunk_size`` patches. Routing softmaxes run in fp32 under autocast.
 
 Differences from the reference (all fixes of sharp edges; outputs are identical otherwise):
@@ -42,6 +43,7 @@ from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
 from .onednn_linear import FastLinear
 from .patch_embedding import EmbeddedPatches, PatchEmbedding
 from .routing import Routing, check_mask
+from .slot_dispatch import slot_dispatch
 
 __all__ = ["Mammoth", "MammothExperts", "mammoth_auto_rank"]
 
@@ -306,16 +308,15 @@ class Mammoth(PatchEmbedding):
         # Routing softmaxes in fp32 (also under autocast), with the dispatch as one fused attention.
         with torch.autocast(device_type=xh.device.type, enabled=False):
             q32 = _fp32(xh)
-            k32 = _fp32(keys).to(q32.dtype).unsqueeze(0).expand(b, -1, -1, -1)
-            key_mask = None if mask is None else mask[:, None, None, :]
-            z = F.scaled_dot_product_attention(k32, q32, q32, attn_mask=key_mask, scale=1.0)
+            k32 = _fp32(keys).to(q32.dtype)  # (H, E*S, d_s)
+            z = slot_dispatch(k32, q32, mask)  # fused CPU kernel where it applies, else SDPA
         y = self._run_experts(z.to(out_dtype))
         if self.keep_slots:
             return self._slot_tokens(y)
         # Combine: patches attend to slots (softmax over the E*S slots of each head).
         vals = y.permute(0, 3, 2, 1, 4).reshape(b, self.num_heads, self.num_tokens, self.head_dim)
         with torch.autocast(device_type=xh.device.type, enabled=False):
-            out = F.scaled_dot_product_attention(q32, k32, vals.to(q32.dtype), scale=1.0)
+            out = F.scaled_dot_product_attention(q32, k32.expand(b, -1, -1, -1), vals.to(q32.dtype), scale=1.0)
         out = out.transpose(1, 2).reshape(b, n, self.dim).to(y.dtype)
         if mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)

@@ -1,0 +1,119 @@
+"""Optional native CPU kernels, compiled on first use with the system C++ compiler and cached.
+
+Some hot loops (Mammoth's dispatch with head size 16) run 1.5-2x faster as a small fused C++ kernel than
+through PyTorch's generic CPU attention. The sources ship inside the package (``medmoe/nn/kernels/*.cpp``);
+:func:`load_kernel` compiles one with ``$CXX`` (default ``g++``, ``-O3 -march=native -fopenmp``) into a
+cache folder the first time it is needed (about 2 s) and loads it with :mod:`ctypes`. Everything here is
+optional: without a compiler, without OpenMP, on another OS or with ``MEDMOE_NATIVE_KERNELS=0`` the callers
+fall back to PyTorch and the results are the same to float32 rounding.
+
+Environment:
+
+* ``MEDMOE_NATIVE_KERNELS=0`` — never build or use native kernels;
+* ``MEDMOE_KERNEL_CACHE`` — cache folder (default ``$XDG_CACHE_HOME/medmoe/kernels`` or
+  ``~/.cache/medmoe/kernels``);
+* ``CXX`` — the compiler.
+
+The cache key hashes the source, the compiler, the flags and the CPU's flags, so an upgraded package or a
+different machine sharing a home folder gets its own build. Builds are written to a temporary file and
+renamed, so concurrent processes (DDP workers) never load a half-written library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+__all__ = ["kernel_cache_dir", "load_kernel", "native_kernels_enabled"]
+
+logger = logging.getLogger(__name__)
+
+_SOURCES = Path(__file__).with_name("kernels")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def native_kernels_enabled() -> bool:
+    """False when ``MEDMOE_NATIVE_KERNELS`` is ``0``/``false``/``no``/``off``."""
+    return os.environ.get("MEDMOE_NATIVE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def kernel_cache_dir() -> Path:
+    """Where compiled kernels are cached (see the module docstring)."""
+    if os.environ.get("MEDMOE_KERNEL_CACHE"):
+        return Path(os.environ["MEDMOE_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medmoe" / "kernels"
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(name: str, source: Path, compiler: str) -> Path:
+    key = hashlib.sha256(
+        b"\0".join([source.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    cache = kernel_cache_dir()
+    target = cache / f"{name}-{key}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [compiler, *_FLAGS, str(source), "-o", tmp], capture_output=True, text=True, check=False, timeout=300
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {source.name}: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("compiled native kernel %s -> %s", name, target)
+    return target
+
+
+def load_kernel(name: str) -> ctypes.CDLL | None:
+    """The compiled kernel library ``name`` (``medmoe/nn/kernels/<name>.cpp``), or ``None`` if unavailable.
+
+    Builds it on the first call (cached on disk and in memory). Failures are logged once at INFO level and
+    give ``None``; callers then use their PyTorch path.
+    """
+    if not native_kernels_enabled():
+        return None
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        lib = None
+        source = _SOURCES / f"{name}.cpp"
+        compiler = shutil.which(os.environ.get("CXX", "g++"))
+        try:
+            if platform.system() not in ("Linux", "Darwin"):
+                raise RuntimeError(f"native kernels are built on Linux and macOS only, not {platform.system()}")
+            if not source.exists():
+                raise RuntimeError(f"kernel source {source} is missing from the installation")
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+            lib = ctypes.CDLL(str(_build(name, source, compiler)))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            logger.info("native kernel %s unavailable, using PyTorch instead: %s", name, err)
+            lib = None
+        _loaded[name] = lib
+        return lib

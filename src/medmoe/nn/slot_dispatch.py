@@ -1,0 +1,132 @@
+"""Mammoth's dispatch, "slots attend to patches" with the patches as keys and values, on a fused CPU kernel.
+
+``slot_dispatch(keys, x, mask)`` computes, per batch row ``b`` and head ``h``::
+
+    z[b, h, i] = sum_j softmax_j(<keys[h, i], x[b, h, j]>) x[b, h, j]       (scale 1, softmax over patches)
+
+which is ``scaled_dot_product_attention(keys, x, x, scale=1)``. On CPU, in float32, with a head size of 16
+(Mammoth's default: slot_dim 256 / 16 heads) it runs the compiled kernel ``kernels/slot_dispatch.cpp``
+(see :mod:`medmoe.nn.native_kernels`): forward as an online softmax with the output block in registers,
+backward without PyTorch's separate key and value gradients (``x`` is both, so one pass gives their sum)
+and without zero-filled ``(b, h, n, 16)`` buffers. Measured on a 2-core AMD EPYC at 50k patches x 300 slots
+x 16 heads, forward + backward: 0.31 s instead of 0.46 s for PyTorch's flash attention. Anywhere else
+(GPU, other dtypes or head sizes, no compiler, ``MEDMOE_NATIVE_KERNELS=0``) it is the SDPA call itself.
+
+Shapes: ``keys (h, s, 16)``; ``x (b, h, n, 16)`` (any strides with the last dimension contiguous, e.g. the
+transposed view of ``(b, n, h, 16)`` features); ``mask (b, n)`` bool, True = real patch, or ``None``.
+Output ``(b, h, s, 16)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .native_kernels import load_kernel
+
+__all__ = ["native_slot_dispatch_available", "slot_dispatch"]
+
+_KERNEL = "slot_dispatch"
+_HEAD_DIM = 16
+
+
+def _lib() -> ctypes.CDLL | None:
+    lib = load_kernel(_KERNEL)
+    if lib is not None and not getattr(lib, "_medmoe_signatures", False):
+        i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        lib.slot_dispatch_forward.argtypes = [i64] * 4 + [ptr] + [i64] * 3 + [ptr] * 5 + [c_int]
+        lib.slot_dispatch_backward.argtypes = [i64] * 4 + [ptr] + [i64] * 3 + [ptr] * 8 + [c_int]
+        lib.slot_dispatch_forward.restype = lib.slot_dispatch_backward.restype = None
+        lib._medmoe_signatures = True
+    return lib
+
+
+def native_slot_dispatch_available() -> bool:
+    """Whether the compiled kernel can be used on this machine (builds it on first call)."""
+    return _lib() is not None
+
+
+def _patch_index(mask: Tensor | None, b: int, n: int) -> tuple[Tensor, Tensor]:
+    """``(idx (b, n) int64, count (b,) int64)``: the real patches of each row first, in order."""
+    if mask is None:
+        return torch.arange(n, dtype=torch.int64).expand(b, n).contiguous(), torch.full((b,), n, dtype=torch.int64)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # real patches first, order kept
+    return order.to(torch.int64).contiguous(), mask.sum(1).to(torch.int64).contiguous()
+
+
+class _SlotDispatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, keys: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
+        lib = _lib()
+        b, h, n, d = x.shape
+        s = keys.shape[1]
+        keys = keys.contiguous()
+        xt = x.transpose(1, 2)  # (b, n, h, d) view: the kernel's stride convention
+        idx, count = _patch_index(mask, b, n)
+        z = torch.empty(b, h, s, d, dtype=x.dtype)
+        lse = torch.empty(b, h, s, dtype=x.dtype)
+        sb, sn, sh, _ = xt.stride()
+        lib.slot_dispatch_forward(  # type: ignore[union-attr]
+            b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
+            z.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
+        )
+        ctx.save_for_backward(keys, x, z, lse, idx, count)
+        ctx.masked = mask is not None
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        lib = _lib()
+        keys, x, z, lse, idx, count = ctx.saved_tensors
+        b, h, n, d = x.shape
+        s = keys.shape[1]
+        dz = dz.contiguous()
+        delta = (dz * z).sum(-1)  # (b, h, s)
+        xt = x.transpose(1, 2)
+        dxt = torch.zeros_like(xt) if ctx.masked else torch.empty_like(xt)  # padded rows stay zero
+        if dxt.stride() != xt.stride():
+            dxt = torch.zeros_like(xt.contiguous()) if ctx.masked else torch.empty_like(xt.contiguous())
+            xt = xt.contiguous()
+        dk = torch.empty(b, h, s, d, dtype=x.dtype)
+        sb, sn, sh, _ = xt.stride()
+        lib.slot_dispatch_backward(  # type: ignore[union-attr]
+            b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
+            dz.data_ptr(), lse.data_ptr(), delta.data_ptr(), dxt.data_ptr(), dk.data_ptr(), torch.get_num_threads(),
+        )
+        return dk.sum(0), dxt.transpose(1, 2), None
+
+
+def _use_kernel(keys: Tensor, x: Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and keys.device.type == "cpu"
+        and x.dtype == keys.dtype == torch.float32
+        and x.dim() == 4
+        and keys.dim() == 3
+        and x.shape[-1] == _HEAD_DIM
+        and keys.shape[-1] == _HEAD_DIM
+        and keys.shape[0] == x.shape[1]
+        and x.stride(-1) == 1
+        and x.shape[2] > 0
+        and not torch.is_autocast_enabled("cpu")
+        and native_slot_dispatch_available()
+    )
+
+
+def slot_dispatch(keys: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``softmax_n(keys x^T) x`` per head: ``keys (h, s, d)``, ``x (b, h, n, d)``, ``mask (b, n)`` -> ``(b, h, s, d)``.
+
+    Uses the native kernel when it applies (see the module docstring), else
+    :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``.
+    """
+    if _use_kernel(keys, x):
+        return _SlotDispatch.apply(keys, x, mask)
+    b = x.shape[0]
+    key_mask = None if mask is None else mask[:, None, None, :]
+    return F.scaled_dot_product_attention(
+        keys.unsqueeze(0).expand(b, -1, -1, -1), x, x, attn_mask=key_mask, scale=1.0
+    )

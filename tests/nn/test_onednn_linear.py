@@ -59,3 +59,29 @@ def test_autocast_falls_back():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(torch.randn(4096, 16))
     assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 96, 80, 64), (3, 64, 70, 100)])
+def test_fast_matmul_matches_matmul_values_and_gradients(shape):
+    from medmoe.nn.onednn_linear import fast_matmul
+
+    *lead, m, k, n = shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(*lead, m, k, generator=g).requires_grad_()
+    b = torch.randn(*lead, k, n, generator=g).requires_grad_()
+    w = torch.randn(*lead, m, n, generator=g)
+    out, ref = fast_matmul(a, b), a @ b
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    ours = torch.autograd.grad((out * w).sum(), (a, b))
+    theirs = torch.autograd.grad((ref * w).sum(), (a, b))
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
+
+
+def test_fast_matmul_falls_back_for_small_broadcast_or_double():
+    from medmoe.nn.onednn_linear import fast_matmul
+
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    torch.testing.assert_close(fast_matmul(a, b), a @ b)
+    a64, b64 = torch.randn(2, 80, 80, dtype=torch.float64), torch.randn(80, 80, dtype=torch.float64)
+    torch.testing.assert_close(fast_matmul(a64, b64), a64 @ b64)

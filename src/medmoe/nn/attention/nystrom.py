@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..onednn_linear import fast_matmul
+
 __all__ = ["NystromAttention", "moore_penrose_pinv"]
 
 
@@ -64,8 +66,8 @@ def moore_penrose_pinv(x: Tensor, iters: int = 6, per_sample: bool = False) -> T
     z = x.transpose(-1, -2) / denom
     eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
     for _ in range(iters):
-        xz = x @ z
-        z = 0.25 * z @ (13 * eye - (xz @ (15 * eye - (xz @ (7 * eye - xz)))))
+        xz = fast_matmul(x, z)
+        z = 0.25 * fast_matmul(z, 13 * eye - fast_matmul(xz, 15 * eye - fast_matmul(xz, 7 * eye - xz)))
     return z
 
 
@@ -198,9 +200,9 @@ class NystromAttention(nn.Module):
         q_land = q_land / divisor
         k_land = k_land / divisor
 
-        sim1 = q @ k_land.transpose(-1, -2)  # (b, h, n', m)
-        sim2 = q_land @ k_land.transpose(-1, -2)  # (b, h, m, m)
-        sim3 = q_land @ k.transpose(-1, -2)  # (b, h, m, n')
+        sim1 = fast_matmul(q, k_land.transpose(-1, -2))  # (b, h, n', m)
+        sim2 = fast_matmul(q_land, k_land.transpose(-1, -2))  # (b, h, m, m)
+        sim3 = fast_matmul(q_land, k.transpose(-1, -2))  # (b, h, m, n')
         if mask is not None and land_mask is not None:
             fill = -torch.finfo(q.dtype).max
             tok = mask[:, None, :]  # (b, 1, n')
@@ -212,7 +214,7 @@ class NystromAttention(nn.Module):
         attn1, attn2, attn3 = sim1.softmax(dim=-1), sim2.softmax(dim=-1), sim3.softmax(dim=-1)
         attn2_inv = moore_penrose_pinv(attn2, self.pinv_iterations, per_sample=self.pinv_scale == "sample")
 
-        out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (b, h, n', d)
+        out = fast_matmul(fast_matmul(attn1, attn2_inv), fast_matmul(attn3, v))  # (b, h, n', d)
         if self.residual:
             out = out + self.res_conv(v)
         out = out.transpose(1, 2).reshape(b, total, h * d)

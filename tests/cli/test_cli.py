@@ -18,6 +18,14 @@ def test_doctor_lists_devices_extras_and_install_commands():
     for extra in ("mil", "seg", "wsi", "parity", "dev"):
         assert extra in result.output
     assert "mamba_ssm" in result.output
+    assert "native CPU kernels:" in result.output
+
+
+def test_doctor_reports_native_kernels_switched_off(monkeypatch):
+    monkeypatch.setenv("MEDMOE_NATIVE_KERNELS", "0")
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "native CPU kernels: off (MEDMOE_NATIVE_KERNELS=0)" in result.output
 
 
 def test_bench_mammoth_prints_a_ratio_table(capsys):

@@ -51,7 +51,21 @@ def device_lines() -> list[str]:
         lines.append("CUDA: not available" + (" (CPU build of torch)" if torch.version.cuda is None else ""))
     mps = getattr(torch.backends, "mps", None)
     lines.append("MPS: " + ("available" if mps is not None and mps.is_available() else "not available"))
+    lines.append(native_kernel_line())
     return lines
+
+
+def native_kernel_line() -> str:
+    """Whether the compiled CPU kernels (Mammoth's dispatch) build here, and where they are cached."""
+    from ..nn.native_kernels import kernel_cache_dir, native_kernels_enabled
+    from ..nn.slot_dispatch import native_slot_dispatch_available
+
+    if not native_kernels_enabled():
+        return "native CPU kernels: off (MEDMOE_NATIVE_KERNELS=0)"
+    if native_slot_dispatch_available():
+        return f"native CPU kernels: ready (cache {kernel_cache_dir()})"
+    return ("native CPU kernels: unavailable, PyTorch kernels are used instead (needs g++ with OpenMP on Linux "
+            "or macOS; set CXX to choose the compiler)")
 
 
 def doctor() -> None:

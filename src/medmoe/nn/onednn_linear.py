@@ -83,7 +83,7 @@ def matmul_nt(a: Tensor, b_t: Tensor) -> Tensor:
         and not torch.is_autocast_enabled("cpu")
         and onednn_linear_available()
     ):
-        out = _onednn_linear(a.reshape(a.shape[-2:]), b_t.reshape(b_t.shape[-2:]))
+        out = _onednn_linear(_dense_matrices(a.reshape(a.shape[-2:])), _dense_matrices(b_t.reshape(b_t.shape[-2:])))
         return out.unsqueeze(0) if max(a.dim(), b_t.dim()) == 3 else out
     return torch.matmul(a, b_t.transpose(-1, -2))
 
@@ -103,9 +103,9 @@ def _bmm_nt(a: Tensor, b_t: Tensor) -> Tensor:
 
 
 def _dense_matrices(t: Tensor) -> Tensor:
-    """``t (B, r, c)`` whose matrices are row-major or column-major (a plain transpose), copying otherwise."""
-    _, r, c = t.shape
-    s_r, s_c = t.stride(1), t.stride(2)
+    """``t (..., r, c)`` whose matrices are row-major or column-major (a plain transpose), copying otherwise."""
+    r, c = t.shape[-2:]
+    s_r, s_c = t.stride(-2), t.stride(-1)
     if (s_c == 1 and s_r == c) or (s_r == 1 and s_c == r):
         return t
     return t.contiguous()

@@ -33,21 +33,22 @@ def test_large_cpu_input_uses_onednn(monkeypatch):
     calls = []
     real = fl._onednn_linear
     monkeypatch.setattr(fl, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
-    x = torch.randn(4096, 16, requires_grad=True)
-    layer = FastLinear(16, 8)
+    x = torch.randn(4096, 64, requires_grad=True)
+    layer = FastLinear(64, 128)
     layer(x).sum().backward()
     assert len(calls) == 3  # forward, grad input, grad weight
     calls.clear()
     with torch.no_grad():
-        layer(torch.randn(10, 16))  # small input: default kernel
+        layer(torch.randn(10, 64))  # few rows: default kernel
+        FastLinear(16, 8)(torch.randn(4096, 16))  # little work (4096 x 16 x 8): default kernel
     assert calls == []
 
 
 def test_no_grad_for_frozen_input_and_state_dict_compatible():
-    layer = FastLinear(16, 8)
-    ref = torch.nn.Linear(16, 8)
+    layer = FastLinear(64, 128)
+    ref = torch.nn.Linear(64, 128)
     ref.load_state_dict(layer.state_dict())
-    x = torch.randn(3000, 16)  # features from a frozen encoder: no input gradient
+    x = torch.randn(3000, 64)  # features from a frozen encoder: no input gradient
     layer(x).square().sum().backward()
     ref(x).square().sum().backward()
     torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-2)
@@ -85,3 +86,29 @@ def test_fast_matmul_falls_back_for_small_broadcast_or_double():
     torch.testing.assert_close(fast_matmul(a, b), a @ b)
     a64, b64 = torch.randn(2, 80, 80, dtype=torch.float64), torch.randn(80, 80, dtype=torch.float64)
     torch.testing.assert_close(fast_matmul(a64, b64), a64 @ b64)
+
+
+def test_use_fast_linear_swaps_class_only_and_keeps_outputs():
+    from medmoe.nn.onednn_linear import use_fast_linear
+
+    class Sub(torch.nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), Sub(512, 4))
+    keys = list(net.state_dict())
+    x = torch.randn(300, 512)
+    before = net(x)
+    weight = net[0].weight
+    assert use_fast_linear(net) is net
+    assert type(net[0]) is FastLinear and type(net[2]) is Sub and net[0].weight is weight
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_registry_models_use_fast_linear():
+    import medmoe
+
+    model = medmoe.create_model("transformer.base", num_classes=2, in_dim=64)
+    kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert FastLinear in kinds and torch.nn.Linear not in kinds

@@ -40,7 +40,7 @@ def _lib() -> ctypes.CDLL | None:
         i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
         lib.slot_dispatch_forward.argtypes = [i64] * 4 + [ptr] + [i64] * 3 + [ptr] * 5 + [c_int]
         lib.slot_dispatch_backward.argtypes = [i64] * 4 + [ptr] + [i64] * 3 + [ptr] * 8 + [c_int]
-        lib.slot_dispatch_forward.restype = lib.slot_dispatch_backward.restype = None
+        lib.slot_dispatch_forward.restype = lib.slot_dispatch_backward.restype = ctypes.c_int
         lib._medmoe_signatures = True
     return lib
 
@@ -48,6 +48,12 @@ def _lib() -> ctypes.CDLL | None:
 def native_slot_dispatch_available() -> bool:
     """Whether the compiled kernel can be used on this machine (builds it on first call)."""
     return _lib() is not None
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("slot_dispatch: the native kernel could not allocate its work buffers (about 0.2 MB "
+                          "per thread); free memory or set MEDMOE_NATIVE_KERNELS=0")
 
 
 def _patch_index(mask: Tensor | None, b: int, n: int) -> tuple[Tensor, Tensor]:
@@ -70,10 +76,11 @@ class _SlotDispatch(torch.autograd.Function):
         z = torch.empty(b, h, s, d, dtype=x.dtype)
         lse = torch.empty(b, h, s, dtype=x.dtype)
         sb, sn, sh, _ = xt.stride()
-        lib.slot_dispatch_forward(  # type: ignore[union-attr]
+        status = lib.slot_dispatch_forward(  # type: ignore[union-attr]
             b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
             z.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
         )
+        _check(status)
         ctx.save_for_backward(keys, x, z, lse, idx, count)
         ctx.masked = mask is not None
         return z
@@ -93,10 +100,11 @@ class _SlotDispatch(torch.autograd.Function):
             xt = xt.contiguous()
         dk = torch.empty(b, h, s, d, dtype=x.dtype)
         sb, sn, sh, _ = xt.stride()
-        lib.slot_dispatch_backward(  # type: ignore[union-attr]
+        status = lib.slot_dispatch_backward(  # type: ignore[union-attr]
             b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
             dz.data_ptr(), lse.data_ptr(), delta.data_ptr(), dxt.data_ptr(), dk.data_ptr(), torch.get_num_threads(),
         )
+        _check(status)
         return dk.sum(0), dxt.transpose(1, 2), None
 
 

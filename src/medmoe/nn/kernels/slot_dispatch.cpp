@@ -73,10 +73,12 @@ extern "C" {
 
 int slot_dispatch_head_dim() { return HD; }
 
-void slot_dispatch_forward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const float *x, int64_t sb, int64_t sn,
+// Both entry points return 0, or 1 when a work buffer could not be allocated (the outputs are then invalid).
+int slot_dispatch_forward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const float *x, int64_t sb, int64_t sn,
                            int64_t sh, const float *k, const int64_t *idx, const int64_t *count, float *z,
                            float *lse, int nthreads) {
     const int64_t nblk = (ns + 15) / 16;
+    int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int64_t bh = 0; bh < nb * nh; ++bh) {
         const int64_t b = bh / nh, h = bh % nh;
@@ -84,6 +86,11 @@ void slot_dispatch_forward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const 
         const int64_t *ib = idx + b * n;
         const float *xb = x + b * sb + h * sh;
         float *kt = (float *)std::malloc(sizeof(float) * nblk * HD * 16);
+        if (kt == nullptr) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
         transpose_blocks(k + h * ns * HD, ns, nblk, kt);
         for (int64_t blk = 0; blk < nblk; ++blk) {
             const float *kb = kt + blk * HD * 16;
@@ -142,15 +149,17 @@ void slot_dispatch_forward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const 
         }
         std::free(kt);
     }
+    return failed;
 }
 
-void slot_dispatch_backward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const float *x, int64_t sb,
+int slot_dispatch_backward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const float *x, int64_t sb,
                             int64_t sn, int64_t sh, const float *k, const int64_t *idx, const int64_t *count,
                             const float *dz, const float *lse, const float *delta, float *dx, float *dk,
                             int nthreads) {
     // dx: the layout of x, rows of padded patches are left untouched (the caller zero-fills them).
     // dk: (b, h, s, 16), overwritten.
     const int64_t nblk = (ns + 15) / 16, spad = nblk * 16;
+    int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int64_t bh = 0; bh < nb * nh; ++bh) {
         const int64_t b = bh / nh, h = bh % nh;
@@ -161,6 +170,11 @@ void slot_dispatch_backward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const
         const float *kh = k + h * ns * HD;
         const float *dzh = dz + bh * ns * HD;
         float *work = (float *)std::malloc(sizeof(float) * (3 * nblk * HD * 16 + 2 * spad + CHUNK * 2 * spad));
+        if (work == nullptr) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
         float *kt = work, *dzt = kt + nblk * HD * 16, *dkt = dzt + nblk * HD * 16;
         float *lsep = dkt + nblk * HD * 16, *delp = lsep + spad, *buf = delp + spad;
         transpose_blocks(kh, ns, nblk, kt);
@@ -223,6 +237,7 @@ void slot_dispatch_backward(int64_t nb, int64_t nh, int64_t ns, int64_t n, const
             for (int d = 0; d < HD; ++d) dkh[i * HD + d] = dkt[((i / 16) * HD + d) * 16 + i % 16];
         std::free(work);
     }
+    return failed;
 }
 
 }  // extern "C"

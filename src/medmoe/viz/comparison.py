@@ -33,6 +33,9 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], metric: str, path: str | 
                              squeeze=False, sharey=True)
     width = 0.8 / len(embeds)
     colours = plt.get_cmap("tab10")
+    # rows averaging fewer runs than the others (a grid still running) get their count on the bar
+    runs = {(r["dataset"], r["model"], r["patch_embed"]): r["runs"] for r in rows if isinstance(r.get("runs"), int)}
+    most_runs = max(runs.values(), default=0)
     for ax, ds in zip(axes[0], datasets):
         for j, emb in enumerate(embeds):
             means, stds = [], []
@@ -44,6 +47,10 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], metric: str, path: str | 
                 stds.append(0.0 if std is None or math.isnan(std) else std)
             xs = [i + (j - (len(embeds) - 1) / 2) * width for i in range(len(models))]
             ax.bar(xs, means, width, yerr=stds, capsize=3, label=emb, color=colours(j))
+            for x, m, mean in zip(xs, models, means):
+                n = runs.get((ds, m, emb))
+                if n is not None and n < most_runs and not math.isnan(mean):  # a row still being run
+                    ax.text(x, 0.02, f"n={n}", rotation=90, ha="center", va="bottom", fontsize=7, color="white")
         ax.set_xticks(range(len(models)), models, rotation=20)
         ax.set_title(ds)
         ax.grid(axis="y", alpha=0.3)

@@ -250,3 +250,42 @@ def test_synthetic_signal_is_learnable(tmp_path):
     assert ((score < 0).long() == y).float().mean() >= 0.9
     mem = InMemoryBags([ds[i].features for i in range(len(ds))], ds.labels)
     assert mem.feature_dim == 16
+
+
+def test_plain_h5_features_are_memory_mapped_copy_on_write(tmp_path):
+    """Contiguous float datasets are mapped, not read: same values, writable, and the file never changes."""
+    import h5py
+    import numpy as np
+
+    from medmoe.data.feature_folder import read_feature_file
+
+    feats = np.random.default_rng(0).standard_normal((300, 24)).astype(np.float32)
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=feats[None])  # (1, n, d) as TRIDENT writes it
+        f.create_dataset("coords", data=np.zeros((300, 2), dtype=np.int64))
+    before = path.read_bytes()
+    x, coords = read_feature_file(path)
+    assert x.shape == (300, 24) and coords.shape == (300, 2)
+    np.testing.assert_array_equal(x.numpy(), feats)
+    x.mul_(0.0)  # in-place work on the tensor stays private to this process
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(read_feature_file(path)[0].numpy(), feats)
+
+
+@pytest.mark.parametrize("layout", ["chunked", "gzip", "float16", "big-endian"])
+def test_other_h5_layouts_are_read_by_h5py(tmp_path, layout):
+    import h5py
+    import numpy as np
+
+    from medmoe.data.feature_folder import read_feature_file
+
+    feats = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
+    kwargs = {"chunked": {"chunks": (10, 8)}, "gzip": {"compression": "gzip"}}.get(layout, {})
+    data = {"float16": feats.astype(np.float16), "big-endian": feats.astype(">f4")}.get(layout, feats)
+    path = tmp_path / f"{layout}.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=data, **kwargs)
+    x, _ = read_feature_file(path)
+    assert x.dtype == torch.float32
+    np.testing.assert_allclose(x.numpy(), data.astype(np.float32), rtol=0, atol=0)

@@ -289,3 +289,17 @@ def test_other_h5_layouts_are_read_by_h5py(tmp_path, layout):
     x, _ = read_feature_file(path)
     assert x.dtype == torch.float32
     np.testing.assert_allclose(x.numpy(), data.astype(np.float32), rtol=0, atol=0)
+
+
+def test_pt_features_are_mapped_copy_on_write(tmp_path):
+    from medmoe.data.feature_folder import read_feature_file
+
+    feats = torch.randn(200, 16)
+    path = tmp_path / "slide.pt"
+    torch.save({"features": feats, "coords": torch.zeros(200, 2, dtype=torch.long)}, path)
+    before = path.read_bytes()
+    x, coords = read_feature_file(path)
+    assert torch.equal(x, feats) and coords.shape == (200, 2)
+    x.add_(1.0)  # private to this process
+    assert path.read_bytes() == before
+    assert torch.equal(read_feature_file(path)[0], feats)

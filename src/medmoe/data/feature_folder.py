@@ -184,7 +184,7 @@ def read_feature_file(
             feats = torch.from_numpy(_native(feats_np))
             coords = None if coords_np is None else torch.from_numpy(_native(coords_np))
         else:
-            feats, coords = _pt_features(_load_pt(path, mmap=False), path)
+            feats, coords = _pt_features(_load_pt(path, mmap=True), path)  # mapped, copy-on-write
     except FeatureFileError:
         raise
     except Exception as e:

@@ -29,6 +29,15 @@ def onednn_linear_available() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _onednn_applies(*tensors: Tensor) -> bool:
+    """The guard all oneDNN paths share: CPU float32 operands, no autocast, oneDNN in this build."""
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+        and onednn_linear_available()
+    )
+
+
 def _onednn_linear(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a (m, k) @ b_t (n, k).T (+ bias) -> (m, n)`` on oneDNN."""
     return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
@@ -58,15 +67,7 @@ class _OneDNNLinear(torch.autograd.Function):
 def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` (``x (..., in) -> (..., out)``), on oneDNN for large CPU fp32 inputs."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if (
-        x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or weight.dtype != torch.float32
-        or rows < _LINEAR_MIN_ROWS
-        or rows * weight.numel() < _LINEAR_MIN_WORK
-        or torch.is_autocast_enabled("cpu")
-        or not onednn_linear_available()
-    ):
+    if rows < _LINEAR_MIN_ROWS or rows * weight.numel() < _LINEAR_MIN_WORK or not _onednn_applies(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     out = _OneDNNLinear.apply(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
@@ -80,13 +81,10 @@ def matmul_nt(a: Tensor, b_t: Tensor) -> Tensor:
     side of at least 2048), else :func:`torch.matmul`. Either operand may be a transposed view.
     """
     if (
-        a.device.type == "cpu"
-        and a.dtype == b_t.dtype == torch.float32
-        and (a.dim() == 2 or a.shape[0] == 1)
+        (a.dim() == 2 or a.shape[0] == 1)
         and (b_t.dim() == 2 or b_t.shape[0] == 1)
         and max(a.shape[-2], a.shape[-1]) >= _MIN_ROWS
-        and not torch.is_autocast_enabled("cpu")
-        and onednn_linear_available()
+        and _onednn_applies(a, b_t)
     ):
         out = _onednn_linear(_dense_matrices(a.reshape(a.shape[-2:])), _dense_matrices(b_t.reshape(b_t.shape[-2:])))
         return out.unsqueeze(0) if max(a.dim(), b_t.dim()) == 3 else out
@@ -139,15 +137,12 @@ def fast_matmul(a: Tensor, b: Tensor) -> Tensor:
     an AMD EPYC (the Nyström pseudo-inverse of TransMIL). Anything else is :func:`torch.matmul`.
     """
     if (
-        a.device.type == "cpu"
-        and a.dtype == b.dtype == torch.float32
-        and a.dim() == b.dim() >= 3
+        a.dim() == b.dim() >= 3
         and a.shape[:-2] == b.shape[:-2]
         and a.shape[-1] == b.shape[-2]
         and a.shape[-2] * a.shape[-1] * b.shape[-1] >= _MIN_MATMUL_WORK
         and 0 < a.shape[:-2].numel() <= _MAX_MATMUL_BATCH
-        and not torch.is_autocast_enabled("cpu")
-        and onednn_linear_available()
+        and _onednn_applies(a, b)
     ):
         lead = a.shape[:-2]
         out = _OneDNNMatmul.apply(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))

@@ -94,10 +94,11 @@ class _SlotDispatch(torch.autograd.Function):
         dz = dz.contiguous()
         delta = (dz * z).sum(-1)  # (b, h, s)
         xt = x.transpose(1, 2)
-        dxt = torch.zeros_like(xt) if ctx.masked else torch.empty_like(xt)  # padded rows stay zero
-        if dxt.stride() != xt.stride():
-            dxt = torch.zeros_like(xt.contiguous()) if ctx.masked else torch.empty_like(xt.contiguous())
+        alloc = torch.zeros_like if ctx.masked else torch.empty_like  # padded patches' rows stay zero
+        dxt = alloc(xt)
+        if dxt.stride() != xt.stride():  # x has gaps: the kernel writes dx with x's strides, so make both dense
             xt = xt.contiguous()
+            dxt = alloc(xt)
         dk = torch.empty(b, h, s, d, dtype=x.dtype)
         sb, sn, sh, _ = xt.stride()
         status = lib.slot_dispatch_backward(  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ CFG = {
     "patience": None,
     "progress": False,
     "accelerator": "cpu",
+    "keep_last_state": True,  # the last weights are compared below
 }
 
 SCRIPT = textwrap.dedent(

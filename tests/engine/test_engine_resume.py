@@ -22,6 +22,7 @@ CFG = TrainConfig(
     progress=False,
     accelerator="cpu",
     standardize_features=True,
+    keep_last_state=True,  # so the last epoch's weights can be compared too
 )
 
 
@@ -115,3 +116,35 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         train_one_fold("abmil.base", *_data(), cfg.replace(lr=1e-3), tmp_path, OVERRIDES, resume=True)
     with pytest.raises(ValueError, match="different settings"):
         train_one_fold("abmil.base", *_data(), cfg, tmp_path, {**OVERRIDES, "embed_dim": 8}, resume=True)
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("a finished run must not train again")
+
+
+def test_finished_run_keeps_only_a_slim_state(tmp_path, monkeypatch, straight):
+    cfg = CFG.replace(keep_last_state=False)
+    first = train_one_fold("abmil.base", *_data(), cfg, tmp_path, OVERRIDES)
+    state = load_trainer_state(tmp_path / "trainer_state.pt")
+    assert state["complete"] is True
+    assert not {"model", "optimizer", "scheduler", "rng"} & set(state)
+    assert _strip(state["history"]) == _strip(straight.history)
+    assert (tmp_path / "trainer_state.pt").stat().st_size < 20_000
+    # resuming only re-evaluates the best checkpoint; settings that cannot change the result may differ
+    monkeypatch.setattr(T, "_epoch_order", _no_training)
+    again = train_one_fold(
+        "abmil.base", *_data(), cfg.replace(progress=True, num_workers=1), tmp_path, OVERRIDES, resume=True
+    )
+    assert _strip(again.history) == _strip(first.history)
+    assert again.val_metrics == first.val_metrics and again.test_metrics == first.test_metrics
+    assert again.best_epoch == first.best_epoch == straight.best_epoch
+
+
+def test_resume_slims_a_finished_full_state(tmp_path, monkeypatch):
+    cfg = CFG.replace(epochs=2, warmup_epochs=0)
+    first = train_one_fold("abmil.base", *_data(), cfg, tmp_path, OVERRIDES)
+    assert "model" in load_trainer_state(tmp_path / "trainer_state.pt")
+    monkeypatch.setattr(T, "_epoch_order", _no_training)
+    again = train_one_fold("abmil.base", *_data(), cfg.replace(keep_last_state=False), tmp_path, OVERRIDES, resume=True)
+    assert again.test_metrics == first.test_metrics
+    assert load_trainer_state(tmp_path / "trainer_state.pt")["complete"] is True

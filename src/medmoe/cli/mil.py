@@ -80,6 +80,9 @@ def train(
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     out: Path = typer.Option(Path("runs/train"), help="Output folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    keep_last_state: bool = typer.Option(False, help="Keep the last epoch's weights and optimiser state in "
+                                         "trainer_state.pt after a fold finishes (default: dropped; the best "
+                                         "model is in checkpoint/)."),
     accelerator: str = typer.Option("auto"),
     devices: int = typer.Option(1, min=1),
 ) -> None:
@@ -91,7 +94,7 @@ def train(
         cfg = _train_config(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
-            class_weights=class_weights, accelerator=accelerator, devices=devices,
+            class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
             strategy="ddp" if devices > 1 else "auto",
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,

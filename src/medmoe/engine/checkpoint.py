@@ -327,6 +327,18 @@ def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+_RESUME_TENSORS = ("model", "optimizer", "scheduler", "rng")
+
+
+def finished_trainer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The resume state of a finished run: ``state`` without the model, optimiser, scheduler and RNG
+    states (the best model is in the checkpoint; resuming a finished run only re-evaluates it), marked
+    ``"complete": True``. A few kB instead of three copies of the weights."""
+    slim = {k: v for k, v in state.items() if k not in _RESUME_TENSORS}
+    slim["complete"] = True
+    return slim
+
+
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     """Read a state written by :func:`save_trainer_state` (``CheckpointError`` if corrupt)."""
     path = Path(path)

@@ -67,6 +67,10 @@ class TrainConfig:
             when its package is installed (a warning is logged otherwise). ``metrics.csv`` is always
             written.
         eval_batch_size: bags per forward pass in validation / test (default: ``batch_size``).
+        keep_last_state: keep the last epoch's model, optimiser and scheduler in ``trainer_state.pt``
+            once the run has finished. By default they are dropped then (the best model stays in
+            ``checkpoint/``; the history and bookkeeping stay, so ``resume`` still only re-evaluates):
+            a finished Lin-MIL run otherwise keeps 150 MB that nothing reads.
     """
 
     epochs: int = 20
@@ -93,6 +97,7 @@ class TrainConfig:
     progress: bool = True
     loggers: list[str] = field(default_factory=list)
     eval_batch_size: int | None = None
+    keep_last_state: bool = False
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_zero: bool = False) -> None:

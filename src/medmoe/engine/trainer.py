@@ -18,7 +18,10 @@
   (the whole epoch, validation included); rewritten atomically from the run history
   after every epoch, so after a resume it matches the trainer state), optional TensorBoard / MLflow;
 * resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, RNG states, early-stopping
-  state, history) is written atomically after every epoch, and ``resume=True`` continues from it.
+  state, history) is written atomically after every epoch, and ``resume=True`` continues from it;
+  when the run has finished only the history and bookkeeping are kept (``keep_last_state`` keeps all),
+  and resuming it re-evaluates the best checkpoint. Settings that cannot change the result
+  (``progress``, ``loggers``, ``num_workers``, ``keep_last_state``) may differ between a run and its resume.
 
 Determinism: the epoch's bag order (shuffle or balanced sampling) comes from a generator seeded with
 ``(seed, epoch)``, and the global torch / numpy / python RNGs are re-seeded from ``(seed, epoch, rank)``
@@ -56,6 +59,7 @@ from .checkpoint import (
     TRAINER_STATE_NAME,
     CheckpointError,
     atomic_write_text,
+    finished_trainer_state,
     load_checkpoint,
     load_trainer_state,
     read_checkpoint_info,
@@ -698,24 +702,28 @@ def train_one_fold(
 
     start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
     history: list[dict[str, Any]] = []
+    last_state: dict[str, Any] | None = None  # the trainer state last written (or resumed from)
     finished, stopped_early = False, False
     if resume and state_path.is_file():
-        state = load_trainer_state(state_path)
-        if state.get("signature") != run_signature:
+        state = last_state = load_trainer_state(state_path)
+        if _resume_signature(state.get("signature")) != _resume_signature(run_signature):
             raise ValueError(
                 f"{state_path} belongs to a run with different settings (model, overrides, train config, "
                 "training bags or number of devices); resume with the same settings, use another out_dir, "
                 "or pass resume=False to start over"
             )
-        model.load_state_dict(state["model"])
-        optimizer_f.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        complete = bool(state.get("complete", False))  # a finished run's slim state: no weights
+        if not complete:
+            model.load_state_dict(state["model"])
+            optimizer_f.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
         best = state["best"]
         best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
         history = list(state["history"])
-        finished, stopped_early = bool(state["finished"]), bool(state["stopped_early"])
-        _set_rng_state(state["rng"])
+        finished, stopped_early = bool(state["finished"]) or complete, bool(state["stopped_early"])
+        if not complete:
+            _set_rng_state(state["rng"])
         if is_zero:
             logger.info(
                 "resuming %s from epoch %d (best %s = %s at epoch %d)",
@@ -856,9 +864,7 @@ def train_one_fold(
                     f"val_{monitor} {value:.4f}" if val_ds is not None else "",
                     "*" if improved else "",
                 )
-                save_trainer_state(
-                    state_path,
-                    {
+                last_state = {
                         "signature": run_signature,
                         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                         "optimizer": optimizer_f.state_dict(),
@@ -871,8 +877,8 @@ def train_one_fold(
                         "finished": finished,
                         "stopped_early": stopped_early,
                         "rng": _rng_state(),
-                    },
-                )
+                }
+                save_trainer_state(state_path, last_state)
                 write_history_csv(out_dir / METRICS_CSV, history)
                 for lg in loggers:
                     lg.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -927,6 +933,8 @@ def train_one_fold(
             atomic_write_text(
                 out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
             )
+            if not cfg.keep_last_state and last_state is not None and not last_state.get("complete", False):
+                save_trainer_state(state_path, finished_trainer_state(last_state))
         fabric.barrier()
         return result
     except BaseException:
@@ -940,6 +948,17 @@ def train_one_fold(
                 lg.finalize(status)
             except Exception:  # pragma: no cover - logging must not hide the real error
                 logger.exception("logger finalisation failed")
+
+
+_RESUME_NEUTRAL = ("progress", "loggers", "num_workers", "keep_last_state")
+
+
+def _resume_signature(signature: Any) -> Any:
+    """``signature`` without the train-config fields that cannot change a run's result."""
+    if not isinstance(signature, dict) or not isinstance(signature.get("train_config"), dict):
+        return signature
+    config = {k: v for k, v in signature["train_config"].items() if k not in _RESUME_NEUTRAL}
+    return {**signature, "train_config": config}
 
 
 def _nan_to_none(value: Any) -> Any:

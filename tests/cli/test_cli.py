@@ -1,3 +1,6 @@
+import logging
+
+import pytest
 from typer.testing import CliRunner
 
 from medmoe import __version__
@@ -39,3 +42,33 @@ def test_bench_mammoth_prints_a_ratio_table(capsys):
     assert cells[0] == "200"
     assert float(cells[2]) > 0 and float(cells[3]) > 0  # medmoe and linear timed
     assert float(cells[5]) > 0  # medmoe/linear ratio computed
+
+
+@pytest.fixture
+def restore_medmoe_logging():
+    loggers = [logging.getLogger(n) for n in ("medmoe", "medmoe.progress")]
+    saved = [(lg, lg.level, list(lg.handlers)) for lg in loggers]
+    yield
+    for lg, level, handlers in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+
+
+def test_configure_logging_levels(capsys, restore_medmoe_logging):
+    from medmoe.cli.main import configure_logging
+
+    progress, engine = logging.getLogger("medmoe.progress"), logging.getLogger("medmoe.engine.trainer")
+    configure_logging()
+    configure_logging()  # a second call replaces the handler instead of printing twice
+    progress.info("[1/2] run done")
+    engine.info("epoch 1/20")
+    engine.warning("careful")
+    err = capsys.readouterr().err
+    assert err.count("[1/2] run done") == 1 and "careful" in err and "epoch 1/20" not in err
+    configure_logging(verbose=1)
+    engine.info("epoch 2/20")
+    assert "epoch 2/20" in capsys.readouterr().err
+    configure_logging(quiet=True)
+    progress.info("[2/2] run done")
+    engine.warning("hidden")
+    assert capsys.readouterr().err == ""

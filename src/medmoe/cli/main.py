@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import typer
 
 from . import bench, demo, doctor, mil
@@ -33,13 +36,68 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when it emits (test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Show medmoe's log on stderr: per-run progress lines of long grids (``medmoe.progress``) and
+    warnings by default, every info line (per epoch, per fold) with ``-v``, debug with ``-vv``, only
+    errors with ``--quiet``. Rich formatting in a terminal, plain time-stamped lines otherwise.
+
+    Only the ``medmoe`` loggers are touched (one handler, replaced on a second call); their records
+    still propagate, so a host application's own handlers keep working."""
+    if quiet:
+        level, progress_level = logging.ERROR, logging.ERROR
+    else:
+        level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+        progress_level = min(level, logging.INFO)
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(
+            console=Console(stderr=True), show_path=False, log_time_format="%H:%M:%S"
+        )
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+
+    def wanted(record: logging.LogRecord) -> bool:
+        floor = progress_level if record.name.startswith("medmoe.progress") else level
+        return record.levelno >= floor
+
+    handler.addFilter(wanted)
+    handler._medmoe_cli = True  # type: ignore[attr-defined]
+    package = logging.getLogger("medmoe")
+    for old in [h for h in package.handlers if getattr(h, "_medmoe_cli", False)]:
+        package.removeHandler(old)
+    package.addHandler(handler)
+    if verbose:
+        package.setLevel(level)
+    logging.getLogger("medmoe.progress").setLevel(progress_level)
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", help="Print the medmoe version and exit.", is_eager=True, callback=_print_version
     ),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="More log lines: -v per epoch and fold, -vv debug."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors (no per-run progress lines)."),
 ) -> None:
     """Expert routing and long-sequence models for medical imaging."""
+    configure_logging(verbose, quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
@@ -87,7 +86,6 @@ def train(
     )
     from ..models.vit import MosaicModel, VisionTransformerConfig, ViTWeightsError
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         flags = resolve_medmnist_flags(datasets)
         note = ""

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from ..data.splits import Split, save_splits, split_hash, stratified_group_kfold
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
+from .grid_progress import GridProgress
 from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
-from .trainer import make_fabric, train_one_fold
+from .trainer import FOLD_RESULT_JSON, make_fabric, train_one_fold
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -119,6 +120,8 @@ def run_cross_validation(
     splits: Sequence[Split] | None = None,
     resume: bool = False,
     fabric: Fabric | None = None,
+    progress: GridProgress | None = None,
+    label: str | None = None,
 ) -> CVResult:
     """k-fold cross-validation of ``model_name`` on ``dataset``, repeated for every seed.
 
@@ -137,6 +140,9 @@ def run_cross_validation(
             ``val_folds`` are then ignored.
         resume: resume / skip runs whose ``trainer_state.pt`` exists (see :func:`train_one_fold`).
         fabric: a launched Fabric (default: built from ``cfg``).
+        progress: counts the runs and logs one line per finished run with the time left (default: a
+            new one for this model's seeds x folds; :func:`compare` passes one for its whole grid).
+        label: how those lines name this model (default: ``model_name``).
 
     Returns:
         :class:`CVResult`; ``results.json`` and ``summary.md`` are written to ``out_dir``.
@@ -151,6 +157,8 @@ def run_cross_validation(
     fabric = fabric if fabric is not None else make_fabric(cfg)
     model_overrides = dict(model_overrides or {})
     labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
+    if progress is None:
+        progress = GridProgress(len(seeds) * (len(splits) if splits is not None else k), fabric.is_global_zero)
 
     runs: list[dict[str, Any]] = []
     hashes: dict[int, str] = {}
@@ -186,18 +194,22 @@ def run_cross_validation(
                     len(split.val),
                     len(split.test),
                 )
+            fold_dir = seed_dir / f"fold{fold}"
+            finished_before = resume and (fold_dir / FOLD_RESULT_JSON).is_file()
+            progress.start_run()
             result = train_one_fold(
                 model_name,
                 dataset.subset(split.train),
                 dataset.subset(split.val) if split.val else None,
                 dataset.subset(split.test) if split.test else None,
                 cfg.replace(seed=seed),
-                seed_dir / f"fold{fold}",
+                fold_dir,
                 model_overrides,
                 resume=resume,
                 split_hash=h,
                 fabric=fabric,
             )
+            progress.finish_run(f"{label or model_name} seed {seed} fold {fold}", result, skipped=finished_before)
             runs.append(
                 {
                     "seed": seed,
@@ -355,9 +367,15 @@ def compare(
     """
     if not models or not datasets or not patch_embeds:
         raise ValueError("compare needs at least one model, one dataset and one patch embedding")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, e.g. seeds=[0, 1, 2]")
     cfg = cfg or TrainConfig()
     fabric = fabric if fabric is not None else make_fabric(cfg)
     out_dir = Path(out_dir)
+    progress = GridProgress(
+        len(datasets) * len(models) * len(patch_embeds) * len(seeds) * k, fabric.is_global_zero
+    )
     rows: list[dict[str, Any]] = []
     for ds_name, dataset in datasets.items():
         for model in models:
@@ -381,6 +399,8 @@ def compare(
                     val_folds=val_folds,
                     resume=resume,
                     fabric=fabric,
+                    progress=progress,
+                    label=f"{ds_name} {model} {embed}",
                 )
                 rows.append(
                     {

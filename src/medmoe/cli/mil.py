@@ -214,13 +214,19 @@ def summarize_cmd(
                                      help="Table columns; the first is drawn in the plot."),
     min_runs: int = typer.Option(1, min=1, help="Leave out variants with fewer finished folds."),
     out: Path = typer.Option(None, help="Write <out>.md and <out>.png (default: RUN_DIR/summary_table)."),
+    paired: bool = typer.Option(True, help="Also pair the folds of --variant and --baseline per dataset and "
+                                "model: mean difference, 95% CI and corrected resampled t-test, per metric."),
+    baseline: str = typer.Option("linear", help="Patch embedding subtracted in the paired tables."),
+    variant: str = typer.Option("mammoth", help="Patch embedding compared with --baseline."),
 ) -> None:
     """Table (mean ± std over the finished folds, with their count) and bar plot of a compare folder.
 
     Reads every seed*/fold*/fold_result.json under RUN_DIR/<dataset>/<model>/<patch_embed>; trains
-    nothing, so it can report a long grid while it is still running.
+    nothing, so it can report a long grid while it is still running. The paired tables compare two patch
+    embeddings fold by fold (same splits), with the Nadeau-Bengio corrected t-test for repeated k-fold CV.
     """
-    from ..engine import collect_comparison
+    from ..engine import collect_comparison, paired_comparison
+    from ..engine.paired_comparison import paired_markdown
     from ..viz.comparison import plot_comparison
 
     try:
@@ -231,6 +237,12 @@ def summarize_cmd(
     if unknown:
         _fail(ValueError(f"unknown metric(s) {unknown}; choose from {result.metrics}"))
     table = result.to_markdown(metric, show_runs=True)
+    if paired:
+        for name in metric:
+            pairs = paired_comparison(run_dir, name, baseline=baseline, variant=variant,
+                                      datasets=datasets or None, models=models or None)
+            if pairs:
+                table += "\n" + paired_markdown(pairs)
     stem = out if out is not None else run_dir / "summary_table"
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.md").write_text(table)

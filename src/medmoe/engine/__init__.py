@@ -4,6 +4,7 @@
 * :func:`train_one_fold`, :func:`evaluate`, :func:`predict` — :mod:`medmoe.engine.trainer`.
 * :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.cross_validation`.
 * :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
+* :func:`paired_comparison` — per-fold paired differences of two patch embeddings, corrected t-test.
 * :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.metrics`.
 * :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.
 
@@ -50,6 +51,7 @@ __all__ = [
     "mean_accuracies",
     "medmnist_acc",
     "medmnist_auc",
+    "paired_comparison",
     "parameter_report",
     "predict",
     "predict_volumes",
@@ -87,6 +89,7 @@ _LAZY = {
     "run_cross_validation": "cross_validation",
     "compare": "cross_validation",
     "collect_comparison": "comparison_summary",
+    "paired_comparison": "paired_comparison",
     "resolve_variant": "cross_validation",
     "CVResult": "cross_validation",
     "ComparisonResult": "cross_validation",

@@ -1,6 +1,5 @@
 import logging
 
-import pytest
 from typer.testing import CliRunner
 
 from medmoe import __version__
@@ -44,17 +43,7 @@ def test_bench_mammoth_prints_a_ratio_table(capsys):
     assert float(cells[5]) > 0  # medmoe/linear ratio computed
 
 
-@pytest.fixture
-def restore_medmoe_logging():
-    loggers = [logging.getLogger(n) for n in ("medmoe", "medmoe.progress")]
-    saved = [(lg, lg.level, list(lg.handlers)) for lg in loggers]
-    yield
-    for lg, level, handlers in saved:
-        lg.setLevel(level)
-        lg.handlers[:] = handlers
-
-
-def test_configure_logging_levels(capsys, restore_medmoe_logging):
+def test_configure_logging_levels(capsys):  # the logging state is restored by conftest
     from medmoe.cli.main import configure_logging
 
     progress, engine = logging.getLogger("medmoe.progress"), logging.getLogger("medmoe.engine.trainer")

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from ..data.splits import Split, save_splits, split_hash, stratified_group_kfold
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
+from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
-from .trainer import FOLD_RESULT_JSON, make_fabric, train_one_fold
+from .trainer import make_fabric
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -122,6 +123,7 @@ def run_cross_validation(
     fabric: Fabric | None = None,
     progress: GridProgress | None = None,
     label: str | None = None,
+    jobs: int = 1,
 ) -> CVResult:
     """k-fold cross-validation of ``model_name`` on ``dataset``, repeated for every seed.
 
@@ -139,91 +141,110 @@ def run_cross_validation(
         splits: explicit splits (e.g. :func:`medmoe.data.load_splits`) used for every seed; ``k`` and
             ``val_folds`` are then ignored.
         resume: resume / skip runs whose ``trainer_state.pt`` exists (see :func:`train_one_fold`).
-        fabric: a launched Fabric (default: built from ``cfg``).
+        fabric: a launched Fabric (default: built from ``cfg``; only with ``jobs=1``).
         progress: counts the runs and logs one line per finished run with the time left (default: a
             new one for this model's seeds x folds; :func:`compare` passes one for its whole grid).
         label: how those lines name this model (default: ``model_name``).
+        jobs: folds trained at a time, in worker processes (see :func:`~medmoe.engine.fold_runner.run_folds`).
 
     Returns:
         :class:`CVResult`; ``results.json`` and ``summary.md`` are written to ``out_dir``.
     """
     cfg = cfg or TrainConfig()
+    seeds = _check_seeds(seeds)
+    out_dir = Path(out_dir)
+    is_zero = fabric.is_global_zero if fabric is not None else _is_global_zero(cfg, jobs)
+    model_overrides = dict(model_overrides or {})
+    tasks, hashes = _plan_folds(
+        model_name, model_overrides, "data", dataset, out_dir, label or model_name, k=k, seeds=seeds,
+        val_folds=val_folds, split_seed=split_seed, splits=splits, write=is_zero,
+    )
+    if progress is None:
+        progress = GridProgress(len(tasks), is_zero)
+    results = run_folds(tasks, {"data": dataset}, cfg, resume=resume, fabric=fabric, progress=progress, jobs=jobs)
+    return _write_cv_result(model_name, model_overrides, tasks, results, hashes, out_dir, cfg, is_zero)
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must hold at least one seed, e.g. seeds=[0, 1, 2]")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
-    out_dir = Path(out_dir)
-    fabric = fabric if fabric is not None else make_fabric(cfg)
-    model_overrides = dict(model_overrides or {})
-    labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
-    if progress is None:
-        progress = GridProgress(len(seeds) * (len(splits) if splits is not None else k), fabric.is_global_zero)
+    return seeds
 
-    runs: list[dict[str, Any]] = []
+
+def _is_global_zero(cfg: TrainConfig, jobs: int) -> bool:
+    """Rank 0 of the run's processes (the Fabric is built here only when this process trains)."""
+    return True if jobs > 1 else make_fabric(cfg).is_global_zero
+
+
+def _plan_folds(
+    model_name: str,
+    model_overrides: dict[str, Any],
+    dataset_key: str,
+    dataset: Any,
+    out_dir: Path,
+    label: str,
+    *,
+    k: int,
+    seeds: list[int],
+    val_folds: int,
+    split_seed: int | None = None,
+    splits: Sequence[Split] | None = None,
+    write: bool = True,
+) -> tuple[list[FoldTask], dict[int, str]]:
+    """The runs of one model on one dataset (seeds x folds); writes ``seed<s>/splits.json`` if ``write``."""
+    labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
+    tasks: list[FoldTask] = []
     hashes: dict[int, str] = {}
     for seed in seeds:
         if splits is not None:
             seed_splits = list(splits)
         else:
             seed_splits = stratified_group_kfold(
-                labels,
-                groups,
-                k,
-                seed if split_seed is None else split_seed,
-                val_folds=val_folds,
-                bag_ids=bag_ids,
+                labels, groups, k, seed if split_seed is None else split_seed, val_folds=val_folds, bag_ids=bag_ids
             )
-        h = split_hash(seed_splits, bag_ids)
-        hashes[seed] = h
+        h = hashes[seed] = split_hash(seed_splits, bag_ids)
         seed_dir = out_dir / f"seed{seed}"
-        if fabric.is_global_zero:
+        if write:
             seed_dir.mkdir(parents=True, exist_ok=True)
             save_splits(seed_splits, seed_dir / "splits.json", bag_ids=bag_ids)
         for fold, split in enumerate(seed_splits):
             if not split.train:
                 raise ValueError(f"fold {fold} (seed {seed}) has no training bags; use fewer folds")
-            if fabric.is_global_zero:
-                logger.info(
-                    "%s: seed %d fold %d/%d (%d train, %d val, %d test bags)",
-                    model_name,
-                    seed,
-                    fold + 1,
-                    len(seed_splits),
-                    len(split.train),
-                    len(split.val),
-                    len(split.test),
-                )
-            fold_dir = seed_dir / f"fold{fold}"
-            finished_before = resume and (fold_dir / FOLD_RESULT_JSON).is_file()
-            progress.start_run()
-            result = train_one_fold(
-                model_name,
-                dataset.subset(split.train),
-                dataset.subset(split.val) if split.val else None,
-                dataset.subset(split.test) if split.test else None,
-                cfg.replace(seed=seed),
-                fold_dir,
-                model_overrides,
-                resume=resume,
-                split_hash=h,
-                fabric=fabric,
+            tasks.append(
+                FoldTask(model_name, model_overrides, dataset_key, seed, fold, split, h, seed_dir / f"fold{fold}",
+                         f"{label} seed {seed} fold {fold}")
             )
-            progress.finish_run(f"{label or model_name} seed {seed} fold {fold}", result, skipped=finished_before)
-            runs.append(
-                {
-                    "seed": seed,
-                    "fold": fold,
-                    "best_epoch": result.best_epoch,
-                    "epochs_run": result.epochs_run,
-                    "stopped_early": result.stopped_early,
-                    "monitor": result.monitor,
-                    "val": result.val_metrics,
-                    "test": result.test_metrics,
-                    "checkpoint_dir": str(result.checkpoint_dir),
-                }
-            )
+    return tasks, hashes
 
+
+def _write_cv_result(
+    model_name: str,
+    model_overrides: dict[str, Any],
+    tasks: Sequence[FoldTask],
+    results: Sequence[Any],
+    hashes: dict[int, str],
+    out_dir: Path,
+    cfg: TrainConfig,
+    write: bool,
+) -> CVResult:
+    """Collect one model's runs into a :class:`CVResult`; write ``results.json`` and ``summary.md``."""
+    runs = [
+        {
+            "seed": task.seed,
+            "fold": task.fold,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "monitor": result.monitor,
+            "val": result.val_metrics,
+            "test": result.test_metrics,
+            "checkpoint_dir": str(result.checkpoint_dir),
+        }
+        for task, result in zip(tasks, results)
+    ]
     summary = summarize([r["test"] for r in runs if r["test"] is not None])
     val_summary = summarize([r["val"] for r in runs if r["val"]])
     result_cv = CVResult(
@@ -236,7 +257,7 @@ def run_cross_validation(
         out_dir=out_dir,
         train_config=cfg.to_dict(),
     )
-    if fabric.is_global_zero:
+    if write:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
@@ -348,6 +369,7 @@ def compare(
     val_folds: int = 1,
     resume: bool = False,
     fabric: Fabric | None = None,
+    jobs: int = 1,
 ) -> ComparisonResult:
     """Cross-validate every ``model × patch embedding`` on every dataset with the same folds and seeds.
 
@@ -364,19 +386,17 @@ def compare(
         patch_embed_args: per patch embedding extra args, e.g. ``{'mammoth': {'num_experts': 4,
             'num_slots': 4}}`` for small data; the caller decides.
         metrics: table columns (default: all of :data:`~medmoe.engine.metrics.METRIC_NAMES`).
+        jobs: runs trained at a time, in worker processes, over the whole grid (see
+            :func:`~medmoe.engine.fold_runner.run_folds`); ``jobs=4`` on 16 cores runs 4 folds of 4 threads.
     """
     if not models or not datasets or not patch_embeds:
         raise ValueError("compare needs at least one model, one dataset and one patch embedding")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed, e.g. seeds=[0, 1, 2]")
+    seeds = _check_seeds(seeds)
     cfg = cfg or TrainConfig()
-    fabric = fabric if fabric is not None else make_fabric(cfg)
     out_dir = Path(out_dir)
-    progress = GridProgress(
-        len(datasets) * len(models) * len(patch_embeds) * len(seeds) * k, fabric.is_global_zero
-    )
-    rows: list[dict[str, Any]] = []
+    is_zero = fabric.is_global_zero if fabric is not None else _is_global_zero(cfg, jobs)
+    variants: list[dict[str, Any]] = []
+    tasks: list[FoldTask] = []
     for ds_name, dataset in datasets.items():
         for model in models:
             for embed in patch_embeds:
@@ -388,34 +408,36 @@ def compare(
                         **overrides["patch_embed_args"],
                     }  # type: ignore[index]
                 run_dir = out_dir / _safe(ds_name) / _safe(model) / _safe(embed)
-                cv = run_cross_validation(
-                    name,
-                    dataset,
-                    k=k,
-                    seeds=seeds,
-                    cfg=cfg,
-                    out_dir=run_dir,
-                    model_overrides=merged,
-                    val_folds=val_folds,
-                    resume=resume,
-                    fabric=fabric,
-                    progress=progress,
-                    label=f"{ds_name} {model} {embed}",
+                variant_tasks, hashes = _plan_folds(
+                    name, merged, ds_name, dataset, run_dir, f"{ds_name} {model} {embed}", k=k, seeds=seeds,
+                    val_folds=val_folds, write=is_zero,
                 )
-                rows.append(
-                    {
-                        "dataset": ds_name,
-                        "model": model,
-                        "patch_embed": embed,
-                        "model_name": name,
-                        "model_overrides": merged,
-                        "runs": len(cv.runs),
-                        "summary": cv.summary,
-                        "out_dir": str(run_dir),
-                    }
+                variants.append(
+                    {"dataset": ds_name, "model": model, "patch_embed": embed, "model_name": name,
+                     "model_overrides": merged, "out_dir": run_dir, "hashes": hashes,
+                     "tasks": slice(len(tasks), len(tasks) + len(variant_tasks))}
                 )
+                tasks += variant_tasks
+    progress = GridProgress(len(tasks), is_zero)
+    results = run_folds(tasks, datasets, cfg, resume=resume, fabric=fabric, progress=progress, jobs=jobs)
+    rows: list[dict[str, Any]] = []
+    for v in variants:
+        cv = _write_cv_result(v["model_name"], v["model_overrides"], tasks[v["tasks"]], results[v["tasks"]],
+                              v["hashes"], v["out_dir"], cfg, is_zero)
+        rows.append(
+            {
+                "dataset": v["dataset"],
+                "model": v["model"],
+                "patch_embed": v["patch_embed"],
+                "model_name": v["model_name"],
+                "model_overrides": v["model_overrides"],
+                "runs": len(cv.runs),
+                "summary": cv.summary,
+                "out_dir": str(v["out_dir"]),
+            }
+        )
     result = ComparisonResult(rows, list(metrics) if metrics is not None else list(METRIC_NAMES))
-    if fabric.is_global_zero:
+    if is_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             out_dir / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"

@@ -7,7 +7,8 @@ and with its output in a file. :class:`GridProgress` counts the runs and, after 
     [37/500] musk1 abmil mammoth seed 0 fold 6: test auroc 0.912, 12.3 s (6 epochs); 1 h 32 min left
 
 Runs that were already finished (skipped by ``resume``) count as done but do not enter the time
-estimate, which is the mean time of the runs trained by this process times the runs still to do.
+estimate, which is the mean time of the runs trained so far times the runs still to do, divided by the
+number of runs going on at once (``parallel``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class GridProgress:
     Args:
         total: runs in the whole grid (e.g. datasets x models x embeddings x seeds x folds).
         enabled: log (rank 0 of a distributed run) or stay silent.
+
+    Attributes:
+        parallel: runs going on at once (worker processes); divides the time left.
     """
 
     def __init__(self, total: int, enabled: bool = True) -> None:
@@ -50,6 +54,7 @@ class GridProgress:
         self.done = 0
         self._trained_seconds: list[float] = []
         self._started: float | None = None
+        self.parallel = 1
 
     def start_run(self) -> None:
         """Mark the start of a run (its time is measured until :meth:`finish_run`)."""
@@ -66,6 +71,10 @@ class GridProgress:
         """
         seconds = time.perf_counter() - self._started if self._started is not None else math.nan
         self._started = None
+        self.record_run(label, result, seconds, skipped=skipped)
+
+    def record_run(self, label: str, result: Any, seconds: float, *, skipped: bool = False) -> None:
+        """:meth:`finish_run` for a run timed elsewhere (in a worker process): ``seconds`` it took."""
         self.done += 1
         if not skipped and math.isfinite(seconds):
             self._trained_seconds.append(seconds)
@@ -81,10 +90,10 @@ class GridProgress:
         )
 
     def eta(self) -> float:
-        """Seconds left: mean time of the runs trained here x runs to go (NaN before the first)."""
+        """Seconds left: mean time of the runs trained x runs to go / ``parallel`` (NaN before the first)."""
         left = max(self.total - self.done, 0)
         if left == 0:
             return 0.0
         if not self._trained_seconds:
             return math.nan
-        return left * sum(self._trained_seconds) / len(self._trained_seconds)
+        return left * sum(self._trained_seconds) / len(self._trained_seconds) / max(self.parallel, 1)

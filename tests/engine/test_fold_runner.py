@@ -67,3 +67,24 @@ def test_bad_jobs_settings_are_explained(tmp_path):
     with pytest.raises(ValueError, match="picklable"):
         run_cross_validation("abmil.base", data, k=3, cfg=CFG, out_dir=tmp_path / "p", model_overrides=TINY_ABMIL,
                              jobs=2)
+
+
+def test_a_script_without_main_guard_gets_the_reason(tmp_path):
+    """spawn re-imports the calling script; without `if __name__ == "__main__":` the pool breaks."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import torch\n"
+        "from medmoe.data import InMemoryBags\n"
+        "from medmoe.engine import TrainConfig, run_cross_validation\n"
+        "data = InMemoryBags([torch.ones(5, 4) * (i % 2) for i in range(12)], [i % 2 for i in range(12)])\n"
+        "run_cross_validation('meanmil.base', data, k=3, cfg=TrainConfig(epochs=1, progress=False, "
+        f"accelerator='cpu'), out_dir={str(tmp_path / 'out')!r}, jobs=2)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    assert "main guard" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr

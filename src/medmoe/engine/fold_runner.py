@@ -9,7 +9,9 @@ by its own seed and writes only into its own folder (same numbers up to the floa
 thread count).
 
 Worker processes are started with ``spawn`` (safe with OpenMP and CUDA), receive the datasets once, and
-show no per-epoch progress bars (the parent logs one line per finished run). The first error stops the
+show no per-epoch progress bars (the parent logs one line per finished run). As with any ``spawn``
+pool, a script that uses ``jobs > 1`` must call it under ``if __name__ == "__main__":`` (the workers
+import the main script again); without the guard the pool breaks and a ``RuntimeError`` says so. The first error stops the
 pool and is raised in the parent; finished folds stay on disk for ``resume``.
 """
 
@@ -21,6 +23,7 @@ import pickle
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,6 +201,12 @@ def _run_in_pool(
                     result, seconds = future.result()  # re-raises a worker's error here
                     results[i] = result
                     progress.record_run(tasks[i].label, result, seconds)
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                "a fold worker process died (killed, out of memory, or the calling script has no main guard): "
+                "jobs > 1 starts workers with 'spawn', which imports the main script again, so call it under "
+                "`if __name__ == \"__main__\":`; finished folds are kept for resume"
+            ) from err
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -44,6 +44,33 @@ def test_large_cpu_input_uses_onednn(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.skipif(not onednn_linear_available(), reason="PyTorch built without oneDNN")
+def test_short_input_with_a_wide_weight_uses_onednn(monkeypatch):
+    """A small bag through a 512 x 512 (or larger) layer: oneDNN from 4 rows, one row stays on PyTorch."""
+    import medmoe.nn.onednn_linear as fl
+
+    calls = []
+    real = fl._onednn_linear
+    monkeypatch.setattr(fl, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
+    layer = FastLinear(512, 512)
+    x = torch.randn(1, 7, 512, requires_grad=True)
+    out = layer(x)
+    ref = F.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, layer.weight, layer.bias), g)
+    want = torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3)
+    assert len(calls) == 3
+    calls.clear()
+    with torch.no_grad():
+        layer(torch.randn(1, 512))  # one row: matrix-vector, default kernel
+        layer(torch.randn(3, 512))
+        FastLinear(166, 512)(torch.randn(7, 166))  # 85k weights: default kernel for short inputs
+    assert calls == []
+
+
 def test_no_grad_for_frozen_input_and_state_dict_compatible():
     layer = FastLinear(64, 128)
     ref = torch.nn.Linear(64, 128)

@@ -22,6 +22,12 @@ _MIN_ROWS = 2048  # matmul_nt: the longer side from which oneDNN pays off for it
 # 1.7x at 301 x 512 -> 2048, 1.9x at 4000 x 1024 -> 512 for forward + backward); below, the default is as fast.
 _LINEAR_MIN_ROWS = 64
 _LINEAR_MIN_WORK = 2**24
+# ... and for short inputs (a small MIL bag, Mammoth's 300 slot tokens) from 4 rows when the weight has at least
+# 2**18 entries (1 thread: 1.5x at 4 x 512 -> 512, 2x at 7 x 512 -> 2048 and 36 x 2048 -> 512, forward +
+# backward; PyTorch's weight-gradient GEMM with a short inner dimension is slow on AMD CPUs). One row stays on
+# PyTorch's matrix-vector path (oneDNN 0.4-0.8x there).
+_SHORT_MIN_ROWS = 4
+_SHORT_MIN_WEIGHT = 2**18
 
 
 def onednn_linear_available() -> bool:
@@ -68,7 +74,9 @@ class _OneDNNLinear(torch.autograd.Function):
 def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` (``x (..., in) -> (..., out)``), on oneDNN for large CPU fp32 inputs."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if rows < _LINEAR_MIN_ROWS or rows * weight.numel() < _LINEAR_MIN_WORK or not _onednn_applies(x, weight):
+    tall = rows >= _LINEAR_MIN_ROWS and rows * weight.numel() >= _LINEAR_MIN_WORK
+    wide = rows >= _SHORT_MIN_ROWS and weight.numel() >= _SHORT_MIN_WEIGHT
+    if not (tall or wide) or not _onednn_applies(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     out = _OneDNNLinear.apply(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ...nn.onednn_linear import fast_linear
 from ...registry import register_model
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
@@ -139,7 +140,7 @@ class TransformerBlock(nn.Module):
 
     def _qkv(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, t, d = y.shape
-        qkv = F.linear(y, self.attention.in_proj_weight, self.attention.in_proj_bias)
+        qkv = fast_linear(y, self.attention.in_proj_weight, self.attention.in_proj_bias)
         q, k, v = qkv.view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v  # (b, h, t, dh)
 
@@ -153,7 +154,8 @@ class TransformerBlock(nn.Module):
         q, k, v = self._qkv(y)
         p = self.dropout if self.training else 0.0
         a = chunked_attention(q, k, v, key_mask, p, self.chunk_elements)
-        a = self.attention.out_proj(a.transpose(1, 2).reshape(b, t, d))
+        out_proj = self.attention.out_proj  # an nn.Linear subclass: FastLinear does not replace it
+        a = fast_linear(a.transpose(1, 2).reshape(b, t, d), out_proj.weight, out_proj.bias)
         cls_weights = None
         if return_cls_weights:
             logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * q.shape[-1] ** -0.5

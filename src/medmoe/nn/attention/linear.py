@@ -31,8 +31,9 @@ and channels: ``score[b, n] = mean_h mean_e U[b, h, n, e]``; it is computed here
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..onednn_linear import fast_linear
 
 __all__ = ["FEATURE_MAPS", "LinearAttention", "make_feature_map"]
 
@@ -144,14 +145,14 @@ class LinearAttention(nn.Module):
             raise ValueError(f"num_queries must be in [1, {n}], got {num_queries}")
         phi_q_all: Tensor | None = None
         if nq == n or return_scores:
-            qkv = F.linear(x, weight, bias)  # (b, n, 3c)
+            qkv = fast_linear(x, weight, bias)  # (b, n, 3c)
             q, k, v = qkv.split(c, dim=-1)
             phi_q_all = self.act(q)
             phi_q = phi_q_all[:, :nq]
         else:
             # only the first nq queries are needed: skip the query projection of the other tokens
-            phi_q = self.act(F.linear(x[:, :nq], weight[:c], None if bias is None else bias[:c]))
-            k, v = F.linear(x, weight[c:], None if bias is None else bias[c:]).split(c, dim=-1)
+            phi_q = self.act(fast_linear(x[:, :nq], weight[:c], None if bias is None else bias[:c]))
+            k, v = fast_linear(x, weight[c:], None if bias is None else bias[c:]).split(c, dim=-1)
         k = self.act(k)
         if mask is not None:
             k = k * mask.to(k.dtype).unsqueeze(-1)

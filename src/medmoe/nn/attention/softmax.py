@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..onednn_linear import fast_linear
+
 __all__ = ["SoftmaxAttention"]
 
 #: Budget (elements) for one chunk of the ``(b, h, chunk, n)`` score block of the attention map.
@@ -98,10 +100,10 @@ class SoftmaxAttention(nn.Module):
         inner = h * d
         weight, bias = self.to_qkv.weight, self.to_qkv.bias
         if nq == n:
-            q, k, v = F.linear(x, weight, bias).split(inner, dim=-1)
+            q, k, v = fast_linear(x, weight, bias).split(inner, dim=-1)
         else:
-            q = F.linear(x[:, :nq], weight[:inner], None if bias is None else bias[:inner])
-            k, v = F.linear(x, weight[inner:], None if bias is None else bias[inner:]).split(inner, dim=-1)
+            q = fast_linear(x[:, :nq], weight[:inner], None if bias is None else bias[:inner])
+            k, v = fast_linear(x, weight[inner:], None if bias is None else bias[inner:]).split(inner, dim=-1)
         q = q.reshape(b, nq, h, d).transpose(1, 2)  # (b, h, nq, d)
         k = k.reshape(b, n, h, d).transpose(1, 2)  # (b, h, n, d)
         v = v.reshape(b, n, h, d).transpose(1, 2)

@@ -42,6 +42,16 @@ def test_eta_counts_only_trained_runs(monkeypatch, caplog):
     assert lines[2] == "[3/5] musk1 abmil linear seed 0 fold 2: test auroc 0.750, 30.0 s (7 epochs); 40 s left"
 
 
+def test_eta_follows_the_latest_runs():
+    progress = GridProgress(100)
+    for _ in range(20):
+        progress.record_run("light", _result(), 1.0)
+    progress.parallel = 2
+    for _ in range(10):
+        progress.record_run("heavy", _result(), 50.0)
+    assert progress.eta() == pytest.approx(70 * 50.0 / 2)  # the last ten runs, two at a time
+
+
 def test_disabled_progress_counts_silently(caplog):
     progress = GridProgress(2, enabled=False)
     with caplog.at_level(logging.INFO, logger="medmoe.progress"):

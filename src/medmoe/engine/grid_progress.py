@@ -7,8 +7,9 @@ and with its output in a file. :class:`GridProgress` counts the runs and, after 
     [37/500] musk1 abmil mammoth seed 0 fold 6: test auroc 0.912, 12.3 s (6 epochs); 1 h 32 min left
 
 Runs that were already finished (skipped by ``resume``) count as done but do not enter the time
-estimate, which is the mean time of the runs trained so far times the runs still to do, divided by the
-number of runs going on at once (``parallel``).
+estimate, which is the mean time of the last ten runs trained times the runs still to do, divided by the
+number of runs going on at once (``parallel``). A grid runs variant after variant, so recent runs
+predict the next ones better than the mean of all (a Lin-MIL + Mammoth fold takes 50x a MeanMIL one).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class GridProgress:
 
     Attributes:
         parallel: runs going on at once (worker processes); divides the time left.
+        window: how many of the latest trained runs the time estimate averages (10).
     """
 
     def __init__(self, total: int, enabled: bool = True) -> None:
@@ -55,6 +57,7 @@ class GridProgress:
         self._trained_seconds: list[float] = []
         self._started: float | None = None
         self.parallel = 1
+        self.window = 10
 
     def start_run(self) -> None:
         """Mark the start of a run (its time is measured until :meth:`finish_run`)."""
@@ -90,10 +93,12 @@ class GridProgress:
         )
 
     def eta(self) -> float:
-        """Seconds left: mean time of the runs trained x runs to go / ``parallel`` (NaN before the first)."""
+        """Seconds left: mean time of the last ``window`` runs trained x runs to go / ``parallel`` (NaN
+        before the first)."""
         left = max(self.total - self.done, 0)
         if left == 0:
             return 0.0
         if not self._trained_seconds:
             return math.nan
-        return left * sum(self._trained_seconds) / len(self._trained_seconds) / max(self.parallel, 1)
+        recent = self._trained_seconds[-self.window :]
+        return left * sum(recent) / len(recent) / max(self.parallel, 1)

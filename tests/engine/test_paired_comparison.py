@@ -79,6 +79,10 @@ def test_pairs_only_finished_folds_on_identical_splits(tmp_path, caplog):
     assert paired_comparison(tmp_path, "auroc", models=["clam"]) == []
     with pytest.raises(ValueError, match="not a folder"):
         paired_comparison(tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown metric 'aurc'"):
+        paired_comparison(tmp_path, "aurc")
+    with pytest.raises(ValueError, match="two different"):
+        paired_comparison(tmp_path, baseline="linear", variant="linear")
 
 
 def test_cli_summarize_prints_the_paired_table(tmp_path):
@@ -90,3 +94,5 @@ def test_cli_summarize_prints_the_paired_table(tmp_path):
     assert "| musk1 | abmil | 2 | +0.125 |" in (tmp_path / "t.md").read_text()
     res = CliRunner().invoke(app, ["mil", "summarize", str(tmp_path), "--no-paired", "--out", str(tmp_path / "u")])
     assert res.exit_code == 0 and "corrected" not in res.output
+    res = CliRunner().invoke(app, ["mil", "summarize", str(tmp_path), "--variant", "linear", "--out", str(tmp_path / "v")])
+    assert res.exit_code == 2 and "two different" in res.output

@@ -243,8 +243,11 @@ def summarize_cmd(
     table = result.to_markdown(metric, show_runs=True)
     if paired:
         for name in metric:
-            pairs = paired_comparison(run_dir, name, baseline=baseline, variant=variant,
-                                      datasets=datasets or None, models=models or None)
+            try:
+                pairs = paired_comparison(run_dir, name, baseline=baseline, variant=variant,
+                                          datasets=datasets or None, models=models or None)
+            except ValueError as err:
+                _fail(err)
             if pairs:
                 table += "\n" + paired_markdown(pairs)
     stem = out if out is not None else run_dir / "summary_table"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.splits import load_splits
+from .metrics import METRIC_NAMES
 
 __all__ = ["PairedResult", "corrected_resampled_ttest", "paired_comparison", "paired_markdown"]
 
@@ -151,8 +152,12 @@ def paired_comparison(
         datasets, models: keep only these (folder names), in this order; default: all, sorted.
 
     Raises:
-        ValueError: ``out_dir`` is not a folder.
+        ValueError: ``out_dir`` is not a folder, ``metric`` is not a test metric, or ``baseline == variant``.
     """
+    if metric not in (*METRIC_NAMES, "loss"):
+        raise ValueError(f"unknown metric {metric!r}; choose from {[*METRIC_NAMES, 'loss']}")
+    if baseline == variant:
+        raise ValueError(f"baseline and variant are both {baseline!r}; pair two different patch embeddings")
     root = Path(out_dir)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder; pass the --out folder of `medmoe mil compare`")

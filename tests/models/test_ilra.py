@@ -106,3 +106,34 @@ def test_config_validation() -> None:
         ILRAConfig(embed_dim=30, num_heads=8)
     with pytest.raises(ValueError):
         ILRAConfig(topk=0)
+
+
+def test_fast_attention_path_matches_multihead_attention() -> None:
+    """Without return_attention the block runs its own projections (oneDNN) + SDPA: same values and gradients
+    as nn.MultiheadAttention, with a key padding mask, at a width where oneDNN is used (512)."""
+    torch.manual_seed(0)
+    blk = GatedMultiheadAttention(512, 512, 512, num_heads=8, ln=True, gated=True).train()
+    q, k = torch.randn(2, 16, 512), torch.randn(2, 40, 512)
+    key_mask = torch.ones(2, 40, dtype=torch.bool)
+    key_mask[1, 25:] = False
+    fast, none = blk(q, k, key_mask)
+    slow, weights = blk(q, k, key_mask, return_attention=True)
+    assert none is None and weights.shape == (2, 16, 40)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(fast)
+    params = [p for p in blk.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(fast, params, g), torch.autograd.grad(slow, params, g)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_padding_with_non_finite_junk_without_attention() -> None:
+    model = _model()
+    x = torch.full((2, 10, IN_DIM), float("inf"))
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    bags = [torch.randn(n, IN_DIM) for n in (3, 10)]
+    for i, bag in enumerate(bags):
+        x[i, : len(bag)], mask[i, : len(bag)] = bag, True
+    with torch.no_grad():
+        out = model(x, mask)
+        for i, bag in enumerate(bags):
+            torch.testing.assert_close(out.logits[i], model(bag.unsqueeze(0)).logits[0], atol=1e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...nn.onednn_linear import fast_linear
 from ...registry import register_model
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
@@ -111,14 +112,17 @@ class GatedMultiheadAttention(nn.Module):
         q_in = q
         q = self.fc_q(q)
         kk, vv = self.fc_k(k), self.fc_v(k)
-        a, weights = self.multihead_attention(
-            q,
-            kk,
-            vv,
-            key_padding_mask=None if key_mask is None else ~key_mask,
-            need_weights=return_attention,
-            average_attn_weights=True,
-        )
+        if return_attention:
+            a, weights = self.multihead_attention(
+                q,
+                kk,
+                vv,
+                key_padding_mask=None if key_mask is None else ~key_mask,
+                need_weights=True,
+                average_attn_weights=True,
+            )
+        else:
+            a, weights = self._attend(q, kk, vv, key_mask), None
         o = q + a
         if self.ln0 is not None:
             o = self.ln0(o)
@@ -128,6 +132,24 @@ class GatedMultiheadAttention(nn.Module):
         if self.gate is not None:
             o = o * self.gate(q_in)
         return o, weights
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        """``self.multihead_attention(q, k, v)[0]`` with the same parameters, its four projections on
+        :func:`fast_linear` (oneDNN on CPU) and SDPA: ``q (b, s, dim)``, ``k, v (b, t, dim)`` -> ``(b, s, dim)``."""
+        mha = self.multihead_attention
+        d, h = mha.embed_dim, mha.num_heads
+        w, bias = mha.in_proj_weight, mha.in_proj_bias
+        (b, s, _), t = q.shape, k.shape[1]
+        qh, kh, vh = (
+            fast_linear(x, w[i * d : (i + 1) * d], None if bias is None else bias[i * d : (i + 1) * d])
+            .view(b, n, h, d // h)
+            .transpose(1, 2)
+            for i, (x, n) in enumerate(((q, s), (k, t), (v, t)))
+        )
+        mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)
+        dropout = mha.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=dropout)
+        return fast_linear(out.transpose(1, 2).reshape(b, s, d), mha.out_proj.weight, mha.out_proj.bias)
 
 
 class GAB(nn.Module):

@@ -120,3 +120,43 @@ def test_bad_inputs_raise_value_error() -> None:
         att(torch.randn(5, 8))
     with pytest.raises(ValueError):
         att(torch.randn(1, 5, 8), torch.ones(1, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("landmarks", "n", "scale", "b"),
+    [(8, 3, "batch", 1), (8, 5, "batch", 2), (8, 9, "sample", 2), (8, 17, "batch", 1), (16, 20, "sample", 2),
+     (256, 10, "batch", 1), (256, 325, "batch", 2)],
+)
+def test_padded_bags_on_real_landmarks_equal_the_full_computation(landmarks, n, scale, b) -> None:
+    """Whole landmark segments of padding (TransMIL bags under 256 tokens; 325 tokens -> 93 zero landmarks):
+    the reduced computation gives the full one's values and gradients (float64)."""
+    torch.manual_seed(0)
+    att = NystromAttention(16, dim_head=8, heads=2, num_landmarks=landmarks, residual_conv_kernel=5,
+                           pinv_scale=scale).double()
+    x = torch.randn(b, n, 16, dtype=torch.float64, requires_grad=True)
+    calls = []
+    real = att._forward_padded
+    att._forward_padded = lambda t: calls.append(1) or real(t)
+    out = att(x)
+    assert calls == [1]
+    g = torch.randn_like(out)
+    params = [x, *att.parameters()]
+    grads = torch.autograd.grad(out, params, g)
+    att.exploit_padding = False
+    ref = att(x)
+    assert calls == [1]  # the switch forces the full computation
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    for a, e in zip(grads, torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, e, atol=1e-11, rtol=1e-9)
+
+
+def test_masks_attention_maps_and_little_padding_take_the_full_computation() -> None:
+    att = NystromAttention(16, dim_head=8, heads=2, num_landmarks=8).double()
+    calls = []
+    att._forward_padded = lambda t: calls.append(1)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    att(x, mask=torch.ones(2, 5, dtype=torch.bool))
+    att(x, return_attn=True)
+    att(x, return_attn_matrices=True)
+    att(torch.randn(1, 15, 16, dtype=torch.float64))  # 1 padding token in segments of 2: no zero landmark
+    assert calls == []

@@ -84,7 +84,11 @@ def test_logits_and_gradients_match(attention: str, pooling: str, batch: int) ->
     if attention == "nystrom":
         for block in ours.transformer:
             block.attn.pinv_scale = "batch"  # the reference scales pinv with batch-wide maxima
-    _compare(ref, ours, batch, compare_map=attention == "linear")
+    # Nyström in float64: 150 tokens + cls pad to 192 with 64 landmarks, so medmoe computes on the real
+    # landmarks only (same maths, other rounding), and in float32 the reference's residual-convolution
+    # weight gradient is itself off by several % against float64 (see test_nystrom_parity)
+    dtype = torch.float64 if attention == "nystrom" else torch.float32
+    _compare(ref, ours, batch, compare_map=attention == "linear", dtype=dtype)
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -63,12 +63,31 @@ def moore_penrose_pinv(x: Tensor, iters: int = 6, per_sample: bool = False) -> T
         denom = denom.reshape((-1,) + (1,) * (x.ndim - 1))
     else:
         denom = row_sums.max() * col_sums.max()
-    z = x.transpose(-1, -2) / denom
+    return _pinv_iterations(x, x.transpose(-1, -2) / denom, iters)
+
+
+def _pinv_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
+    """``iters`` steps ``Z <- Z (13 I - X Z (15 I - X Z (7 I - X Z))) / 4`` from ``z`` (``(..., m, m)``)."""
     eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
     for _ in range(iters):
         xz = fast_matmul(x, z)
         z = 0.25 * fast_matmul(z, 13 * eye - fast_matmul(xz, 15 * eye - fast_matmul(xz, 7 * eye - xz)))
     return z
+
+
+def _softmax_with_zeros(logits: Tensor, zeros: int) -> tuple[Tensor, Tensor]:
+    """Softmax over ``logits (..., r)`` and ``zeros`` more logits equal to 0, along the last dim.
+
+    Returns the probabilities of ``logits`` ``(..., r)`` and the probability of each zero logit ``(..., 1)``.
+    """
+    top = logits.amax(dim=-1, keepdim=True)
+    if zeros:
+        top = top.clamp(min=0.0)
+    top = top.detach()  # the softmax does not depend on the shift
+    e = (logits - top).exp()
+    e0 = (-top).exp()
+    total = e.sum(dim=-1, keepdim=True) + zeros * e0
+    return e / total, e0 / total
 
 
 class NystromAttention(nn.Module):
@@ -129,6 +148,9 @@ class NystromAttention(nn.Module):
         self.eps = eps
         self.scale = dim_head**-0.5
         self.pinv_scale = pinv_scale
+        #: compute bags padded by whole landmark segments on the real landmarks (same maths; see
+        #: :meth:`_forward_padded`); ``False`` always runs the full padded computation
+        self.exploit_padding = True
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
@@ -136,6 +158,56 @@ class NystromAttention(nn.Module):
         if self.residual:
             k = residual_conv_kernel
             self.res_conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
+
+    def _forward_padded(self, x: Tensor) -> Tensor:
+        """The same output when whole landmark segments are front padding (``n`` well below a multiple of ``m``,
+        e.g. every bag under 256 tokens in TransMIL), computed on the ``r = m - z`` real landmarks only.
+
+        The ``z`` all-zero landmarks give identical rows and columns in ``A1``, ``A2`` and ``A3``. Matrices
+        with that symmetry (invariant under permuting the zero landmarks) form an algebra that the pinv
+        iteration never leaves; on the vectors constant over the zero landmarks, which are all that ``A1``'s
+        rows and ``A3 V``'s columns contain, such a matrix acts as the ``(r + 1) x (r + 1)`` matrix over the
+        real landmarks plus ``u = 1_z / sqrt(z)``. So ``out = [A1_R, sqrt(z) w1] P~ [A3_R V; sqrt(z) v_Z]``
+        with ``P~`` the pinv iteration on ``A2~`` (started with the full matrix's maxima): the reference maths
+        with ``(r + 1)^3`` instead of ``m^3`` products (TransMIL, 9-token bag: 11 instead of 256). Padded
+        tokens have zero q, k, v (``to_qkv`` has no bias), so their logits are 0 and their values vanish.
+        """
+        b, n, _ = x.shape
+        h, m, d = self.heads, self.num_landmarks, self.dim_head
+        pad = (-n) % m
+        total = n + pad
+        seg = total // m
+        zeros = pad // seg  # landmarks made of padding only
+        lead = pad - zeros * seg  # padding tokens inside the first real landmark
+        r = m - zeros
+        q, k, v = self.to_qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, n, d)
+        q = q * self.scale
+        q_land = F.pad(q, (0, 0, lead, 0)).reshape(b, h, r, seg, d).sum(dim=3) / seg  # (b, h, r, d)
+        k_land = F.pad(k, (0, 0, lead, 0)).reshape(b, h, r, seg, d).sum(dim=3) / seg
+
+        a1, w1 = _softmax_with_zeros(fast_matmul(q, k_land.transpose(-1, -2)), zeros)  # (b, h, n, r), (.., 1)
+        a2, w2 = _softmax_with_zeros(fast_matmul(q_land, k_land.transpose(-1, -2)), zeros)  # (b, h, r, r)
+        a3, _ = _softmax_with_zeros(fast_matmul(q_land, k.transpose(-1, -2)), pad)  # (b, h, r, n)
+
+        # A2 on the real landmarks + u: zero-landmark rows are uniform (1 / m)
+        root = math.sqrt(zeros)
+        bottom = torch.cat([a2.new_full((b, h, 1, r), root / m), a2.new_full((b, h, 1, 1), zeros / m)], dim=-1)
+        x2 = torch.cat([torch.cat([a2, root * w2], dim=-1), bottom], dim=-2)  # (b, h, r + 1, r + 1)
+        # the full matrix's absolute row and column sums (all entries are positive)
+        rows = torch.cat([a2.sum(dim=-1) + zeros * w2.squeeze(-1), a2.new_ones(b, h, 1)], dim=-1)  # (b, h, r+1)
+        cols = torch.cat([a2.sum(dim=-2) + zeros / m, w2.sum(dim=-2) + zeros / m], dim=-1)
+        if self.pinv_scale == "sample":
+            denom = (rows.amax(dim=(1, 2)) * cols.amax(dim=(1, 2))).reshape(b, 1, 1, 1)
+        else:
+            denom = rows.max() * cols.max()
+        p2 = _pinv_iterations(x2, x2.transpose(-1, -2) / denom, self.pinv_iterations)
+
+        values = torch.cat([fast_matmul(a3, v), v.sum(dim=-2, keepdim=True) * (root / total)], dim=-2)
+        left = torch.cat([a1, root * w1], dim=-1)  # (b, h, n, r + 1)
+        out = fast_matmul(fast_matmul(left, p2), values)  # (b, h, n, d)
+        if self.residual:
+            out = out + self.res_conv(v)  # the padding's v is 0, as the convolution's own zero padding
+        return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
 
     def extra_repr(self) -> str:
         return (
@@ -175,6 +247,13 @@ class NystromAttention(nn.Module):
         h, m, d = self.heads, self.num_landmarks, self.dim_head
 
         pad = (-n) % m
+        if (
+            mask is None
+            and not (return_attn or return_attn_matrices)
+            and pad >= math.ceil(n / m)
+            and self.exploit_padding
+        ):
+            return self._forward_padded(x)
         if pad > 0:
             x = F.pad(x, (0, 0, pad, 0), value=0.0)
             if mask is not None:

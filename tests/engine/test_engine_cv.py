@@ -70,3 +70,9 @@ def test_compare_linear_vs_mammoth(tmp_path):
     assert "| toy | abmil | mammoth |" in md
     assert (tmp_path / "comparison.md").read_text() == md
     assert json.loads((tmp_path / "comparison.json").read_text())["rows"][1]["patch_embed"] == "mammoth"
+
+
+def test_empty_splits_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="no splits"):
+        run_cross_validation("abmil.base", synthetic_bags(12), splits=[], cfg=CFG, out_dir=tmp_path,
+                             model_overrides=TINY_ABMIL)

@@ -205,6 +205,8 @@ def _plan_folds(
             seed_splits = stratified_group_kfold(
                 labels, groups, k, seed if split_seed is None else split_seed, val_folds=val_folds, bag_ids=bag_ids
             )
+        if not seed_splits:
+            raise ValueError("no splits to run: pass k >= 2 or a non-empty list of splits")
         h = hashes[seed] = split_hash(seed_splits, bag_ids)
         seed_dir = out_dir / f"seed{seed}"
         if write:

@@ -26,17 +26,24 @@ __all__ = ["collect_comparison"]
 logger = logging.getLogger(__name__)
 
 
+def read_test_metrics(path: Path) -> dict[str, Any] | None:
+    """The ``test_metrics`` of one ``fold_result.json``; ``None`` if the fold has not finished (no file), has
+    no test set, or the file is unreadable (logged)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("test_metrics") or None
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("skipping unreadable %s: %s", path, err)
+        return None
+
+
 def _fold_results(variant_dir: Path) -> tuple[list[dict[str, float]], list[int]]:
     """Test metrics of every finished fold under ``variant_dir`` and the seed of each."""
     tests: list[dict[str, float]] = []
     seeds: list[int] = []
     for path in sorted(variant_dir.glob("seed*/fold*/fold_result.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            logger.warning("skipping unreadable %s: %s", path, err)
-            continue
-        test = data.get("test_metrics")
+        test = read_test_metrics(path)
         if not test:
             continue
         tests.append({k: v for k, v in test.items() if v is not None})

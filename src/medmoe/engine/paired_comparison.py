@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.splits import load_splits
+from .comparison_summary import read_test_metrics
 from .metrics import METRIC_NAMES
 
 __all__ = ["PairedResult", "corrected_resampled_ttest", "paired_comparison", "paired_markdown"]
@@ -90,13 +91,7 @@ def corrected_resampled_ttest(diffs: list[float], test_train_ratio: float) -> tu
 
 
 def _fold_metric(path: Path, metric: str) -> float | None:
-    if not path.is_file():  # not finished (yet)
-        return None
-    try:
-        value = (json.loads(path.read_text()).get("test_metrics") or {}).get(metric)
-    except (OSError, json.JSONDecodeError) as err:
-        logger.warning("skipping unreadable %s: %s", path, err)
-        return None
+    value = (read_test_metrics(path) or {}).get(metric)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 

@@ -248,10 +248,12 @@ def create_model(
             "Fetch them yourself and pass checkpoint_path=..."
         )
     config = get_config(name, num_classes=num_classes, in_dim=in_dim, **overrides)
+    from .nn.dropout import use_fast_dropout
     from .nn.onednn_linear import use_fast_linear
 
-    # oneDNN products for CPU float32 linear layers (same weights and results; 1.2-1.9x on AMD CPUs)
-    model = use_fast_linear(_REGISTRY[parsed.model].model_cls(config))
+    # oneDNN products for CPU float32 linear layers (same weights and results; 1.2-1.9x on AMD CPUs) and
+    # counter-based CPU dropout masks (same distribution, ~10x faster than bernoulli_)
+    model = use_fast_dropout(use_fast_linear(_REGISTRY[parsed.model].model_cls(config)))
     model.model_name = f"{parsed.model}.{parsed.config}"
     if checkpoint_path is not None:
         from .checkpoint_io import load_state_dict_file

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.models.mil.transformer import TransformerConfig, TransformerMIL, chunked_attention
+from medmoe.models.mil import transformer as transformer_module
+from medmoe.models.mil.transformer import (
+    TransformerConfig,
+    TransformerMIL,
+    _dropout_attention,
+    chunked_attention,
+)
+from medmoe.nn.dropout import fast_dropout, native_dropout_available
 from medmoe.registry import create_model
 
 IN_DIM = 20
@@ -101,19 +108,14 @@ def test_chunked_dropout_attention_recomputes_the_same_masks() -> None:
     torch.manual_seed(7)
     out = chunked_attention(
         q, k, v, key_mask, dropout_p=0.5, chunk_elements=2 * 30 * 8
-    )  # chunks of 8 queries
+    )  # chunks of 8 queries, each recomputed in backward (activation checkpointing)
     out.backward(g)
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
     torch.manual_seed(7)
     ref = torch.cat(
-        [
-            F.scaled_dot_product_attention(
-                q[:, :, i : i + 8], k, v, attn_mask=key_mask[:, None, None], dropout_p=0.5
-            )
-            for i in range(0, 30, 8)
-        ],
+        [_dropout_attention(q[:, :, i : i + 8], k, v, key_mask[:, None, None], 0.5) for i in range(0, 30, 8)],
         dim=2,
     )
     ref.backward(g)
@@ -124,6 +126,35 @@ def test_chunked_dropout_attention_recomputes_the_same_masks() -> None:
     plain = chunked_attention(q, k, v, key_mask, 0.0, chunk_elements=1)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None])
     torch.testing.assert_close(plain, ref)
+
+
+@pytest.mark.skipif(not native_dropout_available(), reason="no C++ compiler: the dropout kernel is not built")
+def test_dropout_attention_is_softmax_then_fast_dropout() -> None:
+    """The explicit CPU path: softmax weights, the kernel's mask (same seed), then the values."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 17, dtype=torch.bool)
+    mask[0, ..., 11:] = False
+    torch.manual_seed(9)
+    out = _dropout_attention(q, k, v, mask, 0.3)
+    torch.manual_seed(9)
+    keep = fast_dropout(torch.ones(2, 3, 17, 17, dtype=torch.float64), 0.3)  # the same draw: the same mask
+    weights = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask, float("-inf")).softmax(-1)
+    ref = (weights * keep) @ v
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(grads, torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_attention_without_kernel_is_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transformer_module, "native_dropout_available", lambda: False)
+    q, k, v = (torch.randn(1, 2, 9, 4) for _ in range(3))
+    torch.manual_seed(1)
+    out = _dropout_attention(q, k, v, None, 0.5)
+    torch.manual_seed(1)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, dropout_p=0.5), rtol=0, atol=0)
 
 
 def test_training_step_with_chunked_attention_dropout() -> None:

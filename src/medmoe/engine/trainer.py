@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.bags import Standardize, collate_bags, feature_mean_std
+from ..nn.dropout import fast_dropout
 from ..registry import create_model
 from .checkpoint import (
     TRAINER_STATE_NAME,
@@ -776,7 +777,7 @@ def train_one_fold(
                 data_wait += time.perf_counter() - t_wait
                 x = batch.x
                 if cfg.feature_dropout > 0:
-                    x = F.dropout(x, p=cfg.feature_dropout, training=True)
+                    x = fast_dropout(x, cfg.feature_dropout)
                 out = model_f(x, batch.mask, label=batch.label)
                 task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
                 loss = out.total_loss(task_loss)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ...nn.onednn_linear import fast_linear
+from ...nn.dropout import fast_dropout, native_dropout_available
+from ...nn.onednn_linear import fast_linear, fast_matmul
 from ...registry import register_model
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
@@ -72,8 +73,25 @@ class TransformerConfig(MILConfig):
             )
 
 
-def _sdpa_chunk(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+def _dropout_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """Softmax attention with attention dropout; ``mask`` broadcasts to ``(b, h, tq, tk)`` (True = attend).
+
+    On CPU with the native dropout kernel the weights are formed explicitly with oneDNN products and
+    :func:`~medmoe.nn.dropout.fast_dropout` (PyTorch's own dropout path in SDPA materialises the same
+    ``(tq, tk)`` weights, then samples the mask with ``bernoulli_``, which cost more than both products
+    together for 300 tokens); elsewhere SDPA.
+    """
+    if (
+        q.device.type != "cpu"
+        or not native_dropout_available()
+        or q.dtype not in (torch.float32, torch.float64)
+    ):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = fast_matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (b, h, tq, tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = fast_dropout(scores.softmax(dim=-1), dropout_p)
+    return fast_matmul(weights, v)
 
 
 def chunked_attention(
@@ -99,16 +117,18 @@ def chunked_attention(
     _b, h, t, _ = q.shape
     attn_mask = None if key_mask is None else key_mask[:, None, None, :]
     if dropout_p == 0.0 or chunk_elements <= 0 or h * t * t <= chunk_elements:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        if dropout_p == 0.0:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return _dropout_attention(q, k, v, attn_mask, dropout_p)
     rows = max(1, chunk_elements // (h * t))
     need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     outs = []
     for start in range(0, t, rows):
         qc = q[:, :, start : start + rows]
         if need_grad:
-            outs.append(checkpoint(_sdpa_chunk, qc, k, v, attn_mask, dropout_p, use_reentrant=False))
+            outs.append(checkpoint(_dropout_attention, qc, k, v, attn_mask, dropout_p, use_reentrant=False))
         else:
-            outs.append(_sdpa_chunk(qc, k, v, attn_mask, dropout_p))
+            outs.append(_dropout_attention(qc, k, v, attn_mask, dropout_p))
     return torch.cat(outs, dim=2)
 
 

@@ -1,0 +1,119 @@
+"""CPU dropout: PyTorch's Bernoulli masks against medmoe's counter-based kernel, side by side in one run.
+
+Part 1 times dropout alone (forward + backward) on the shapes that dominate the MIL grid. Part 2 times one
+training step (AdamW, batch 1, a Musk-size bag of 8 instances x 166 features) of zoo models with the
+kernel and with it switched off (every dropout then runs ``torch.nn.functional.dropout``, the Transformer's
+attention dropout SDPA's own path), alternating the two settings ``--reps`` times and keeping the fastest.
+
+    python benchmarks/bench_dropout.py                  # 1 thread, the grid's heavy Mammoth rows
+    python benchmarks/bench_dropout.py --models transformer.base_mammoth.uni abmil.base.uni --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+@contextlib.contextmanager
+def kernel_off() -> Iterator[None]:
+    from medmoe.models.mil import transformer
+    from medmoe.nn import dropout
+
+    saved = dropout._kernel_applies, transformer.native_dropout_available
+    dropout._kernel_applies = lambda x: False
+    transformer.native_dropout_available = lambda: False
+    try:
+        yield
+    finally:
+        dropout._kernel_applies, transformer.native_dropout_available = saved
+
+
+def best_ms(fn: Callable[[], object], reps: int, inner: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "transformer.base_mammoth.uni",
+            "dtfd.base_mammoth.uni",
+            "rrt.base_mammoth.uni",
+            "wikg.base_mammoth.uni",
+            "transmil.base_mammoth.uni",
+            "abmil.base_mammoth.uni",
+            "transformer.base.uni",
+        ],
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from medmoe import create_model
+    from medmoe.engine.optim import make_adamw
+    from medmoe.nn.dropout import fast_dropout, native_dropout_available
+
+    if not native_dropout_available():
+        raise SystemExit("the dropout kernel is not available here (no C++ compiler?): nothing to compare")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} thread(s)\n"
+    )
+
+    print("| dropout fwd + bwd | torch (ms) | medmoe (ms) | speed-up |\n|---|---:|---:|---:|")
+    for shape in [(1, 8, 301, 301), (1, 301, 2048), (8, 10, 30, 16, 32), (1, 10_000, 512)]:
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        t_torch = best_ms(lambda: F.dropout(x, 0.25).backward(g), args.reps, 10)  # noqa: B023
+        t_fast = best_ms(lambda: fast_dropout(x, 0.25).backward(g), args.reps, 10)  # noqa: B023
+        print(f"| {tuple(shape)} | {t_torch:.2f} | {t_fast:.2f} | {t_torch / t_fast:.1f}x |")
+
+    print(
+        "\n| training step, 8 x 166 bag | torch dropout (ms) | medmoe dropout (ms) | speed-up |\n|---|---:|---:|---:|"
+    )
+    x = torch.randn(1, 8, 166)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    y = torch.tensor([1])
+    for name in args.models:
+        model = create_model(name, in_dim=166, num_classes=2).train()
+        opt = make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
+
+        def step() -> None:
+            out = model(x, mask, label=y)  # noqa: B023
+            loss = out.total_loss(F.cross_entropy(out.logits, y))
+            opt.zero_grad(set_to_none=True)  # noqa: B023
+            loss.backward()
+
+        times = {"torch": float("inf"), "medmoe": float("inf")}
+        for _ in range(args.reps):  # alternate, so drifting machine load hits both alike
+            with kernel_off():
+                times["torch"] = min(times["torch"], best_ms(step, 1, args.steps))
+            times["medmoe"] = min(times["medmoe"], best_ms(step, 1, args.steps))
+        print(
+            f"| {name} | {times['torch']:.1f} | {times['medmoe']:.1f} | {times['torch'] / times['medmoe']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ...nn.attention.nystrom import NystromAttention
+from ...nn.depthwise_conv import depthwise_conv2d_nhwc, folded_depthwise_kernel, head_sequence_conv
 from ...nn.embed import create_patch_embed
 from ...nn.patch_embedding import make_activation
 from ...registry import register_model
@@ -255,7 +256,7 @@ class RegionInnerAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
-        self.pe: nn.Module | None = (
+        self.pe: nn.Conv2d | None = (
             nn.Conv2d(num_heads, num_heads, (epeg_k, 1), padding=(epeg_k // 2, 0), groups=num_heads)
             if epeg
             else None
@@ -266,7 +267,7 @@ class RegionInnerAttention(nn.Module):
         q, k, v = self.qkv(x).view(g, p, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q * self.scale) @ k.transpose(-1, -2)  # (g, h, p, p)
         if self.pe is not None:
-            logits = logits + self.pe(logits)
+            logits = logits + head_sequence_conv(logits, self.pe)  # channels-last CPU kernel
         out = logits.softmax(dim=-1) @ v  # (g, h, p, head_dim)
         return out.transpose(1, 2).reshape(g, p, c)
 
@@ -387,7 +388,8 @@ class PositionEncodingGenerator(nn.Module):
     """RRT's PPEG (``pyramid=True``: convs ``peg_k``, 5, 3 plus identity) or PEG (``peg_k`` + identity).
 
     The tokens are put on a square grid padded by repeating the first tokens (zero-filled up to 7 x 7 for
-    tiny bags in the PPEG case, as RRT does); the padding is dropped afterwards.
+    tiny bags in the PPEG case, as RRT does); the padding is dropped afterwards. The convolutions and the
+    identity run as one folded depthwise convolution on the channels-last grid (:mod:`medmoe.nn.depthwise_conv`).
     Shapes: ``x (b, t, dim)`` -> ``(b, t, dim)``.
     """
 
@@ -408,11 +410,10 @@ class PositionEncodingGenerator(nn.Module):
         if self.pyramid and side < 7:
             x = torch.cat([x, x.new_zeros(b, 49 - side * side, c)], dim=1)
             side = 7
-        grid = x.transpose(1, 2).reshape(b, c, side, side)
-        out = self.proj(grid) + grid
-        if self.pyramid:
-            out = out + self.proj1(grid) + self.proj2(grid)
-        return out.flatten(2).transpose(1, 2)[:, :t]
+        convs = (self.proj, self.proj1, self.proj2) if self.pyramid else (self.proj,)
+        weight, bias = folded_depthwise_kernel(convs, identity=True)  # convs + identity as one kernel
+        out = depthwise_conv2d_nhwc(x.reshape(b, side, side, c), weight, bias)
+        return out.reshape(b, side * side, c)[:, :t]
 
 
 class RRTLayer(nn.Module):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn.attention.nystrom import NystromAttention
+from ...nn.depthwise_conv import depthwise_conv2d_nhwc, folded_depthwise_kernel
 from ...registry import register_model
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
@@ -108,6 +109,9 @@ class NystromTransLayer(nn.Module):
 class PPEG(nn.Module):
     """Pyramid position encoding generator: depthwise convolutions (7, 5, 3) on the token grid.
 
+    Computed as one folded depthwise 7 x 7 convolution on the channels-last grid
+    (:mod:`medmoe.nn.depthwise_conv`); parameters and state-dict keys are the three ``nn.Conv2d`` layers.
+
     ``x (b, 1 + H*W, dim)`` (cls first) -> same shape; the cls token is passed through unchanged.
     """
 
@@ -122,9 +126,10 @@ class PPEG(nn.Module):
         if t != 1 + height * width:
             raise ValueError(f"PPEG expects 1 + {height}*{width} tokens, got {t}")
         cls_token, feat = x[:, :1], x[:, 1:]
-        grid = feat.transpose(1, 2).reshape(b, c, height, width)
-        grid = self.proj(grid) + grid + self.proj1(grid) + self.proj2(grid)
-        return torch.cat((cls_token, grid.flatten(2).transpose(1, 2)), dim=1)
+        # proj(g) + g + proj1(g) + proj2(g) as one folded 7 x 7 kernel on the channels-last grid
+        weight, bias = folded_depthwise_kernel((self.proj, self.proj1, self.proj2), identity=True)
+        grid = depthwise_conv2d_nhwc(feat.reshape(b, height, width, c), weight, bias)
+        return torch.cat((cls_token, grid.reshape(b, height * width, c)), dim=1)
 
 
 def _ceil_sqrt(n: int) -> int:

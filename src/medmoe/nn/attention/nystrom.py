@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..depthwise_conv import head_sequence_conv
 from ..onednn_linear import fast_matmul
 
 __all__ = ["NystromAttention", "moore_penrose_pinv"]
@@ -203,7 +204,7 @@ class NystromAttention(nn.Module):
         left = torch.cat([a1, root * w1], dim=-1)  # (b, h, n, r + 1)
         out = fast_matmul(fast_matmul(left, p2), values)  # (b, h, n, d)
         if self.residual:
-            out = out + self.res_conv(v)  # the padding's v is 0, as the convolution's own zero padding
+            out = out + head_sequence_conv(v, self.res_conv)  # the padding's v is 0, as the convolution's own zero padding
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
 
     def extra_repr(self) -> str:
@@ -292,7 +293,7 @@ class NystromAttention(nn.Module):
 
         out = fast_matmul(fast_matmul(attn1, attn2_inv), fast_matmul(attn3, v))  # (b, h, n', d)
         if self.residual:
-            out = out + self.res_conv(v)
+            out = out + head_sequence_conv(v, self.res_conv)
         out = out.transpose(1, 2).reshape(b, total, h * d)
         out = self.to_out(out)[:, -n:]
 

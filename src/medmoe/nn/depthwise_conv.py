@@ -1,0 +1,228 @@
+"""Depthwise 2-D convolutions on channels-last token grids, and the pyramid position encoding built from them.
+
+TransMIL's and RRT-MIL's PPEG lay the tokens ``(b, t, c)`` on a square grid and add depthwise convolutions
+with 7 x 7, 5 x 5 and 3 x 3 kernels plus the identity. PyTorch's CPU depthwise convolution backward is slow
+for these maps (a PPEG forward + backward on Mammoth's 324-token grid with 512 channels took 18.5 ms of a
+TransMIL training step's ~120 ms, 1 thread). Here:
+
+* the convolutions and the identity are folded into one 7 x 7 kernel (``w7 + pad(w5) + pad(w3) + delta``,
+  biases summed): the same linear map, one convolution instead of three, and the gradients of the three
+  kernels follow through the fold by autograd;
+* on CPU in float32/float64 that convolution runs on a compiled channels-last kernel
+  (``kernels/depthwise_conv.cpp``) reading the tokens where they are (no transpose to ``(b, c, h, w)``);
+  elsewhere (GPU, other dtypes, no C++ compiler, ``MEDMOE_NATIVE_KERNELS=0``) it is :func:`F.conv2d`.
+
+Results equal the three separate convolutions up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .native_kernels import load_kernel
+
+__all__ = [
+    "depthwise_conv2d_nhwc",
+    "folded_depthwise_kernel",
+    "head_sequence_conv",
+    "native_depthwise_conv_available",
+]
+
+_KERNEL = "depthwise_conv"
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _lib() -> ctypes.CDLL | None:
+    lib = load_kernel(_KERNEL)
+    if lib is not None and not getattr(lib, "_medmoe_signatures", False):
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        for suffix in _SUFFIX.values():
+            getattr(lib, f"dwconv_forward_{suffix}").argtypes = [ptr] * 4 + [i64] * 6 + [ctypes.c_int]
+            getattr(lib, f"dwconv_backward_input_{suffix}").argtypes = [ptr] * 3 + [i64] * 6 + [ctypes.c_int]
+            getattr(lib, f"dwconv_backward_weight_{suffix}").argtypes = [ptr] * 4 + [i64] * 6 + [ctypes.c_int]
+            for name in ("forward", "backward_input", "backward_weight"):
+                getattr(lib, f"dwconv_{name}_{suffix}").restype = None
+        lib._medmoe_signatures = True
+    return lib
+
+
+def native_depthwise_conv_available() -> bool:
+    """Whether the compiled kernel can be used on this machine (builds it on first call)."""
+    return _lib() is not None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _DepthwiseConvNHWC(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        b, h, w, c = x.shape
+        kh, kw = weight.shape[1:]
+        x = x.contiguous()
+        taps = weight.permute(1, 2, 0).contiguous()  # (kh, kw, c)
+        bias_c = None if bias is None else bias.contiguous()
+        y = torch.empty_like(x)
+        fn = getattr(_lib(), f"dwconv_forward_{_SUFFIX[x.dtype]}")
+        fn(
+            x.data_ptr(),
+            taps.data_ptr(),
+            _ptr(bias_c),
+            y.data_ptr(),
+            b,
+            h,
+            w,
+            c,
+            kh,
+            kw,
+            torch.get_num_threads(),
+        )
+        ctx.save_for_backward(x, taps)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, taps = ctx.saved_tensors
+        b, h, w, c = x.shape
+        kh, kw = taps.shape[:2]
+        dy = dy.contiguous()
+        suffix, threads = _SUFFIX[x.dtype], torch.get_num_threads()
+        lib = _lib()
+        dx = dw = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            getattr(lib, f"dwconv_backward_input_{suffix}")(
+                dy.data_ptr(), taps.data_ptr(), dx.data_ptr(), b, h, w, c, kh, kw, threads
+            )
+        want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        if want_w or want_b:
+            dw_taps = torch.empty_like(taps) if want_w else None
+            dbias = x.new_empty(c) if want_b else None
+            getattr(lib, f"dwconv_backward_weight_{suffix}")(
+                dy.data_ptr(), x.data_ptr(), _ptr(dw_taps), _ptr(dbias), b, h, w, c, kh, kw, threads
+            )
+            dw = None if dw_taps is None else dw_taps.permute(2, 0, 1)
+        return dx, dw, dbias
+
+
+def _kernel_applies(*tensors: Tensor | None) -> bool:
+    present = [t for t in tensors if t is not None]
+    return (
+        all(t.device.type == "cpu" and t.dtype == present[0].dtype for t in present)
+        and present[0].dtype in _SUFFIX
+        and present[0].numel() > 0
+        and not torch.is_autocast_enabled("cpu")
+        and native_depthwise_conv_available()
+    )
+
+
+def depthwise_conv2d_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Depthwise convolution, stride 1, zero "same" padding, on a channels-last map.
+
+    Args:
+        x: ``(b, h, w, c)`` (e.g. a ``(b, h * w, c)`` token tensor viewed as a grid).
+        weight: ``(c, kh, kw)`` or ``nn.Conv2d``'s ``(c, 1, kh, kw)``, both sizes odd.
+        bias: ``(c,)`` or ``None``.
+
+    Returns:
+        ``(b, h, w, c)``.
+    """
+    if weight.dim() == 4:
+        weight = weight.squeeze(1)
+    if (
+        x.dim() != 4
+        or weight.dim() != 3
+        or weight.shape[0] != x.shape[-1]
+        or not all(k % 2 for k in weight.shape[1:])
+    ):
+        raise ValueError(
+            f"depthwise_conv2d_nhwc: expected x (b, h, w, c) and a kernel (c, kh, kw) with odd kh, kw, got x "
+            f"{tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
+    if _kernel_applies(x, weight, bias):
+        return _DepthwiseConvNHWC.apply(x, weight, bias)
+    kh, kw = weight.shape[1:]
+    y = F.conv2d(
+        x.permute(0, 3, 1, 2), weight.unsqueeze(1), bias, padding=(kh // 2, kw // 2), groups=x.shape[-1]
+    )
+    return y.permute(0, 2, 3, 1)
+
+
+def head_sequence_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` for a per-head sequence convolution ``nn.Conv2d(h, h, (k, 1), padding=(k // 2, 0), groups=h)``.
+
+    That layer (Nyström attention's residual on the values, RRT's EPEG on attention logits) slides one
+    ``k``-tap filter per head along the sequence, shared by all ``d`` features. On CPU it runs on the
+    channels-last kernel with the ``h * d`` (head, feature) pairs as channels; elsewhere it is ``conv`` itself.
+
+    Shapes: ``x (b, h, n, d)`` -> ``(b, h, n, d)``.
+    """
+    b, h, n, d = x.shape
+    k = conv.kernel_size[0]
+    if (
+        conv.groups != h
+        or conv.in_channels != h
+        or conv.out_channels != h
+        or conv.kernel_size != (k, 1)
+        or conv.padding != (k // 2, 0)
+        or conv.stride != (1, 1)
+        or conv.dilation != (1, 1)
+        or k % 2 == 0
+    ):
+        raise ValueError(
+            f"head_sequence_conv: {conv} is not a per-head (k, 1) 'same' convolution over {h} heads"
+        )
+    if not _kernel_applies(x, conv.weight, conv.bias):
+        return conv(x)
+    # one channel per (head, feature); the sequence as the grid's width, where the kernel blocks its registers
+    weight = conv.weight.reshape(h, 1, k).expand(h, d, k).reshape(h * d, 1, k)
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(d)
+    y = depthwise_conv2d_nhwc(x.permute(0, 2, 1, 3).reshape(b, 1, n, h * d), weight, bias)
+    return y.view(b, n, h, d).permute(0, 2, 1, 3)
+
+
+def folded_depthwise_kernel(
+    convs: Sequence[nn.Conv2d], identity: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """One depthwise kernel ``(c, K, K)`` and bias equal to ``sum(conv(x) for conv in convs) (+ x)``.
+
+    The convolutions must be depthwise, stride 1, with odd square kernels and "same" padding ``k // 2``;
+    ``K`` is the largest kernel size, smaller kernels are zero-padded to it and the identity adds 1 at the
+    centre tap. Differentiable: gradients reach every convolution's weight and bias.
+    """
+    size = max(conv.kernel_size[0] for conv in convs)
+    weight: Tensor | None = None
+    bias: Tensor | None = None
+    for conv in convs:
+        k = conv.kernel_size[0]
+        if (
+            conv.kernel_size != (k, k)
+            or k % 2 == 0
+            or conv.stride != (1, 1)
+            or conv.padding != (k // 2, k // 2)
+            or conv.dilation != (1, 1)
+            or conv.groups != conv.in_channels
+            or conv.out_channels != conv.in_channels
+        ):
+            raise ValueError(
+                f"folded_depthwise_kernel: {conv} is not a stride-1 'same' depthwise convolution"
+            )
+        pad = (size - k) // 2
+        w = F.pad(conv.weight.squeeze(1), (pad, pad, pad, pad))
+        weight = w if weight is None else weight + w
+        if conv.bias is not None:
+            bias = conv.bias if bias is None else bias + conv.bias
+    assert weight is not None, "folded_depthwise_kernel needs at least one convolution"
+    if identity:
+        centre = torch.zeros(size, size, dtype=weight.dtype, device=weight.device)
+        centre[size // 2, size // 2] = 1.0
+        weight = weight + centre
+    return weight, bias

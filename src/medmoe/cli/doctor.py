@@ -56,16 +56,27 @@ def device_lines() -> list[str]:
 
 
 def native_kernel_line() -> str:
-    """Whether the compiled CPU kernels (Mammoth's dispatch) build here, and where they are cached."""
+    """Whether the compiled CPU kernels (Mammoth's dispatch, dropout, depthwise convolutions) build here."""
+    from ..nn.depthwise_conv import native_depthwise_conv_available
+    from ..nn.dropout import native_dropout_available
     from ..nn.native_kernels import kernel_cache_dir, native_kernels_enabled
     from ..nn.slot_dispatch import native_slot_dispatch_available
 
     if not native_kernels_enabled():
         return "native CPU kernels: off (MEDMOE_NATIVE_KERNELS=0)"
-    if native_slot_dispatch_available():
-        return f"native CPU kernels: ready (cache {kernel_cache_dir()})"
-    return ("native CPU kernels: unavailable, PyTorch kernels are used instead (needs g++ with OpenMP on Linux "
-            "or macOS; set CXX to choose the compiler)")
+    status = {
+        "slot_dispatch": native_slot_dispatch_available(),
+        "dropout": native_dropout_available(),
+        "depthwise_conv": native_depthwise_conv_available(),
+    }
+    if all(status.values()):
+        return f"native CPU kernels: ready ({', '.join(status)}; cache {kernel_cache_dir()})"
+    missing = ", ".join(name for name, ok in status.items() if not ok)
+    return (
+        f"native CPU kernels: {missing} unavailable, PyTorch is used instead (slower; dropout masks then come "
+        "from torch's own generator stream). Needs g++ with OpenMP on Linux or macOS; set CXX to choose the "
+        "compiler; `medmoe -vv doctor` logs the build error"
+    )
 
 
 def doctor() -> None:

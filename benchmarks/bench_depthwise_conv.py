@@ -15,22 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import best_ms
 from torch import nn
-
-
-def best_ms(fn: Callable[[], object], reps: int, inner: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - start) / inner)
-    return best * 1e3
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ import argparse
 import contextlib
 import os
 import platform
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from _timing import best_ms
 
 
 @contextlib.contextmanager
@@ -34,17 +34,6 @@ def kernel_off() -> Iterator[None]:
         yield
     finally:
         dropout._kernel_applies, transformer.native_dropout_available = saved
-
-
-def best_ms(fn: Callable[[], object], reps: int, inner: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - start) / inner)
-    return best * 1e3
 
 
 def main() -> None:

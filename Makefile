@@ -50,6 +50,8 @@ bench: install
 	$(PY) benchmarks/bench_soft_moe.py
 	$(PY) benchmarks/bench_linmil.py
 	$(PY) benchmarks/bench_mil_zoo.py --quick
+	$(PY) benchmarks/bench_dropout.py --reps 3
+	$(PY) benchmarks/bench_depthwise_conv.py --reps 3
 
 doctor: install
 	$(VENV)/bin/medmoe doctor

@@ -173,8 +173,7 @@ def run_compare(
     result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                      model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
                      resume=resume, jobs=jobs)
-    table = result.to_markdown()
-    (out / "comparison.md").write_text(table)
+    table = result.to_markdown()  # compare() wrote it to comparison.md (atomically)
     png = plot_comparison(result.rows, metric, out / "comparison.png",
                           title=f"{k}-fold CV, seeds {list(seeds)}: test {metric}")
     typer.echo(table)

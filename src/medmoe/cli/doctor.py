@@ -56,9 +56,10 @@ def device_lines() -> list[str]:
 
 
 def native_kernel_line() -> str:
-    """Whether the compiled CPU kernels (Mammoth's dispatch, dropout, depthwise convolutions) build here."""
+    """Whether the compiled CPU kernels (Mammoth's dispatch and experts, dropout, depthwise convolutions) build."""
     from ..nn.depthwise_conv import native_depthwise_conv_available
     from ..nn.dropout import native_dropout_available
+    from ..nn.expert_epilogue import native_expert_epilogue_available
     from ..nn.native_kernels import kernel_cache_dir, native_kernels_enabled
     from ..nn.slot_dispatch import native_slot_dispatch_available
 
@@ -68,6 +69,7 @@ def native_kernel_line() -> str:
         "slot_dispatch": native_slot_dispatch_available(),
         "dropout": native_dropout_available(),
         "depthwise_conv": native_depthwise_conv_available(),
+        "expert_epilogue": native_expert_epilogue_available(),
     }
     if all(status.values()):
         return f"native CPU kernels: ready ({', '.join(status)}; cache {kernel_cache_dir()})"

@@ -27,7 +27,14 @@ from torch import Tensor, nn
 
 from .native_kernels import load_kernel
 
-__all__ = ["FastDropout", "fast_dropout", "native_dropout_available", "use_fast_dropout"]
+__all__ = [
+    "FastDropout",
+    "draw_seed",
+    "drop_threshold",
+    "fast_dropout",
+    "native_dropout_available",
+    "use_fast_dropout",
+]
 
 _KERNEL = "dropout"
 _FUNCTIONS = {torch.float32: ("dropout_f32", ctypes.c_float), torch.float64: ("dropout_f64", ctypes.c_double)}
@@ -57,13 +64,28 @@ def native_dropout_available() -> bool:
     return _lib() is not None
 
 
+def draw_seed() -> int:
+    """A mask seed from PyTorch's default CPU generator (so ``torch.manual_seed`` fixes the masks)."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def drop_threshold(p: float) -> int:
+    """The kernels drop element ``i`` when its 32-bit word is below this: ``round(p * 2**32)``."""
+    return min(round(p * 2.0**32), 2**32 - 1)
+
+
 def _masked(x: Tensor, p: float, seed: int) -> Tensor:
     """``x * keep(seed) / (1 - p)`` on the kernel; ``x`` contiguous CPU float32/float64."""
     name, _ = _FUNCTIONS[x.dtype]
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    threshold = min(round(p * 2.0**32), 2**32 - 1)
     getattr(_lib(), name)(
-        x.data_ptr(), out.data_ptr(), x.numel(), seed, threshold, 1.0 / (1.0 - p), torch.get_num_threads()
+        x.data_ptr(),
+        out.data_ptr(),
+        x.numel(),
+        seed,
+        drop_threshold(p),
+        1.0 / (1.0 - p),
+        torch.get_num_threads(),
     )
     return out
 
@@ -102,8 +124,7 @@ def fast_dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool
         return x
     if p == 1.0 or not _kernel_applies(x):
         return F.dropout(x, p, training, inplace)
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # default generator: manual_seed applies
-    return _SeededDropout.apply(x, float(p), seed)
+    return _SeededDropout.apply(x, float(p), draw_seed())
 
 
 class FastDropout(nn.Dropout):

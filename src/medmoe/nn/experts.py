@@ -73,6 +73,10 @@ class FactorizedLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.project(x) + self.bias
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(x A + a) B`` without the output bias ``c`` (for callers that fuse the bias into what follows)."""
         if x.shape[-3:] != (self.num_experts, self.num_heads, self.in_dim):
             raise ValueError(
                 f"FactorizedLinear expects (..., {self.num_experts}, {self.num_heads}, {self.in_dim}), "
@@ -83,7 +87,7 @@ class FactorizedLinear(nn.Module):
         else:
             u = torch.einsum("...ehi,ehir->...ehr", x, self.shared_weight)
         u = u + self.shared_bias
-        return torch.einsum("...ehr,ehro->...eho", u, self.expert_weights) + self.bias
+        return torch.einsum("...ehr,ehro->...eho", u, self.expert_weights)
 
     def extra_repr(self) -> str:
         return (

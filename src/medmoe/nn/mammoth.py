@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .expert_epilogue import expert_epilogue
 from .experts import FactorizedLinear
 from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
 from .onednn_linear import FastLinear
@@ -84,6 +85,13 @@ class MammothExperts(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, z: Tensor) -> Tensor:
+        # bias, norm, ReLU and dropout in one pass on CPU (same maths and dropout mask as the modules)
+        fused = expert_epilogue(
+            self.lora_layers.project(z), self.lora_layers.bias, self.norm.gamma, self.norm.scale,
+            self.dropout.p if self.training else 0.0,
+        )
+        if fused is not None:
+            return fused
         return self.dropout(F.relu(self.norm(self.lora_layers(z))))
 
 

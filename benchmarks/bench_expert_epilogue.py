@@ -1,0 +1,107 @@
+"""Mammoth's expert epilogue (bias, expert RMS norm, ReLU, dropout): PyTorch modules against the fused kernel.
+
+Part 1 times Mammoth's expert block (``MammothExperts``, forward + backward) at batch 1 (one bag) and 8
+(DTFD-MIL's pseudo-bags); part 2 one training step (AdamW, an 8 x 166 Musk-size bag) of zoo models. Each
+row alternates the two settings ``--reps`` times and keeps the fastest (the module path is forced by
+switching the kernel off, which leaves every other kernel as it is).
+
+    python benchmarks/bench_expert_epilogue.py                 # 1 thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from _timing import best_ms
+
+
+@contextlib.contextmanager
+def kernel_off() -> Iterator[None]:
+    from medmoe.nn import expert_epilogue
+
+    saved = expert_epilogue.native_expert_epilogue_available
+    expert_epilogue.native_expert_epilogue_available = lambda: False
+    try:
+        yield
+    finally:
+        expert_epilogue.native_expert_epilogue_available = saved
+
+
+def alternate(fn: Callable[[], object], reps: int, inner: int) -> tuple[float, float]:
+    best = [float("inf"), float("inf")]
+    for _ in range(reps):
+        with kernel_off():
+            best[0] = min(best[0], best_ms(fn, 1, inner))
+        best[1] = min(best[1], best_ms(fn, 1, inner))
+    return best[0], best[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "dtfd.base_mammoth.uni",
+            "abmil.base_mammoth.uni",
+            "wikg.base_mammoth.uni",
+            "rrt.base_mammoth.uni",
+        ],
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from medmoe import create_model
+    from medmoe.engine.optim import make_adamw
+    from medmoe.nn.dropout import use_fast_dropout
+    from medmoe.nn.expert_epilogue import native_expert_epilogue_available
+    from medmoe.nn.mammoth import MammothExperts
+
+    if not native_expert_epilogue_available():
+        raise SystemExit(
+            "the expert-epilogue kernel is not available here (no C++ compiler?): nothing to compare"
+        )
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} thread(s)\n"
+    )
+    print("| case | modules (ms) | fused (ms) | speed-up |\n|---|---:|---:|---:|")
+    block = use_fast_dropout(
+        MammothExperts(256, 512, 16, 30, 3, 0.1, True)
+    ).train()  # Mammoth defaults, rank 3
+    for b in (1, 8):
+        z = torch.randn(b, 10, 30, 16, 16, requires_grad=True)
+        g = torch.randn(b, 10, 30, 16, 32)
+        slow, fast = alternate(lambda: block(z).backward(g), args.reps, 10)  # noqa: B023
+        print(f"| expert block fwd + bwd, batch {b} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x |")
+
+    x = torch.randn(1, 8, 166)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    y = torch.tensor([1])
+    for name in args.models:
+        model = create_model(name, in_dim=166, num_classes=2).train()
+        opt = make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
+
+        def step() -> None:
+            out = model(x, mask, label=y)  # noqa: B023
+            loss = out.total_loss(F.cross_entropy(out.logits, y))
+            opt.zero_grad(set_to_none=True)  # noqa: B023
+            loss.backward()
+            opt.step()  # noqa: B023
+
+        slow, fast = alternate(step, args.reps, 10)
+        print(f"| {name} training step, 8 x 166 bag | {slow:.1f} | {fast:.1f} | {slow / fast:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

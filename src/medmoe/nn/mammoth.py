@@ -85,14 +85,13 @@ class MammothExperts(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, z: Tensor) -> Tensor:
-        # bias, norm, ReLU and dropout in one pass on CPU (same maths and dropout mask as the modules)
-        fused = expert_epilogue(
-            self.lora_layers.project(z), self.lora_layers.bias, self.norm.gamma, self.norm.scale,
-            self.dropout.p if self.training else 0.0,
-        )
+        t = self.lora_layers.project(z)  # without the expert bias, which the epilogue adds
+        p = self.dropout.p if self.training else 0.0
+        # bias, norm, ReLU and dropout in one pass on CPU (the modules' maths; fast_dropout's mask)
+        fused = expert_epilogue(t, self.lora_layers.bias, self.norm.gamma, self.norm.scale, p)
         if fused is not None:
             return fused
-        return self.dropout(F.relu(self.norm(self.lora_layers(z))))
+        return self.dropout(F.relu(self.norm(t + self.lora_layers.bias)))
 
 
 def _fp32(t: Tensor) -> Tensor:

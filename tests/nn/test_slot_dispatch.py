@@ -95,3 +95,12 @@ def test_compiler_errors_are_raised_by_build_with_their_message(tmp_path, monkey
     with pytest.raises(RuntimeError, match="g\\+\\+ failed on broken.cpp"):
         native_kernels._build("broken", bad, shutil.which("g++"))
     assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
+
+
+@needs_kernel
+def test_a_signature_for_a_missing_function_is_reported_not_raised(monkeypatch, caplog):
+    monkeypatch.setattr(native_kernels, "_loaded", {})
+    with caplog.at_level("INFO", logger="medmoe.nn.native_kernels"):
+        assert native_kernels.load_kernel("dropout", {"no_such_function": ([], None)}) is None
+    assert "no_such_function" in caplog.text
+    monkeypatch.setattr(native_kernels, "_loaded", {})

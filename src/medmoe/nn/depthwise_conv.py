@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .native_kernels import load_kernel
+from .native_kernels import Signature, load_kernel
 
 __all__ = [
     "depthwise_conv2d_nhwc",
@@ -38,18 +38,16 @@ _KERNEL = "depthwise_conv"
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
+_ARGS = {"forward": 4, "backward_input": 3, "backward_weight": 4}  # pointer arguments per function
+_SIGNATURES: dict[str, Signature] = {
+    f"dwconv_{name}_{suffix}": ([ctypes.c_void_p] * pointers + [ctypes.c_int64] * 6 + [ctypes.c_int], None)
+    for name, pointers in _ARGS.items()
+    for suffix in _SUFFIX.values()
+}
+
+
 def _lib() -> ctypes.CDLL | None:
-    lib = load_kernel(_KERNEL)
-    if lib is not None and not getattr(lib, "_medmoe_signatures", False):
-        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-        for suffix in _SUFFIX.values():
-            getattr(lib, f"dwconv_forward_{suffix}").argtypes = [ptr] * 4 + [i64] * 6 + [ctypes.c_int]
-            getattr(lib, f"dwconv_backward_input_{suffix}").argtypes = [ptr] * 3 + [i64] * 6 + [ctypes.c_int]
-            getattr(lib, f"dwconv_backward_weight_{suffix}").argtypes = [ptr] * 4 + [i64] * 6 + [ctypes.c_int]
-            for name in ("forward", "backward_input", "backward_weight"):
-                getattr(lib, f"dwconv_{name}_{suffix}").restype = None
-        lib._medmoe_signatures = True
-    return lib
+    return load_kernel(_KERNEL, _SIGNATURES)
 
 
 def native_depthwise_conv_available() -> bool:

@@ -40,23 +40,25 @@ _KERNEL = "dropout"
 _FUNCTIONS = {torch.float32: ("dropout_f32", ctypes.c_float), torch.float64: ("dropout_f64", ctypes.c_double)}
 
 
+_SIGNATURES = {
+    name: (
+        [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_uint64,
+            ctypes.c_uint32,
+            scalar,
+            ctypes.c_int,
+        ],
+        None,
+    )
+    for name, scalar in _FUNCTIONS.values()
+}
+
+
 def _lib() -> ctypes.CDLL | None:
-    lib = load_kernel(_KERNEL)
-    if lib is not None and not getattr(lib, "_medmoe_signatures", False):
-        for name, scalar in _FUNCTIONS.values():
-            fn = getattr(lib, name)
-            fn.argtypes = [
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_uint64,
-                ctypes.c_uint32,
-                scalar,
-                ctypes.c_int,
-            ]
-            fn.restype = None
-        lib._medmoe_signatures = True
-    return lib
+    return load_kernel(_KERNEL, _SIGNATURES)
 
 
 def native_dropout_available() -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .dropout import draw_seed, drop_threshold
-from .native_kernels import load_kernel
+from .native_kernels import Signature, load_kernel
 
 __all__ = ["expert_epilogue", "native_expert_epilogue_available"]
 
@@ -29,18 +29,21 @@ _KERNEL = "expert_epilogue"
 _SCALARS = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
+def _signatures() -> dict[str, Signature]:
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    out: dict[str, Signature] = {}
+    for suffix, scalar in _SCALARS.values():
+        tail = [scalar, scalar, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, scalar, ctypes.c_int]
+        out[f"epilogue_forward_{suffix}"] = ([ptr] * 5 + [i64] * 3 + tail, None)
+        out[f"epilogue_backward_{suffix}"] = ([ptr] * 8 + [i64] * 3 + tail, None)
+    return out
+
+
+_SIGNATURES = _signatures()
+
+
 def _lib() -> ctypes.CDLL | None:
-    lib = load_kernel(_KERNEL)
-    if lib is not None and not getattr(lib, "_medmoe_signatures", False):
-        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-        for suffix, scalar in _SCALARS.values():
-            tail = [scalar, scalar, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, scalar, ctypes.c_int]
-            getattr(lib, f"epilogue_forward_{suffix}").argtypes = [ptr] * 5 + [i64] * 3 + tail
-            getattr(lib, f"epilogue_backward_{suffix}").argtypes = [ptr] * 8 + [i64] * 3 + tail
-            getattr(lib, f"epilogue_forward_{suffix}").restype = None
-            getattr(lib, f"epilogue_backward_{suffix}").restype = None
-        lib._medmoe_signatures = True
-    return lib
+    return load_kernel(_KERNEL, _SIGNATURES)
 
 
 def native_expert_epilogue_available() -> bool:

@@ -30,7 +30,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = ["kernel_cache_dir", "load_kernel", "native_kernels_enabled"]
 
@@ -90,30 +92,48 @@ def _build(name: str, source: Path, compiler: str) -> Path:
     return target
 
 
-def load_kernel(name: str) -> ctypes.CDLL | None:
+#: a kernel function's ctypes signature: ``(argtypes, restype)``
+Signature = tuple[list[Any], Any]
+
+
+def load_kernel(name: str, signatures: Mapping[str, Signature] | None = None) -> ctypes.CDLL | None:
     """The compiled kernel library ``name`` (``medmoe/nn/kernels/<name>.cpp``), or ``None`` if unavailable.
 
-    Builds it on the first call (cached on disk and in memory). Failures are logged once at INFO level and
-    give ``None``; callers then use their PyTorch path.
+    Builds it on the first call (cached on disk and in memory) and gives the functions named in
+    ``signatures`` their ctypes ``argtypes`` and ``restype``. Failures are logged once at INFO level and give
+    ``None``; callers then use their PyTorch path.
     """
     if not native_kernels_enabled():
         return None
     with _lock:
-        if name in _loaded:
-            return _loaded[name]
-        lib = None
-        source = _SOURCES / f"{name}.cpp"
-        compiler = shutil.which(os.environ.get("CXX", "g++"))
-        try:
-            if platform.system() not in ("Linux", "Darwin"):
-                raise RuntimeError(f"native kernels are built on Linux and macOS only, not {platform.system()}")
-            if not source.exists():
-                raise RuntimeError(f"kernel source {source} is missing from the installation")
-            if compiler is None:
-                raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-            lib = ctypes.CDLL(str(_build(name, source, compiler)))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-            logger.info("native kernel %s unavailable, using PyTorch instead: %s", name, err)
-            lib = None
-        _loaded[name] = lib
+        if name not in _loaded:
+            _loaded[name] = _open(name)
+        lib = _loaded[name]
+        if lib is not None and signatures and not getattr(lib, "_medmoe_signed", False):
+            try:
+                for function, (argtypes, restype) in signatures.items():
+                    getattr(lib, function).argtypes = argtypes
+                    getattr(lib, function).restype = restype
+            except AttributeError as err:
+                logger.info("native kernel %s unavailable, using PyTorch instead: %s", name, err)
+                lib = _loaded[name] = None
+            else:
+                lib._medmoe_signed = True
         return lib
+
+
+def _open(name: str) -> ctypes.CDLL | None:
+    """Build (or find in the cache) and load ``kernels/<name>.cpp``; ``None`` with a log line on failure."""
+    source = _SOURCES / f"{name}.cpp"
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    try:
+        if platform.system() not in ("Linux", "Darwin"):
+            raise RuntimeError(f"native kernels are built on Linux and macOS only, not {platform.system()}")
+        if not source.exists():
+            raise RuntimeError(f"kernel source {source} is missing from the installation")
+        if compiler is None:
+            raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+        return ctypes.CDLL(str(_build(name, source, compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        logger.info("native kernel %s unavailable, using PyTorch instead: %s", name, err)
+        return None

@@ -34,15 +34,15 @@ _KERNEL = "slot_dispatch"
 _HEAD_DIM = 16
 
 
+_i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+_SIGNATURES = {
+    "slot_dispatch_forward": ([_i64] * 4 + [_ptr] + [_i64] * 3 + [_ptr] * 5 + [_int], _int),
+    "slot_dispatch_backward": ([_i64] * 4 + [_ptr] + [_i64] * 3 + [_ptr] * 8 + [_int], _int),
+}
+
+
 def _lib() -> ctypes.CDLL | None:
-    lib = load_kernel(_KERNEL)
-    if lib is not None and not getattr(lib, "_medmoe_signatures", False):
-        i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-        lib.slot_dispatch_forward.argtypes = [i64] * 4 + [ptr] + [i64] * 3 + [ptr] * 5 + [c_int]
-        lib.slot_dispatch_backward.argtypes = [i64] * 4 + [ptr] + [i64] * 3 + [ptr] * 8 + [c_int]
-        lib.slot_dispatch_forward.restype = lib.slot_dispatch_backward.restype = ctypes.c_int
-        lib._medmoe_signatures = True
-    return lib
+    return load_kernel(_KERNEL, _SIGNATURES)
 
 
 def native_slot_dispatch_available() -> bool:

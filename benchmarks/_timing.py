@@ -19,3 +19,28 @@ def best_ms(fn: Callable[[], object], reps: int, inner: int) -> float:
             fn()
         best = min(best, (time.perf_counter() - start) / inner)
     return best * 1e3
+
+
+def musk_training_step(name: str) -> Callable[[], None]:
+    """One training step (forward, loss, backward, AdamW) of zoo model ``name`` on a fixed Musk-size bag.
+
+    The bag is 8 instances x 166 features, batch 1, two classes; returns the step as a closure to time.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from medmoe import create_model
+    from medmoe.engine.optim import make_adamw
+
+    x, mask, y = torch.randn(1, 8, 166), torch.ones(1, 8, dtype=torch.bool), torch.tensor([1])
+    model = create_model(name, in_dim=166, num_classes=2).train()
+    opt = make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
+
+    def step() -> None:
+        out = model(x, mask, label=y)
+        loss = out.total_loss(F.cross_entropy(out.logits, y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from _timing import best_ms
+from _timing import best_ms, musk_training_step
 
 
 @contextlib.contextmanager
@@ -59,8 +59,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from medmoe import create_model
-    from medmoe.engine.optim import make_adamw
     from medmoe.nn.dropout import fast_dropout, native_dropout_available
 
     if not native_dropout_available():
@@ -81,19 +79,8 @@ def main() -> None:
     print(
         "\n| training step, 8 x 166 bag | torch dropout (ms) | medmoe dropout (ms) | speed-up |\n|---|---:|---:|---:|"
     )
-    x = torch.randn(1, 8, 166)
-    mask = torch.ones(1, 8, dtype=torch.bool)
-    y = torch.tensor([1])
     for name in args.models:
-        model = create_model(name, in_dim=166, num_classes=2).train()
-        opt = make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
-
-        def step() -> None:
-            out = model(x, mask, label=y)  # noqa: B023
-            loss = out.total_loss(F.cross_entropy(out.logits, y))
-            opt.zero_grad(set_to_none=True)  # noqa: B023
-            loss.backward()
-
+        step = musk_training_step(name)
         times = {"torch": float("inf"), "medmoe": float("inf")}
         for _ in range(args.reps):  # alternate, so drifting machine load hits both alike
             with kernel_off():

@@ -17,8 +17,7 @@ import platform
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-from _timing import best_ms
+from _timing import best_ms, musk_training_step
 
 
 @contextlib.contextmanager
@@ -61,8 +60,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from medmoe import create_model
-    from medmoe.engine.optim import make_adamw
     from medmoe.nn.dropout import use_fast_dropout
     from medmoe.nn.expert_epilogue import native_expert_epilogue_available
     from medmoe.nn.mammoth import MammothExperts
@@ -85,20 +82,8 @@ def main() -> None:
         slow, fast = alternate(lambda: block(z).backward(g), args.reps, 10)  # noqa: B023
         print(f"| expert block fwd + bwd, batch {b} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x |")
 
-    x = torch.randn(1, 8, 166)
-    mask = torch.ones(1, 8, dtype=torch.bool)
-    y = torch.tensor([1])
     for name in args.models:
-        model = create_model(name, in_dim=166, num_classes=2).train()
-        opt = make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
-
-        def step() -> None:
-            out = model(x, mask, label=y)  # noqa: B023
-            loss = out.total_loss(F.cross_entropy(out.logits, y))
-            opt.zero_grad(set_to_none=True)  # noqa: B023
-            loss.backward()
-            opt.step()  # noqa: B023
-
+        step = musk_training_step(name)
         slow, fast = alternate(step, args.reps, 10)
         print(f"| {name} training step, 8 x 166 bag | {slow:.1f} | {fast:.1f} | {slow / fast:.2f}x |")
 

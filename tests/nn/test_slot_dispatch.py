@@ -1,5 +1,6 @@
 """medmoe.nn.slot_dispatch (native CPU kernel) against scaled_dot_product_attention; native_kernels plumbing."""
 
+import ctypes
 import shutil
 
 import pytest
@@ -104,3 +105,16 @@ def test_a_signature_for_a_missing_function_is_reported_not_raised(monkeypatch, 
         assert native_kernels.load_kernel("dropout", {"no_such_function": ([], None)}) is None
     assert "no_such_function" in caplog.text
     monkeypatch.setattr(native_kernels, "_loaded", {})
+
+
+@needs_kernel
+def test_headers_beside_a_kernel_are_part_of_its_cache_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDMOE_KERNEL_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "k.cpp"
+    src.write_text('#include "k.h"\nextern "C" int value() { return VALUE; }\n')
+    (tmp_path / "k.h").write_text("#define VALUE 1\n")
+    first = native_kernels._build("k", src, shutil.which("g++"))
+    (tmp_path / "k.h").write_text("#define VALUE 2\n")
+    second = native_kernels._build("k", src, shutil.which("g++"))
+    assert first != second  # an edited header rebuilds, it does not reuse the stale library
+    assert ctypes.CDLL(str(second)).value() == 2

@@ -68,8 +68,11 @@ def _cpu_signature() -> str:
 
 
 def _build(name: str, source: Path, compiler: str) -> Path:
+    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]  # what the sources may #include
     key = hashlib.sha256(
-        b"\0".join([source.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(), _cpu_signature().encode()])
+        b"\0".join(
+            [source.read_bytes(), *headers, compiler.encode(), " ".join(_FLAGS).encode(), _cpu_signature().encode()]
+        )
     ).hexdigest()[:16]
     cache = kernel_cache_dir()
     target = cache / f"{name}-{key}.so"

@@ -10,10 +10,10 @@
 //     dx = r * v - [||x|| > eps] * x * r * <v, x> / ||x||^2
 //     dgamma[e] += dy * x * r                       dbias[e] += dx
 //
-// keep(i) for element i = row * F + f is the dropout kernel's mask (kernels/dropout.cpp, same seed, same
-// SplitMix64 word, same threshold), so the fused and the unfused paths drop the same elements. PyTorch runs
-// these as a dozen separate passes over (b, S, E, H, d) tensors, each allocating a fresh output; with DTFD's
-// eight pseudo-bags through Mammoth that was half of a training step.
+// keep(i) for element i = row * F + f is the dropout kernel's mask (kernels/dropout.cpp: same seed, the same
+// dropout_word of splitmix64.h, same threshold), so the fused and the unfused paths drop the same elements.
+// PyTorch runs these as a dozen separate passes over (b, S, E, H, d) tensors, each allocating a fresh output;
+// with DTFD's eight pseudo-bags through Mammoth that was half of a training step.
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -21,15 +21,7 @@
 #include <omp.h>
 #endif
 
-static const uint64_t GAMMA = 0x9E3779B97F4A7C15ULL;
-
-static inline uint32_t word(uint64_t seed, int64_t i) {  // must equal kernels/dropout.cpp
-    uint64_t z = seed + (uint64_t)(i + 1) * GAMMA;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (uint32_t)(z >> 32);
-}
+#include "splitmix64.h"  // dropout_word: the mask of kernels/dropout.cpp
 
 // Forward. Writes out (rows, F) and norms (rows): ||x|| per row (x itself is recomputed, not stored).
 template <typename T>
@@ -55,7 +47,7 @@ static void forward(const T *t, const T *bias, const T *gamma, T *out, T *norms,
         for (int64_t f = 0; f < F; ++f) {
             const T y = r * (tr[f] + br[f]) * gr[f];
             const T a = y > (T)0 ? y : (T)0;
-            orow[f] = drop ? a * (word(seed, base + f) >= threshold ? keep_scale : (T)0) : a;
+            orow[f] = drop ? a * (dropout_word(seed, base + f) >= threshold ? keep_scale : (T)0) : a;
         }
     }
 }
@@ -90,7 +82,7 @@ static void backward(const T *dout, const T *t, const T *bias, const T *norms, c
                 const T xf = tr[f] + br[f];
                 const T y = r * xf * gr[f];
                 T g = y > (T)0 ? dor[f] : (T)0;
-                if (drop) g *= word(seed, base + f) >= threshold ? keep_scale : (T)0;
+                if (drop) g *= dropout_word(seed, base + f) >= threshold ? keep_scale : (T)0;
                 dy[f] = g;
                 v[f] = g * gr[f];
                 vx += v[f] * xf;

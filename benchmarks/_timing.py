@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 def best_ms(fn: Callable[[], object], reps: int, inner: int) -> float:
@@ -44,3 +46,38 @@ def musk_training_step(name: str) -> Callable[[], None]:
         opt.step()
 
     return step
+
+
+@contextlib.contextmanager
+def patched(*changes: tuple[Any, str, Any]) -> Iterator[None]:
+    """Set ``setattr(obj, name, value)`` for each ``(obj, name, value)`` inside the block, restore them after.
+
+    The benchmarks switch one native kernel off this way (its availability check returns False) and leave
+    every other kernel as it is.
+    """
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+    for obj, name, value in changes:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+def alternate_ms(
+    fn: Callable[[], object],
+    off: Callable[[], contextlib.AbstractContextManager[None]],
+    reps: int,
+    inner: int,
+) -> tuple[float, float]:
+    """``(ms inside off(), ms outside)``: the fastest of ``reps`` alternating rounds of ``inner`` calls each.
+
+    Alternating, so that drifting machine load hits both settings alike.
+    """
+    best = [float("inf"), float("inf")]
+    for _ in range(reps):
+        with off():
+            best[0] = min(best[0], best_ms(fn, 1, inner))
+        best[1] = min(best[1], best_ms(fn, 1, inner))
+    return best[0], best[1]

@@ -15,25 +15,21 @@ import argparse
 import contextlib
 import os
 import platform
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from _timing import best_ms, musk_training_step
+from _timing import alternate_ms, best_ms, musk_training_step, patched
 
 
-@contextlib.contextmanager
-def kernel_off() -> Iterator[None]:
+def kernel_off() -> contextlib.AbstractContextManager[None]:
+    """Every dropout on torch's path (the Transformer's attention dropout on SDPA's)."""
     from medmoe.models.mil import transformer
     from medmoe.nn import dropout
 
-    saved = dropout._kernel_applies, transformer.native_dropout_available
-    dropout._kernel_applies = lambda x: False
-    transformer.native_dropout_available = lambda: False
-    try:
-        yield
-    finally:
-        dropout._kernel_applies, transformer.native_dropout_available = saved
+    return patched(
+        (dropout, "_kernel_applies", lambda x: False),
+        (transformer, "native_dropout_available", lambda: False),
+    )
 
 
 def main() -> None:
@@ -81,14 +77,8 @@ def main() -> None:
     )
     for name in args.models:
         step = musk_training_step(name)
-        times = {"torch": float("inf"), "medmoe": float("inf")}
-        for _ in range(args.reps):  # alternate, so drifting machine load hits both alike
-            with kernel_off():
-                times["torch"] = min(times["torch"], best_ms(step, 1, args.steps))
-            times["medmoe"] = min(times["medmoe"], best_ms(step, 1, args.steps))
-        print(
-            f"| {name} | {times['torch']:.1f} | {times['medmoe']:.1f} | {times['torch'] / times['medmoe']:.2f}x |"
-        )
+        slow, fast = alternate_ms(step, kernel_off, args.reps, args.steps)
+        print(f"| {name} | {slow:.1f} | {fast:.1f} | {slow / fast:.2f}x |")
 
 
 if __name__ == "__main__":

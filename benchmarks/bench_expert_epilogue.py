@@ -14,31 +14,16 @@ import argparse
 import contextlib
 import os
 import platform
-from collections.abc import Callable, Iterator
 
 import torch
-from _timing import best_ms, musk_training_step
+from _timing import alternate_ms, musk_training_step, patched
 
 
-@contextlib.contextmanager
-def kernel_off() -> Iterator[None]:
+def kernel_off() -> contextlib.AbstractContextManager[None]:
+    """Mammoth's experts on the module path."""
     from medmoe.nn import expert_epilogue
 
-    saved = expert_epilogue.native_expert_epilogue_available
-    expert_epilogue.native_expert_epilogue_available = lambda: False
-    try:
-        yield
-    finally:
-        expert_epilogue.native_expert_epilogue_available = saved
-
-
-def alternate(fn: Callable[[], object], reps: int, inner: int) -> tuple[float, float]:
-    best = [float("inf"), float("inf")]
-    for _ in range(reps):
-        with kernel_off():
-            best[0] = min(best[0], best_ms(fn, 1, inner))
-        best[1] = min(best[1], best_ms(fn, 1, inner))
-    return best[0], best[1]
+    return patched((expert_epilogue, "native_expert_epilogue_available", lambda: False))
 
 
 def main() -> None:
@@ -79,12 +64,12 @@ def main() -> None:
     for b in (1, 8):
         z = torch.randn(b, 10, 30, 16, 16, requires_grad=True)
         g = torch.randn(b, 10, 30, 16, 32)
-        slow, fast = alternate(lambda: block(z).backward(g), args.reps, 10)  # noqa: B023
+        slow, fast = alternate_ms(lambda: block(z).backward(g), kernel_off, args.reps, 10)  # noqa: B023
         print(f"| expert block fwd + bwd, batch {b} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x |")
 
     for name in args.models:
         step = musk_training_step(name)
-        slow, fast = alternate(step, args.reps, 10)
+        slow, fast = alternate_ms(step, kernel_off, args.reps, 10)
         print(f"| {name} training step, 8 x 166 bag | {slow:.1f} | {fast:.1f} | {slow / fast:.2f}x |")
 
 

@@ -107,6 +107,8 @@ def test_folded_kernel_refuses_other_convolutions() -> None:
     ):
         with pytest.raises(ValueError, match="depthwise"):
             folded_depthwise_kernel([conv])
+    with pytest.raises(ValueError, match="at least one"):
+        folded_depthwise_kernel([])
 
 
 @needs_kernel

@@ -196,6 +196,8 @@ def folded_depthwise_kernel(
     ``K`` is the largest kernel size, smaller kernels are zero-padded to it and the identity adds 1 at the
     centre tap. Differentiable: gradients reach every convolution's weight and bias.
     """
+    if not convs:
+        raise ValueError("folded_depthwise_kernel: give at least one depthwise convolution to fold")
     size = max(conv.kernel_size[0] for conv in convs)
     weight: Tensor | None = None
     bias: Tensor | None = None
@@ -218,7 +220,7 @@ def folded_depthwise_kernel(
         weight = w if weight is None else weight + w
         if conv.bias is not None:
             bias = conv.bias if bias is None else bias + conv.bias
-    assert weight is not None, "folded_depthwise_kernel needs at least one convolution"
+    assert weight is not None  # convs is not empty
     if identity:
         centre = torch.zeros(size, size, dtype=weight.dtype, device=weight.device)
         centre[size // 2, size // 2] = 1.0

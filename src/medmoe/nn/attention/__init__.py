@@ -8,7 +8,8 @@
 
 from .dilated import DilatedAttention
 from .linear import FEATURE_MAPS, LinearAttention, make_feature_map
-from .nystrom import NystromAttention, moore_penrose_pinv
+from .nystrom import NystromAttention
+from .pinv import moore_penrose_pinv
 from .softmax import SoftmaxAttention
 
 __all__ = [

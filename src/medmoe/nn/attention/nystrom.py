@@ -37,43 +37,9 @@ from torch import Tensor, nn
 
 from ..depthwise_conv import head_sequence_conv
 from ..onednn_linear import fast_matmul
+from .pinv import moore_penrose_pinv, pinv_iterations
 
 __all__ = ["NystromAttention", "moore_penrose_pinv"]
-
-
-def moore_penrose_pinv(x: Tensor, iters: int = 6, per_sample: bool = False) -> Tensor:
-    """Iterative Moore–Penrose pseudo-inverse of square matrices (Razavi et al. 2014 iteration).
-
-    Args:
-        x: ``(..., m, m)``; for Nyström attention ``(b, h, m, m)`` softmax matrices.
-        iters: number of iterations (6 in the Nyström paper).
-        per_sample: scale the starting point with maxima taken per leading index (dim 0) instead of
-            over the whole tensor (the reference's behaviour).
-
-    Returns:
-        ``(..., m, m)`` approximate pseudo-inverse.
-    """
-    if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"moore_penrose_pinv expects square matrices (..., m, m), got {tuple(x.shape)}")
-    abs_x = x.abs()
-    row_sums = abs_x.sum(dim=-1)  # (..., m)
-    col_sums = abs_x.sum(dim=-2)  # (..., m)
-    if per_sample and x.ndim > 2:
-        reduce_dims = tuple(range(1, row_sums.ndim))
-        denom = row_sums.amax(dim=reduce_dims) * col_sums.amax(dim=reduce_dims)  # (b,)
-        denom = denom.reshape((-1,) + (1,) * (x.ndim - 1))
-    else:
-        denom = row_sums.max() * col_sums.max()
-    return _pinv_iterations(x, x.transpose(-1, -2) / denom, iters)
-
-
-def _pinv_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
-    """``iters`` steps ``Z <- Z (13 I - X Z (15 I - X Z (7 I - X Z))) / 4`` from ``z`` (``(..., m, m)``)."""
-    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
-    for _ in range(iters):
-        xz = fast_matmul(x, z)
-        z = 0.25 * fast_matmul(z, 13 * eye - fast_matmul(xz, 15 * eye - fast_matmul(xz, 7 * eye - xz)))
-    return z
 
 
 def _split_heads(qkv: Tensor, heads: int, dim_head: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -210,7 +176,7 @@ class NystromAttention(nn.Module):
             denom = (rows.amax(dim=(1, 2)) * cols.amax(dim=(1, 2))).reshape(b, 1, 1, 1)
         else:
             denom = rows.max() * cols.max()
-        p2 = _pinv_iterations(x2, x2.transpose(-1, -2) / denom, self.pinv_iterations)
+        p2 = pinv_iterations(x2, x2.transpose(-1, -2) / denom, self.pinv_iterations)
 
         values = torch.cat([fast_matmul(a3, v), v.sum(dim=-2, keepdim=True) * (root / total)], dim=-2)
         left = torch.cat([a1, root * w1], dim=-1)  # (b, h, n, r + 1)

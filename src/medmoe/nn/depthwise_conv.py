@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .higher_order import higher_order_requested, reference_gradients
 from .native_kernels import Signature, load_kernel
 
 __all__ = [
@@ -60,12 +61,17 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 class _DepthwiseConvNHWC(torch.autograd.Function):
+    """The compiled kernel on contiguous ``x (b, h, w, c)`` and ``taps (kh, kw, c)``, ``bias (c,)`` or None.
+
+    :func:`depthwise_conv2d_nhwc` lays the operands out with ordinary (tracked) ops, so the tensors saved
+    for backward are this Function's own inputs: under ``create_graph=True`` its gradients are those of
+    :func:`_conv2d_nhwc` on them (:mod:`medmoe.nn.higher_order`), differentiable again.
+    """
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
         b, h, w, c = x.shape
-        kh, kw = weight.shape[1:]
-        x = x.contiguous()
-        taps = weight.permute(1, 2, 0).contiguous()  # (kh, kw, c)
+        kh, kw = taps.shape[:2]
         bias_c = None if bias is None else bias.contiguous()
         y = torch.empty_like(x)
         fn = getattr(_lib(), f"dwconv_forward_{_SUFFIX[x.dtype]}")
@@ -89,26 +95,29 @@ class _DepthwiseConvNHWC(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
         x, taps = ctx.saved_tensors
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if higher_order_requested():  # create_graph=True: F.conv2d's gradients, differentiable again
+            dx, dtaps = reference_gradients(_conv2d_taps, (x, taps), ctx.needs_input_grad[:2], dy)
+            return dx, dtaps, dy.sum((0, 1, 2)) if want_b else None
         b, h, w, c = x.shape
         kh, kw = taps.shape[:2]
         dy = dy.contiguous()
         suffix, threads = _SUFFIX[x.dtype], torch.get_num_threads()
         lib = _lib()
-        dx = dw = dbias = None
+        dx = dtaps = dbias = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
             getattr(lib, f"dwconv_backward_input_{suffix}")(
                 dy.data_ptr(), taps.data_ptr(), dx.data_ptr(), b, h, w, c, kh, kw, threads
             )
-        want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        want_w = ctx.needs_input_grad[1]
         if want_w or want_b:
-            dw_taps = torch.empty_like(taps) if want_w else None
+            dtaps = torch.empty_like(taps) if want_w else None
             dbias = x.new_empty(c) if want_b else None
             getattr(lib, f"dwconv_backward_weight_{suffix}")(
-                dy.data_ptr(), x.data_ptr(), _ptr(dw_taps), _ptr(dbias), b, h, w, c, kh, kw, threads
+                dy.data_ptr(), x.data_ptr(), _ptr(dtaps), _ptr(dbias), b, h, w, c, kh, kw, threads
             )
-            dw = None if dw_taps is None else dw_taps.permute(2, 0, 1)
-        return dx, dw, dbias
+        return dx, dtaps, dbias
 
 
 def _kernel_applies(*tensors: Tensor | None) -> bool:
@@ -146,12 +155,23 @@ def depthwise_conv2d_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None = None)
             f"{tuple(x.shape)} and weight {tuple(weight.shape)}"
         )
     if _kernel_applies(x, weight, bias):
-        return _DepthwiseConvNHWC.apply(x, weight, bias)
+        # the kernel's layouts, made here (tracked) so that the Function saves its own inputs
+        return _DepthwiseConvNHWC.apply(x.contiguous(), weight.permute(1, 2, 0).contiguous(), bias)
+    return _conv2d_nhwc(x, weight, bias)
+
+
+def _conv2d_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The reference: :func:`F.conv2d` on ``x (b, h, w, c)``, ``weight (c, kh, kw)`` -> ``(b, h, w, c)``."""
     kh, kw = weight.shape[1:]
     y = F.conv2d(
         x.permute(0, 3, 1, 2), weight.unsqueeze(1), bias, padding=(kh // 2, kw // 2), groups=x.shape[-1]
     )
     return y.permute(0, 2, 3, 1)
+
+
+def _conv2d_taps(x: Tensor, taps: Tensor) -> Tensor:
+    """:func:`_conv2d_nhwc` (no bias) with the kernel's ``taps (kh, kw, c)`` layout."""
+    return _conv2d_nhwc(x, taps.permute(2, 0, 1), None)
 
 
 def head_sequence_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:

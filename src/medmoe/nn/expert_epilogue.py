@@ -18,10 +18,13 @@ import ctypes
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .dropout import draw_seed, drop_threshold
+from .dropout import _SeededDropout, draw_seed, drop_threshold, native_dropout_available
+from .higher_order import higher_order_requested, reference_gradients
 from .native_kernels import Signature, load_kernel
+from .norms import l2norm
 
 __all__ = ["expert_epilogue", "native_expert_epilogue_available"]
 
@@ -52,11 +55,15 @@ def native_expert_epilogue_available() -> bool:
 
 
 class _ExpertEpilogue(torch.autograd.Function):
+    """The fused kernel on contiguous ``t``, ``bias``, ``gamma`` (made so by :func:`expert_epilogue`, so that
+    the tensors saved for backward are this Function's own inputs). Under ``create_graph=True`` the
+    gradients are those of :func:`_reference` (:mod:`medmoe.nn.higher_order`), differentiable again.
+    """
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, t: Tensor, bias: Tensor, gamma: Tensor, scale: float, eps: float, p: float, seed: int
     ) -> Tensor:
-        t, bias, gamma = t.contiguous(), bias.contiguous(), gamma.contiguous()
         experts, features = gamma.shape
         rows = t.numel() // features
         out = torch.empty_like(t)
@@ -77,11 +84,16 @@ class _ExpertEpilogue(torch.autograd.Function):
         )
         ctx.save_for_backward(t, bias, gamma, norms)  # x = t + bias is recomputed, not stored
         ctx.args = args
+        ctx.reference_args = (scale, eps, p, seed)
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         t, bias, gamma, norms = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: the modules' gradients, differentiable again
+            inputs = (t, bias, gamma, *ctx.reference_args)
+            grads = reference_gradients(_reference, inputs, ctx.needs_input_grad, dout)
+            return (*grads[:3], None, None, None, None)
         experts, features = gamma.shape
         dout = dout.contiguous()
         dt = torch.empty_like(t)
@@ -102,6 +114,19 @@ class _ExpertEpilogue(torch.autograd.Function):
             torch.get_num_threads(),
         )
         return dt, dbias, dgamma, None, None, None, None
+
+
+def _reference(
+    t: Tensor, bias: Tensor, gamma: Tensor, scale: float, eps: float, p: float, seed: int
+) -> Tensor:
+    """The kernel's maths in PyTorch ops: ``MammothExperts``' modules with the kernel's dropout mask."""
+    flat = (t + bias).reshape(*t.shape[:-2], gamma.shape[1])
+    out = F.relu(l2norm(flat, eps=eps) * scale * gamma).reshape(t.shape)
+    if p == 0.0:
+        return out
+    if not native_dropout_available():  # the mask is the dropout kernel's; nothing else can redraw it
+        raise RuntimeError("expert_epilogue: create_graph=True with dropout needs the native dropout kernel")
+    return _SeededDropout.apply(out, p, seed)
 
 
 def expert_epilogue(
@@ -137,4 +162,6 @@ def expert_epilogue(
     ):
         return None
     seed = draw_seed() if p > 0.0 else 0
-    return _ExpertEpilogue.apply(t, bias, gamma, float(scale), float(eps), float(p), seed)
+    return _ExpertEpilogue.apply(
+        t.contiguous(), bias.contiguous(), gamma.contiguous(), float(scale), float(eps), float(p), seed
+    )

@@ -7,6 +7,9 @@ oneDNN when that can help (CPU, float32, no autocast, oneDNN available) and fall
 :func:`torch.nn.functional.linear` otherwise, so results agree with ``F.linear`` to float32 rounding.
 
 :class:`FastLinear` is a drop-in :class:`torch.nn.Linear` (same parameters and state-dict keys).
+
+Higher-order gradients (``create_graph=True``) through the oneDNN paths are those of ``F.linear`` and
+:func:`torch.matmul` (:mod:`medmoe.nn.higher_order`): the oneDNN backward itself is not differentiable.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .higher_order import higher_order_requested, reference_gradients
 
 __all__ = ["FastLinear", "fast_linear", "fast_matmul", "matmul_nt", "onednn_linear_available", "use_fast_linear"]
 
@@ -59,6 +64,9 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
         x2, weight = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: F.linear's gradients, differentiable again
+            gx, gw = reference_gradients(F.linear, (x2, weight), ctx.needs_input_grad[:2], grad)
+            return gx, gw, grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         grad = grad.contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
@@ -132,6 +140,8 @@ class _OneDNNMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         a, b = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: torch.matmul's gradients, differentiable again
+            return reference_gradients(torch.matmul, (a, b), ctx.needs_input_grad, grad)
         grad = grad.contiguous()
         da = _bmm_nt(grad, b) if ctx.needs_input_grad[0] else None  # grad @ b.T
         db = _bmm_nt(a.transpose(1, 2), grad.transpose(1, 2)) if ctx.needs_input_grad[1] else None  # a.T @ grad

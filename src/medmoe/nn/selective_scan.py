@@ -37,6 +37,10 @@ Two methods:
   block use all of them), because a thread pool that has to wait for a preempted worker at every small op
   loses more than it gains on a shared machine.
 
+  Its backward is not differentiable itself: with ``create_graph=True`` (higher-order gradients) the
+  gradients come from the ``"sequential"`` loop on the saved inputs instead, at that loop's speed and
+  ``(b, L, d, n)`` memory (:mod:`medmoe.nn.higher_order`).
+
 ``(b, L, d, n)`` at ``L = 32768, d = 192, n = 16`` is 400 MB in fp32; ``mambapy``'s ``pscan`` keeps several
 such tensors (``exp(dt A)``, ``dt B u``, the states, their gradients; 3.3 GB peak for forward+backward).
 ``benchmarks/bench_mamba_scan.py`` compares the two.
@@ -50,7 +54,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from .higher_order import higher_order_requested, reference_gradients
 
 __all__ = ["SCAN_METHODS", "selective_scan", "selective_scan_sequential"]
 
@@ -118,22 +123,21 @@ def _unblock(x: Tensor, b: int) -> Tensor:
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """``y_t = <C_t, h_t>`` (no ``D`` term) with chunk-wise recomputation; see the module docstring.
 
-    Sizes: ``c`` chunks of ``T`` steps, ``k`` chunks per block (the last block may have fewer), ``bk = b * k``.
+    ``u, dt, B, C`` come padded to ``c`` chunks of ``T`` steps by :func:`selective_scan` (tracked, so that the
+    tensors saved for backward are this Function's own inputs); the output is cropped to the first ``L``.
+    Sizes: ``k`` chunks per block (the last block may have fewer), ``bk = b * k``.
     Work tensors of a block are ``(T, bk, ...)``: one contiguous row block per step. Forward saves
-    ``u, dt, A, B, C`` (padded to ``c * T`` steps) and the chunk-start states ``(b, c, d, n)``.
+    ``u, dt, A, B, C`` and the chunk-start states ``(b, c, d, n)``. Under ``create_graph=True`` the gradients
+    are those of :func:`selective_scan_sequential` (:mod:`medmoe.nn.higher_order`), differentiable again.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, block_elements: int
+        ctx: Any, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, L: int, T: int, block_elements: int
     ) -> Tensor:
-        b, L, d = u.shape
+        b, padded, d = u.shape
         n = A.shape[1]
-        T = min(chunk, L)
-        pad = (-L) % T
-        if pad:  # dt = 0 on padding: decay 1 and no input, so the (cropped) tail never touches real steps
-            u, dt, B, C = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (u, dt, B, C))
-        c = (L + pad) // T
+        c = padded // T
         kc = max(1, min(c, block_elements // (T * b * d * n)))  # chunks per block
         dt4, B4, C4 = dt.view(b, c, T, d), B.view(b, c, T, n), C.view(b, c, T, n)
         dtu4 = (dt * u).view(b, c, T, d)
@@ -174,10 +178,12 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return y.view(b, c * T, d)[:, :L]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         u, dt, A, B, C, h_starts = ctx.saved_tensors
         b, L, d, n, T, c, kc = ctx.sizes
+        if higher_order_requested():  # create_graph=True: the sequential loop's gradients, differentiable
+            grads = reference_gradients(_scan_reference, (u, dt, A, B, C, L), ctx.needs_input_grad[:6], dy)
+            return (*grads[:5], None, None, None)
         pad = c * T - L
         dy = dy.to(u.dtype)
         if pad:
@@ -239,8 +245,18 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             ddt[:, c0:c1] = _unblock(ddt_b, b)
             dB[:, c0:c1] = _unblock(dB_b.view(T, bk, n), b)
             dC[:, c0:c1] = _unblock(dC_b.view(T, bk, n), b)
-        du, ddt, dB, dC = (x.reshape(b, c * T, -1)[:, :L] for x in (du, ddt, dB, dC))
-        return du, ddt, dA, dB, dC, None, None
+        du, ddt, dB, dC = (x.view(b, c * T, -1) for x in (du, ddt, dB, dC))  # _pad_steps' backward crops them
+        return du, ddt, dA, dB, dC, None, None, None
+
+
+def _scan_reference(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
+    """:class:`_ChunkedSelectiveScan`'s maths (padding cropped) as :func:`selective_scan_sequential`."""
+    return selective_scan_sequential(u[:, :L], dt[:, :L], A, B[:, :L], C[:, :L])
+
+
+def _pad_steps(x: Tensor, pad: int) -> Tensor:
+    """``x (b, L, k)`` with ``pad`` zero steps appended (a ``cat``: its backward is a view, no copy)."""
+    return torch.cat([x, x.new_zeros(x.shape[0], pad, x.shape[2])], dim=1)
 
 
 @contextmanager
@@ -309,16 +325,14 @@ def selective_scan(
     _check_inputs(u, delta, A, B, C, D)
     dtype = u.dtype
     compute = torch.promote_types(torch.float32, torch.promote_types(u.dtype, A.dtype))
+    L = u.shape[1]
+    T = min(chunk_size, L)
+    pad = (-L) % T
     with torch.autocast(device_type=u.device.type, enabled=False):
-        y = _ChunkedSelectiveScan.apply(
-            u.to(compute),
-            delta.to(compute),
-            A.to(compute),
-            B.to(compute),
-            C.to(compute),
-            chunk_size,
-            block_elements,
-        )
+        u_c, dt_c, B_c, C_c = (x.to(compute) for x in (u, delta, B, C))
+        if pad:  # dt = 0 on padding: decay 1 and no input, so the (cropped) tail never touches real steps
+            u_c, dt_c, B_c, C_c = (_pad_steps(x, pad) for x in (u_c, dt_c, B_c, C_c))
+        y = _ChunkedSelectiveScan.apply(u_c, dt_c, A.to(compute), B_c, C_c, L, T, block_elements)
         if D is not None:
             y = y + u.to(compute) * D.to(compute)
     return y.to(dtype)

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .higher_order import higher_order_requested, reference_gradients
 from .native_kernels import load_kernel
 
 __all__ = ["native_slot_dispatch_available", "slot_dispatch"]
@@ -64,13 +66,24 @@ def _patch_index(mask: Tensor | None, b: int, n: int) -> tuple[Tensor, Tensor]:
     return order.to(torch.int64).contiguous(), mask.sum(1).to(torch.int64).contiguous()
 
 
+def _mask_from_index(idx: Tensor, count: Tensor) -> Tensor:
+    """The ``(b, n)`` bool mask that :func:`_patch_index` turned into ``idx, count``."""
+    b, n = idx.shape
+    real = torch.arange(n, device=idx.device).expand(b, n) < count[:, None]  # in idx's order
+    return torch.zeros(b, n, dtype=torch.bool, device=idx.device).scatter_(1, idx, real)
+
+
 class _SlotDispatch(torch.autograd.Function):
+    """The native kernel on contiguous ``keys`` (made so by :func:`slot_dispatch`, so that the tensors saved
+    for backward are this Function's own inputs). Under ``create_graph=True`` the gradients are those of
+    :func:`_reference` (:mod:`medmoe.nn.higher_order`), differentiable again.
+    """
+
     @staticmethod
     def forward(ctx: Any, keys: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
         lib = _lib()
         b, h, n, d = x.shape
         s = keys.shape[1]
-        keys = keys.contiguous()
         xt = x.transpose(1, 2)  # (b, n, h, d) view: the kernel's stride convention
         idx, count = _patch_index(mask, b, n)
         z = torch.empty(b, h, s, d, dtype=x.dtype)
@@ -87,8 +100,13 @@ class _SlotDispatch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        lib = _lib()
         keys, x, z, lse, idx, count = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: the SDPA maths' gradients, differentiable again
+            mask = _mask_from_index(idx, count) if ctx.masked else None  # recomputed: nothing more is saved
+            needs = (*ctx.needs_input_grad[:2], False)
+            dk, dx, _ = reference_gradients(_reference, (keys, x, mask), needs, dz)
+            return dk, dx, None
+        lib = _lib()
         b, h, n, d = x.shape
         s = keys.shape[1]
         dz = dz.contiguous()
@@ -133,9 +151,20 @@ def slot_dispatch(keys: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor
     :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``.
     """
     if _use_kernel(keys, x):
-        return _SlotDispatch.apply(keys, x, mask)
+        return _SlotDispatch.apply(keys.contiguous(), x, mask)
+    return _sdpa(keys, x, mask)
+
+
+def _sdpa(keys: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
+    """The fallback: :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``."""
     b = x.shape[0]
     key_mask = None if mask is None else mask[:, None, None, :]
     return F.scaled_dot_product_attention(
         keys.unsqueeze(0).expand(b, -1, -1, -1), x, x, attn_mask=key_mask, scale=1.0
     )
+
+
+def _reference(keys: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
+    """:func:`_sdpa` on the math backend: differentiable twice, unlike the CPU flash kernel."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return _sdpa(keys, x, mask)

@@ -21,6 +21,10 @@ stays ordinary autograd: ``L`` is an output of the dispatch, so its gradient flo
 
 Shapes: ``x (b, n, d)``, ``gamma (d,)``, ``phi (t, d)``, ``mask (b, n)`` bool or ``None``; outputs
 ``slots (b, t, d)`` and ``logits (b, n, t)`` (unmasked).
+
+Both backward passes are hand-written and not differentiable themselves: under ``create_graph=True``
+(higher-order gradients) the gradients are those of the composite maths (:func:`_dispatch_reference`,
+:func:`_combine_reference`) on the saved inputs instead (:mod:`medmoe.nn.higher_order`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .higher_order import higher_order_requested, reference_gradients
+from .norms import l2norm
 from .onednn_linear import matmul_nt
 
 __all__ = ["NormalizedDispatch", "SoftCombine", "normalized_dispatch", "soft_combine"]
@@ -51,12 +57,19 @@ class NormalizedDispatch(torch.autograd.Function):
         dispatch = masked.softmax(dim=1)  # over tokens
         slots_raw = matmul_nt((dispatch * inv).transpose(1, 2), x.transpose(1, 2))  # (b, t, d)
         ctx.save_for_backward(x, gamma, phi, inv, norm > eps, dispatch, logits_raw, slots_raw)
-        ctx.scale = scale
+        ctx.scale, ctx.eps, ctx.masked = scale, eps, mask is not None
         return slots_raw * gamma, logits
 
     @staticmethod
     def backward(ctx: Any, d_slots: Tensor, d_logits: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, gamma, phi, inv, unclamped, dispatch, logits_raw, slots_raw = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: the composite's gradients, differentiable again
+            # The mask is not saved: it is recomputed as "some slot's dispatch weight is not 0". A real token
+            # whose weights all underflowed to 0 is then masked, which changes neither the values nor any
+            # derivative (the softmax's derivatives at a token all carry its weight as a factor).
+            mask = (dispatch != 0).any(-1) if ctx.masked else None
+            inputs = (x, gamma, phi, mask, ctx.scale, ctx.eps)
+            return reference_gradients(_dispatch_reference, inputs, ctx.needs_input_grad, (d_slots, d_logits))
         t = phi.shape[0]
         b, n, _ = x.shape
         d_slots_g = d_slots * gamma  # (b, t, d)
@@ -90,18 +103,41 @@ class NormalizedDispatch(torch.autograd.Function):
         return dx, dgamma, dphi, None, None, None
 
 
+def _dispatch_reference(
+    x: Tensor, gamma: Tensor, phi: Tensor, mask: Tensor | None, scale: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    """:class:`NormalizedDispatch`'s maths as the composite graph (normalised tokens materialised)."""
+    xn = l2norm(x, eps=eps) * scale * gamma
+    logits = torch.matmul(xn, phi.t())
+    masked = logits if mask is None else logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    return torch.matmul(masked.softmax(dim=1).transpose(1, 2), xn), logits
+
+
+def _combine_reference(logits: Tensor, values: Tensor) -> Tensor:
+    """:class:`SoftCombine`'s maths as the composite graph."""
+    return torch.matmul(logits.softmax(dim=-1), values)
+
+
 class SoftCombine(torch.autograd.Function):
-    """``(logits (b, n, t), values (b, t, d)) -> softmax_t(logits) @ values (b, n, d)`` (tokens attend to slots)."""
+    """``(logits (b, n, t), values (b, t, d)) -> softmax_t(logits) @ values (b, n, d)`` (tokens attend to slots).
+
+    Saves ``logits`` (not their softmax, which backward recomputes): under ``create_graph=True`` the gradients
+    come from :func:`_combine_reference` on the inputs, and a softmax computed in ``forward`` would have no graph
+    back to ``logits``; saving both would cost one more ``(b, n, t)`` tensor per layer.
+    """
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, values: Tensor) -> Tensor:  # type: ignore[override]
         combine = logits.softmax(dim=-1)
-        ctx.save_for_backward(combine, values)
+        ctx.save_for_backward(logits, values)
         return matmul_nt(combine, values.transpose(1, 2).contiguous())
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        combine, values = ctx.saved_tensors
+        logits, values = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: the composite's gradients, differentiable again
+            return reference_gradients(_combine_reference, (logits, values), ctx.needs_input_grad, d_out)
+        combine = logits.softmax(dim=-1)
         d_out = d_out.contiguous()
         d_values = matmul_nt(combine.transpose(1, 2), d_out.transpose(1, 2)) if ctx.needs_input_grad[1] else None
         d_logits = None

@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .experts import BatchedFeedForward
-from .norms import LayerNorm, RMSNorm
+from .higher_order import higher_order_requested, reference_gradients
+from .norms import LayerNorm, RMSNorm, l2norm
 from .patch_embedding import EmbeddedPatches, PatchEmbedding
 from .routing import Routing, check_mask
 from .soft_dispatch import normalized_dispatch, soft_combine
@@ -101,6 +102,7 @@ class _RMSNormFunction(torch.autograd.Function):
     Same maths as :class:`~medmoe.nn.norms.RMSNorm` (``l2norm(x) * sqrt(d) * gamma``), but about 9 passes
     over ``x`` for forward + backward instead of ~15 for the autograd graph of the composite, which matters
     because the token norm touches the full ``(b, n, d)`` input. Saves ``x`` and one scalar per token.
+    Under ``create_graph=True`` the gradients are those of :func:`_rms_norm` (:mod:`medmoe.nn.higher_order`).
     """
 
     @staticmethod
@@ -108,12 +110,14 @@ class _RMSNormFunction(torch.autograd.Function):
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         inv = scale / norm.clamp_min(eps)  # (..., 1)
         ctx.save_for_backward(x, gamma, inv, norm > eps)
-        ctx.scale = scale
+        ctx.scale, ctx.eps = scale, eps
         return torch.mul(x, inv).mul_(gamma)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, gamma, inv, unclamped = ctx.saved_tensors
+        if higher_order_requested():  # create_graph=True: the composite's gradients, differentiable again
+            return reference_gradients(_rms_norm, (x, gamma, ctx.scale, ctx.eps), ctx.needs_input_grad, dy)
         d = x.shape[-1]
         dx = dgamma = None
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -126,6 +130,11 @@ class _RMSNormFunction(torch.autograd.Function):
                 coef = (dot * inv.pow(3) / (ctx.scale**2)).masked_fill_(~unclamped, 0.0)
                 dx = torch.mul(dy, gamma).mul_(inv).addcmul_(x, coef, value=-1.0)
         return dx, dgamma, None, None
+
+
+def _rms_norm(x: Tensor, gamma: Tensor, scale: float, eps: float) -> Tensor:
+    """The composite :class:`~medmoe.nn.norms.RMSNorm` maths (the reference of :class:`_RMSNormFunction`)."""
+    return l2norm(x, eps=eps) * scale * gamma
 
 
 def _apply_norm(norm: nn.Module, x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..higher_order import higher_order_requested, reference_gradients
 from ..onednn_linear import _onednn_applies, _onednn_linear, fast_matmul
 
 __all__ = ["moore_penrose_pinv", "pinv_iterations"]
@@ -132,17 +133,9 @@ class _PinvIterations(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         x, z0 = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: differentiate the plain loop instead, so that higher orders are right. Through
-            # fresh aliases: z0 may be a function of x, and autograd.grad must not follow z0 back into x.
+        if higher_order_requested():  # create_graph=True: differentiate the plain loop, so higher orders are right
             ctx.saved_iterations = None
-            with torch.enable_grad():
-                x_alias, z0_alias = x.view_as(x), z0.view_as(z0)
-                out = _autograd_iterations(x_alias, z0_alias, ctx.iters)
-            gx, gz0 = torch.autograd.grad(
-                out, (x_alias, z0_alias), grad, create_graph=True, allow_unused=True
-            )
-            return gx, gz0, None
+            return reference_gradients(_autograd_iterations, (x, z0, ctx.iters), ctx.needs_input_grad, grad)
         xs = _matrices(x)
         grads = _matrices(grad)
         gx_list, gz0_list = [], []

@@ -71,6 +71,35 @@ def test_region_attention_is_local(epeg: bool) -> None:
     assert sorted(changed.nonzero().flatten().tolist()) == [0, 1, 8, 9]
 
 
+def _epeg_on_logits(layer: RegionInnerAttention, x: torch.Tensor) -> torch.Tensor:
+    """RRT's R-MSA as written in the paper and the reference code: EPEG convolves the attention logits."""
+    g, p, c = x.shape
+    h = layer.num_heads
+    q, k, v = layer.qkv(x).view(g, p, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+    logits = (q * layer.scale) @ k.transpose(-1, -2)
+    logits = logits + layer.pe(logits)
+    return layer.proj((logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(g, p, c))
+
+
+@pytest.mark.parametrize("p", [9, 40])
+def test_epeg_on_the_queries_equals_epeg_on_the_logits(p: int) -> None:
+    torch.manual_seed(4)
+    layer = RegionInnerAttention(32, num_heads=4, epeg=True, epeg_k=15).double()
+    with torch.no_grad():
+        layer.pe.weight.normal_(0, 0.3)
+        layer.pe.bias.normal_(0, 3.0)  # a large bias: the softmax ignores it all the same
+    x = torch.randn(5, p, 32, dtype=torch.float64, requires_grad=True)
+    out, ref = layer(x), _epeg_on_logits(layer, x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    params = (x, layer.qkv.weight, layer.qkv.bias, layer.pe.weight, layer.proj.weight)
+    ref_grads = torch.autograd.grad(ref, (*params, layer.pe.bias), g)
+    for a, b in zip(torch.autograd.grad(out, params, g), ref_grads[:-1], strict=True):
+        torch.testing.assert_close(a, b)
+    # the bias's exact gradient is 0 (softmax is shift invariant); the reference's is rounding noise
+    assert ref_grads[-1].abs().max() < 1e-10
+
+
 def test_epeg_and_ppeg_are_applied_in_the_paper_model() -> None:
     model = _model()
     assert model.layers[0].attn.attn.pe is not None

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmoe.nn import native_kernels
+from medmoe.nn import depthwise_conv, native_kernels
 from medmoe.nn.depthwise_conv import (
     depthwise_conv2d_nhwc,
     folded_depthwise_kernel,
@@ -124,6 +124,26 @@ def test_head_sequence_conv_matches_the_conv_layer(shape: tuple[int, ...], k: in
     g = torch.randn_like(out)
     params = (x, *conv.parameters())
     for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("identity,use_bias", [(True, False), (True, True), (False, False)])
+def test_head_sequence_conv_identity_and_bias_options(native: bool, identity: bool, use_bias: bool, monkeypatch) -> None:
+    if native and not native_depthwise_conv_available():
+        pytest.skip("no C++ compiler with OpenMP here: the kernel is not built")
+    if not native:
+        monkeypatch.setattr(depthwise_conv, "native_depthwise_conv_available", lambda: False)
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 4, (15, 1), padding=(7, 0), groups=4).double()  # RRT's EPEG
+    x = torch.randn(3, 4, 9, 16, dtype=torch.float64, requires_grad=True)
+    out = head_sequence_conv(x, conv, identity=identity, use_bias=use_bias)
+    ref = F.conv2d(x, conv.weight, conv.bias if use_bias else None, padding=(7, 0), groups=4)
+    ref = ref + x if identity else ref
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    params = (x, conv.weight)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g), strict=True):
         torch.testing.assert_close(a, b)
 
 

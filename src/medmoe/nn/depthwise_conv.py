@@ -174,14 +174,21 @@ def _conv2d_taps(x: Tensor, taps: Tensor) -> Tensor:
     return _conv2d_nhwc(x, taps.permute(2, 0, 1), None)
 
 
-def head_sequence_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+def head_sequence_conv(x: Tensor, conv: nn.Conv2d, identity: bool = False, use_bias: bool = True) -> Tensor:
     """``conv(x)`` for a per-head sequence convolution ``nn.Conv2d(h, h, (k, 1), padding=(k // 2, 0), groups=h)``.
 
-    That layer (Nyström attention's residual on the values, RRT's EPEG on attention logits) slides one
-    ``k``-tap filter per head along the sequence, shared by all ``d`` features. On CPU it runs on the
-    channels-last kernel with the ``h * d`` (head, feature) pairs as channels; elsewhere it is ``conv`` itself.
+    That layer (Nyström attention's residual on the values, RRT's EPEG) slides one ``k``-tap filter per head
+    along the sequence, shared by all ``d`` features. On CPU it runs on the channels-last kernel with the
+    ``h * d`` (head, feature) pairs as channels; elsewhere it is ``F.conv2d`` with the layer's parameters.
 
-    Shapes: ``x (b, h, n, d)`` -> ``(b, h, n, d)``.
+    Args:
+        x: ``(b, h, n, d)``.
+        conv: the layer (its parameters are used, gradients reach them).
+        identity: return ``x + conv(x)`` (one pass: 1 is added to the centre tap).
+        use_bias: add the layer's bias (if it has one).
+
+    Returns:
+        ``(b, h, n, d)``.
     """
     b, h, n, d = x.shape
     k = conv.kernel_size[0]
@@ -198,11 +205,15 @@ def head_sequence_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
         raise ValueError(
             f"head_sequence_conv: {conv} is not a per-head (k, 1) 'same' convolution over {h} heads"
         )
-    if not _kernel_applies(x, conv.weight, conv.bias):
-        return conv(x)
+    taps = conv.weight.reshape(h, k)
+    if identity:
+        taps = taps + F.one_hot(torch.tensor(k // 2), k).to(taps)  # (h, k)
+    bias = conv.bias if use_bias else None
+    if not _kernel_applies(x, taps, bias):
+        return F.conv2d(x, taps.view(h, 1, k, 1), bias, padding=(k // 2, 0), groups=h)
     # one channel per (head, feature); the sequence as the grid's width, where the kernel blocks its registers
-    weight = conv.weight.reshape(h, 1, k).expand(h, d, k).reshape(h * d, 1, k)
-    bias = None if conv.bias is None else conv.bias.repeat_interleave(d)
+    weight = taps.reshape(h, 1, k).expand(h, d, k).reshape(h * d, 1, k)
+    bias = None if bias is None else bias.repeat_interleave(d)
     y = depthwise_conv2d_nhwc(x.permute(0, 2, 1, 3).reshape(b, 1, n, h * d), weight, bias)
     return y.view(b, n, h, d).permute(0, 2, 1, 3)
 

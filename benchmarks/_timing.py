@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
+import platform
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -81,3 +84,29 @@ def alternate_ms(
             best[0] = min(best[0], best_ms(fn, 1, inner))
         best[1] = min(best[1], best_ms(fn, 1, inner))
     return best[0], best[1]
+
+
+def kernel_benchmark_args(
+    doc: str | None, models: list[str] | None = None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """Parse the kernel benchmarks' common options, set torch's thread count and print the machine line.
+
+    Options: ``--threads`` (1), ``--reps`` (5), ``--models`` when ``models`` (the default list) is given, and
+    whatever ``extra(parser)`` adds. ``doc`` is the script's docstring (the ``--help`` text).
+    """
+    import torch
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if models is not None:
+        parser.add_argument("--models", nargs="+", default=models)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} thread(s)\n"
+    )
+    return args

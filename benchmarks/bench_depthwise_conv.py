@@ -12,24 +12,15 @@ column folds the PPEG into one kernel and runs both on the channels-last CPU ker
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 from collections.abc import Callable
 
 import torch
-from _timing import best_ms
+from _timing import best_ms, kernel_benchmark_args
 from torch import nn
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = kernel_benchmark_args(__doc__)
 
     from medmoe.nn.depthwise_conv import (
         depthwise_conv2d_nhwc,
@@ -40,10 +31,6 @@ def main() -> None:
 
     if not native_depthwise_conv_available():
         raise SystemExit("the depthwise kernel is not available here (no C++ compiler?): nothing to compare")
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s)\n"
-    )
     print(
         "| layer, fwd + bwd | torch (ms) | medmoe (ms) | speed-up | max abs diff |\n|---|---:|---:|---:|---:|"
     )

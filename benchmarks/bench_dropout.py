@@ -11,14 +11,11 @@ attention dropout SDPA's own path), alternating the two settings ``--reps`` time
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import platform
 
 import torch
 import torch.nn.functional as F
-from _timing import alternate_ms, best_ms, musk_training_step, patched
+from _timing import alternate_ms, best_ms, kernel_benchmark_args, musk_training_step, patched
 
 
 def kernel_off() -> contextlib.AbstractContextManager[None]:
@@ -33,36 +30,21 @@ def kernel_off() -> contextlib.AbstractContextManager[None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=[
-            "transformer.base_mammoth.uni",
-            "dtfd.base_mammoth.uni",
-            "rrt.base_mammoth.uni",
-            "wikg.base_mammoth.uni",
-            "transmil.base_mammoth.uni",
-            "abmil.base_mammoth.uni",
-            "transformer.base.uni",
-        ],
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    models = [
+        "transformer.base_mammoth.uni",
+        "dtfd.base_mammoth.uni",
+        "rrt.base_mammoth.uni",
+        "wikg.base_mammoth.uni",
+        "transmil.base_mammoth.uni",
+        "abmil.base_mammoth.uni",
+        "transformer.base.uni",
+    ]
+    args = kernel_benchmark_args(__doc__, models, lambda p: p.add_argument("--steps", type=int, default=10))
 
     from medmoe.nn.dropout import fast_dropout, native_dropout_available
 
     if not native_dropout_available():
         raise SystemExit("the dropout kernel is not available here (no C++ compiler?): nothing to compare")
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s)\n"
-    )
 
     print("| dropout fwd + bwd | torch (ms) | medmoe (ms) | speed-up |\n|---|---:|---:|---:|")
     for shape in [(1, 8, 301, 301), (1, 301, 2048), (8, 10, 30, 16, 32), (1, 10_000, 512)]:

@@ -10,13 +10,10 @@ switching the kernel off, which leaves every other kernel as it is).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import platform
 
 import torch
-from _timing import alternate_ms, musk_training_step, patched
+from _timing import alternate_ms, kernel_benchmark_args, musk_training_step, patched
 
 
 def kernel_off() -> contextlib.AbstractContextManager[None]:
@@ -27,23 +24,8 @@ def kernel_off() -> contextlib.AbstractContextManager[None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=[
-            "dtfd.base_mammoth.uni",
-            "abmil.base_mammoth.uni",
-            "wikg.base_mammoth.uni",
-            "rrt.base_mammoth.uni",
-        ],
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    models = ["dtfd.base_mammoth.uni", "abmil.base_mammoth.uni", "wikg.base_mammoth.uni", "rrt.base_mammoth.uni"]
+    args = kernel_benchmark_args(__doc__, models)
 
     from medmoe.nn.dropout import use_fast_dropout
     from medmoe.nn.expert_epilogue import native_expert_epilogue_available
@@ -53,10 +35,6 @@ def main() -> None:
         raise SystemExit(
             "the expert-epilogue kernel is not available here (no C++ compiler?): nothing to compare"
         )
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s)\n"
-    )
     print("| case | modules (ms) | fused (ms) | speed-up |\n|---|---:|---:|---:|")
     block = use_fast_dropout(
         MammothExperts(256, 512, 16, 30, 3, 0.1, True)

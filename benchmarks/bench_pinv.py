@@ -12,32 +12,18 @@ layers, each a (1, 4, 164, 164) pinv). Best of ``--reps``, alternating the two.
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-
 import torch
-from _timing import alternate_ms, musk_training_step, patched
+from _timing import alternate_ms, kernel_benchmark_args, musk_training_step, patched
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = kernel_benchmark_args(__doc__)
 
     from medmoe.nn.attention import pinv
 
     def loop() -> patched:
         return patched((pinv, "_onednn_applies", lambda *tensors: False))
 
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s)\n"
-    )
     print("| work | autograd loop (ms) | medmoe (ms) | speed-up |\n|---|---:|---:|---:|")
     torch.manual_seed(0)
     for heads, m, where in ((4, 164, "TransMIL + Mammoth, Musk bag"), (4, 256, "TransMIL, >= 256 tokens")):

@@ -96,8 +96,10 @@ def test_epeg_on_the_queries_equals_epeg_on_the_logits(p: int) -> None:
     ref_grads = torch.autograd.grad(ref, (*params, layer.pe.bias), g)
     for a, b in zip(torch.autograd.grad(out, params, g), ref_grads[:-1], strict=True):
         torch.testing.assert_close(a, b)
-    # the bias's exact gradient is 0 (softmax is shift invariant); the reference's is rounding noise
+    # the bias's exact gradient is 0 (softmax is shift invariant): ours is that 0, the reference's rounding noise
     assert ref_grads[-1].abs().max() < 1e-10
+    (bias_grad,) = torch.autograd.grad(layer(x), layer.pe.bias, g)
+    assert torch.equal(bias_grad, torch.zeros_like(bias_grad))
 
 
 def test_epeg_and_ppeg_are_applied_in_the_paper_model() -> None:

@@ -99,7 +99,9 @@ def test_padding_with_non_finite_junk_does_not_change_outputs() -> None:
             )
 
 
-def test_chunked_dropout_attention_recomputes_the_same_masks() -> None:
+def test_chunked_dropout_attention_recomputes_the_same_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the checkpointed chunks (GPU, or CPU without the dropout kernel)
+    monkeypatch.setattr(transformer_module, "dropout_attention_applies", lambda q: False)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 30, 4, requires_grad=True) for _ in range(3))
     key_mask = torch.ones(2, 30, dtype=torch.bool)
@@ -155,6 +157,25 @@ def test_dropout_attention_without_kernel_is_sdpa(monkeypatch: pytest.MonkeyPatc
     out = _dropout_attention(q, k, v, None, 0.5)
     torch.manual_seed(1)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, dropout_p=0.5), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not native_dropout_available(), reason="no C++ compiler: the dropout kernel is not built")
+def test_long_bags_with_dropout_run_in_blocks_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    blocked = transformer_module.dropout_attention
+    monkeypatch.setattr(transformer_module, "dropout_attention", lambda *a, **kw: calls.append(1) or blocked(*a, **kw))
+    q, k, v = (torch.randn(2, 2, 30, 4, requires_grad=True) for _ in range(3))
+    key_mask = torch.ones(2, 30, dtype=torch.bool)
+    key_mask[1, 20:] = False
+    torch.manual_seed(5)
+    out = chunked_attention(q, k, v, key_mask, dropout_p=0.5, chunk_elements=2 * 30 * 8)
+    assert calls == [1]
+    torch.manual_seed(5)
+    torch.testing.assert_close(out, blocked(q, k, v, key_mask, 0.5))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert chunked_attention(q, k, v, key_mask, dropout_p=0.5, chunk_elements=2 * 30 * 30).shape == out.shape
+    assert calls == [1]  # small enough: the explicit path
 
 
 def test_training_step_with_chunked_attention_dropout() -> None:

@@ -30,7 +30,7 @@ Cost: R-MSA attention is quadratic inside regions of about ``t / region_num**2``
 equals ``q k^T + conv(q k^T)``; the conv's bias shifts all logits of a head alike, which the softmax ignores),
 so R-MSA runs as fused attention (``F.scaled_dot_product_attention``) and never stores the ``t**2 / 8`` logits
 per layer (1.25 GB at 50k patches in fp32 for the reference); same maths, float rounding apart, and the EPEG
-bias gets no gradient (its exact gradient is 0). Regions are still processed in chunks of about
+bias gets its exact gradient, 0. Regions are still processed in chunks of about
 ``attn_chunk_elements`` logits (under activation checkpointing when gradients are needed) for the backends
 that do materialise them. CR-MSA, PPEG and the Nyström layers are linear in ``t``.
 """
@@ -277,6 +277,10 @@ class RegionInnerAttention(nn.Module):
             # the (g, h, p, p) logits are never stored: 2x faster at 784-token regions (one thread).
             q = head_sequence_conv(q, self.pe, identity=True, use_bias=False)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (g, h, p, head_dim)
+        if self.pe is not None and self.pe.bias is not None:
+            # The bias stays in the graph with weight 0: it gets its exact gradient (0) like every parameter
+            # (DDP, optimisers), and a non-finite bias still poisons the output, as it does the logits.
+            out = out + 0.0 * self.pe.bias.sum()
         return out.transpose(1, 2).reshape(g, p, c)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,9 +12,12 @@ padding mask: padded tokens are never attended to, so padding does not change a 
 
 Memory. Attention runs through ``scaled_dot_product_attention``; its fused kernels (flash attention on
 CPU and CUDA) never materialise the ``(t, t)`` weights, so memory is linear in ``t``. Attention dropout in
-training forces PyTorch's explicit path (``h * t * t`` floats: 80 GB at 50k patches), so in that case the
-queries are processed in chunks of about ``attn_chunk_elements / (h * t)`` rows, each recomputed in the
-backward pass (activation checkpointing): memory stays ``O(chunk * t)``. Time is quadratic in ``t``.
+training forces PyTorch's explicit path (``h * t * t`` floats: 80 GB at 50k patches). Above
+``attn_chunk_elements`` weights, on CPU the attention then runs in cache-sized blocks of queries with a
+hand-written backward (:func:`medmoe.nn.attention.dropout_attention`: 2-2.5x the checkpointed chunks at 4k-10k
+tokens); elsewhere the queries are processed in chunks of about ``attn_chunk_elements / (h * t)`` rows, each
+recomputed in the backward pass (activation checkpointing). Either way memory stays ``O(chunk * t)``. Time is
+quadratic in ``t``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ...nn.attention.dropout_attention import dropout_attention, dropout_attention_applies
 from ...nn.dropout import fast_dropout, native_dropout_available
 from ...nn.onednn_linear import fast_linear, fast_matmul
 from ...registry import register_model
@@ -120,6 +124,8 @@ def chunked_attention(
         if dropout_p == 0.0:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return _dropout_attention(q, k, v, attn_mask, dropout_p)
+    if dropout_attention_applies(q):  # CPU: cache-sized blocks with a hand-written backward, no checkpointing
+        return dropout_attention(q, k, v, key_mask, dropout_p)
     rows = max(1, chunk_elements // (h * t))
     need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     outs = []

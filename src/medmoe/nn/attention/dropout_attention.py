@@ -1,0 +1,194 @@
+"""Softmax attention with attention dropout on CPU, in cache-sized blocks of queries (no ``(t, t)`` weights).
+
+PyTorch's fused attention kernels skip dropout on CPU: with ``dropout_p > 0`` SDPA forms the whole
+``(b, h, tq, tk)`` weight matrix and samples its mask with ``bernoulli_``. At 10k patches that is 3.2 GB per
+layer, and every element-wise pass over it (mask, softmax, dropout, their gradients) runs from main memory.
+
+:func:`dropout_attention` computes the same thing block by block, in the manner of flash attention: for one
+``(bag, head)`` and a block of queries small enough for the cache it forms the logits against all keys
+(oneDNN), the softmax, the dropout mask (the compiled counter-based generator of :mod:`medmoe.nn.dropout`,
+one seed per block) and the block's output, and keeps only the output and each row's log-sum-exp. The
+backward pass recomputes each block's weights from the log-sum-exp and regenerates its mask from the seed.
+Memory is ``O(t d)`` plus one block; no autograd graph is built inside.
+
+Maths, per query row ``i`` (``s`` = ``d ** -0.5``, ``M`` the keep mask, ``p`` the drop probability)::
+
+    P_i = softmax_j(s q_i . k_j)   (masked keys: -inf)      O_i = sum_j M_ij / (1 - p) P_ij v_j
+    dP_ij = M_ij / (1 - p) dO_i . v_j          dS_ij = P_ij (dP_ij - dO_i . O_i)
+    dq_i = s sum_j dS_ij k_j       dk_j = s sum_i dS_ij q_i       dv_j = sum_i M_ij / (1 - p) P_ij dO_i
+
+Under ``create_graph=True`` the gradients are those of the same blocks written as differentiable PyTorch ops
+with the same masks (:func:`_reference`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..dropout import _masked, _SeededDropout, draw_seed, native_dropout_available
+from ..higher_order import higher_order_requested, reference_gradients
+from ..onednn_linear import _onednn_linear, onednn_linear_available
+
+__all__ = ["dropout_attention", "dropout_attention_applies"]
+
+_BLOCK_ELEMENTS = 1 << 18  # logits per block: 1 MiB in float32, about one core's L2 cache
+
+
+def dropout_attention_applies(q: Tensor) -> bool:
+    """Whether :func:`dropout_attention` runs its blocked CPU path for queries like ``q``."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled("cpu")
+        and native_dropout_available()
+    )
+
+
+def dropout_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None,
+    dropout_p: float,
+    block_elements: int = _BLOCK_ELEMENTS,
+) -> Tensor:
+    """``softmax(q k^T / sqrt(d)) -> dropout(p) -> @ v`` without ever holding the ``(t, t)`` weights.
+
+    Args:
+        q: ``(b, h, tq, d)``.
+        k, v: ``(b, h, tk, d)``.
+        key_mask: ``(b, tk)`` bool (True = real key) or ``None``.
+        dropout_p: attention dropout probability in ``[0, 1)``.
+        block_elements: logits per block of queries (rows = ``block_elements // tk``, at least 1).
+
+    Returns:
+        ``(b, h, tq, d)``. Masks are drawn from PyTorch's default CPU generator (one seed per block), so
+        ``torch.manual_seed`` repeats them. Requires :func:`dropout_attention_applies`.
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"dropout_attention expects q (b, h, tq, d) and k, v (b, h, tk, d), got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if key_mask is not None and key_mask.shape != (k.shape[0], k.shape[2]):
+        raise ValueError(f"key_mask must have shape {(k.shape[0], k.shape[2])}, got {tuple(key_mask.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if not dropout_attention_applies(q):
+        raise ValueError("dropout_attention runs on CPU float32/float64 with the native dropout kernel only")
+    rows = max(1, block_elements // max(k.shape[2], 1))
+    n_blocks = q.shape[0] * q.shape[1] * -(-q.shape[2] // rows)
+    seeds = [draw_seed() for _ in range(n_blocks)]
+    return _BlockedDropoutAttention.apply(q, k, v, key_mask, float(dropout_p), rows, seeds)
+
+
+def _matmul_nt(a: Tensor, b: Tensor) -> Tensor:
+    """``a (m, c) @ b (n, c).T`` (oneDNN in float32)."""
+    if a.dtype == torch.float32 and onednn_linear_available():
+        return _onednn_linear(a, b)
+    return a @ b.t()
+
+
+def _weights(q_blk: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """Logits ``(rows, tk)`` of one block: ``scale q k^T`` (+ ``bias``, 0 or -inf per key)."""
+    logits = _matmul_nt(q_blk, k).mul_(scale)
+    return logits if bias is None else logits.add_(bias)
+
+
+def _blocks(q: Tensor, rows: int):
+    """``(index, bag, head, query slice)`` of every block, in seed order."""
+    index = 0
+    for bag in range(q.shape[0]):
+        for head in range(q.shape[1]):
+            for start in range(0, q.shape[2], rows):
+                yield index, bag, head, slice(start, start + rows)
+                index += 1
+
+
+def _key_bias(key_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``(b, tk)``: 0 for real keys, -inf for masked ones."""
+    if key_mask is None:
+        return None
+    return torch.zeros(key_mask.shape, dtype=dtype).masked_fill_(~key_mask.bool(), float("-inf"))
+
+
+class _BlockedDropoutAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_mask: Tensor | None,
+        p: float,
+        rows: int,
+        seeds: list[int],
+    ) -> Tensor:
+        qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+        bias = _key_bias(key_mask, q.dtype)
+        scale = q.shape[-1] ** -0.5
+        out = torch.empty_like(qc)
+        lse = torch.empty(q.shape[:3], dtype=q.dtype)
+        for index, bag, head, sl in _blocks(qc, rows):
+            logits = _weights(qc[bag, head, sl], kc[bag, head], None if bias is None else bias[bag], scale)
+            row_lse = torch.logsumexp(logits, dim=-1)
+            lse[bag, head, sl] = row_lse
+            probs = logits.sub_(row_lse[:, None]).exp_()
+            weights = _masked(probs, p, seeds[index]) if p > 0 else probs
+            out[bag, head, sl] = _matmul_nt(weights, vc[bag, head].t())
+        ctx.save_for_backward(q, k, v, key_mask, out, lse)
+        ctx.p, ctx.rows, ctx.seeds = p, rows, seeds
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        q, k, v, key_mask, out, lse = ctx.saved_tensors
+        p, rows, seeds = ctx.p, ctx.rows, ctx.seeds
+        if higher_order_requested():
+            grads = reference_gradients(
+                _reference, (q, k, v, key_mask, p, rows, seeds), ctx.needs_input_grad, d_out
+            )
+            return (*grads[:3], None, None, None, None)
+        qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+        d_out = d_out.contiguous()
+        bias = _key_bias(key_mask, q.dtype)
+        scale = q.shape[-1] ** -0.5
+        delta = (d_out * out).sum(-1)  # (b, h, tq): dO_i . O_i
+        dq, dk, dv = torch.empty_like(qc), torch.zeros_like(kc), torch.zeros_like(vc)
+        for index, bag, head, sl in _blocks(qc, rows):
+            q_blk, do_blk = qc[bag, head, sl], d_out[bag, head, sl]
+            logits = _weights(q_blk, kc[bag, head], None if bias is None else bias[bag], scale)
+            probs = logits.sub_(lse[bag, head, sl, None]).exp_()  # (rows, tk)
+            kept = _masked(probs, p, seeds[index]) if p > 0 else probs
+            dv[bag, head] += _matmul_nt(kept.t(), do_blk.t())
+            d_probs = _matmul_nt(do_blk, vc[bag, head])  # (rows, tk): dO v^T
+            if p > 0:
+                d_probs = _masked(d_probs, p, seeds[index])
+            d_logits = d_probs.sub_(delta[bag, head, sl, None]).mul_(probs).mul_(scale)
+            dq[bag, head, sl] = _matmul_nt(d_logits, kc[bag, head].t())
+            dk[bag, head] += _matmul_nt(d_logits.t(), q_blk.t())
+        return dq, dk, dv, None, None, None, None
+
+
+def _reference(
+    q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, p: float, rows: int, seeds: list[int]
+) -> Tensor:
+    """The same blocks and masks as differentiable PyTorch ops (for higher-order gradients and tests)."""
+    scale = q.shape[-1] ** -0.5
+    bias = _key_bias(key_mask, q.dtype)
+    per_head: dict[tuple[int, int], list[Tensor]] = {}
+    for index, bag, head, sl in _blocks(q, rows):
+        logits = (q[bag, head, sl] * scale) @ k[bag, head].t()
+        if bias is not None:
+            logits = logits + bias[bag]
+        weights = logits.softmax(dim=-1)
+        if p > 0:
+            weights = _SeededDropout.apply(weights, p, seeds[index])
+        per_head.setdefault((bag, head), []).append(weights @ v[bag, head])
+    b, h = q.shape[:2]
+    return torch.stack(
+        [torch.stack([torch.cat(per_head[bag, head]) for head in range(h)]) for bag in range(b)]
+    )

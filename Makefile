@@ -54,6 +54,7 @@ bench: install
 	$(PY) benchmarks/bench_depthwise_conv.py --reps 3
 	$(PY) benchmarks/bench_expert_epilogue.py --reps 3
 	$(PY) benchmarks/bench_pinv.py --reps 3
+	$(PY) benchmarks/bench_dropout_attention.py --reps 2
 
 doctor: install
 	$(VENV)/bin/medmoe doctor

@@ -1,0 +1,47 @@
+"""Attention with dropout on long sequences: checkpointed query chunks against medmoe's blocked attention.
+
+PyTorch's fused CPU attention skips dropout, so the Transformer MIL model used to form its attention weights
+in chunks of queries (``attn_chunk_elements``), each recomputed in the backward pass (activation
+checkpointing). medmoe now runs such sequences through :func:`medmoe.nn.attention.dropout_attention`
+(cache-sized blocks, hand-written backward, dropout masks regenerated from one seed per block). Forward +
+backward of the attention alone, 8 heads of 64 (the Transformer's 512-wide layer), dropout 0.25, best of
+``--reps``, alternating the two.
+
+    python benchmarks/bench_dropout_attention.py                      # 1 thread; 4,000 and 6,000 tokens
+    python benchmarks/bench_dropout_attention.py --tokens 10000 --reps 1 --threads 2
+"""
+
+from __future__ import annotations
+
+import torch
+from _timing import alternate_ms, kernel_benchmark_args, patched
+
+
+def main() -> None:
+    args = kernel_benchmark_args(
+        __doc__, extra=lambda p: p.add_argument("--tokens", type=int, nargs="+", default=[4000, 6000])
+    )
+    from medmoe.models.mil import transformer
+    from medmoe.nn.attention.dropout_attention import dropout_attention_applies
+
+    if not dropout_attention_applies(torch.zeros(1)):
+        raise SystemExit("the dropout kernel is not available here (no C++ compiler?): nothing to compare")
+
+    def chunks() -> patched:
+        return patched((transformer, "dropout_attention_applies", lambda q: False))
+
+    print("| tokens | checkpointed chunks (ms) | medmoe blocks (ms) | speed-up |\n|---:|---:|---:|---:|")
+    torch.manual_seed(0)
+    for t in args.tokens:
+        q, k, v = (torch.randn(1, 8, t, 64, requires_grad=True) for _ in range(3))
+        g = torch.randn(1, 8, t, 64)
+
+        def step() -> None:
+            transformer.chunked_attention(q, k, v, None, 0.25).backward(g)  # noqa: B023
+
+        slow, fast = alternate_ms(step, chunks, args.reps, 1)
+        print(f"| {t:,} | {slow:.0f} | {fast:.0f} | {slow / fast:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

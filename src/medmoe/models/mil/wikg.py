@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...nn.onednn_linear import matmul_nt
 from ...nn.patch_embedding import make_activation
 from ...registry import register_model
 from ._init import initialize_weights
@@ -99,9 +100,10 @@ def _search_topk(e_h: Tensor, e_t: Tensor, k: int, scale: float, chunk_size: int
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     chunks = []
     with torch.no_grad():
-        keys_t = e_t.detach().transpose(0, 1)
+        keys = e_t.detach()
         for start in range(0, e_h.shape[0], chunk_size):
-            logits = (e_h[start : start + chunk_size].detach() @ keys_t) * scale  # (c, t_k)
+            # (c, t_k); oneDNN for large CPU float32 chunks (2x PyTorch's GEMM here, 1 thread)
+            logits = matmul_nt(e_h[start : start + chunk_size].detach(), keys).mul_(scale)
             if key_mask is not None:
                 logits.masked_fill_(~key_mask.unsqueeze(0), float("-inf"))
             chunks.append(torch.topk(logits, k, dim=-1).indices)

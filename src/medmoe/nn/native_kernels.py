@@ -34,6 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["kernel_cache_dir", "load_kernel", "native_kernels_enabled"]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,13 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def native_kernels_enabled() -> bool:
-    """False when ``MEDMOE_NATIVE_KERNELS`` is ``0``/``false``/``no``/``off``."""
+    """False when ``MEDMOE_NATIVE_KERNELS`` is ``0``/``false``/``no``/``off``, and while ``torch.compile`` traces.
+
+    Compiled graphs cannot call ctypes kernels: under ``torch.compile`` every layer takes its PyTorch path,
+    which the compiler then optimises.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return os.environ.get("MEDMOE_NATIVE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 

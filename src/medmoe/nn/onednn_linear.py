@@ -45,6 +45,7 @@ def _onednn_applies(*tensors: Tensor) -> bool:
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # inductor cannot lower these calls; it optimises F.linear itself
         and onednn_linear_available()
     )
 

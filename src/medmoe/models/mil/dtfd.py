@@ -147,6 +147,14 @@ class _PseudoBags:
     slot: Tensor
 
 
+@torch.compiler.disable  # traced, randperm + the pseudo-bag slices trip an inductor pattern (torch 2.13)
+def _permutation(n: int, seed: int | None = None) -> Tensor:
+    """A random order of ``n`` instances: from PyTorch's default generator, or a fixed one per ``seed``."""
+    if seed is None:
+        return torch.randperm(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
 @register_model("dtfd")
 class DTFD(MILModel):
     """DTFD-MIL: two-tier MIL over random pseudo-bags with feature distillation.
@@ -185,11 +193,10 @@ class DTFD(MILModel):
     def _order(self, n: int, device: torch.device) -> Tensor:
         """Order of a bag's ``n`` real instances before the split (random in training)."""
         if self.training or self.config.eval_split == "random":
-            return torch.randperm(n, device=device)
+            return _permutation(n).to(device)
         if self.config.eval_split == "ordered":
             return torch.arange(n, device=device)
-        gen = torch.Generator().manual_seed(self.config.eval_seed)
-        return torch.randperm(n, generator=gen).to(device)
+        return _permutation(n, self.config.eval_seed).to(device)
 
     def split(self, mask: Tensor | None, b: int, n: int, device: torch.device) -> _PseudoBags:
         """Split every bag's real instances into at most ``num_group`` non-empty pseudo-bags.

@@ -1,0 +1,43 @@
+"""``torch.compile`` on zoo models: the native kernels and oneDNN calls step aside while it traces."""
+
+from __future__ import annotations
+
+import torch
+
+from medmoe import create_model
+from medmoe.nn.native_kernels import native_kernels_enabled
+
+
+def test_compiled_mammoth_model_matches_eager_forward_and_backward(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a cold compile, as on a user's machine
+    torch.manual_seed(0)
+    model = create_model("abmil.base_mammoth.uni", in_dim=24, num_classes=3).eval()  # eval: no dropout draws
+    x, mask = torch.randn(2, 9, 24), torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for run in (torch.compile(model), model):
+        logits = run(x, mask).logits
+        grads = torch.autograd.grad(
+            logits.square().sum(), params
+        )  # inductor used to fail lowering oneDNN here
+        results.append((logits.detach(), grads))
+    torch._dynamo.reset()
+    (logits, grads), (ref_logits, ref_grads) = results
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-5)
+
+
+def test_native_kernels_are_off_while_tracing(monkeypatch) -> None:
+    monkeypatch.setenv("MEDMOE_NATIVE_KERNELS", "1")
+    seen = []
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        seen.append(native_kernels_enabled())
+        return x + 1
+
+    torch.compile(probe, backend="eager")(torch.zeros(2))
+    torch._dynamo.reset()
+    assert seen == [False]
+    assert native_kernels_enabled()  # eager callers are unaffected

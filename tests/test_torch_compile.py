@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medmoe import create_model
 from medmoe.nn.native_kernels import native_kernels_enabled
+
+# torch's own modules, imported by the compiler, warn that torch.jit.script_method is deprecated
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def test_compiled_mammoth_model_matches_eager_forward_and_backward(tmp_path, monkeypatch) -> None:

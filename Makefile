@@ -55,6 +55,7 @@ bench: install
 	$(PY) benchmarks/bench_expert_epilogue.py --reps 3
 	$(PY) benchmarks/bench_pinv.py --reps 3
 	$(PY) benchmarks/bench_dropout_attention.py --reps 2
+	$(PY) benchmarks/bench_mosaic_step.py --reps 3
 
 doctor: install
 	$(VENV)/bin/medmoe doctor

@@ -23,6 +23,7 @@ with the same masks (:func:`_reference`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -98,7 +99,7 @@ def _weights(q_blk: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Ten
     return logits if bias is None else logits.add_(bias)
 
 
-def _blocks(q: Tensor, rows: int):
+def _blocks(q: Tensor, rows: int) -> Iterator[tuple[int, int, int, slice]]:
     """``(index, bag, head, query slice)`` of every block, in seed order."""
     index = 0
     for bag in range(q.shape[0]):

@@ -182,7 +182,9 @@ class NystromAttention(nn.Module):
         left = torch.cat([a1, root * w1], dim=-1)  # (b, h, n, r + 1)
         out = fast_matmul(fast_matmul(left, p2), values)  # (b, h, n, d)
         if self.residual:
-            out = out + head_sequence_conv(v, self.res_conv)  # the padding's v is 0, as the convolution's own zero padding
+            # the padding's v is 0, as the convolution's own zero padding; adding into the convolution's output,
+            # laid out (b, n, h, d), makes the head merge below a view instead of a copy
+            out = head_sequence_conv(v, self.res_conv).add_(out)
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
 
     def extra_repr(self) -> str:
@@ -271,7 +273,7 @@ class NystromAttention(nn.Module):
 
         out = fast_matmul(fast_matmul(attn1, attn2_inv), fast_matmul(attn3, v))  # (b, h, n', d)
         if self.residual:
-            out = out + head_sequence_conv(v, self.res_conv)
+            out = head_sequence_conv(v, self.res_conv).add_(out)  # (b, n', h, d) memory: the merge is a view
         out = out.transpose(1, 2).reshape(b, total, h * d)
         out = self.to_out(out)[:, -n:]
 

@@ -102,3 +102,11 @@ def test_second_order_gradients_follow_the_loop() -> None:
     torch.testing.assert_close(
         results[0][1], results[1][1], rtol=1e-4, atol=1e-5 * results[1][1].abs().max().item()
     )
+
+
+def test_backward_twice_with_retain_graph() -> None:
+    x = _softmax_matrices(2, 64, 64, seed=8).requires_grad_()
+    out = pinv_iterations(x, _start(x), 3).square().sum()
+    (first,) = torch.autograd.grad(out, x, retain_graph=True)
+    (second,) = torch.autograd.grad(out, x)
+    assert torch.equal(first, second)

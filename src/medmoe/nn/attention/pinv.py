@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..higher_order import higher_order_requested, reference_gradients
-from ..onednn_linear import _onednn_applies, _onednn_linear, fast_matmul
+from ..onednn_linear import _dense_matrices, _onednn_applies, _onednn_linear, fast_matmul
 
 __all__ = ["moore_penrose_pinv", "pinv_iterations"]
 
@@ -70,8 +70,7 @@ def pinv_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
         return _autograd_iterations(x, z, iters)
     if torch.is_grad_enabled() and (x.requires_grad or z.requires_grad):
         return _PinvIterations.apply(x, z, iters)
-    xs, zs = _matrices(x), _matrices(z)
-    return torch.stack([_iterate(xs[i], zs[i], iters, None) for i in range(xs.shape[0])]).reshape(x.shape)
+    return _iterate_all(x, z, iters, None)
 
 
 def _autograd_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
@@ -85,10 +84,7 @@ def _autograd_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
 
 def _matrices(t: Tensor) -> Tensor:
     """``t (..., m, m)`` as ``(B, m, m)`` whose matrices are row- or column-major (oneDNN reads both)."""
-    flat = t.reshape(-1, *t.shape[-2:])
-    r, c = flat.shape[-2:]
-    s_r, s_c = flat.stride(-2), flat.stride(-1)
-    return flat if (s_c == 1 and s_r == c) or (s_r == 1 and s_c == r) else flat.contiguous()
+    return _dense_matrices(t.reshape(-1, *t.shape[-2:]))
 
 
 def _mm(a: Tensor, b: Tensor) -> Tensor:
@@ -116,25 +112,32 @@ def _iterate(x: Tensor, z: Tensor, iters: int, saved: list[_Saved] | None) -> Te
     return z
 
 
+def _iterate_all(x: Tensor, z: Tensor, iters: int, saved: list[list[_Saved]] | None) -> Tensor:
+    """The iterations for every matrix of ``x (..., m, m)`` from ``z``; ``saved[i]`` gets matrix ``i``'s."""
+    xs, zs = _matrices(x), _matrices(z)
+    if saved is not None:
+        saved.extend([] for _ in range(xs.shape[0]))
+    per_matrix = [
+        _iterate(xs[i], zs[i], iters, None if saved is None else saved[i]) for i in range(xs.shape[0])
+    ]
+    return torch.stack(per_matrix).reshape(x.shape)
+
+
 class _PinvIterations(torch.autograd.Function):
     """:func:`pinv_iterations` on oneDNN as one autograd node (CPU float32)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, z: Tensor, iters: int) -> Tensor:  # type: ignore[override]
-        xs, zs = _matrices(x), _matrices(z)
-        ctx.saved_iterations = [[] for _ in range(xs.shape[0])]
-        out = torch.stack(
-            [_iterate(xs[i], zs[i], iters, ctx.saved_iterations[i]) for i in range(xs.shape[0])]
-        )
+        ctx.saved_iterations = []
+        out = _iterate_all(x, z, iters, ctx.saved_iterations)
         ctx.iters = iters
         ctx.save_for_backward(x, z)
-        return out.reshape(x.shape)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         x, z0 = ctx.saved_tensors
-        if higher_order_requested():  # create_graph=True: differentiate the plain loop, so higher orders are right
-            ctx.saved_iterations = None
+        if higher_order_requested():  # create_graph=True: the plain loop's gradients, differentiable again
             return reference_gradients(_autograd_iterations, (x, z0, ctx.iters), ctx.needs_input_grad, grad)
         xs = _matrices(x)
         grads = _matrices(grad)
@@ -155,6 +158,5 @@ class _PinvIterations(torch.autograd.Function):
                 gz = gz_prev.add_(_mm(x_t, ga))
             gx_list.append(gxi)
             gz0_list.append(gz)
-        ctx.saved_iterations = None
         shape = x.shape
         return torch.stack(gx_list).reshape(shape), torch.stack(gz0_list).reshape(shape), None

@@ -86,8 +86,9 @@ def dropout_attention(
     return _BlockedDropoutAttention.apply(q, k, v, key_mask, float(dropout_p), rows, seeds)
 
 
-def _matmul_nt(a: Tensor, b: Tensor) -> Tensor:
-    """``a (m, c) @ b (n, c).T`` (oneDNN in float32)."""
+def _block_product(a: Tensor, b: Tensor) -> Tensor:
+    """``a (m, c) @ b (n, c).T``, on oneDNN in float32 whatever the size (``matmul_nt`` keeps short products
+    on PyTorch's GEMM, but a block's are short on one side and long on the other)."""
     if a.dtype == torch.float32 and onednn_linear_available():
         return _onednn_linear(a, b)
     return a @ b.t()
@@ -95,7 +96,7 @@ def _matmul_nt(a: Tensor, b: Tensor) -> Tensor:
 
 def _weights(q_blk: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
     """Logits ``(rows, tk)`` of one block: ``scale q k^T`` (+ ``bias``, 0 or -inf per key)."""
-    logits = _matmul_nt(q_blk, k).mul_(scale)
+    logits = _block_product(q_blk, k).mul_(scale)
     return logits if bias is None else logits.add_(bias)
 
 
@@ -139,7 +140,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
             lse[bag, head, sl] = row_lse
             probs = logits.sub_(row_lse[:, None]).exp_()
             weights = _masked(probs, p, seeds[index]) if p > 0 else probs
-            out[bag, head, sl] = _matmul_nt(weights, vc[bag, head].t())
+            out[bag, head, sl] = _block_product(weights, vc[bag, head].t())
         ctx.save_for_backward(q, k, v, key_mask, out, lse)
         ctx.p, ctx.rows, ctx.seeds = p, rows, seeds
         return out
@@ -164,13 +165,13 @@ class _BlockedDropoutAttention(torch.autograd.Function):
             logits = _weights(q_blk, kc[bag, head], None if bias is None else bias[bag], scale)
             probs = logits.sub_(lse[bag, head, sl, None]).exp_()  # (rows, tk)
             kept = _masked(probs, p, seeds[index]) if p > 0 else probs
-            dv[bag, head] += _matmul_nt(kept.t(), do_blk.t())
-            d_probs = _matmul_nt(do_blk, vc[bag, head])  # (rows, tk): dO v^T
+            dv[bag, head] += _block_product(kept.t(), do_blk.t())
+            d_probs = _block_product(do_blk, vc[bag, head])  # (rows, tk): dO v^T
             if p > 0:
                 d_probs = _masked(d_probs, p, seeds[index])
             d_logits = d_probs.sub_(delta[bag, head, sl, None]).mul_(probs).mul_(scale)
-            dq[bag, head, sl] = _matmul_nt(d_logits, kc[bag, head].t())
-            dk[bag, head] += _matmul_nt(d_logits.t(), q_blk.t())
+            dq[bag, head, sl] = _block_product(d_logits, kc[bag, head].t())
+            dk[bag, head] += _block_product(d_logits.t(), q_blk.t())
         return dq, dk, dv, None, None, None, None
 
 

@@ -99,3 +99,12 @@ def test_bad_arguments() -> None:
         dropout_attention(q, k, v, None, 1.0)
     with pytest.raises(ValueError, match="CPU"):
         dropout_attention(q.half(), k.half(), v.half(), None, 0.1)
+
+
+def test_backward_twice_with_retain_graph() -> None:
+    q, k, v = _qkv(1, 2, 12, 10, 4, torch.float32, seed=3)
+    out = dropout_attention(q, k, v, None, 0.3, block_elements=5 * 10).square().sum()
+    first = torch.autograd.grad(out, (q, k, v), retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v))
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)

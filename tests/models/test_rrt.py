@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from medmoe.models.mil.rrt import (
     RRTMIL,
@@ -170,25 +171,53 @@ def test_padded_batch_equals_bags_alone() -> None:
         torch.testing.assert_close(out.attention.sum(-1), torch.ones(3, 1))
 
 
+def _count_attend_calls(layer: RegionInnerAttention) -> list[int]:
+    calls = [0]
+    attend = layer._attend
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return attend(x)
+
+    layer._attend = counted  # type: ignore[method-assign]
+    return calls
+
+
 def test_chunked_region_attention_matches_unchunked() -> None:
+    """Where SDPA falls back to the math backend (logits stored), regions run in checkpointed chunks."""
     torch.manual_seed(0)
     full = RegionInnerAttention(8, num_heads=2, epeg=True, epeg_k=3, chunk_elements=0).train()
     chunked = RegionInnerAttention(8, num_heads=2, epeg=True, epeg_k=3, chunk_elements=2 * 9 * 9 * 3).train()
     chunked.load_state_dict(full.state_dict())
+    calls = _count_attend_calls(chunked)
     x = torch.randn(10, 9, 8, requires_grad=True)
     g = torch.randn(10, 9, 8)
     outs, grads = [], []
-    for layer in (full, chunked):
-        xi = x.detach().clone().requires_grad_(True)
-        out = layer(xi)
-        out.backward(g)
-        outs.append(out)
-        grads.append([xi.grad] + [p.grad for p in layer.parameters()])
-    torch.testing.assert_close(outs[0], outs[1])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
-    with torch.no_grad():  # inference: plain chunks, no recomputation
-        torch.testing.assert_close(full.eval()(x), chunked.eval()(x))
+    with sdpa_kernel(SDPBackend.MATH):
+        for layer in (full, chunked):
+            xi = x.detach().clone().requires_grad_(True)
+            out = layer(xi)
+            out.backward(g)
+            outs.append(out)
+            grads.append([xi.grad] + [p.grad for p in layer.parameters()])
+        assert calls[0] == 4 + 4  # 4 chunks of 3, 3, 3 and 1 regions, each recomputed in backward
+        torch.testing.assert_close(outs[0], outs[1])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
+        with torch.no_grad():  # inference: plain chunks, no recomputation
+            torch.testing.assert_close(full.eval()(x), chunked.eval()(x))
+
+
+def test_fused_region_attention_is_not_chunked() -> None:
+    """PyTorch's fused CPU kernel keeps no logits, so chunking (and its recomputation) is skipped."""
+    torch.manual_seed(0)
+    layer = RegionInnerAttention(8, num_heads=2, epeg=True, epeg_k=3, chunk_elements=2 * 9 * 9 * 3).train()
+    calls = _count_attend_calls(layer)
+    layer(torch.randn(10, 9, 8, requires_grad=True)).sum().backward()
+    assert calls[0] == 1
+    with sdpa_kernel(SDPBackend.MATH):
+        layer(torch.randn(10, 9, 8, requires_grad=True)).sum().backward()
+    assert calls[0] == 1 + 8
 
 
 def test_mean_pooling_and_config_validation() -> None:

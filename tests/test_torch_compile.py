@@ -45,3 +45,25 @@ def test_native_kernels_are_off_while_tracing(monkeypatch) -> None:
     torch._dynamo.reset()
     assert seen == [False]
     assert native_kernels_enabled()  # eager callers are unaffected
+
+
+@pytest.mark.parametrize("name", ["abmil.base_mammoth", "transformer.base", "dsmil.base"])
+def test_masked_batch_compiles_to_one_graph(name: str) -> None:
+    """The input checks branch on mask values only in eager mode; compiled, they are asserted in the graph."""
+    torch.manual_seed(0)
+    model = create_model(name, in_dim=16, num_classes=2).eval()
+    x, mask = torch.randn(2, 7, 16), torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x, mask)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, mask).logits, model(x, mask).logits)
+    full = torch.ones(2, 7, dtype=torch.bool)  # kept as a mask when compiled, dropped in eager: same result
+    torch.testing.assert_close(compiled(x, full).logits, model(x, full).logits, rtol=1e-5, atol=1e-6)
+    mask[0] = False
+    with pytest.raises(RuntimeError, match="at least one real instance"):
+        compiled(x, mask)
+    with pytest.raises(ValueError, match="at least one real instance"):
+        model(x, mask)
+    torch._dynamo.reset()

@@ -43,7 +43,7 @@ from .experts import FactorizedLinear
 from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
 from .onednn_linear import FastLinear
 from .patch_embedding import EmbeddedPatches, PatchEmbedding
-from .routing import Routing, check_mask
+from .routing import Routing, check_mask, drop_full_mask
 from .slot_dispatch import slot_dispatch
 
 __all__ = ["Mammoth", "MammothExperts", "mammoth_auto_rank"]
@@ -304,10 +304,7 @@ class Mammoth(PatchEmbedding):
             )
         if feats.shape[1] == 0:
             raise ValueError("Mammoth needs at least one patch per bag; got n = 0")
-        mask = check_mask(feats, mask)
-        if mask is not None and bool(mask.all()):
-            mask = None
-        return feats, mask
+        return feats, drop_full_mask(check_mask(feats, mask))
 
     def _forward_attention(self, xh: Tensor, keys: Tensor, mask: Tensor | None) -> Tensor:
         b, _, n, _ = xh.shape

@@ -81,7 +81,23 @@ def check_mask(x: Tensor, mask: Tensor | None) -> Tensor | None:
     if mask.shape != x.shape[:2]:
         raise ValueError(f"mask must have shape (b, n) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
     mask = mask.to(device=x.device, dtype=torch.bool)
+    if torch.compiler.is_compiling():
+        # A Python branch on tensor values would split torch.compile's graph: checked inside it instead
+        # (a RuntimeError when the compiled model runs).
+        torch._assert_async(mask.any(dim=1).all(), "every bag needs at least one real instance; a bag is fully masked")
+        return mask
     if not bool(mask.any(dim=1).all()):
         empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(f"every bag needs at least one real instance; bags {empty} are fully masked")
     return mask
+
+
+def drop_full_mask(mask: Tensor | None) -> Tensor | None:
+    """``None`` when ``mask`` marks every position real (callers then take their unmasked fast path).
+
+    Under ``torch.compile`` the mask is kept (a masked computation with nothing masked gives the same
+    result), so the graph does not split on the mask's values.
+    """
+    if mask is None or torch.compiler.is_compiling():
+        return mask
+    return None if bool(mask.all()) else mask

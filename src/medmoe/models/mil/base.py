@@ -11,12 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from ...nn.embed import create_patch_embed
 from ...nn.patch_embedding import EmbeddedPatches, PatchEmbedding
-from ...nn.routing import Routing
+from ...nn.routing import Routing, check_mask, drop_full_mask
 
 __all__ = ["MILConfig", "MILModel", "MILOutput"]
 
@@ -133,15 +132,7 @@ class MILModel(nn.Module):
             )
         if x.shape[1] == 0:
             raise ValueError("a bag needs at least one instance; got n = 0")
-        if mask is not None:
-            if mask.shape != x.shape[:2]:
-                raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-            mask = mask.to(device=x.device, dtype=torch.bool)
-            if not bool(mask.any(1).all()):
-                raise ValueError("every bag needs at least one real instance (a row of the mask is all False)")
-            if bool(mask.all()):
-                mask = None
-        return x, mask
+        return x, drop_full_mask(check_mask(x, mask))
 
     def embed(
         self, x: Tensor, mask: Tensor | None, *, return_routing: bool = False, return_attention: bool = False

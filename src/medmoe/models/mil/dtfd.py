@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ...nn.pooling import AttentionPool
-from ...nn.routing import Routing
+from ...nn.routing import Routing, drop_full_mask
 from ...registry import register_model, register_model_alias
 from ._init import initialize_weights
 from .base import MILConfig, MILModel, MILOutput
@@ -289,7 +289,7 @@ class DTFD(MILModel):
         pb = self.split(mask, b, n, x.device)
         num_pb = pb.index.shape[0]
         xg = x[pb.bag.unsqueeze(1), pb.index]  # (P, m, in_dim)
-        gmask = None if bool(pb.mask.all()) else pb.mask
+        gmask = drop_full_mask(pb.mask)
         emb = self.embed(xg, gmask, return_routing=return_routing, return_attention=return_attention)
         tokens = self.residuals(emb.tokens)  # (P, t, D)
         tok_mask = emb.mask

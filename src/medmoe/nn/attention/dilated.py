@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..routing import drop_full_mask
+
 __all__ = ["DilatedAttention"]
 
 
@@ -132,9 +134,7 @@ class DilatedAttention(nn.Module):
         if mask is not None:
             if mask.shape != (b, n):
                 raise ValueError(f"mask must have shape {(b, n)}, got {tuple(mask.shape)}")
-            mask = mask.to(device=x.device, dtype=torch.bool)
-            if bool(mask.all()):
-                mask = None
+            mask = drop_full_mask(mask.to(device=x.device, dtype=torch.bool))
         x = self.q_proj(x)  # q = k = v = x
         query_weights = None
         if return_attention:

@@ -67,3 +67,15 @@ def test_masked_batch_compiles_to_one_graph(name: str) -> None:
     with pytest.raises(ValueError, match="at least one real instance"):
         model(x, mask)
     torch._dynamo.reset()
+
+
+def test_mamba_home_traces_to_one_graph() -> None:
+    """The selective scan is a custom op under compile, so nothing in Mamba-HoME splits the graph."""
+    from medmoe.models.seg.mamba_home import MambaHoME, MambaHoMEConfig
+
+    torch.manual_seed(0)
+    model = MambaHoME(MambaHoMEConfig.tiny(in_channels=1, num_classes=2)).train()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(1, 1, 32, 32, 32))
+    torch._dynamo.reset()
+    assert explanation.graph_count == 1, [str(b.reason)[:200] for b in explanation.break_reasons]

@@ -134,3 +134,31 @@ def test_bad_block_elements():
     u, dt, A, B, C, D = (t.detach() for t in make_inputs(1, 6, 3, 2))
     with pytest.raises(ValueError, match="block_elements"):
         selective_scan(u, dt, A, B, C, D, block_elements=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_scan_is_one_graph_node_with_the_same_values_and_gradients():
+    """Under torch.compile the chunked scan is the custom op ``medmoe::chunked_selective_scan`` (no graph break)."""
+    from medmoe.nn.selective_scan import _chunked_scan_op
+
+    padded = make_inputs(2, 40, 6, 4, dtype=torch.float32)[:5]  # the op takes whole chunks of 8 steps
+    torch.library.opcheck(_chunked_scan_op, (*padded, 8, 1 << 10))  # fake shapes, autograd, schema
+    u, dt, A, B, C, D = make_inputs(2, 37, 6, 4, dtype=torch.float32)
+
+    def scan(*args):
+        return selective_scan(*args, chunk_size=8, block_elements=1 << 10)
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(scan)(u, dt, A, B, C, D)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(scan, backend="aot_eager", fullgraph=True)
+    g = torch.randn(2, 37, 6)
+    results = []
+    for fn in (compiled, scan):
+        y = fn(u, dt, A, B, C, D)
+        results.append((y.detach(), torch.autograd.grad(y, (u, dt, A, B, C, D), g)))
+    torch._dynamo.reset()
+    (y, grads), (ref_y, ref_grads) = results
+    torch.testing.assert_close(y, ref_y, rtol=0, atol=0)  # the same kernels, run as one operator
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -120,6 +120,123 @@ def _unblock(x: Tensor, b: int) -> Tensor:
     return x.view(T, b, bk // b, f).permute(1, 2, 0, 3)
 
 
+def _chunked_scan_forward(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, T: int, block_elements: int
+) -> tuple[Tensor, Tensor]:
+    """The chunked scan on padded inputs ``(b, c * T, ...)``: ``y (b, c * T, d)`` and the chunk-start states
+    ``(b, c, d, n)`` that :func:`_chunked_scan_backward` rebuilds every state from."""
+    b, padded, d = u.shape
+    n = A.shape[1]
+    c = padded // T
+    kc = max(1, min(c, block_elements // (T * b * d * n)))  # chunks per block
+    dt4, B4, C4 = dt.view(b, c, T, d), B.view(b, c, T, n), C.view(b, c, T, n)
+    dtu4 = (dt * u).view(b, c, T, d)
+    A2 = A * _LOG2E  # exp(x) = exp2(x log2 e): exp2 is ~2x faster than exp on CPU
+    y = u.new_empty(b, c, T, d)
+    h_starts = u.new_empty(b, c, d, n)
+    # workspaces, allocated once and reused by every block (fresh multi-MB tensors cost page faults)
+    work = _Workspace(u, T * b * kc * d * n, 2)
+    ping = _Workspace(u, b * kc * d * n, 2)
+    h = u.new_zeros(b, d, n)  # state entering the current block
+    for c0 in range(0, c, kc):
+        c1 = min(c, c0 + kc)
+        k = c1 - c0
+        bk = b * k
+        dt_b, dtu_b, B_b, C_b = (_block(x, c0, c1) for x in (dt4, dtu4, B4, C4))
+        decays = torch.mul(dt_b[..., None], A2, out=work.get(0, T, bk, d, n)).exp2_()  # exp(dt A)
+        states = torch.mul(dtu_b[..., None], B_b[:, :, None, :], out=work.get(1, T, bk, d, n))  # dt u B
+        local = states[0]  # pass 1: each chunk from a zero state -> its local end state
+        with _serial(u.device):
+            for t in range(1, T):
+                local = torch.addcmul(states[t], decays[t], local, out=ping.get(t % 2, bk, d, n))
+        local = local.view(b, k, d, n)
+        totals = torch.exp(dt_b.sum(0)[..., None] * A).view(b, k, d, n)  # decay over a whole chunk
+        starts = h_starts[:, c0:c1]
+        starts[:, 0] = h
+        with _serial(u.device):
+            for j in range(1, k):
+                torch.addcmul(local[:, j - 1], totals[:, j - 1], starts[:, j - 1], out=starts[:, j])
+        h = torch.addcmul(local[:, k - 1], totals[:, k - 1], starts[:, k - 1])
+        prev = starts.reshape(bk, d, n)
+        with _serial(u.device):
+            for t in range(T):  # pass 2, in place: states[t] = inputs[t] + decays[t] * states[t - 1]
+                prev = states[t].addcmul_(decays[t], prev)
+        y_b = torch.bmm(C_b.view(-1, 1, n), states.view(-1, d, n).transpose(1, 2))  # (T * bk, 1, d)
+        y[:, c0:c1] = _unblock(y_b.view(T, bk, d), b)
+    return y.view(b, c * T, d), h_starts
+
+
+def _chunked_scan_backward(
+    dy: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h_starts: Tensor, T: int, block_elements: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`_chunked_scan_forward`'s ``y`` (``dy (b, c * T, d)``, padding included) for
+    ``u, dt, A, B, C``."""
+    b, padded, d = u.shape
+    n = A.shape[1]
+    c = padded // T
+    kc = max(1, min(c, block_elements // (T * b * d * n)))
+    dy = dy.to(u.dtype)
+    u4, dt4, dy4 = u.view(b, c, T, d), dt.view(b, c, T, d), dy.reshape(b, c, T, d)
+    B4, C4 = B.view(b, c, T, n), C.view(b, c, T, n)
+    du, ddt = torch.empty_like(u4), torch.empty_like(dt4)
+    dB, dC = torch.empty_like(B4), torch.empty_like(C4)
+    dA = torch.zeros_like(A)
+    A2 = A * _LOG2E
+    work = _Workspace(u, T * b * kc * d * n, 3)
+    ping = _Workspace(u, b * kc * d * n, 2)
+    msg = u.new_zeros(b, d, n)  # exp(dt A) g at the first step after the current block
+    for c0 in reversed(range(0, c, kc)):
+        c1 = min(c, c0 + kc)
+        k = c1 - c0
+        bk = b * k
+        u_b, dt_b, dy_b, B_b, C_b = (_block(x, c0, c1) for x in (u4, dt4, dy4, B4, C4))
+        dtu_b = dt_b * u_b
+        decays = torch.mul(dt_b[..., None], A2, out=work.get(0, T, bk, d, n)).exp2_()
+        grads = torch.mul(dy_b[..., None], C_b[:, :, None, :], out=work.get(1, T, bk, d, n))  # dy C -> g
+        # local adjoint pass from a zero terminal: what each chunk sends to the end of the previous one
+        sent = torch.mul(decays[T - 1], grads[T - 1], out=ping.get(1, bk, d, n))
+        with _serial(u.device):
+            for t in range(T - 2, -1, -1):
+                sent = torch.add(grads[t], sent, out=ping.get(t % 2, bk, d, n)).mul_(decays[t])
+        sent = sent.view(b, k, d, n)
+        totals = torch.exp(dt_b.sum(0)[..., None] * A).view(b, k, d, n)
+        incoming = u.new_empty(b, k, d, n)  # message into the last step of each chunk
+        incoming[:, k - 1] = msg
+        with _serial(u.device):
+            for j in range(k - 1, 0, -1):
+                torch.addcmul(sent[:, j], totals[:, j], incoming[:, j], out=incoming[:, j - 1])
+        msg = torch.addcmul(sent[:, 0], totals[:, 0], incoming[:, 0])
+        # states of the block, rebuilt from the saved chunk-start states
+        starts = h_starts[:, c0:c1].reshape(bk, d, n)
+        states = torch.mul(dtu_b[..., None], B_b[:, :, None, :], out=work.get(2, T, bk, d, n))
+        prev = starts
+        with _serial(u.device):
+            for t in range(T):
+                prev = states[t].addcmul_(decays[t], prev)
+        dC_b = torch.matmul(dy_b.view(-1, 1, d), states.view(-1, d, n))  # (T * bk, 1, n)
+        # true adjoint, in place: grads[t] = dy_t C_t + w_{t+1};  decays[t] -> w_t = exp(dt_t A) g_t
+        w = incoming.view(bk, d, n)
+        with _serial(u.device):
+            for t in range(T - 1, -1, -1):
+                grads[t].add_(w)
+                w = decays[t].mul_(grads[t])
+        dtu_grad = torch.bmm(B_b.view(-1, 1, n), grads.view(-1, d, n).transpose(1, 2)).view(T, bk, d)
+        dB_b = torch.matmul(dtu_b.view(-1, 1, d), grads.view(-1, d, n))  # (T * bk, 1, n)
+        # q_t = w_t * h_{t-1} = dL/d(dt_t A)
+        q = decays
+        q[1:].mul_(states[:-1])
+        q[0].mul_(starts)
+        ddt_b = torch.mul(q, A, out=grads).sum(-1).addcmul_(dtu_grad, u_b)
+        q.mul_(dt_b[..., None])  # sum over steps and chunks as a mat-vec (faster than .sum(0))
+        dA += torch.mm(q.new_ones(1, T * bk), q.view(T * bk, d * n)).view(d, n)
+        du[:, c0:c1] = _unblock(dtu_grad.mul_(dt_b), b)
+        ddt[:, c0:c1] = _unblock(ddt_b, b)
+        dB[:, c0:c1] = _unblock(dB_b.view(T, bk, n), b)
+        dC[:, c0:c1] = _unblock(dC_b.view(T, bk, n), b)
+    du, ddt, dB, dC = (x.view(b, c * T, -1) for x in (du, ddt, dB, dC))
+    return du, ddt, dA, dB, dC
+
+
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """``y_t = <C_t, h_t>`` (no ``D`` term) with chunk-wise recomputation; see the module docstring.
 
@@ -135,118 +252,65 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, L: int, T: int, block_elements: int
     ) -> Tensor:
-        b, padded, d = u.shape
-        n = A.shape[1]
-        c = padded // T
-        kc = max(1, min(c, block_elements // (T * b * d * n)))  # chunks per block
-        dt4, B4, C4 = dt.view(b, c, T, d), B.view(b, c, T, n), C.view(b, c, T, n)
-        dtu4 = (dt * u).view(b, c, T, d)
-        A2 = A * _LOG2E  # exp(x) = exp2(x log2 e): exp2 is ~2x faster than exp on CPU
-        y = u.new_empty(b, c, T, d)
-        h_starts = u.new_empty(b, c, d, n)
-        # workspaces, allocated once and reused by every block (fresh multi-MB tensors cost page faults)
-        work = _Workspace(u, T * b * kc * d * n, 2)
-        ping = _Workspace(u, b * kc * d * n, 2)
-        h = u.new_zeros(b, d, n)  # state entering the current block
-        for c0 in range(0, c, kc):
-            c1 = min(c, c0 + kc)
-            k = c1 - c0
-            bk = b * k
-            dt_b, dtu_b, B_b, C_b = (_block(x, c0, c1) for x in (dt4, dtu4, B4, C4))
-            decays = torch.mul(dt_b[..., None], A2, out=work.get(0, T, bk, d, n)).exp2_()  # exp(dt A)
-            states = torch.mul(dtu_b[..., None], B_b[:, :, None, :], out=work.get(1, T, bk, d, n))  # dt u B
-            local = states[0]  # pass 1: each chunk from a zero state -> its local end state
-            with _serial(u.device):
-                for t in range(1, T):
-                    local = torch.addcmul(states[t], decays[t], local, out=ping.get(t % 2, bk, d, n))
-            local = local.view(b, k, d, n)
-            totals = torch.exp(dt_b.sum(0)[..., None] * A).view(b, k, d, n)  # decay over a whole chunk
-            starts = h_starts[:, c0:c1]
-            starts[:, 0] = h
-            with _serial(u.device):
-                for j in range(1, k):
-                    torch.addcmul(local[:, j - 1], totals[:, j - 1], starts[:, j - 1], out=starts[:, j])
-            h = torch.addcmul(local[:, k - 1], totals[:, k - 1], starts[:, k - 1])
-            prev = starts.reshape(bk, d, n)
-            with _serial(u.device):
-                for t in range(T):  # pass 2, in place: states[t] = inputs[t] + decays[t] * states[t - 1]
-                    prev = states[t].addcmul_(decays[t], prev)
-            y_b = torch.bmm(C_b.view(-1, 1, n), states.view(-1, d, n).transpose(1, 2))  # (T * bk, 1, d)
-            y[:, c0:c1] = _unblock(y_b.view(T, bk, d), b)
+        y, h_starts = _chunked_scan_forward(u, dt, A, B, C, T, block_elements)
         ctx.save_for_backward(u, dt, A, B, C, h_starts)
-        ctx.sizes = (b, L, d, n, T, c, kc)
-        return y.view(b, c * T, d)[:, :L]
+        ctx.sizes = (L, T, block_elements)
+        return y[:, :L]
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         u, dt, A, B, C, h_starts = ctx.saved_tensors
-        b, L, d, n, T, c, kc = ctx.sizes
+        L, T, block_elements = ctx.sizes
         if higher_order_requested():  # create_graph=True: the sequential loop's gradients, differentiable
             grads = reference_gradients(_scan_reference, (u, dt, A, B, C, L), ctx.needs_input_grad[:6], dy)
             return (*grads[:5], None, None, None)
-        pad = c * T - L
-        dy = dy.to(u.dtype)
-        if pad:
-            dy = torch.nn.functional.pad(dy, (0, 0, 0, pad))
-        u4, dt4, dy4 = u.view(b, c, T, d), dt.view(b, c, T, d), dy.reshape(b, c, T, d)
-        B4, C4 = B.view(b, c, T, n), C.view(b, c, T, n)
-        du, ddt = torch.empty_like(u4), torch.empty_like(dt4)
-        dB, dC = torch.empty_like(B4), torch.empty_like(C4)
-        dA = torch.zeros_like(A)
-        A2 = A * _LOG2E
-        work = _Workspace(u, T * b * kc * d * n, 3)
-        ping = _Workspace(u, b * kc * d * n, 2)
-        msg = u.new_zeros(b, d, n)  # exp(dt A) g at the first step after the current block
-        for c0 in reversed(range(0, c, kc)):
-            c1 = min(c, c0 + kc)
-            k = c1 - c0
-            bk = b * k
-            u_b, dt_b, dy_b, B_b, C_b = (_block(x, c0, c1) for x in (u4, dt4, dy4, B4, C4))
-            dtu_b = dt_b * u_b
-            decays = torch.mul(dt_b[..., None], A2, out=work.get(0, T, bk, d, n)).exp2_()
-            grads = torch.mul(dy_b[..., None], C_b[:, :, None, :], out=work.get(1, T, bk, d, n))  # dy C -> g
-            # local adjoint pass from a zero terminal: what each chunk sends to the end of the previous one
-            sent = torch.mul(decays[T - 1], grads[T - 1], out=ping.get(1, bk, d, n))
-            with _serial(u.device):
-                for t in range(T - 2, -1, -1):
-                    sent = torch.add(grads[t], sent, out=ping.get(t % 2, bk, d, n)).mul_(decays[t])
-            sent = sent.view(b, k, d, n)
-            totals = torch.exp(dt_b.sum(0)[..., None] * A).view(b, k, d, n)
-            incoming = u.new_empty(b, k, d, n)  # message into the last step of each chunk
-            incoming[:, k - 1] = msg
-            with _serial(u.device):
-                for j in range(k - 1, 0, -1):
-                    torch.addcmul(sent[:, j], totals[:, j], incoming[:, j], out=incoming[:, j - 1])
-            msg = torch.addcmul(sent[:, 0], totals[:, 0], incoming[:, 0])
-            # states of the block, rebuilt from the saved chunk-start states
-            starts = h_starts[:, c0:c1].reshape(bk, d, n)
-            states = torch.mul(dtu_b[..., None], B_b[:, :, None, :], out=work.get(2, T, bk, d, n))
-            prev = starts
-            with _serial(u.device):
-                for t in range(T):
-                    prev = states[t].addcmul_(decays[t], prev)
-            dC_b = torch.matmul(dy_b.view(-1, 1, d), states.view(-1, d, n))  # (T * bk, 1, n)
-            # true adjoint, in place: grads[t] = dy_t C_t + w_{t+1};  decays[t] -> w_t = exp(dt_t A) g_t
-            w = incoming.view(bk, d, n)
-            with _serial(u.device):
-                for t in range(T - 1, -1, -1):
-                    grads[t].add_(w)
-                    w = decays[t].mul_(grads[t])
-            dtu_grad = torch.bmm(B_b.view(-1, 1, n), grads.view(-1, d, n).transpose(1, 2)).view(T, bk, d)
-            dB_b = torch.matmul(dtu_b.view(-1, 1, d), grads.view(-1, d, n))  # (T * bk, 1, n)
-            # q_t = w_t * h_{t-1} = dL/d(dt_t A)
-            q = decays
-            q[1:].mul_(states[:-1])
-            q[0].mul_(starts)
-            ddt_b = torch.mul(q, A, out=grads).sum(-1).addcmul_(dtu_grad, u_b)
-            q.mul_(dt_b[..., None])  # sum over steps and chunks as a mat-vec (faster than .sum(0))
-            dA += torch.mm(q.new_ones(1, T * bk), q.view(T * bk, d * n)).view(d, n)
-            du[:, c0:c1] = _unblock(dtu_grad.mul_(dt_b), b)
-            ddt[:, c0:c1] = _unblock(ddt_b, b)
-            dB[:, c0:c1] = _unblock(dB_b.view(T, bk, n), b)
-            dC[:, c0:c1] = _unblock(dC_b.view(T, bk, n), b)
-        du, ddt, dB, dC = (x.view(b, c * T, -1) for x in (du, ddt, dB, dC))  # _pad_steps' backward crops them
-        return du, ddt, dA, dB, dC, None, None, None
+        dy = torch.nn.functional.pad(dy, (0, 0, 0, u.shape[1] - L))
+        # _pad_steps' backward crops the padded gradients
+        return (*_chunked_scan_backward(dy, u, dt, A, B, C, h_starts, T, block_elements), None, None, None)
+
+
+# The same scan as one opaque operator for torch.compile: dynamo cannot trace the Function's per-step loops
+# (they switch thread counts and would unroll into thousands of nodes), so the graph used to split around every
+# scan. As a custom op it stays one node of the graph, with the hand-written backward as its gradient.
+@torch.library.custom_op("medmoe::chunked_selective_scan", mutates_args=())
+def _chunked_scan_op(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, T: int, block_elements: int
+) -> tuple[Tensor, Tensor]:
+    return _chunked_scan_forward(u, dt, A, B, C, T, block_elements)
+
+
+@_chunked_scan_op.register_fake
+def _(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, T: int, block_elements: int) -> tuple[Tensor, Tensor]:
+    b, padded, d = u.shape
+    return u.new_empty(b, padded, d), u.new_empty(b, padded // T, d, A.shape[1])
+
+
+@torch.library.custom_op("medmoe::chunked_selective_scan_backward", mutates_args=())
+def _chunked_scan_backward_op(
+    dy: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h_starts: Tensor, T: int, block_elements: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _chunked_scan_backward(dy, u, dt, A, B, C, h_starts, T, block_elements)
+
+
+@_chunked_scan_backward_op.register_fake
+def _(
+    dy: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h_starts: Tensor, T: int, block_elements: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(torch.empty_like(x) for x in (u, dt, A, B, C))  # type: ignore[return-value]
+
+
+def _scan_op_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    u, dt, A, B, C, T, block_elements = inputs
+    ctx.save_for_backward(u, dt, A, B, C, output[1])
+    ctx.sizes = (T, block_elements)
+
+
+def _scan_op_backward(ctx: Any, dy: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+    u, dt, A, B, C, h_starts = ctx.saved_tensors
+    return (*_chunked_scan_backward_op(dy, u, dt, A, B, C, h_starts, *ctx.sizes), None, None)
+
+
+_chunked_scan_op.register_autograd(_scan_op_backward, setup_context=_scan_op_setup_context)
 
 
 def _scan_reference(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
@@ -332,7 +396,10 @@ def selective_scan(
         u_c, dt_c, B_c, C_c = (x.to(compute) for x in (u, delta, B, C))
         if pad:  # dt = 0 on padding: decay 1 and no input, so the (cropped) tail never touches real steps
             u_c, dt_c, B_c, C_c = (_pad_steps(x, pad) for x in (u_c, dt_c, B_c, C_c))
-        y = _ChunkedSelectiveScan.apply(u_c, dt_c, A.to(compute), B_c, C_c, L, T, block_elements)
+        if torch.compiler.is_compiling():
+            y = _chunked_scan_op(u_c, dt_c, A.to(compute), B_c, C_c, T, block_elements)[0][:, :L]
+        else:  # eager: the Function also gives second-order gradients (create_graph=True)
+            y = _ChunkedSelectiveScan.apply(u_c, dt_c, A.to(compute), B_c, C_c, L, T, block_elements)
         if D is not None:
             y = y + u.to(compute) * D.to(compute)
     return y.to(dtype)

@@ -38,7 +38,7 @@ def test_equals_the_same_blocks_as_pytorch_ops(dtype, masked, tq, rows) -> None:
     mask = _mask(b, tk) if masked else None
     g = torch.randn(b, h, tq, d, dtype=dtype)
     torch.manual_seed(7)
-    out = dropout_attention(q, k, v, mask, 0.3, block_elements=rows * tk)
+    out = dropout_attention(q, k, v, mask, 0.3, block_rows=rows)
     grads = torch.autograd.grad(out, (q, k, v), g)
     torch.manual_seed(7)
     seeds = [draw_seed() for _ in range(b * h * -(-tq // rows))]
@@ -53,7 +53,7 @@ def test_equals_the_same_blocks_as_pytorch_ops(dtype, masked, tq, rows) -> None:
 def test_without_dropout_it_is_sdpa() -> None:
     q, k, v = _qkv(2, 4, 30, 30, 8, torch.float64, seed=1)
     mask = _mask(2, 30)
-    out = dropout_attention(q, k, v, mask, 0.0, block_elements=7 * 30)
+    out = dropout_attention(q, k, v, mask, 0.0, block_rows=7)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
@@ -69,12 +69,12 @@ def test_dropout_rate_scale_and_seeding() -> None:
     k = torch.randn(1, 2, 4000, 4)
     v = torch.ones(1, 2, 4000, 4)
     torch.manual_seed(3)
-    out = dropout_attention(q, k, v, None, 0.25, block_elements=16 * 4000)
+    out = dropout_attention(q, k, v, None, 0.25, block_rows=16)
     kept = out[..., 0] * 0.75  # fraction of keys kept per query row
     assert abs(kept.mean().item() - 0.75) < 0.005
     assert kept.std().item() > 0  # rows draw different masks
     torch.manual_seed(3)
-    assert torch.equal(dropout_attention(q, k, v, None, 0.25, block_elements=16 * 4000), out)
+    assert torch.equal(dropout_attention(q, k, v, None, 0.25, block_rows=16), out)
 
 
 def test_gradcheck_float64() -> None:
@@ -83,7 +83,7 @@ def test_gradcheck_float64() -> None:
 
     def seeded(q, k, v):
         torch.manual_seed(11)  # the same masks on every evaluation
-        return dropout_attention(q, k, v, mask, 0.4, block_elements=2 * 5)
+        return dropout_attention(q, k, v, mask, 0.4, block_rows=2)
 
     assert torch.autograd.gradcheck(seeded, (q, k, v))
     assert torch.autograd.gradgradcheck(seeded, (q, k, v))
@@ -103,8 +103,15 @@ def test_bad_arguments() -> None:
 
 def test_backward_twice_with_retain_graph() -> None:
     q, k, v = _qkv(1, 2, 12, 10, 4, torch.float32, seed=3)
-    out = dropout_attention(q, k, v, None, 0.3, block_elements=5 * 10).square().sum()
+    out = dropout_attention(q, k, v, None, 0.3, block_rows=5).square().sum()
     first = torch.autograd.grad(out, (q, k, v), retain_graph=True)
     second = torch.autograd.grad(out, (q, k, v))
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+def test_bad_block_rows() -> None:
+    q, k, v = _qkv(1, 1, 4, 4, 8, torch.float32)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="block_rows"):
+            dropout_attention(q, k, v, None, 0.1, block_rows=bad)

@@ -115,3 +115,72 @@ def test_bad_block_rows() -> None:
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="block_rows"):
             dropout_attention(q, k, v, None, 0.1, block_rows=bad)
+
+
+def test_blocks_are_preferred_to_sdpa_only_where_measured_faster() -> None:
+    from medmoe.nn.attention.dropout_attention import blocked_attention_preferred
+    from medmoe.nn.onednn_linear import onednn_linear_available
+
+    def qk(tq: int, tk: int, dtype: torch.dtype = torch.float32):
+        return torch.zeros(1, 1, tq, 4, dtype=dtype), torch.zeros(1, 1, tk, 4, dtype=dtype)
+
+    assert blocked_attention_preferred(*qk(3000, 3000)) == onednn_linear_available()
+    assert not blocked_attention_preferred(*qk(2999, 5000))
+    assert not blocked_attention_preferred(*qk(5000, 2999))
+    assert not blocked_attention_preferred(*qk(3000, 3000, torch.float64))
+    assert blocked_attention_preferred(*qk(12000, 12000)) == onednn_linear_available()
+    assert not blocked_attention_preferred(*qk(12001, 12001))
+
+
+def test_without_dropout_no_random_numbers_are_drawn() -> None:
+    q, k, v = _qkv(1, 2, 9, 9, 4, torch.float32)
+    state = torch.get_rng_state()
+    dropout_attention(q, k, v, None, 0.0, block_rows=2)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_long_bag_attention_without_dropout_uses_the_blocks_and_matches_sdpa(monkeypatch) -> None:
+    """Transformer MIL and SoftmaxAttention take the blocks from 3,000 tokens on (CPU float32)."""
+    from medmoe.models.mil import transformer
+    from medmoe.nn.attention import dropout_attention as module
+    from medmoe.nn.attention import softmax
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[4])
+        return dropout_attention(*args, **kwargs)
+
+    monkeypatch.setattr(transformer, "dropout_attention", counted)
+    monkeypatch.setattr(softmax, "dropout_attention", counted)
+    monkeypatch.setattr(module, "_BLOCKS_BEAT_SDPA_TOKENS", (50, 100))  # small sizes for the test
+    q, k, v = _qkv(2, 2, 60, 60, 8, torch.float32)
+    mask = _mask(2, 60)
+    g = torch.randn(2, 2, 60, 8)
+    out = transformer.chunked_attention(q, k, v, mask, 0.0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g), strict=True):
+        torch.testing.assert_close(a, r)
+    layer = softmax.SoftmaxAttention(16, heads=2).eval()
+    x = torch.randn(2, 60, 16)
+    blocked, _ = layer(x, mask=mask)
+    monkeypatch.setattr(module, "_BLOCKS_BEAT_SDPA_TOKENS", (10**9, 10**9))
+    fused, _ = layer(x, mask=mask)
+    torch.testing.assert_close(blocked, fused)
+    assert calls == [0.0, 0.0]
+
+
+def test_without_dropout_forward_and_backward_may_cut_different_blocks(monkeypatch) -> None:
+    from medmoe.nn.attention import dropout_attention as module
+
+    monkeypatch.setattr(module, "_BLOCK_ELEMENTS", 3 * 30)  # forward: 3 rows per block
+    monkeypatch.setattr(module, "_MIN_BLOCK_ROWS", 7)  # backward: 7 rows per block
+    q, k, v = _qkv(2, 2, 20, 30, 8, torch.float64, seed=3)
+    mask = _mask(2, 30)
+    out = dropout_attention(q, k, v, mask, 0.0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, r in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g), strict=True):
+        torch.testing.assert_close(a, r)

@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ...nn.attention.dropout_attention import dropout_attention, dropout_attention_applies
+from ...nn.attention.dropout_attention import (
+    blocked_attention_preferred,
+    dropout_attention,
+    dropout_attention_applies,
+)
 from ...nn.dropout import fast_dropout, native_dropout_available
 from ...nn.onednn_linear import fast_linear, fast_matmul
 from ...registry import register_model
@@ -122,6 +126,8 @@ def chunked_attention(
     attn_mask = None if key_mask is None else key_mask[:, None, None, :]
     if dropout_p == 0.0 or chunk_elements <= 0 or h * t * t <= chunk_elements:
         if dropout_p == 0.0:
+            if blocked_attention_preferred(q, k):  # long bags on CPU: the blocks beat PyTorch's fused kernel
+                return dropout_attention(q, k, v, key_mask, 0.0)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return _dropout_attention(q, k, v, attn_mask, dropout_p)
     if dropout_attention_applies(q):  # CPU: cache-sized blocks with a hand-written backward, no checkpointing

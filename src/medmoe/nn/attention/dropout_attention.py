@@ -36,24 +36,54 @@ from ..dropout import _masked, _SeededDropout, draw_seed, native_dropout_availab
 from ..higher_order import higher_order_requested, reference_gradients
 from ..onednn_linear import _onednn_linear, onednn_linear_available
 
-__all__ = ["dropout_attention", "dropout_attention_applies"]
+__all__ = ["blocked_attention_preferred", "dropout_attention", "dropout_attention_applies"]
 
-# Query rows per block: about 2**20 logits (4 MiB in float32), and at least 64 rows, because with fewer the
-# per-block (d, tk) updates of dk and dv dominate at long sequences. Forward + backward, 2 threads, rows
-# alternated in one process: 4k tokens x 8 heads 262 rows 0.53 s, 64 rows 0.69 s; 10k x 8: 104 rows 3.54 s,
-# 128 rows 3.46 s, 64 rows 3.89 s; 20k x 2: 52 rows 3.48 s, 64 rows 3.31 s, 128 rows 5.11 s; 50k x 1: 20 rows
-# 18.1 s, 64 rows 14.8 s, 128 rows 16.2 s.
+# Query rows per block: about 2**20 logits (4 MiB in float32), so that a block stays in cache, and in the
+# backward pass at least 64 rows, because with fewer the per-block (d, tk) updates of dk and dv dominate at long
+# sequences. Forward + backward, 2 threads, rows alternated in one process: 4k tokens x 8 heads 262 rows 0.53 s,
+# 64 rows 0.69 s; 10k x 8: 104 rows 3.54 s, 128 rows 3.46 s, 64 rows 3.89 s; 20k x 2: 52 rows 3.48 s, 64 rows
+# 3.31 s, 128 rows 5.11 s; 50k x 1: 20 rows 18.1 s, 64 rows 14.8 s, 128 rows 16.2 s. The forward pass alone
+# (30k x 8, no grad) prefers cache-sized blocks: 34 rows 7.56 s, 64 rows 12.47 s (SDPA 10.02 s). With dropout
+# both passes must cut the same blocks (one mask seed per block), so they use the backward's.
 _BLOCK_ELEMENTS = 1 << 20
 _MIN_BLOCK_ROWS = 64
 
 
-def dropout_attention_applies(q: Tensor) -> bool:
-    """Whether :func:`dropout_attention` runs its blocked CPU path for queries like ``q``."""
+# Between these sizes (queries and keys) the blocks without dropout beat PyTorch's fused CPU attention in every
+# run here: forward + backward, 8 heads x 64, 2 threads, alternated: 1,500 tokens 133 vs 88 ms, 2,000 166 vs
+# 156 ms, 3,000 231 vs 355 ms, 4,000 445-488 vs 629-657 ms, 10,000 2.86-3.33 vs 3.96-4.11 s; inference 10k
+# (Transformer MIL) 1.47x. Longer sequences won in some runs and lost in others (20k-30k tokens, inference:
+# 0.74-1.3x): the blocks stream through the shared L3 cache where flash attention stays in L1/L2, so they
+# suffer more from other processes on the machine. There the fused kernel is kept.
+_BLOCKS_BEAT_SDPA_TOKENS = (3000, 12000)
+
+
+def _blocks_apply(q: Tensor) -> bool:
+    """CPU, float32/float64, outside autocast and outside torch.compile's tracing."""
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")
-        and native_dropout_available()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def dropout_attention_applies(q: Tensor) -> bool:
+    """Whether :func:`dropout_attention` runs its blocked CPU path with dropout for queries like ``q``."""
+    return _blocks_apply(q) and native_dropout_available()
+
+
+def blocked_attention_preferred(q: Tensor, k: Tensor) -> bool:
+    """Whether :func:`dropout_attention` with ``dropout_p = 0`` is faster than
+    ``F.scaled_dot_product_attention`` for ``q (b, h, tq, d)`` and ``k (b, h, tk, d)``: CPU float32 with
+    oneDNN and 3,000 to 12,000 queries and keys (measured; see ``_BLOCKS_BEAT_SDPA_TOKENS``)."""
+    low, high = _BLOCKS_BEAT_SDPA_TOKENS
+    return (
+        q.dtype == torch.float32
+        and _blocks_apply(q)
+        and onednn_linear_available()
+        and low <= min(q.shape[2], k.shape[2])
+        and max(q.shape[2], k.shape[2]) <= high
     )
 
 
@@ -72,12 +102,13 @@ def dropout_attention(
         k, v: ``(b, h, tk, d)``.
         key_mask: ``(b, tk)`` bool (True = real key) or ``None``.
         dropout_p: attention dropout probability in ``[0, 1)``.
-        block_rows: queries per block (``>= 1``); default about ``2**20`` logits per block, at least 64
-            rows.
+        block_rows: queries per block (``>= 1``); default about ``2**20`` logits per block (at least 64 rows
+            where gradients or dropout masks follow).
 
     Returns:
         ``(b, h, tq, d)``. Masks are drawn from PyTorch's default CPU generator (one seed per block), so
-        ``torch.manual_seed`` repeats them. Requires :func:`dropout_attention_applies`.
+        ``torch.manual_seed`` repeats them (none are drawn at ``dropout_p = 0``). With dropout it requires
+        :func:`dropout_attention_applies`.
     """
     if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
@@ -88,16 +119,22 @@ def dropout_attention(
         raise ValueError(f"key_mask must have shape {(k.shape[0], k.shape[2])}, got {tuple(key_mask.shape)}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    if not dropout_attention_applies(q):
-        raise ValueError("dropout_attention runs on CPU float32/float64 with the native dropout kernel only")
+    if not (dropout_attention_applies(q) if dropout_p > 0 else _blocks_apply(q)):
+        raise ValueError(
+            "dropout_attention runs on CPU float32/float64 (outside autocast and torch.compile), and with "
+            "dropout_p > 0 only with the native dropout kernel"
+        )
     if block_rows is None:
-        block_rows = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // max(k.shape[2], 1))
-    if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
+        cache_rows = max(1, _BLOCK_ELEMENTS // max(k.shape[2], 1))
+        backward_rows = max(_MIN_BLOCK_ROWS, cache_rows)
+        rows = backward_rows if dropout_p > 0 else cache_rows
+    elif not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
         raise ValueError(f"dropout_attention: block_rows must be a positive integer, got {block_rows!r}")
-    rows = block_rows
+    else:
+        rows = backward_rows = block_rows
     n_blocks = q.shape[0] * q.shape[1] * -(-q.shape[2] // rows)
-    seeds = [draw_seed() for _ in range(n_blocks)]
-    return _BlockedDropoutAttention.apply(q, k, v, key_mask, float(dropout_p), rows, seeds)
+    seeds = [draw_seed() for _ in range(n_blocks)] if dropout_p > 0 else []  # p = 0 leaves the RNG alone
+    return _BlockedDropoutAttention.apply(q, k, v, key_mask, float(dropout_p), rows, seeds, backward_rows)
 
 
 def _block_product(a: Tensor, b: Tensor) -> Tensor:
@@ -150,6 +187,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
         p: float,
         rows: int,
         seeds: list[int],
+        backward_rows: int,
     ) -> Tensor:
         qs, kc, vc = _scaled_queries(q), k.contiguous(), v.contiguous()
         bias = _key_bias(key_mask, q.dtype)
@@ -159,7 +197,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
             weights = _masked(probs, p, seeds[index]) if p > 0 else probs
             out[bag, head, sl] = _block_product(weights, vc[bag, head].t())
         ctx.save_for_backward(q, k, v, key_mask, out)
-        ctx.p, ctx.rows, ctx.seeds = p, rows, seeds
+        ctx.p, ctx.rows, ctx.seeds = p, backward_rows, seeds  # without dropout the blocks may differ
         return out
 
     @staticmethod
@@ -168,9 +206,9 @@ class _BlockedDropoutAttention(torch.autograd.Function):
         p, rows, seeds = ctx.p, ctx.rows, ctx.seeds
         if higher_order_requested():
             grads = reference_gradients(
-                _reference, (q, k, v, key_mask, p, rows, seeds), ctx.needs_input_grad, d_out
+                _reference, (q, k, v, key_mask, p, rows, seeds), ctx.needs_input_grad[:7], d_out
             )
-            return (*grads[:3], None, None, None, None)
+            return (*grads[:3], None, None, None, None, None)
         qs, kc, vc = _scaled_queries(q), k.contiguous(), v.contiguous()
         d_out = d_out.contiguous()
         bias = _key_bias(key_mask, q.dtype)
@@ -179,7 +217,8 @@ class _BlockedDropoutAttention(torch.autograd.Function):
         dq = torch.empty_like(qs)
         # dk and dv are accumulated transposed, (d, tk): the long (rows, tk) block is then read as a
         # transposed weight view by oneDNN, where a transposed input would be copied first
-        dk_t, dv_t = kc.new_zeros(kc.shape[:2] + kc.shape[:1:-1]), vc.new_zeros(vc.shape[:2] + vc.shape[:1:-1])
+        dk_t = kc.new_zeros(kc.shape[:2] + kc.shape[:1:-1])  # (b, h, d, tk)
+        dv_t = vc.new_zeros(vc.shape[:2] + vc.shape[:1:-1])
         for index, bag, head, sl in _blocks(qs, rows):
             qs_blk, do_blk = qs[bag, head, sl], d_out[bag, head, sl]
             probs = _probabilities(qs_blk, kc[bag, head], None if bias is None else bias[bag])  # (rows, tk)
@@ -194,7 +233,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
             dv_t[bag, head] += _block_product(do_blk.t().contiguous(), kept.t())  # dO^T kept
             dq[bag, head, sl] = _block_product(d_logits, kc[bag, head].t()).mul_(scale)
             dk_t[bag, head] += _block_product(qs_blk.t().contiguous(), d_logits.t())  # (scale q)^T dS
-        return dq, dk_t.transpose(-1, -2), dv_t.transpose(-1, -2), None, None, None, None
+        return dq, dk_t.transpose(-1, -2), dv_t.transpose(-1, -2), None, None, None, None, None
 
 
 def _reference(

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..onednn_linear import fast_linear
+from .dropout_attention import blocked_attention_preferred, dropout_attention
 
 __all__ = ["SoftmaxAttention"]
 
@@ -108,7 +109,10 @@ class SoftmaxAttention(nn.Module):
         k = k.reshape(b, n, h, d).transpose(1, 2)  # (b, h, n, d)
         v = v.reshape(b, n, h, d).transpose(1, 2)
         key_mask = None if mask is None else mask[:, None, None, :]  # (b, 1, 1, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scale)
+        if blocked_attention_preferred(q, k):  # long bags on CPU: faster than PyTorch's fused kernel
+            out = dropout_attention(q, k, v, mask, 0.0)  # its scale, dim_head ** -0.5, is self.scale
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scale)
         out = self.to_out(out.transpose(1, 2).reshape(b, nq, inner))
         attn_map = None
         if return_attention:

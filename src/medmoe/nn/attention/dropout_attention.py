@@ -11,7 +11,7 @@ generator of :mod:`medmoe.nn.dropout`, one seed per block) and the block's outpu
 The backward pass recomputes each block's weights the same way, draws its mask once from the seed (``dS =
 kept * dP - P * (dO . O)`` needs no second masking), and accumulates ``dk`` and ``dv`` transposed, so oneDNN
 reads the long block as a transposed weight view instead of copying it. Memory is ``O(t d)`` plus one block;
-no autograd graph is built inside. Forward + backward 1.7x the previous blocked version (log-sum-exp, masks
+no autograd graph is built inside. Forward + backward 1.5-1.6x the previous blocked version (log-sum-exp, masks
 drawn twice, 1 MiB blocks) at 4k and 10k tokens, 2 threads.
 
 Maths, per query row ``i`` (``s`` = ``d ** -0.5``, ``M`` the keep mask, ``p`` the drop probability)::

@@ -261,7 +261,8 @@ class HoME(nn.Module):
         second_mask = None
         if mask is not None:
             real_group = mask.any(dim=2).view(b, G)
-            if not bool(real_group.all()):
+            # (under torch.compile the mask is kept even when every group is real: no branch on its values)
+            if torch.compiler.is_compiling() or not bool(real_group.all()):
                 second_mask = real_group[:, :, None].expand(b, G, M).reshape(b, G * M)
         out = self.dynamic_slots_soft_moe(out.view(b, G * M, d), mask=second_mask).view(b, G, M, d)
         out = torch.matmul(combine, out)  # (b, G, K, d)

@@ -87,7 +87,10 @@ def test_home_with_a_padding_mask_traces_to_one_graph() -> None:
     torch.manual_seed(0)
     layer = HoME(16, num_experts=4, num_experts_second=2, group_size=8, slots_per_expert=2).eval()
     x = torch.randn(2, 20, 16)
-    for mask in (torch.ones(2, 20, dtype=torch.bool), torch.arange(20).expand(2, 20) < torch.tensor([[20], [9]])):
+    for mask in (
+        torch.ones(2, 20, dtype=torch.bool),
+        torch.arange(20).expand(2, 20) < torch.tensor([[20], [9]]),
+    ):
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(layer)(x, mask)
         assert explanation.graph_count == 1, [str(b.reason)[:200] for b in explanation.break_reasons]

@@ -15,6 +15,8 @@ the 3,000-12,000-token range where the blocks are preferred.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from _timing import alternate_ms, kernel_benchmark_args, patched
 
@@ -35,36 +37,32 @@ def main() -> None:
     def chunks() -> patched:
         return patched((transformer, "dropout_attention_applies", lambda q: False))
 
-    print("| tokens | checkpointed chunks (ms) | medmoe blocks (ms) | speed-up |\n|---:|---:|---:|---:|")
-    torch.manual_seed(0)
-    for t in args.tokens:
-        q, k, v = (torch.randn(1, 8, t, 64, requires_grad=True) for _ in range(3))
-        g = torch.randn(1, 8, t, 64)
-
-        def step() -> None:
-            transformer.chunked_attention(q, k, v, None, 0.25).backward(g)  # noqa: B023
-
-        slow, fast = alternate_ms(step, chunks, args.reps, 1)
-        print(f"| {t:,} | {slow:.0f} | {fast:.0f} | {slow / fast:.2f}x |")
-
-    print("\nWithout dropout:\n\n| tokens | PyTorch fused attention (ms) | medmoe blocks (ms) | speed-up |")
-    print("|---:|---:|---:|---:|")
-
     def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: object) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)  # in place of dropout_attention(q, k, v, None, 0.0)
 
     def fused() -> patched:
         return patched((blocks, "dropout_attention", fused_attention))
 
-    for t in args.tokens:
-        q, k, v = (torch.randn(1, 8, t, 64, requires_grad=True) for _ in range(3))
-        g = torch.randn(1, 8, t, 64)
+    def table(header: str, attend: Callable[..., torch.Tensor], off: Callable[[], patched]) -> None:
+        """Rows of ``| tokens | ms inside off() | ms outside | speed-up |`` for ``attend(q, k, v)``."""
+        print(f"{header}\n|---:|---:|---:|---:|")
+        for t in args.tokens:
+            q, k, v = (torch.randn(1, 8, t, 64, requires_grad=True) for _ in range(3))
+            g = torch.randn(1, 8, t, 64)
+            slow, fast = alternate_ms(lambda: attend(q, k, v).backward(g), off, args.reps, 1)  # noqa: B023
+            print(f"| {t:,} | {slow:.0f} | {fast:.0f} | {slow / fast:.2f}x |")
 
-        def step_without_dropout() -> None:
-            blocks.dropout_attention(q, k, v, None, 0.0).backward(g)  # noqa: B023
-
-        slow, fast = alternate_ms(step_without_dropout, fused, args.reps, 1)
-        print(f"| {t:,} | {slow:.0f} | {fast:.0f} | {slow / fast:.2f}x |")
+    torch.manual_seed(0)
+    table(
+        "| tokens | checkpointed chunks (ms) | medmoe blocks (ms) | speed-up |",
+        lambda q, k, v: transformer.chunked_attention(q, k, v, None, 0.25),
+        chunks,
+    )
+    table(
+        "\nWithout dropout:\n\n| tokens | PyTorch fused attention (ms) | medmoe blocks (ms) | speed-up |",
+        lambda q, k, v: blocks.dropout_attention(q, k, v, None, 0.0),
+        fused,
+    )
 
 
 if __name__ == "__main__":

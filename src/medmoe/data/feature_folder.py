@@ -13,6 +13,12 @@ Labels CSV: columns ``slide_id`` and ``label`` are required, ``case_id`` (patien
 order (``class_names`` keeps the strings); integer labels are used as they are (``num_classes =
 max + 1``), unless ``label_map`` is given.
 
+Survival CSVs (``time_col`` given): a follow-up time column and an event column (``event``: 1 = event
+observed, 0 = censored), or CLAM/PORPOISE's ``censorship`` column (1 = censored) when there is no event
+column; no ``label`` column is needed. The bags' labels are then the event indicators (classes
+``censored`` / ``event``, so folds are stratified by event) and the targets are in
+``survival_times`` / ``survival_events``.
+
 Bags are read lazily in ``__getitem__``: a 1,000-slide cohort is never fully loaded. At construction
 only the labels CSV and the folder listing are read, plus, with ``check_shapes=True`` (default), the
 shape metadata of each file (the ``features`` dataset header for ``.h5``, a memory-mapped load for
@@ -370,6 +376,9 @@ class FeatureFolderBags(BagDataset):
             warning) and raise on mixed feature dims before training starts. With False nothing is
             opened until ``__getitem__`` and those problems surface there.
         slide_col, label_col, case_col, split_col: CSV column names.
+        time_col: follow-up time column: makes a survival dataset (see the module docstring).
+        event_col: event column of a survival CSV (1 = observed, 0 = censored); when the CSV lacks it
+            but has ``censorship``, events are ``1 - censorship``.
 
     Warns:
         UserWarning: CSV slides without a feature file, feature files without a CSV row, empty bags
@@ -392,6 +401,8 @@ class FeatureFolderBags(BagDataset):
         label_col: str = "label",
         case_col: str = "case_id",
         split_col: str = "split",
+        time_col: str | None = None,
+        event_col: str = "event",
     ) -> None:
         if patient_mode not in ("separate", "concat"):
             raise ValueError(f"patient_mode must be 'separate' or 'concat', got {patient_mode!r}")
@@ -408,9 +419,13 @@ class FeatureFolderBags(BagDataset):
 
         if not self.features_dir.is_dir():
             raise ValueError(f"features_dir {str(self.features_dir)!r} is not a folder")
-        rows = self._read_csv(slide_col, label_col, case_col, split_col)
-        slide_ids, raw_labels, cases, splits_col = rows
-        labels, self._class_names = _parse_labels(raw_labels, label_map, self.labels_csv)
+        slide_ids, raw_labels, cases, splits_col, times = self._read_csv(
+            slide_col, label_col, case_col, split_col, time_col, event_col
+        )
+        if time_col is None:
+            labels, self._class_names = _parse_labels(raw_labels, label_map, self.labels_csv)
+        else:  # survival: the labels are the event indicators (0 censored, 1 event)
+            labels, self._class_names = [int(r) for r in raw_labels], ["censored", "event"]
 
         files = self._scan_folder()
         matched: dict[str, Path] = {}
@@ -489,7 +504,7 @@ class FeatureFolderBags(BagDataset):
                 by_case.setdefault(case, []).append(i)
             conflicts: list[str] = []
             for case, idx in by_case.items():
-                labs = {labels[i] for i in idx}
+                labs = {(labels[i], times[i]) for i in idx}
                 spl = {splits_col[i] for i in idx}
                 if len(labs) > 1 or len(spl) > 1:
                     conflicts.append(case)
@@ -506,7 +521,7 @@ class FeatureFolderBags(BagDataset):
                 )
             if conflicts:
                 raise ValueError(
-                    f"patient_mode='concat': cases whose slides have different labels or splits "
+                    f"patient_mode='concat': cases whose slides have different labels, survival times or splits "
                     f"{_fmt_ids(conflicts)}; fix {self.labels_csv} or use patient_mode='separate'"
                 )
         if not entries:
@@ -515,11 +530,24 @@ class FeatureFolderBags(BagDataset):
                 f"feature file in {self.features_dir}"
             )
         self._entries = entries
+        if time_col is not None:
+            time_of = dict(zip(slide_ids, times))
+            self._survival = {
+                e.bag_id: (float(time_of[e.slide_ids[0]]), int(e.label)) for e in entries  # type: ignore[arg-type]
+            }
 
     # --- construction helpers ------------------------------------------------------------------
     def _read_csv(
-        self, slide_col: str, label_col: str, case_col: str, split_col: str
-    ) -> tuple[list[str], list[str], list[str], list[str]]:
+        self,
+        slide_col: str,
+        label_col: str,
+        case_col: str,
+        split_col: str,
+        time_col: str | None = None,
+        event_col: str = "event",
+    ) -> tuple[list[str], list[str], list[str], list[str], list[float | None]]:
+        """Slide ids, raw labels (event indicators ``'0'/'1'`` for survival), cases, splits and the
+        survival times (``None`` each without ``time_col``)."""
         try:
             import pandas as pd
         except ImportError as e:  # pragma: no cover
@@ -531,11 +559,18 @@ class FeatureFolderBags(BagDataset):
         except Exception as e:
             raise ValueError(f"cannot read labels CSV {self.labels_csv}: {e}") from e
         df.columns = [str(c).strip() for c in df.columns]
-        need = [c for c in (slide_col, label_col) if c not in df.columns]
+        if time_col is not None:
+            if event_col not in df.columns and "censorship" in df.columns:
+                label_col = "censorship"
+            else:
+                label_col = event_col
+        need = [c for c in (slide_col, label_col, time_col) if c is not None and c not in df.columns]
         if need:
+            required = (slide_col, label_col) if time_col is None else (slide_col, time_col, event_col)
+            alt = "" if time_col is None else " (or 'censorship' instead of the event column)"
             raise ValueError(
                 f"labels CSV {self.labels_csv} lacks column(s) {need}; it has {list(df.columns)}. "
-                f"Required: {slide_col!r} and {label_col!r}; optional: {case_col!r}, {split_col!r}"
+                f"Required: {', '.join(map(repr, required))}{alt}; optional: {case_col!r}, {split_col!r}"
             )
         slide_ids = [s.strip() for s in df[slide_col].tolist()]
         raw = [s.strip() for s in df[label_col].tolist()]
@@ -545,7 +580,8 @@ class FeatureFolderBags(BagDataset):
         no_label = [slide_ids[i] for i, r in enumerate(raw) if r == "" or r.lower() in ("nan", "na", "none")]
         if no_label:
             raise ValueError(
-                f"{self.labels_csv}: slides without a label {_fmt_ids(no_label)}; fill them in or drop the rows"
+                f"{self.labels_csv}: slides without a {label_col!r} value {_fmt_ids(no_label)}; fill them in "
+                "or drop the rows"
             )
         seen: set[str] = set()
         dup = sorted({s for s in slide_ids if s in seen or seen.add(s)})  # type: ignore[func-returns-value]
@@ -553,7 +589,47 @@ class FeatureFolderBags(BagDataset):
             raise ValueError(f"{self.labels_csv}: duplicated {slide_col!r} values {_fmt_ids(dup)}")
         cases = [s.strip() for s in df[case_col].tolist()] if case_col in df.columns else [""] * len(df)
         splits = [s.strip() for s in df[split_col].tolist()] if split_col in df.columns else [""] * len(df)
-        return slide_ids, raw, cases, splits
+        times: list[float | None] = [None] * len(df)
+        if time_col is not None:
+            times = self._parse_survival(slide_ids, [s.strip() for s in df[time_col].tolist()], raw, label_col)
+            if label_col == "censorship":
+                raw = ["0" if r == "1" else "1" for r in raw]
+        return slide_ids, raw, cases, splits, times
+
+    def _parse_survival(
+        self, slide_ids: list[str], raw_times: list[str], raw_events: list[str], event_col: str
+    ) -> list[float | None]:
+        """Times as floats; checks times (finite, >= 0) and events (0/1), naming the bad slides.
+        Normalises ``raw_events`` in place to ``'0'`` / ``'1'``."""
+        times: list[float | None] = []
+        bad_time: list[str] = []
+        for sid, r in zip(slide_ids, raw_times):
+            try:
+                t = float(r)
+            except ValueError:
+                t = float("nan")
+            if not (t >= 0 and t != float("inf")):
+                bad_time.append(f"{sid}={r!r}")
+            times.append(t)
+        if bad_time:
+            raise ValueError(
+                f"{self.labels_csv}: survival times must be finite numbers >= 0; bad rows {_fmt_ids(bad_time)}"
+            )
+        bad_event: list[str] = []
+        for i, (sid, r) in enumerate(zip(slide_ids, raw_events)):
+            try:
+                v = float(r)
+            except ValueError:
+                v = float("nan")
+            if v not in (0.0, 1.0):
+                bad_event.append(f"{sid}={r!r}")
+            else:
+                raw_events[i] = str(int(v))
+        if bad_event:
+            raise ValueError(
+                f"{self.labels_csv}: column {event_col!r} must hold 0 or 1; bad rows {_fmt_ids(bad_event)}"
+            )
+        return times
 
     def _scan_folder(self) -> dict[str, Path]:
         files: dict[str, Path] = {}

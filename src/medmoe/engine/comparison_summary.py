@@ -20,6 +20,7 @@ from typing import Any
 
 from .cross_validation import ComparisonResult
 from .metrics import METRIC_NAMES, summarize
+from .survival import SURVIVAL_METRIC_NAMES
 
 __all__ = ["collect_comparison"]
 
@@ -104,4 +105,6 @@ def collect_comparison(
         raise ValueError(
             f"no finished fold (seed*/fold*/fold_result.json) under {root}/<dataset>/<model>/<patch_embed>"
         )
-    return ComparisonResult(rows, list(METRIC_NAMES))
+    # survival folders hold c_index (and no AUROC): show the metrics the runs have
+    has_classification = any(m in r["summary"] for r in rows for m in METRIC_NAMES)
+    return ComparisonResult(rows, list(METRIC_NAMES if has_classification else SURVIVAL_METRIC_NAMES))

@@ -2,7 +2,8 @@
 
 Defaults follow the MIL-Lab community training recipe (``reference/systems.md`` §1.11): AdamW with
 lr 1e-4 and weight decay 1e-5, cosine annealing to 1e-6, gradient-norm clipping at 1.0, batch size 1,
-20 epochs with at least 10, early stopping on AUROC (binary) or quadratic kappa (multi-class).
+20 epochs with at least 10, early stopping on AUROC (binary) or quadratic kappa (multi-class), or on
+the concordance index for survival (``task='survival'``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EARLY_STOPPING_METRICS", "TrainConfig", "resolve_monitor"]
+__all__ = ["EARLY_STOPPING_METRICS", "TASK_METRICS", "TrainConfig", "resolve_monitor"]
 
 #: Metrics the early-stopping monitor accepts, and whether larger is better.
 EARLY_STOPPING_METRICS: dict[str, bool] = {
@@ -20,7 +21,14 @@ EARLY_STOPPING_METRICS: dict[str, bool] = {
     "balanced_accuracy": True,
     "accuracy": True,
     "f1": True,
+    "c_index": True,
     "loss": False,
+}
+
+#: The early-stopping metrics each task accepts.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("auroc", "kappa", "balanced_accuracy", "accuracy", "f1", "loss"),
+    "survival": ("c_index", "loss"),
 }
 
 _PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true")
@@ -31,6 +39,13 @@ class TrainConfig:
     """Everything the trainer needs besides the model and the data.
 
     Attributes:
+        task: ``'classification'`` (cross-entropy on the bag labels) or ``'survival'`` (discrete-time
+            survival: the model predicts ``survival_bins`` hazards trained with the NLL survival loss of
+            :mod:`medmoe.engine.survival`; the datasets must carry survival targets, see
+            :meth:`medmoe.data.BagDataset.with_survival`).
+        survival_bins: time bins of a survival model (PORPOISE / MCAT: 4), cut at the quantiles of the
+            training fold's uncensored times.
+        survival_alpha: weight of the uncensored term in the survival loss (0 = plain likelihood).
         epochs: maximum number of epochs (MIL-Lab recipe: 20).
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -46,7 +61,8 @@ class TrainConfig:
         early_stopping: validation metric to monitor: ``'auto'`` (``'auroc'`` for two classes,
             quadratic-weighted ``'kappa'`` for more, as MIL-Lab), ``'auroc'``, ``'kappa'``,
             ``'balanced_accuracy'`` (the MAMMOTH paper's metric for subtyping tasks), ``'accuracy'``,
-            ``'f1'`` (macro) or ``'loss'`` (validation cross-entropy, lower is better).
+            ``'f1'`` (macro) or ``'loss'`` (validation cross-entropy, lower is better); for survival
+            ``'auto'`` = ``'c_index'`` (Harrell's concordance), or ``'loss'`` (validation NLL).
         patience: stop after this many epochs without improvement of the monitored metric
             (``None`` = never stop early, keep the best epoch).
         min_epochs: never stop before this many epochs.
@@ -74,6 +90,9 @@ class TrainConfig:
     """
 
     epochs: int = 20
+    task: str = "classification"
+    survival_bins: int = 4
+    survival_alpha: float = 0.0
     lr: float = 1e-4
     weight_decay: float = 1e-5
     warmup_epochs: float = 0.0
@@ -107,6 +126,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
 
         positive_int("epochs")
+        positive_int("survival_bins")
+        if self.task not in TASK_METRICS:
+            raise ValueError(f"TrainConfig.task must be one of {sorted(TASK_METRICS)}, got {self.task!r}")
+        if not isinstance(self.survival_alpha, (int, float)) or not 0.0 <= self.survival_alpha <= 1.0:
+            raise ValueError(f"TrainConfig.survival_alpha must be in [0, 1], got {self.survival_alpha!r}")
         positive_int("batch_size")
         positive_int("min_epochs", allow_zero=True)
         positive_int("num_workers", allow_zero=True)
@@ -138,15 +162,17 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be None or a number >= 0, got {self.grad_clip!r}")
         if not 0.0 <= float(self.feature_dropout) < 1.0:
             raise ValueError(f"TrainConfig.feature_dropout must be in [0, 1), got {self.feature_dropout}")
-        if self.early_stopping != "auto" and self.early_stopping not in EARLY_STOPPING_METRICS:
+        if self.early_stopping != "auto" and self.early_stopping not in TASK_METRICS[self.task]:
             raise ValueError(
-                f"TrainConfig.early_stopping must be 'auto' or one of {sorted(EARLY_STOPPING_METRICS)}, "
-                f"got {self.early_stopping!r}"
+                f"TrainConfig.early_stopping must be 'auto' or one of {list(TASK_METRICS[self.task])} for "
+                f"task={self.task!r}, got {self.early_stopping!r}"
             )
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(
                 f"TrainConfig.class_weights must be 'none' or 'balanced', got {self.class_weights!r}"
             )
+        if self.task == "survival" and self.class_weights != "none":
+            raise ValueError("TrainConfig.class_weights='balanced' weights cross-entropy classes; survival has none")
         if self.precision not in _PRECISIONS:
             raise ValueError(
                 f"TrainConfig.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}"
@@ -182,15 +208,18 @@ class TrainConfig:
         return self.eval_batch_size or self.batch_size
 
 
-def resolve_monitor(name: str, num_classes: int) -> tuple[str, bool]:
+def resolve_monitor(name: str, num_classes: int, task: str = "classification") -> tuple[str, bool]:
     """The metric ``early_stopping`` monitors and whether larger is better.
 
-    ``'auto'`` -> ``'auroc'`` for ``num_classes == 2`` and ``'kappa'`` (quadratic) otherwise.
+    ``'auto'`` -> ``'auroc'`` for ``num_classes == 2`` and ``'kappa'`` (quadratic) otherwise; for
+    ``task='survival'`` -> ``'c_index'``.
     """
+    if task not in TASK_METRICS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_METRICS)}")
     if name == "auto":
-        name = "auroc" if num_classes == 2 else "kappa"
-    if name not in EARLY_STOPPING_METRICS:
+        name = "c_index" if task == "survival" else "auroc" if num_classes == 2 else "kappa"
+    if name not in TASK_METRICS[task]:
         raise ValueError(
-            f"unknown early-stopping metric {name!r}; choose from {sorted(EARLY_STOPPING_METRICS)}"
+            f"unknown early-stopping metric {name!r} for task={task!r}; choose from {list(TASK_METRICS[task])}"
         )
     return name, EARLY_STOPPING_METRICS[name]

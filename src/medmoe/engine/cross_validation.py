@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
+from .survival import SURVIVAL_METRIC_NAMES
 from .trainer import make_fabric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,7 +90,8 @@ class CVResult:
 
     def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
         """Title, run count and a ``| metric | test | val |`` table of mean ± std."""
-        names = list(metrics) if metrics is not None else [m for m in METRIC_NAMES if m in self.summary]
+        known = (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES)
+        names = list(metrics) if metrics is not None else [m for m in known if m in self.summary]
         seeds = sorted({r["seed"] for r in self.runs})
         folds = sorted({r["fold"] for r in self.runs})
         lines = [
@@ -387,7 +389,8 @@ def compare(
         model_overrides: overrides for every model (e.g. ``{'embed_dim': 128}``).
         patch_embed_args: per patch embedding extra args, e.g. ``{'mammoth': {'num_experts': 4,
             'num_slots': 4}}`` for small data; the caller decides.
-        metrics: table columns (default: all of :data:`~medmoe.engine.metrics.METRIC_NAMES`).
+        metrics: table columns (default: all of :data:`~medmoe.engine.metrics.METRIC_NAMES`, or
+            ``c_index`` for ``cfg.task='survival'``).
         jobs: runs trained at a time, in worker processes, over the whole grid (see
             :func:`~medmoe.engine.fold_runner.run_folds`); ``jobs=4`` on 16 cores runs 4 folds of 4 threads.
     """
@@ -438,7 +441,8 @@ def compare(
                 "out_dir": str(v["out_dir"]),
             }
         )
-    result = ComparisonResult(rows, list(metrics) if metrics is not None else list(METRIC_NAMES))
+    default_metrics = SURVIVAL_METRIC_NAMES if cfg.task == "survival" else METRIC_NAMES
+    result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if is_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(

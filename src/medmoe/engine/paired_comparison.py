@@ -27,6 +27,7 @@ from pathlib import Path
 from ..data.splits import load_splits
 from .comparison_summary import read_test_metrics
 from .metrics import METRIC_NAMES
+from .survival import SURVIVAL_METRIC_NAMES
 
 __all__ = ["PairedResult", "corrected_resampled_ttest", "paired_comparison", "paired_markdown"]
 
@@ -149,8 +150,8 @@ def paired_comparison(
     Raises:
         ValueError: ``out_dir`` is not a folder, ``metric`` is not a test metric, or ``baseline == variant``.
     """
-    if metric not in (*METRIC_NAMES, "loss"):
-        raise ValueError(f"unknown metric {metric!r}; choose from {[*METRIC_NAMES, 'loss']}")
+    if metric not in (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, "loss"):
+        raise ValueError(f"unknown metric {metric!r}; choose from {[*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, 'loss']}")
     if baseline == variant:
         raise ValueError(f"baseline and variant are both {baseline!r}; pair two different patch embeddings")
     root = Path(out_dir)

@@ -7,7 +7,11 @@
   step (``scheduler_interval='step'``, default) or once per epoch (``'epoch'``);
 * gradient-norm clipping (``grad_clip``), mixed precision on GPUs (``precision``);
 * loss ``out.total_loss(cross_entropy(out.logits, label, weight=class_weights))`` with ``label`` passed
-  to the model, so auxiliary losses (CLAM instance loss, DTFD tier-1 loss) are included;
+  to the model, so auxiliary losses (CLAM instance loss, DTFD tier-1 loss) are included; with
+  ``task='survival'`` the discrete-time NLL survival loss of :mod:`medmoe.engine.survival` on
+  ``survival_bins`` hazard outputs instead (time bins cut at the training fold's uncensored-time
+  quantiles, saved in the checkpoint; the bin is the ``label`` the model sees), early stopping on the
+  concordance index;
 * class-balanced cross-entropy weights or a class-balanced sampler, input feature dropout, optional
   feature standardisation fitted on the training bags only;
 * early stopping on a validation metric; the best epoch is saved as a self-describing checkpoint
@@ -72,6 +76,8 @@ from .config import TrainConfig, resolve_monitor
 from .metrics import compute_metrics
 from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
+from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
+from .survival import survival_metrics as _survival_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -136,7 +142,8 @@ class FoldResult:
 class EvalResult(NamedTuple):
     """What :func:`evaluate` returns (unpacks as ``metrics, probs, labels, bag_ids``).
 
-    ``probs (n, C)`` float32 and ``labels (n,)`` int64 on the CPU, in dataset order.
+    ``probs (n, C)`` float32 and ``labels (n,)`` int64 on the CPU, in dataset order. For a survival
+    model ``probs`` are the survival curves ``S_k`` ``(n, K)`` and ``labels`` the event indicators.
     """
 
     metrics: dict[str, float]
@@ -384,15 +391,15 @@ def _infer(
     progress: Any = None,
     description: str = "eval",
 ) -> tuple[Tensor, Tensor]:
-    """Class probabilities ``(n, C)`` and labels ``(n,)`` of every bag, in dataset order (DDP-sharded
-    and gathered when ``fabric`` runs several processes)."""
+    """Float32 logits ``(n, C)`` and labels ``(n,)`` of every bag on the CPU, in dataset order
+    (DDP-sharded and gathered when ``fabric`` runs several processes)."""
     n = len(dataset)
     world = fabric.world_size if fabric is not None else 1
     rank = fabric.global_rank if fabric is not None else 0
     shard = _shard(list(range(n)), rank, world, pad=True)
     was_training = model.training
     model.eval()
-    probs_parts: list[Tensor] = []
+    logit_parts: list[Tensor] = []
     loader = _loader(dataset, shard, batch_size, num_workers, seed=0)
     task = progress.add_task(description, total=len(loader), info="") if progress is not None else None
     for batch in loader:
@@ -404,23 +411,23 @@ def _infer(
                 out = model(x, batch.mask)
         else:
             out = model(x, batch.mask)
-        probs_parts.append(torch.softmax(out.logits.float(), dim=-1))
+        logit_parts.append(out.logits.float())
         if task is not None:
             progress.advance(task)
     if task is not None:
         progress.remove_task(task)
     model.train(was_training)
-    probs = torch.cat(probs_parts, 0)
+    logits = torch.cat(logit_parts, 0)
     if world > 1:
         assert fabric is not None
-        gathered = fabric.all_gather(probs)  # (world, ceil(n / world), C)
-        full = torch.empty(n, probs.shape[1], device=probs.device)
+        gathered = fabric.all_gather(logits)  # (world, ceil(n / world), C)
+        full = torch.empty(n, logits.shape[1], device=logits.device)
         for r in range(world):
             count = len(range(r, n, world))
             full[r::world] = gathered[r, :count]
-        probs = full
+        logits = full
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-    return probs.float().cpu(), labels
+    return logits.float().cpu(), labels
 
 
 def _metrics_with_loss(probs: Tensor, labels: Tensor) -> dict[str, float]:
@@ -428,6 +435,24 @@ def _metrics_with_loss(probs: Tensor, labels: Tensor) -> dict[str, float]:
     p = probs.double().clamp_min(1e-12)
     metrics["loss"] = float(-p.gather(1, labels.view(-1, 1)).log().mean())
     return metrics
+
+
+def _task_metrics(
+    logits: Tensor, labels: Tensor, dataset: Any, edges: Sequence[float] | None, alpha: float
+) -> dict[str, float]:
+    """Classification metrics of softmax(logits), or survival metrics when ``edges`` is given."""
+    if edges is None:
+        return _metrics_with_loss(torch.softmax(logits, dim=-1), labels)
+    return _survival_metrics(logits, dataset.survival_times, dataset.survival_events, edges, alpha)
+
+
+def _check_survival_set(name: str, dataset: Any) -> None:
+    if dataset is not None and not getattr(dataset, "is_survival", False):
+        raise ValueError(
+            f"task='survival' needs survival targets on {name}: read the CSV with "
+            "FeatureFolderBags(..., time_col='time') (event column 'event' or 'censorship'), or call "
+            "dataset.with_survival(times, events)"
+        )
 
 
 def evaluate(
@@ -439,6 +464,7 @@ def evaluate(
     feature_stats: dict[str, Any] | None = None,
     num_workers: int = 0,
     fabric: Fabric | None = None,
+    survival_bin_edges: Sequence[float] | None = None,
 ) -> EvalResult:
     """Evaluate a MIL model on a bag dataset.
 
@@ -452,10 +478,13 @@ def evaluate(
         num_workers: DataLoader workers.
         fabric: a launched Fabric: its device and precision are used and, with several processes,
             the bags are sharded and the probabilities gathered.
+        survival_bin_edges: evaluate a survival model (the checkpoint's ``survival_bin_edges``); the
+            dataset must carry survival targets.
 
     Returns:
         :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
-        :func:`~medmoe.engine.metrics.compute_metrics` plus ``loss`` (mean cross-entropy).
+        :func:`~medmoe.engine.metrics.compute_metrics` plus ``loss`` (mean cross-entropy), or for
+        survival ``c_index`` and ``loss`` (mean NLL) with ``probs`` the survival curves.
     """
     dataset = _with_stats(dataset, feature_stats)
     raw = unwrap_model(model)
@@ -464,10 +493,14 @@ def evaluate(
     else:
         dev = torch.device(device) if device is not None else next(raw.parameters()).device
         raw.to(dev)
-    probs, labels = _infer(
+    if survival_bin_edges is not None:
+        _check_survival_set("the dataset", dataset)
+    logits, labels = _infer(
         raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
     )
-    return EvalResult(_metrics_with_loss(probs, labels), probs, labels, list(dataset.bag_ids))
+    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0)
+    probs = survival_curves(logits) if survival_bin_edges is not None else torch.softmax(logits, dim=-1)
+    return EvalResult(metrics, probs, labels, list(dataset.bag_ids))
 
 
 def predict(
@@ -485,7 +518,10 @@ def predict(
     Returns:
         A list of dicts (or a pandas DataFrame with ``as_frame=True``), one per bag in dataset order:
         ``bag_id``, ``label`` (the dataset's label; ``None`` when negative / unknown), ``pred`` (class
-        index), ``pred_name`` and ``prob_<class name>`` for every class.
+        index), ``pred_name`` and ``prob_<class name>`` for every class. For a survival checkpoint:
+        ``bag_id``, ``time`` and ``event`` (when the dataset has them, else ``None``), ``risk``
+        (``-sum_k S_k``, higher = earlier event) and ``survival_<k>`` = ``S_k``, the probability of
+        surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``).
     """
     model, info = load_checkpoint(checkpoint_dir, map_location=device)
     in_dim = model.config.in_dim
@@ -496,7 +532,34 @@ def predict(
         )
     dataset = _with_stats(dataset, info.get("feature_stats"))
     names = info.get("class_names") or [str(c) for c in range(model.config.num_classes)]
-    probs, _ = _infer(model, dataset, batch_size=batch_size, device=torch.device(device))
+    logits, _ = _infer(model, dataset, batch_size=batch_size, device=torch.device(device))
+    if info.get("task") == "survival":
+        rows = _survival_rows(logits, dataset)
+    else:
+        rows = _class_rows(torch.softmax(logits, dim=-1), dataset, names)
+    if as_frame:
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover
+            raise ImportError("as_frame=True needs pandas: pip install 'medmoe[mil]'") from err
+        return pd.DataFrame(rows)
+    return rows
+
+
+def _survival_rows(logits: Tensor, dataset: Any) -> list[dict[str, Any]]:
+    curves, risk = survival_curves(logits), risk_scores(logits)
+    known = getattr(dataset, "is_survival", False)
+    times = dataset.survival_times if known else [None] * len(dataset)
+    events = dataset.survival_events if known else [None] * len(dataset)
+    rows = []
+    for i, bag_id in enumerate(dataset.bag_ids):
+        row: dict[str, Any] = {"bag_id": bag_id, "time": times[i], "event": events[i], "risk": float(risk[i])}
+        row.update({f"survival_{k}": float(curves[i, k]) for k in range(curves.shape[1])})
+        rows.append(row)
+    return rows
+
+
+def _class_rows(probs: Tensor, dataset: Any, names: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     labels = list(getattr(dataset, "labels", [None] * len(dataset)))
     for i, bag_id in enumerate(dataset.bag_ids):
@@ -511,12 +574,6 @@ def predict(
         for c, name in enumerate(names):
             row[f"prob_{name}"] = float(probs[i, c])
         rows.append(row)
-    if as_frame:
-        try:
-            import pandas as pd
-        except ImportError as err:  # pragma: no cover
-            raise ImportError("as_frame=True needs pandas: pip install 'medmoe[mil]'") from err
-        return pd.DataFrame(rows)
     return rows
 
 
@@ -635,7 +692,8 @@ def train_one_fold(
         test_set = None
     _check_dataset("train_set", train_set, None, None)
     num_classes, in_dim = train_set.num_classes, train_set.feature_dim
-    if num_classes < 2:
+    survival = cfg.task == "survival"
+    if num_classes < 2 and not survival:
         raise ValueError(f"bag classification needs at least 2 classes, the training set has {num_classes}")
     for name, ds in (("val_set", val_set), ("test_set", test_set)):
         if ds is not None:
@@ -644,6 +702,13 @@ def train_one_fold(
         raise ValueError(
             "in_dim and num_classes come from the training set; remove them from model_overrides"
         )
+    edges: list[float] | None = None  # survival: inner time-bin edges from the training fold
+    if survival:
+        for name, ds in (("train_set", train_set), ("val_set", val_set), ("test_set", test_set)):
+            _check_survival_set(name, ds)
+        edges = survival_bin_edges(train_set.survival_times, train_set.survival_events, cfg.survival_bins)
+        bin_of = dict(zip(train_set.bag_ids, assign_time_bins(train_set.survival_times, edges).tolist()))
+        event_of = dict(zip(train_set.bag_ids, train_set.survival_events))
 
     fabric = fabric if fabric is not None else make_fabric(cfg)
     rank, world, is_zero = fabric.global_rank, fabric.world_size, fabric.is_global_zero
@@ -652,7 +717,7 @@ def train_one_fold(
         out_dir.mkdir(parents=True, exist_ok=True)
     fabric.barrier()
     monitor, maximize = (
-        resolve_monitor(cfg.early_stopping, num_classes) if val_set is not None else ("none", True)
+        resolve_monitor(cfg.early_stopping, num_classes, cfg.task) if val_set is not None else ("none", True)
     )
     state_path = out_dir / TRAINER_STATE_NAME
     ckpt_dir = out_dir / CHECKPOINT_DIR
@@ -668,7 +733,8 @@ def train_one_fold(
     val_ds = _with_stats(val_set, feature_stats)
     test_ds = _with_stats(test_set, feature_stats)
 
-    model = create_model(model_name, num_classes=num_classes, in_dim=in_dim, **model_overrides)
+    outputs = cfg.survival_bins if survival else num_classes  # survival: one hazard per time bin
+    model = create_model(model_name, num_classes=outputs, in_dim=in_dim, **model_overrides)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels = list(train_set.labels)
@@ -699,7 +765,10 @@ def train_one_fold(
         "train_config": cfg.to_dict(),
         "model_overrides": run_signature["model_overrides"],
         "monitor": monitor,
+        "task": cfg.task,
     }
+    if edges is not None:
+        extra_base["survival_bin_edges"] = edges
 
     start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
     history: list[dict[str, Any]] = []
@@ -778,8 +847,14 @@ def train_one_fold(
                 x = batch.x
                 if cfg.feature_dropout > 0:
                     x = fast_dropout(x, cfg.feature_dropout)
-                out = model_f(x, batch.mask, label=batch.label)
-                task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
+                if survival:  # the time bin is the label auxiliary losses (CLAM, DTFD) see
+                    bins = torch.tensor([bin_of[b] for b in batch.bag_ids], device=device)
+                    events = torch.tensor([event_of[b] for b in batch.bag_ids], device=device)
+                    out = model_f(x, batch.mask, label=bins)
+                    task_loss = nll_survival_loss(out.logits.float(), bins, events, alpha=cfg.survival_alpha)
+                else:
+                    out = model_f(x, batch.mask, label=batch.label)
+                    task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
                 loss = out.total_loss(task_loss)
                 loss_value = float(loss.detach())  # one sync per step: a NaN must stop the run
                 if not math.isfinite(loss_value):
@@ -819,7 +894,7 @@ def train_one_fold(
                 "data_wait_seconds": round(data_wait, 4),
             }
             if val_ds is not None:
-                probs, vlabels = _infer(
+                logits, vlabels = _infer(
                     model,
                     val_ds,
                     batch_size=cfg.eval_bs,
@@ -829,7 +904,7 @@ def train_one_fold(
                     progress=progress,
                     description="validation",
                 )
-                val_metrics = _metrics_with_loss(probs, vlabels)
+                val_metrics = _task_metrics(logits, vlabels, val_ds, edges, cfg.survival_alpha)
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
                 value = val_metrics[monitor]
             else:
@@ -902,10 +977,10 @@ def train_one_fold(
         model.load_state_dict(best_model.state_dict())
 
         def best_metrics(ds: Any) -> dict[str, float]:
-            probs, labels = _infer(
+            logits, labels = _infer(
                 model, ds, batch_size=cfg.eval_bs, device=device, num_workers=cfg.num_workers, fabric=fabric
             )
-            return _metrics_with_loss(probs, labels)
+            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha)
 
         final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
         final_test: dict[str, float] | None = best_metrics(test_ds) if test_ds is not None else None
@@ -955,10 +1030,12 @@ _RESUME_NEUTRAL = ("progress", "loggers", "num_workers", "keep_last_state")
 
 
 def _resume_signature(signature: Any) -> Any:
-    """``signature`` without the train-config fields that cannot change a run's result."""
+    """``signature`` without the train-config fields that cannot change a run's result; fields added to
+    :class:`TrainConfig` after the run was written count with their defaults."""
     if not isinstance(signature, dict) or not isinstance(signature.get("train_config"), dict):
         return signature
-    config = {k: v for k, v in signature["train_config"].items() if k not in _RESUME_NEUTRAL}
+    config = {**TrainConfig().to_dict(), **signature["train_config"]}
+    config = {k: v for k, v in config.items() if k not in _RESUME_NEUTRAL}
     return {**signature, "train_config": config}
 
 

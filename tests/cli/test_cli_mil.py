@@ -77,3 +77,46 @@ def test_compare_on_a_real_benchmark_writes_table_and_plot(tmp_path):
     assert "| musk1 | meanmil | linear |" in table and "| musk1 | meanmil | mammoth |" in table
     png = out / "comparison.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_survival_train_eval_predict(tmp_path):
+    from medmoe.data import make_synthetic_survival_folder
+
+    data = make_synthetic_survival_folder(tmp_path / "data", n_slides=36, n_patches=(8, 20), dim=8,
+                                          censorship_column=True)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["mil", "train", "-m", "abmil.base", "--features", str(data.features_dir),
+                                 "--labels", str(data.labels_csv), "--task", "survival", "--k", "3",
+                                 "--epochs", "2", "--out", str(out), "--lr", "1e-3", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "| c_index |" in result.output and "auroc" not in result.output
+    assert (out / "kaplan_meier.png").stat().st_size > 10_000
+    pooled = list(csv.DictReader((out / "test_risks.csv").open()))
+    assert sorted(r["bag_id"] for r in pooled) == sorted(f"slide_{i:03d}" for i in range(36))  # each once
+    ckpt = out / "seed0" / "fold0" / "checkpoint"
+
+    # the time column is found (survival_months), events come from censorship
+    result = runner.invoke(app, ["mil", "eval", str(ckpt), "--features", str(data.features_dir),
+                                 "--labels", str(data.labels_csv)])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.output)) == {"c_index", "loss"}
+
+    preds = tmp_path / "risk.csv"
+    result = runner.invoke(app, ["mil", "predict", str(ckpt), str(data.features_dir), "--out", str(preds)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 36 and rows[0]["time"] == "" and {"risk", "survival_3"} <= set(rows[0])
+    result = runner.invoke(app, ["mil", "predict", str(ckpt), str(data.features_dir), "--labels",
+                                 str(data.labels_csv), "--out", str(preds)])
+    assert result.exit_code == 0, result.output
+    assert next(csv.DictReader(preds.open()))["time"] != ""
+
+
+def test_survival_bad_input(tmp_path, folder):
+    result = runner.invoke(app, ["mil", "train", "-d", "musk1", "--task", "survival"])
+    assert result.exit_code == 2 and "not survival times" in result.output
+    result = runner.invoke(app, ["mil", "train", "--features", str(folder.features_dir), "--labels",
+                                 str(folder.labels_csv), "--task", "survival"])
+    assert result.exit_code == 2 and "no follow-up time column" in result.output and "--time-col" in result.output
+    result = runner.invoke(app, ["mil", "train", "-d", "musk1", "--task", "regression"])
+    assert result.exit_code == 2 and "--task must be" in result.output

@@ -15,11 +15,39 @@ DATASET_HELP = "A real benchmark fetched on first use: musk1, musk2, elephant, u
 SET_HELP = "Model config override KEY=VALUE (YAML value), repeatable, e.g. --set embed_dim=128 --set dropout=0.1."
 
 
-def load_dataset(dataset: str | None, features: Path | None, labels: Path | None, patient_mode: str = "separate"):
-    """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV."""
+#: Follow-up time columns looked for (in this order) when a survival task names none.
+TIME_COLUMNS = ("time", "survival_months", "survival_time", "os_months", "months", "days")
+SURVIVAL_HELP = "Survival CSVs: follow-up time column (default: the first of " + ", ".join(TIME_COLUMNS) + ")."
+
+
+def survival_time_column(labels: Path, time_col: str | None) -> str:
+    """``time_col``, or the first of :data:`TIME_COLUMNS` in the CSV header."""
+    if time_col:
+        return time_col
+    import csv
+
+    try:
+        with open(labels, newline="") as fh:
+            header = [c.strip() for c in next(csv.reader(fh), [])]
+    except OSError as err:
+        raise ValueError(f"cannot read labels CSV {labels}: {err}") from err
+    found = next((c for c in TIME_COLUMNS if c in header), None)
+    if found is None:
+        raise ValueError(f"{labels} has no follow-up time column ({', '.join(TIME_COLUMNS)}); its columns are "
+                         f"{header}; name yours with --time-col")
+    return found
+
+
+def load_dataset(dataset: str | None, features: Path | None, labels: Path | None, patient_mode: str = "separate",
+                 *, survival: bool = False, time_col: str | None = None, event_col: str = "event"):
+    """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV (with
+    ``survival``: time and event columns, see :class:`~medmoe.data.FeatureFolderBags`)."""
     if (dataset is None) == (features is None):
         raise typer.BadParameter("give either --dataset NAME or --features DIR (with --labels CSV)")
     if dataset is not None:
+        if survival:
+            raise ValueError(f"the benchmark {dataset!r} has class labels, not survival times; use --features "
+                             "and --labels with time and event columns")
         from ..data import load_mil_benchmark
 
         return dataset, load_mil_benchmark(dataset)
@@ -27,6 +55,10 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
         raise typer.BadParameter("--features needs --labels CSV (columns slide_id, label[, case_id, split])")
     from ..data import FeatureFolderBags
 
+    if survival:
+        tcol = survival_time_column(labels, time_col)
+        return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, time_col=tcol,
+                                                      event_col=event_col)
     return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
 
 
@@ -65,8 +97,15 @@ def train(
     model: str = typer.Option("abmil.base_mammoth", "--model", "-m", help="Registry name, e.g. abmil.base_mammoth."),
     dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     features: Path = typer.Option(None, help="Folder of TRIDENT/CLAM .h5 (or .pt) feature files."),
-    labels: Path = typer.Option(None, help="Labels CSV: slide_id, label[, case_id, split]."),
+    labels: Path = typer.Option(None, help="Labels CSV: slide_id, label[, case_id, split] (survival: slide_id, "
+                                "time, event[, case_id, split])."),
     patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
+    task: str = typer.Option("classification", help="classification | survival (discrete-time NLL loss, "
+                             "c-index, Kaplan-Meier plot of the predicted risk groups)."),
+    time_col: str = typer.Option(None, help=SURVIVAL_HELP),
+    event_col: str = typer.Option("event", help="Survival CSVs: 1 = event observed, 0 = censored (a "
+                                  "'censorship' column, 1 = censored, is used when this one is absent)."),
+    bins: int = typer.Option(4, min=1, help="Survival time bins (quantiles of the uncensored training times)."),
     k: int = typer.Option(5, min=3, help="Folds (patient-level, stratified): test, validation and training folds."),
     seeds: list[int] = typer.Option([0], "--seed", help="Repeat for several seeds (repeat the option)."),
     epochs: int = typer.Option(20, min=1),
@@ -74,7 +113,8 @@ def train(
     weight_decay: float = typer.Option(1e-5),
     batch_size: int = typer.Option(1, min=1),
     patience: int = typer.Option(5, min=1),
-    early_stopping: str = typer.Option("auto", help="auto | auroc | kappa | balanced_accuracy | accuracy | f1 | loss"),
+    early_stopping: str = typer.Option("auto", help="auto | auroc | kappa | balanced_accuracy | accuracy | f1 | "
+                                       "loss; survival: auto | c_index | loss"),
     standardize: bool = typer.Option(True, help="z-score features with train-fold statistics."),
     class_weights: str = typer.Option("none", help="none | balanced"),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
@@ -88,23 +128,52 @@ def train(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Folds trained at a time in worker processes, each "
                              "with threads/jobs torch threads: small bags train fastest with one process per core."),
 ) -> None:
-    """k-fold cross-validation of one model; writes checkpoints, metrics.csv per fold and summary.md."""
+    """k-fold cross-validation of one model; writes checkpoints, metrics.csv per fold and summary.md
+    (survival: also test_risks.csv and kaplan_meier.png)."""
     from ..engine import run_cross_validation
 
     try:
-        _name, ds = load_dataset(dataset, features, labels, patient_mode)
+        if task not in ("classification", "survival"):
+            raise ValueError(f"--task must be 'classification' or 'survival', got {task!r}")
+        survival = task == "survival"
+        _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=survival, time_col=time_col,
+                                 event_col=event_col)
         cfg = _train_config(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
-            strategy="ddp" if devices > 1 else "auto",
+            strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins,
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                                       model_overrides=parse_overrides(set_), resume=resume, jobs=jobs)
+        plot = _plot_test_risk_groups(out, model, seeds[0], getattr(ds, "time_col", None)) if survival else None
     except (ValueError, RuntimeError) as err:
         _fail(err)
     typer.echo((out / "summary.md").read_text() if (out / "summary.md").exists() else str(result.summary))
+    if plot is not None:
+        typer.echo(f"Kaplan-Meier plot of the predicted risk groups: {plot}")
     typer.echo(f"results: {out}")
+
+
+def _plot_test_risk_groups(out: Path, model: str, seed: int, time_label: str | None) -> Path | None:
+    """Kaplan-Meier curves of one seed's out-of-fold test predictions (every patient once)."""
+    import csv
+
+    from ..viz.kaplan_meier import plot_risk_groups
+
+    path = out / "test_risks.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["seed"]) == seed]
+    if not rows:
+        return None
+    return plot_risk_groups(
+        [float(r["time"]) for r in rows], [int(r["event"]) for r in rows], [r["high_risk"] == "1" for r in rows],
+        out / "kaplan_meier.png",
+        time_label=time_label or "time",
+        title=f"{model}: out-of-fold test risk, split at each fold's median (seed {seed})",
+    )
 
 
 @app.command("eval")
@@ -113,14 +182,18 @@ def evaluate_checkpoint(
     dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     features: Path = typer.Option(None),
     labels: Path = typer.Option(None),
+    time_col: str = typer.Option(None, help=SURVIVAL_HELP),
+    event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
     from ..engine import evaluate, load_checkpoint
 
     try:
-        _, ds = load_dataset(dataset, features, labels)
         model, info = load_checkpoint(checkpoint)
-        result = evaluate(model, ds, feature_stats=info.get("feature_stats"))
+        survival = info.get("task") == "survival"
+        _, ds = load_dataset(dataset, features, labels, survival=survival, time_col=time_col, event_col=event_col)
+        result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
+                          survival_bin_edges=info.get("survival_bin_edges") if survival else None)
     except (ValueError, RuntimeError) as err:
         _fail(err)
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
@@ -132,14 +205,17 @@ def predict_checkpoint(
     features: Path = typer.Argument(..., help="Folder of .h5/.pt feature files."),
     labels: Path = typer.Option(None, help="Optional labels CSV; without it every feature file is predicted."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output CSV (one row per slide)."),
+    time_col: str = typer.Option(None, help=SURVIVAL_HELP),
+    event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
 ) -> None:
-    """Write a CSV of class probabilities per slide."""
+    """Write a CSV of class probabilities per slide (survival checkpoints: risk and survival per time bin)."""
     from ..engine import predict
     from ..engine.checkpoint import read_checkpoint_info
 
     try:
-        if labels is None:
-            info = read_checkpoint_info(checkpoint)
+        info = read_checkpoint_info(checkpoint)
+        survival = labels is not None and info.get("task") == "survival"
+        if labels is None:  # predict every feature file: a placeholder labels CSV lists them
             class_names = info.get("class_names") or ["0"]
             stems = sorted({p.stem for p in Path(features).iterdir() if p.suffix in (".h5", ".pt")})
             if not stems:
@@ -147,9 +223,7 @@ def predict_checkpoint(
             labels = out.with_suffix(".labels.csv")
             labels.parent.mkdir(parents=True, exist_ok=True)
             labels.write_text("slide_id,label\n" + "".join(f"{s},{class_names[0]}\n" for s in stems))
-        from ..data import FeatureFolderBags
-
-        ds = FeatureFolderBags(features, labels)
+        _, ds = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col)
         frame = predict(checkpoint, ds, as_frame=True)
     except (ValueError, RuntimeError) as err:
         _fail(err)

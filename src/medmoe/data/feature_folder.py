@@ -410,6 +410,7 @@ class FeatureFolderBags(BagDataset):
             raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
         self.features_dir = Path(features_dir)
         self.labels_csv = Path(labels_csv)
+        self.time_col = time_col
         self.patient_mode = patient_mode
         self.cache_in_memory = cache_in_memory
         self.nonfinite = nonfinite

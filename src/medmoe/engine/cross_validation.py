@@ -8,6 +8,8 @@ seed and reports mean ± std of the test metrics over all folds × seeds. Folder
       summary.md            mean ± std table
       seed<s>/splits.json   the folds used with seed s (bag ids + indices, with their hash)
       seed<s>/fold<i>/      one train_one_fold run (checkpoint/, metrics.csv, trainer_state.pt, ...)
+      test_risks.csv        survival only: every run's test bags with time, event, predicted risk and
+                            high_risk (above the median risk of its fold's test bags)
 
 :func:`compare` runs :func:`run_cross_validation` for every ``model × patch embedding × dataset`` and
 returns one table (the ``medmoe mil compare`` command prints it).
@@ -15,9 +17,12 @@ returns one table (the ``medmoe mil compare`` command prints it).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +35,7 @@ from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
 from .survival import SURVIVAL_METRIC_NAMES
-from .trainer import make_fabric
+from .trainer import TEST_PREDICTIONS_CSV, make_fabric
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -267,8 +272,34 @@ def _write_cv_result(
             out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
         )
         atomic_write_text(out_dir / "summary.md", result_cv.to_markdown())
+        if cfg.task == "survival":
+            _pool_test_risks(tasks, out_dir / TEST_RISKS_CSV)
         logger.info("%s: %d runs\n%s", model_name, len(runs), format_summary(summary, title="test"))
     return result_cv
+
+
+TEST_RISKS_CSV = "test_risks.csv"
+
+
+def _pool_test_risks(tasks: Sequence[FoldTask], path: Path) -> None:
+    """Concatenate the runs' ``test_predictions.csv`` with ``seed``, ``fold`` and ``high_risk`` (risk
+    above the median of the run's test bags: the usual risk stratification of survival papers)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["seed", "fold", "bag_id", "time", "event", "risk", "high_risk"])
+    for task in tasks:
+        pred = task.out_dir / TEST_PREDICTIONS_CSV
+        if not pred.is_file():
+            continue
+        with pred.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows:
+            continue
+        median = statistics.median(float(r["risk"]) for r in rows)
+        for r in rows:
+            high = int(float(r["risk"]) > median)
+            writer.writerow([task.seed, task.fold, r["bag_id"], r["time"], r["event"], r["risk"], high])
+    atomic_write_text(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------

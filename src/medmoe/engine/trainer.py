@@ -40,7 +40,9 @@ gathers the probabilities, so metrics are computed on exactly the evaluated set.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -99,6 +101,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 METRICS_CSV = "metrics.csv"
 FOLD_RESULT_JSON = "fold_result.json"
+#: Survival runs: the best checkpoint's risk for every test bag (``bag_id, time, event, risk``).
+TEST_PREDICTIONS_CSV = "test_predictions.csv"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -976,10 +980,15 @@ def train_one_fold(
         best_model, _ = load_checkpoint(ckpt_dir)
         model.load_state_dict(best_model.state_dict())
 
+        test_logits: Tensor | None = None
+
         def best_metrics(ds: Any) -> dict[str, float]:
+            nonlocal test_logits
             logits, labels = _infer(
                 model, ds, batch_size=cfg.eval_bs, device=device, num_workers=cfg.num_workers, fabric=fabric
             )
+            if ds is test_ds:
+                test_logits = logits
             return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha)
 
         final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
@@ -1006,6 +1015,8 @@ def train_one_fold(
                     "metrics": {"val": final_val, "test": final_test},
                 },
             )
+            if survival and test_logits is not None:
+                _write_test_risks(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits)
             atomic_write_text(
                 out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
             )
@@ -1024,6 +1035,17 @@ def train_one_fold(
                 lg.finalize(status)
             except Exception:  # pragma: no cover - logging must not hide the real error
                 logger.exception("logger finalisation failed")
+
+
+def _write_test_risks(path: Path, dataset: Any, logits: Tensor) -> None:
+    """``bag_id,time,event,risk`` per test bag (survival runs; pooled over folds by cross-validation)."""
+    risk = risk_scores(logits).tolist()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["bag_id", "time", "event", "risk"])
+    for row in zip(dataset.bag_ids, dataset.survival_times, dataset.survival_events, risk):
+        writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())
 
 
 _RESUME_NEUTRAL = ("progress", "loggers", "num_workers", "keep_last_state")

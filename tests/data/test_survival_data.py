@@ -60,7 +60,7 @@ def _folder(tmp_path, rows, header="slide_id,time,event"):
         (["s1,-2,1", "s2,3,0"], "finite numbers >= 0; bad rows 1: s1='-2'"),
         (["s1,abc,1", "s2,3,0"], "s1='abc'"),
         (["s1,2,2", "s2,3,0"], "'event' must hold 0 or 1; bad rows 1: s1='2'"),
-        (["s1,2,", "s2,3,0"], "without a 'event' value"),
+        (["s1,2,", "s2,3,0"], "without a label \\(column 'event'\\)"),
     ],
 )
 def test_bad_survival_rows_are_named(tmp_path, rows, match):

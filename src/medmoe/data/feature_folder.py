@@ -581,7 +581,7 @@ class FeatureFolderBags(BagDataset):
         no_label = [slide_ids[i] for i, r in enumerate(raw) if r == "" or r.lower() in ("nan", "na", "none")]
         if no_label:
             raise ValueError(
-                f"{self.labels_csv}: slides without a {label_col!r} value {_fmt_ids(no_label)}; fill them in "
+                f"{self.labels_csv}: slides without a label (column {label_col!r}) {_fmt_ids(no_label)}; fill them in "
                 "or drop the rows"
             )
         seen: set[str] = set()

@@ -145,3 +145,20 @@ def test_slide_heatmaps_for_other_models(case, tmp_path, name):
         assert s["attention_kind"] == "pre-softmax" and len(s["files"]["attention"]) == 1
     if name.startswith("clam"):
         assert len(s["files"]["attention"]) >= 1 and s["files"]["argmax_expert"]
+
+
+def test_heatmap_of_a_survival_checkpoint_reports_risk(case, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("clam.base_mammoth", in_dim=BUILTIN_FEATURE_DIM, num_classes=4, embed_dim=32,
+                         patch_embed_args=MOE)  # 4 hazard outputs, 2 event classes: must not be confused
+    ckpt = save_checkpoint(tmp_path / "surv", model, {"class_names": ["censored", "event"], "task": "survival",
+                                                      "survival_bin_edges": [1.0, 2.0, 3.0]})
+    out = tmp_path / "maps"
+    result = runner.invoke(app, ["mil", "heatmap", str(ckpt), "--features", str(case["h5"]), "--out", str(out),
+                                 "--max-size", "128", "--experts", "0"])
+    assert result.exit_code == 0, result.output
+    assert "predicted risk" in result.output
+    summary = json.loads((out / "heatmaps.json").read_text())
+    assert "probs" not in summary and len(summary["survival"]) == 4
+    assert summary["risk"] == pytest.approx(-sum(summary["survival"]), rel=1e-6)
+    assert summary["files"]["instance"] == [] and summary["files"]["attention"]

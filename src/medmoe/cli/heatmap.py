@@ -76,7 +76,13 @@ def heatmap(
             from ..data import FeatureFolderBags
             from ..engine.heatmap_pipeline import cohort_expert_stats
 
-            data = cohort_expert_stats(model, FeatureFolderBags(cohort, labels), out / "expert_stats",
+            if info.get("task") == "survival":  # survival CSVs have time/event columns instead of a label
+                from .mil import survival_time_column
+
+                bags = FeatureFolderBags(cohort, labels, time_col=survival_time_column(labels, None))
+            else:
+                bags = FeatureFolderBags(cohort, labels)
+            data = cohort_expert_stats(model, bags, out / "expert_stats",
                                        feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
                                        device=device)
             typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
@@ -111,15 +117,20 @@ def heatmap(
                 feats, coords, size0 = sf.features, sf.coords, sf.grid.patch_size_level0
             summary = slide_heatmaps(model, feats, coords, size0, out, slide=slide,
                                      feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
-                                     **common)
+                                     task=info.get("task", "classification"), **common)
     except (ValueError, RuntimeError) as err:
         if isinstance(err, typer.BadParameter):
             raise
         _fail(err)
     files = summary["files"]
     n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
-    probs = ", ".join(f"{k}: {v:.3f}" for k, v in summary["probs"].items())
-    typer.echo(f"{summary['num_patches']} patches; prediction {summary['prediction']} ({probs})")
+    if "risk" in summary:  # a survival model
+        curve = ", ".join(f"{v:.3f}" for v in summary["survival"])
+        typer.echo(f"{summary['num_patches']} patches; predicted risk {summary['risk']:.3f} (survival per time bin: "
+                   f"{curve})")
+    else:
+        probs = ", ".join(f"{k}: {v:.3f}" for k, v in summary["probs"].items())
+        typer.echo(f"{summary['num_patches']} patches; prediction {summary['prediction']} ({probs})")
     if summary.get("expert_stats"):
         st = summary["expert_stats"]
         typer.echo(f"{st['num_experts']} experts, {st['active_experts']} active; load balance "

@@ -46,6 +46,7 @@ class SlideInference:
 
     Attributes:
         probs: ``(C,)`` class probabilities.
+        logits: ``(C,)`` the model's raw outputs (hazard logits for a survival model).
         attention: ``(k, n)`` patch scores or ``None``; ``attention_kind`` says ``pre-softmax`` (logits,
             ``-inf`` never occurs for one unpadded bag) or ``post-softmax`` (weights summing to 1).
         instance_probs: ``(n, C)`` per-patch class probabilities (softmax of instance logits) or ``None``.
@@ -55,6 +56,7 @@ class SlideInference:
     """
 
     probs: np.ndarray
+    logits: np.ndarray | None = None
     attention: np.ndarray | None = None
     attention_kind: str = "none"
     instance_probs: np.ndarray | None = None
@@ -107,7 +109,7 @@ def infer_slide(
     try:
         out = model(x, return_attention=True, return_routing=True)
         probs = torch.softmax(out.logits.float(), -1)[0].cpu().numpy()
-        result = SlideInference(probs=probs)
+        result = SlideInference(probs=probs, logits=out.logits[0].float().cpu().numpy())
         if out.attention is not None:
             att = out.attention[0].float()
             result.attention = att.reshape(-1, att.shape[-1]).cpu().numpy()
@@ -145,6 +147,7 @@ def slide_heatmaps(
     slide: Any = None,
     feature_stats: dict[str, Any] | None = None,
     class_names: list[str] | None = None,
+    task: str = "classification",
     num_expert_maps: int = 8,
     top_k: int = 10,
     max_size: int = 2048,
@@ -165,6 +168,8 @@ def slide_heatmaps(
         slide: a :class:`~medmoe.data.slides.Slide` or path, or ``None`` for coordinates-only maps.
         feature_stats: the checkpoint's standardisation statistics.
         class_names: names of the classes (default ``0..C-1``).
+        task: the checkpoint's task; for ``'survival'`` the titles and ``heatmaps.json`` give the predicted
+            risk and survival curve instead of class probabilities, and no per-class instance maps are drawn.
         num_expert_maps: per-expert maps for the most loaded experts (``-1`` = all, 0 = none).
         top_k: patches per top-k grid (0 = no grids).
         max_size, alpha, blur, cmap, normalize: passed to :func:`medmoe.viz.heatmap.draw_heatmap`.
@@ -192,10 +197,21 @@ def slide_heatmaps(
     sl = open_slide(slide) if slide is not None else None
     canvas = make_canvas(c, patch_size_level0, slide=sl, max_size=max_size)  # checks coords vs slide
     res = infer_slide(model, features, feature_stats=feature_stats, device=device)
-    names = class_names or [str(i) for i in range(len(res.probs))]
-    pred = int(res.probs.argmax())
+    survival = task == "survival"
     files: dict[str, Any] = {"attention": [], "instance": [], "experts": [], "topk": [], "expert_stats": []}
-    tag = f"pred {names[pred]} (p={res.probs[pred]:.2f})"
+    if survival:
+        from .survival import risk_scores, survival_curves
+
+        logits = torch.as_tensor(res.logits).view(1, -1)
+        risk, curve = float(risk_scores(logits)[0]), survival_curves(logits)[0].tolist()
+        names = [f"bin_{k}" for k in range(len(res.probs))]
+        tag = f"risk {risk:.3f}"
+        prediction: dict[str, Any] = {"risk": risk, "survival": curve}
+    else:
+        names = class_names or [str(i) for i in range(len(res.probs))]
+        pred = int(res.probs.argmax())
+        tag = f"pred {names[pred]} (p={res.probs[pred]:.2f})"
+        prediction = {"probs": {names[i]: float(p) for i, p in enumerate(res.probs)}, "prediction": names[pred]}
     score_sets: dict[str, np.ndarray] = {}
 
     if res.attention is not None:
@@ -205,7 +221,7 @@ def slide_heatmaps(
                               out_path=out / f"{name}.png")
             files["attention"].append(str(hm.path))
             score_sets[name] = scores
-    if res.instance_probs is not None:
+    if res.instance_probs is not None and not survival:
         for ci, cname in enumerate(names):
             hm = draw_heatmap(c, res.instance_probs[:, ci], patch_size_level0, canvas=canvas, normalize="none",
                               cmap=cmap, alpha=alpha, blur=blur, title=f"instance P({cname}); {tag}",
@@ -245,8 +261,7 @@ def slide_heatmaps(
         "num_patches": int(c.shape[0]),
         "patch_size_level0": int(patch_size_level0),
         "slide": str(getattr(sl, "path", None)) if sl is not None else None,
-        "probs": {names[i]: float(p) for i, p in enumerate(res.probs)},
-        "prediction": names[pred],
+        **prediction,
         "attention_kind": res.attention_kind,
         "expert_stats": stats_dict,
         "files": files,
@@ -298,7 +313,8 @@ def demo_slide_heatmaps(
         f = sf.features
         stats = {"mean": f.mean(0).tolist(), "std": f.std(0).tolist()}
     return slide_heatmaps(model, sf.features, sf.coords, sf.grid.patch_size_level0, out, slide=path,
-                          feature_stats=stats, class_names=info.get("class_names"), **kwargs)
+                          feature_stats=stats, class_names=info.get("class_names"),
+                          task=info.get("task", "classification"), **kwargs)
 
 
 @torch.no_grad()

@@ -113,7 +113,7 @@ def plot_risk_groups(
     ax.set_xlabel(time_label)
     ax.set_ylabel("survival probability")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     p_text = "log-rank p = n/a" if math.isnan(p) else f"log-rank p = {p:.2g}"
     ax.set_title(f"{title}\n{p_text}" if title else p_text, fontsize=9)
     fig.tight_layout()

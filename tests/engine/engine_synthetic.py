@@ -31,3 +31,24 @@ def synthetic_bags(
     grp = [f"s{seed}_p{i // 2}" for i in range(n_bags)] if groups else None
     names = ["neg", "pos"] if num_classes == 2 else [f"c{c}" for c in range(num_classes)]
     return InMemoryBags(feats, labels, bag_ids=ids, groups=grp, class_names=names)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not an Exception, so no handler catches it)."""
+
+
+def die_after_saving(monkeypatch, saves: int) -> None:
+    """Make the trainer raise :class:`Killed` right after writing its ``saves``-th trainer state
+    (a kill between epochs); ``monkeypatch.undo()`` restores it."""
+    from medmoe.engine import trainer
+
+    real = trainer.save_trainer_state
+    calls = []
+
+    def save_then_die(path, state):
+        real(path, state)
+        calls.append(state["epoch"])
+        if len(calls) == saves:
+            raise Killed
+
+    monkeypatch.setattr(trainer, "save_trainer_state", save_then_die)

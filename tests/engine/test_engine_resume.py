@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from engine_synthetic import synthetic_bags
+from engine_synthetic import Killed, die_after_saving, synthetic_bags
 
 from medmoe.engine import TrainConfig, load_checkpoint, train_one_fold
 from medmoe.engine import trainer as T
@@ -24,10 +24,6 @@ CFG = TrainConfig(
     standardize_features=True,
     keep_last_state=True,  # so the last epoch's weights can be compared too
 )
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs."""
 
 
 def _data():
@@ -61,16 +57,7 @@ def straight(tmp_path_factory):
 
 
 def test_resume_after_kill_between_epochs(tmp_path, monkeypatch, straight):
-    real = T.save_trainer_state
-    calls = []
-
-    def save_then_die(path, state):
-        real(path, state)
-        calls.append(state["epoch"])
-        if len(calls) == 2:
-            raise Killed
-
-    monkeypatch.setattr(T, "save_trainer_state", save_then_die)
+    die_after_saving(monkeypatch, 2)
     with pytest.raises(Killed):
         train_one_fold("abmil.base", *_data(), CFG, tmp_path, OVERRIDES)
     monkeypatch.undo()

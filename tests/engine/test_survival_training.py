@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from engine_synthetic import Killed, die_after_saving
 
 from medmoe.data import FeatureFolderBags, make_synthetic_survival_folder
 from medmoe.engine import (
@@ -87,26 +88,13 @@ def test_predict_new_patients_without_outcomes(cohort, tmp_path):
     assert rows[0]["time"] is None and rows[0]["event"] is None and isinstance(rows[0]["risk"], float)
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL."""
-
-
 def test_survival_run_killed_and_resumed_ends_identical(cohort, tmp_path, monkeypatch):
     _, ds = cohort
     idx = list(range(len(ds)))
     data = ds.subset(idx[:32]), ds.subset(idx[32:48]), ds.subset(idx[48:60])
     cfg = _cfg(epochs=4, batch_size=2, feature_dropout=0.1, balanced_sampling=True)
     straight = train_one_fold("abmil.base", *data, cfg, tmp_path / "straight", {**TINY, "dropout": 0.25})
-    real = T.save_trainer_state
-    calls = []
-
-    def save_then_die(path, state):
-        real(path, state)
-        calls.append(state["epoch"])
-        if len(calls) == 2:
-            raise Killed
-
-    monkeypatch.setattr(T, "save_trainer_state", save_then_die)
+    die_after_saving(monkeypatch, 2)
     with pytest.raises(Killed):
         train_one_fold("abmil.base", *data, cfg, tmp_path / "killed", {**TINY, "dropout": 0.25})
     monkeypatch.undo()

@@ -162,3 +162,30 @@ def test_heatmap_of_a_survival_checkpoint_reports_risk(case, tmp_path):
     assert "probs" not in summary and len(summary["survival"]) == 4
     assert summary["risk"] == pytest.approx(-sum(summary["survival"]), rel=1e-6)
     assert summary["files"]["instance"] == [] and summary["files"]["attention"]
+
+
+def test_heatmaps_of_a_feature_folder(case, tmp_path):
+    import csv
+    import shutil
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    shutil.copy(case["h5"], feats / "slide.h5")  # matches slide.tif by stem: drawn over its thumbnail
+    shutil.copy(case["h5"], feats / "other.h5")  # no slide of that name: coordinates only
+    (feats / "broken.h5").write_bytes(b"not hdf5")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(case["slide"], slides / "slide.tif")
+    out = tmp_path / "maps"
+    result = runner.invoke(app, ["mil", "heatmap", str(case["ckpt"]), "--features", str(feats), "--slide",
+                                 str(slides), "--out", str(out), "--max-size", "128", "--top-k", "2",
+                                 "--experts", "0"])
+    assert result.exit_code == 0, result.output
+    assert "heatmaps of 2 of 3 slides" in result.output and "skipped broken.h5" in result.output
+    rows = list(csv.DictReader((out / "heatmaps.csv").open()))
+    assert [r["slide"] for r in rows] == ["other", "slide"] and rows[0]["prob_tumour"]
+    assert json.loads((out / "slide" / "heatmaps.json").read_text())["slide"] is not None
+    assert json.loads((out / "other" / "heatmaps.json").read_text())["slide"] is None
+    other = _ckpt(tmp_path / "ckpt1024", in_dim=1024)
+    result = runner.invoke(app, ["mil", "heatmap", str(other), "--features", str(feats), "--out", str(out)])
+    assert result.exit_code == 2 and "could be drawn; the first error" in result.output

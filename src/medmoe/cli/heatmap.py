@@ -29,9 +29,10 @@ def heatmap(
     checkpoint: Path = typer.Argument(None, help="Checkpoint folder (model.safetensors + config.json). Optional "
                                       "with --demo (an untrained 8-expert ABMIL-Mammoth is used)."),
     features: Path = typer.Option(None, "--features", "-f", help="TRIDENT/CLAM .h5 of the slide (features + "
-                                  "coords in level-0 px)."),
-    slide: Path = typer.Option(None, "--slide", "-s", help="The whole-slide image (.svs, .tif, ...). Without "
-                               "--features its patches are encoded with the built-in 128-d extractor."),
+                                  "coords in level-0 px), or a folder of them: one heatmap folder per slide."),
+    slide: Path = typer.Option(None, "--slide", "-s", help="The whole-slide image (.svs, .tif, ...); with a "
+                               "--features folder, a folder of slides matched by file stem. Without --features "
+                               "its patches are encoded with the built-in 128-d extractor."),
     cohort: Path = typer.Option(None, "--cohort", help="Instead: a folder of feature files (+ --labels CSV); writes "
                                 "expert load, routing entropy and expert usage per class over all its slides."),
     labels: Path = typer.Option(None, "--labels", help="Labels CSV for --cohort (slide_id, label)."),
@@ -100,6 +101,9 @@ def heatmap(
                 raise typer.BadParameter("give a CHECKPOINT folder (or use --demo)")
             if features is None and slide is None:
                 raise typer.BadParameter("give --features H5 (with --slide for a thumbnail) or --slide SLIDE")
+            if features is not None and features.is_dir():
+                _heatmaps_of_folder(model, info, features, slide, out, patch_size_level0, common)
+                return
             if features is not None:
                 from ..data import read_feature_file
 
@@ -136,6 +140,65 @@ def heatmap(
         typer.echo(f"{st['num_experts']} experts, {st['active_experts']} active; load balance "
                    f"{st['load_balance']:.3f}; routing entropy {st['entropy_mean']:.3f} (1 = uniform)")
     typer.echo(f"wrote {n} images to {out} (summary: {out / 'heatmaps.json'})")
+
+
+def _slide_for(slides: Path | None, stem: str) -> Path | None:
+    """The slide in folder ``slides`` whose file stem is ``stem`` (None without a folder or a match)."""
+    if slides is None:
+        return None
+    matches = sorted(p for p in slides.iterdir() if p.is_file() and p.stem == stem)
+    return matches[0] if matches else None
+
+
+def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides: Path | None, out: Path,
+                        patch_size_level0: int | None, common: dict[str, Any]) -> None:
+    """One heatmap folder per feature file of ``features`` (``out/<stem>/``) and ``out/heatmaps.csv``;
+    a slide that fails is reported and skipped, the others still get their maps."""
+    import csv
+    import sys
+
+    from rich.progress import track
+
+    from ..data import read_feature_file
+    from ..engine.heatmap_pipeline import slide_heatmaps
+
+    files = sorted(p for p in features.iterdir() if p.suffix in (".h5", ".pt"))
+    if not files:
+        raise ValueError(f"no .h5 or .pt feature files in {features}")
+    if slides is not None and not slides.is_dir():
+        raise ValueError(f"with a --features folder, --slide must be a folder of slides too; got {slides}")
+    rows, failed = [], []
+    for path in track(files, description="heatmaps", transient=True, disable=not sys.stderr.isatty()):
+        try:
+            feats, coords, attrs = read_feature_file(path, with_attrs=True)
+            if coords is None:
+                raise ValueError(f"{path} has no 'coords' dataset; heatmaps need patch coordinates")
+            size0 = _patch_size_from_attrs(attrs, patch_size_level0, path)
+            summary = slide_heatmaps(model, feats, coords, size0, out / path.stem,
+                                     slide=_slide_for(slides, path.stem),
+                                     feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
+                                     task=info.get("task", "classification"), **common)
+        except (ValueError, RuntimeError, OSError) as err:
+            failed.append(f"{path.name}: {err}")
+        else:
+            row = {"slide": path.stem, "num_patches": summary["num_patches"]}
+            if "risk" in summary:
+                row["risk"] = round(summary["risk"], 6)
+            else:
+                row["prediction"] = summary["prediction"]
+                row.update({f"prob_{k}": round(v, 6) for k, v in summary["probs"].items()})
+            rows.append(row)
+    if rows:
+        with (out / "heatmaps.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    typer.echo(f"heatmaps of {len(rows)} of {len(files)} slides in {out} (one folder per slide; "
+               f"{out / 'heatmaps.csv'})")
+    for line in failed:
+        typer.secho(f"skipped {line}", fg="yellow", err=True)
+    if not rows:
+        raise ValueError(f"no slide of {features} could be drawn; the first error: {failed[0]}")
 
 
 def _check_builtin_dim(model: Any, checkpoint: Path | None) -> None:

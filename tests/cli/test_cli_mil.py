@@ -50,6 +50,12 @@ def test_train_eval_predict(folder, tmp_path):
     assert len(prob_cols) == 2
     assert all(abs(sum(float(r[c]) for c in prob_cols) - 1) < 1e-4 for r in rows)
 
+    # the run folder: the ensemble of its 3 fold checkpoints
+    result = runner.invoke(app, ["mil", "predict", str(out), str(folder.features_dir), "--out", str(preds)])
+    assert result.exit_code == 0 and "ensemble of 3 checkpoints" in result.output, result.output
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 16 and rows[0]["n_models"] == "3" and 0 < float(rows[0]["agreement"]) <= 1
+
 
 def test_bad_input_gives_a_clear_error(tmp_path, folder):
     result = runner.invoke(app, ["mil", "train", "--features", str(folder.features_dir)])

@@ -201,7 +201,8 @@ def evaluate_checkpoint(
 
 @app.command("predict")
 def predict_checkpoint(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint folder."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a `mil train` run folder: the ensemble "
+                                      "of all its seed*/fold*/checkpoint models (mean probabilities or risks)."),
     features: Path = typer.Argument(..., help="Folder of .h5/.pt feature files."),
     labels: Path = typer.Option(None, help="Optional labels CSV; without it every feature file is predicted."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output CSV (one row per slide)."),
@@ -209,11 +210,12 @@ def predict_checkpoint(
     event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
 ) -> None:
     """Write a CSV of class probabilities per slide (survival checkpoints: risk and survival per time bin)."""
-    from ..engine import predict
+    from ..engine import predict, predict_ensemble, run_checkpoints
     from ..engine.checkpoint import read_checkpoint_info
 
     try:
-        info = read_checkpoint_info(checkpoint)
+        checkpoints = run_checkpoints(checkpoint)
+        info = read_checkpoint_info(checkpoints[0])
         survival = labels is not None and info.get("task") == "survival"
         if labels is None:  # predict every feature file: a placeholder labels CSV lists them
             class_names = info.get("class_names") or ["0"]
@@ -224,12 +226,16 @@ def predict_checkpoint(
             labels.parent.mkdir(parents=True, exist_ok=True)
             labels.write_text("slide_id,label\n" + "".join(f"{s},{class_names[0]}\n" for s in stems))
         _, ds = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col)
-        frame = predict(checkpoint, ds, as_frame=True)
+        if len(checkpoints) == 1:
+            frame = predict(checkpoints[0], ds, as_frame=True)
+        else:
+            frame = predict_ensemble(checkpoints, ds, as_frame=True)
     except (ValueError, RuntimeError) as err:
         _fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
-    typer.echo(f"wrote {len(frame)} predictions to {out}")
+    models = "" if len(checkpoints) == 1 else f" (ensemble of {len(checkpoints)} checkpoints)"
+    typer.echo(f"wrote {len(frame)} predictions to {out}{models}")
 
 
 def run_compare(

@@ -1,7 +1,8 @@
 """Training and evaluation of MIL models: Lightning Fabric loop, metrics, checkpoints, cross-validation.
 
 * :class:`TrainConfig` — every training setting (AdamW, warm-up + cosine, clipping, early stopping, ...).
-* :func:`train_one_fold`, :func:`evaluate`, :func:`predict` — :mod:`medmoe.engine.trainer`.
+* :func:`train_one_fold`, :func:`evaluate` — :mod:`medmoe.engine.trainer`.
+* :func:`predict`, :func:`predict_ensemble` (every fold of a run) — :mod:`medmoe.engine.prediction`.
 * :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.cross_validation`.
 * :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
 * :func:`paired_comparison` — per-fold paired differences of two patch embeddings, corrected t-test.
@@ -54,10 +55,12 @@ __all__ = [
     "paired_comparison",
     "parameter_report",
     "predict",
+    "predict_ensemble",
     "predict_volumes",
     "read_checkpoint_info",
     "resolve_variant",
     "retina_tolerant_acc",
+    "run_checkpoints",
     "run_cross_validation",
     "save_checkpoint",
     "save_mosaic_checkpoint",
@@ -82,7 +85,9 @@ _LAZY = {
     "METRIC_NAMES": "metrics",
     "train_one_fold": "trainer",
     "evaluate": "trainer",
-    "predict": "trainer",
+    "predict": "prediction",
+    "predict_ensemble": "prediction",
+    "run_checkpoints": "prediction",
     "make_fabric": "trainer",
     "FoldResult": "trainer",
     "EvalResult": "trainer",

@@ -92,7 +92,6 @@ __all__ = [
     "WarmupCosine",
     "evaluate",
     "make_fabric",
-    "predict",
     "train_one_fold",
 ]
 
@@ -505,80 +504,6 @@ def evaluate(
     metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0)
     probs = survival_curves(logits) if survival_bin_edges is not None else torch.softmax(logits, dim=-1)
     return EvalResult(metrics, probs, labels, list(dataset.bag_ids))
-
-
-def predict(
-    checkpoint_dir: str | Path,
-    dataset: Any,
-    *,
-    batch_size: int = 1,
-    device: str | torch.device = "cpu",
-    as_frame: bool = False,
-) -> Any:
-    """Per-bag class probabilities from a saved checkpoint.
-
-    Features are standardised with the checkpoint's saved statistics when it has them.
-
-    Returns:
-        A list of dicts (or a pandas DataFrame with ``as_frame=True``), one per bag in dataset order:
-        ``bag_id``, ``label`` (the dataset's label; ``None`` when negative / unknown), ``pred`` (class
-        index), ``pred_name`` and ``prob_<class name>`` for every class. For a survival checkpoint:
-        ``bag_id``, ``time`` and ``event`` (when the dataset has them, else ``None``), ``risk``
-        (``-sum_k S_k``, higher = earlier event) and ``survival_<k>`` = ``S_k``, the probability of
-        surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``).
-    """
-    model, info = load_checkpoint(checkpoint_dir, map_location=device)
-    in_dim = model.config.in_dim
-    if getattr(dataset, "feature_dim", in_dim) != in_dim:
-        raise ValueError(
-            f"the checkpoint expects {in_dim}-d features but the dataset has {dataset.feature_dim}-d; "
-            "use features from the same encoder as in training"
-        )
-    dataset = _with_stats(dataset, info.get("feature_stats"))
-    names = info.get("class_names") or [str(c) for c in range(model.config.num_classes)]
-    logits, _ = _infer(model, dataset, batch_size=batch_size, device=torch.device(device))
-    if info.get("task") == "survival":
-        rows = _survival_rows(logits, dataset)
-    else:
-        rows = _class_rows(torch.softmax(logits, dim=-1), dataset, names)
-    if as_frame:
-        try:
-            import pandas as pd
-        except ImportError as err:  # pragma: no cover
-            raise ImportError("as_frame=True needs pandas: pip install 'medmoe[mil]'") from err
-        return pd.DataFrame(rows)
-    return rows
-
-
-def _survival_rows(logits: Tensor, dataset: Any) -> list[dict[str, Any]]:
-    curves, risk = survival_curves(logits), risk_scores(logits)
-    known = getattr(dataset, "is_survival", False)
-    times = dataset.survival_times if known else [None] * len(dataset)
-    events = dataset.survival_events if known else [None] * len(dataset)
-    rows = []
-    for i, bag_id in enumerate(dataset.bag_ids):
-        row: dict[str, Any] = {"bag_id": bag_id, "time": times[i], "event": events[i], "risk": float(risk[i])}
-        row.update({f"survival_{k}": float(curves[i, k]) for k in range(curves.shape[1])})
-        rows.append(row)
-    return rows
-
-
-def _class_rows(probs: Tensor, dataset: Any, names: Sequence[str]) -> list[dict[str, Any]]:
-    rows = []
-    labels = list(getattr(dataset, "labels", [None] * len(dataset)))
-    for i, bag_id in enumerate(dataset.bag_ids):
-        pred = int(probs[i].argmax())
-        label = labels[i]
-        row: dict[str, Any] = {
-            "bag_id": bag_id,
-            "label": None if label is None or int(label) < 0 else int(label),
-            "pred": pred,
-            "pred_name": names[pred] if pred < len(names) else str(pred),
-        }
-        for c, name in enumerate(names):
-            row[f"prob_{name}"] = float(probs[i, c])
-        rows.append(row)
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------

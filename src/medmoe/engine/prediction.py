@@ -1,0 +1,185 @@
+"""Predictions of saved checkpoints on new bags: one checkpoint, or the ensemble of a cross-validation run.
+
+:func:`predict` gives one checkpoint's class probabilities (or survival risk) per bag. A k-fold run leaves
+``k x seeds`` checkpoints; the usual way to apply it to an external cohort is their ensemble
+(:func:`predict_ensemble`): class probabilities are averaged (the prediction is the arg-max of the mean,
+``agreement`` the share of models that predict it), survival risks are averaged (``risk_std`` is their
+spread). :func:`run_checkpoints` lists a run folder's checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoint import load_checkpoint
+from .survival import risk_scores, survival_curves
+from .trainer import _infer, _with_stats
+
+__all__ = ["predict", "predict_ensemble", "run_checkpoints"]
+
+
+def _outputs(
+    checkpoint_dir: str | Path, dataset: Any, batch_size: int, device: str | torch.device
+) -> tuple[dict[str, Any], Tensor]:
+    """The checkpoint's info and its float32 logits ``(n, C)`` on ``dataset`` (standardised with the
+    checkpoint's feature statistics)."""
+    model, info = load_checkpoint(checkpoint_dir, map_location=device)
+    in_dim = model.config.in_dim
+    if getattr(dataset, "feature_dim", in_dim) != in_dim:
+        raise ValueError(
+            f"the checkpoint {checkpoint_dir} expects {in_dim}-d features but the dataset has "
+            f"{dataset.feature_dim}-d; use features from the same encoder as in training"
+        )
+    info = {**info, "num_outputs": model.config.num_classes}
+    logits, _ = _infer(
+        model,
+        _with_stats(dataset, info.get("feature_stats")),
+        batch_size=batch_size,
+        device=torch.device(device),
+    )
+    return info, logits
+
+
+def _frame(rows: list[dict[str, Any]], as_frame: bool) -> Any:
+    if not as_frame:
+        return rows
+    try:
+        import pandas as pd
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("as_frame=True needs pandas: pip install 'medmoe[mil]'") from err
+    return pd.DataFrame(rows)
+
+
+def _base_rows(dataset: Any, survival: bool) -> list[dict[str, Any]]:
+    """``bag_id`` plus the known outcome: ``label`` (None when negative / unknown), or ``time``/``event``."""
+    if survival:
+        known = getattr(dataset, "is_survival", False)
+        times = dataset.survival_times if known else [None] * len(dataset)
+        events = dataset.survival_events if known else [None] * len(dataset)
+        return [{"bag_id": b, "time": t, "event": e} for b, t, e in zip(dataset.bag_ids, times, events)]
+    labels = list(getattr(dataset, "labels", [None] * len(dataset)))
+    return [
+        {"bag_id": b, "label": None if y is None or int(y) < 0 else int(y)}
+        for b, y in zip(dataset.bag_ids, labels)
+    ]
+
+
+def _class_names(info: dict[str, Any]) -> list[str]:
+    return list(info.get("class_names") or [str(c) for c in range(info["num_outputs"])])
+
+
+def predict(
+    checkpoint_dir: str | Path,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    as_frame: bool = False,
+) -> Any:
+    """Per-bag class probabilities from a saved checkpoint.
+
+    Features are standardised with the checkpoint's saved statistics when it has them.
+
+    Returns:
+        A list of dicts (or a pandas DataFrame with ``as_frame=True``), one per bag in dataset order:
+        ``bag_id``, ``label`` (the dataset's label; ``None`` when negative / unknown), ``pred`` (class
+        index), ``pred_name`` and ``prob_<class name>`` for every class. For a survival checkpoint:
+        ``bag_id``, ``time`` and ``event`` (when the dataset has them, else ``None``), ``risk``
+        (``-sum_k S_k``, higher = earlier event) and ``survival_<k>`` = ``S_k``, the probability of
+        surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``).
+    """
+    info, logits = _outputs(checkpoint_dir, dataset, batch_size, device)
+    survival = info.get("task") == "survival"
+    rows = _base_rows(dataset, survival)
+    if survival:
+        curves, risk = survival_curves(logits), risk_scores(logits)
+        for i, row in enumerate(rows):
+            row["risk"] = float(risk[i])
+            row.update({f"survival_{k}": float(curves[i, k]) for k in range(curves.shape[1])})
+    else:
+        names = _class_names(info)
+        probs = torch.softmax(logits, dim=-1)
+        for i, row in enumerate(rows):
+            pred = int(probs[i].argmax())
+            row.update({"pred": pred, "pred_name": names[pred] if pred < len(names) else str(pred)})
+            row.update({f"prob_{name}": float(probs[i, c]) for c, name in enumerate(names)})
+    return _frame(rows, as_frame)
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints of a cross-validation run folder (``seed*/fold*/checkpoint``), in seed and fold
+    order; ``[run_dir]`` when ``run_dir`` is itself a checkpoint."""
+    root = Path(run_dir)
+    if (root / "config.json").is_file():
+        return [root]
+    found = [p.parent for p in root.glob("seed*/fold*/checkpoint/config.json")]
+
+    def order(p: Path) -> tuple[int, int]:
+        seed, fold = p.parent.parent.name[4:], p.parent.name[4:]
+        return (int(seed) if seed.isdigit() else 0, int(fold) if fold.isdigit() else 0)
+
+    if not found:
+        raise ValueError(
+            f"{root} is neither a checkpoint (config.json + model.safetensors) nor a run folder with "
+            "seed*/fold*/checkpoint/ inside"
+        )
+    return sorted(found, key=order)
+
+
+def predict_ensemble(
+    checkpoint_dirs: Sequence[str | Path],
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    as_frame: bool = False,
+) -> Any:
+    """The mean prediction of several checkpoints of one task (e.g. every fold of a run).
+
+    Returns:
+        One row per bag (list of dicts, or a DataFrame with ``as_frame=True``): as :func:`predict`, with the
+        probabilities averaged over the models, plus ``n_models`` and ``agreement`` (share of the models
+        whose own arg-max is the ensemble's); for survival, ``risk`` (mean), ``risk_std`` (sample std over
+        the models) and ``n_models`` (per-bin survival is left out: each fold cuts its own time bins).
+
+    Raises:
+        ValueError: no checkpoints, or checkpoints of different tasks / classes / feature sizes.
+    """
+    paths = [Path(p) for p in checkpoint_dirs]
+    if not paths:
+        raise ValueError("predict_ensemble needs at least one checkpoint")
+    infos, outputs = [], []
+    for path in paths:
+        info, logits = _outputs(path, dataset, batch_size, device)
+        if infos and (info.get("task"), _class_names(info)) != (infos[0].get("task"), _class_names(infos[0])):
+            raise ValueError(
+                f"{path} predicts {info.get('task', 'classification')} {_class_names(info)} but {paths[0]} predicts "
+                f"{infos[0].get('task', 'classification')} {_class_names(infos[0])}; ensemble checkpoints of one task"
+            )
+        infos.append(info)
+        outputs.append(logits)
+    survival = infos[0].get("task") == "survival"
+    rows = _base_rows(dataset, survival)
+    n = len(paths)
+    if survival:
+        risks = torch.stack([risk_scores(z) for z in outputs])  # (m, bags)
+        mean = risks.mean(0)
+        std = risks.std(0) if n > 1 else torch.zeros_like(mean)
+        for i, row in enumerate(rows):
+            row.update({"risk": float(mean[i]), "risk_std": float(std[i]), "n_models": n})
+        return _frame(rows, as_frame)
+    names = _class_names(infos[0])
+    probs = torch.stack([torch.softmax(z, dim=-1) for z in outputs])  # (m, bags, C)
+    mean = probs.mean(0)
+    votes = probs.argmax(-1)  # (m, bags)
+    for i, row in enumerate(rows):
+        pred = int(mean[i].argmax())
+        row.update({"pred": pred, "pred_name": names[pred] if pred < len(names) else str(pred)})
+        row.update({f"prob_{name}": float(mean[i, c]) for c, name in enumerate(names)})
+        row.update({"n_models": n, "agreement": float((votes[:, i] == pred).double().mean())})
+    return _frame(rows, as_frame)

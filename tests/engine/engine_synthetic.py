@@ -52,3 +52,12 @@ def die_after_saving(monkeypatch, saves: int) -> None:
             raise Killed
 
     monkeypatch.setattr(trainer, "save_trainer_state", save_then_die)
+
+
+def survival_bags(n_bags: int, *, seed: int = 0) -> InMemoryBags:
+    """:func:`synthetic_bags` with survival targets: class-1 bags (the shifted ones) die early, every third
+    bag is censored; the labels stay the classes."""
+    bags = synthetic_bags(n_bags, seed=seed)
+    times = [(2.0 if y else 8.0) + (i % 5) for i, y in enumerate(bags.labels)]
+    events = [0 if i % 3 == 2 else 1 for i in range(n_bags)]
+    return bags.with_survival(times, events)

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
-from engine_synthetic import TINY_ABMIL, synthetic_bags
+from engine_synthetic import TINY_ABMIL, survival_bags, synthetic_bags
 
 from medmoe.engine import TrainConfig, train_one_fold
 from medmoe.engine.checkpoint import load_trainer_state
@@ -33,12 +34,12 @@ SCRIPT = textwrap.dedent(
     import json, sys
     sys.path.insert(0, {here!r})
     import torch.distributed as dist
-    from engine_synthetic import TINY_ABMIL, synthetic_bags
+    from engine_synthetic import TINY_ABMIL, {bags}
     from medmoe.engine import TrainConfig, train_one_fold
 
     cfg = TrainConfig(**{cfg!r}, batch_size=1, devices=2, strategy="ddp")
-    res = train_one_fold("abmil.base", synthetic_bags(48, seed=0), synthetic_bags(24, seed=1),
-                         synthetic_bags(24, seed=2), cfg, {out!r}, TINY_ABMIL)
+    res = train_one_fold("abmil.base", {bags}(48, seed=0), {bags}(24, seed=1),
+                         {bags}(24, seed=2), cfg, {out!r}, TINY_ABMIL)
     if dist.get_rank() == 0:
         with open({out!r} + "/ddp_result.json", "w") as fh:
             json.dump({{"val": res.val_metrics, "test": res.test_metrics, "world": dist.get_world_size(),
@@ -47,19 +48,22 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("task", ["classification", "survival"])
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, task):
+    bags = survival_bags if task == "survival" else synthetic_bags
+    cfg = {**CFG, "task": task}
     single = train_one_fold(
         "abmil.base",
-        synthetic_bags(48, seed=0),
-        synthetic_bags(24, seed=1),
-        synthetic_bags(24, seed=2),
-        TrainConfig(**CFG, batch_size=2),
+        bags(48, seed=0),
+        bags(24, seed=1),
+        bags(24, seed=2),
+        TrainConfig(**cfg, batch_size=2),
         tmp_path / "single",
         TINY_ABMIL,
     )
     out = tmp_path / "ddp"
     script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT.format(here=os.path.dirname(__file__), cfg=CFG, out=str(out)))
+    script.write_text(SCRIPT.format(here=os.path.dirname(__file__), cfg=cfg, out=str(out), bags=bags.__name__))
     env = {
         k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")
     }

@@ -59,3 +59,22 @@ def test_plot_risk_groups_writes_a_png(tmp_path):
         plot_risk_groups(t, e, high[:5], tmp_path / "bad.png")
     with pytest.raises(ValueError, match="finite"):
         kaplan_meier([1.0, float("inf")], [1, 0])
+
+
+def test_numbers_at_risk_under_the_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medmoe.viz.kaplan_meier import _numbers_at_risk
+
+    fig, ax = plt.subplots()
+    ax.set_xlim(0, 10)
+    ax.set_xticks([0, 5, 10])
+    t = np.array([1.0, 6.0, 11.0, 2.0, 3.0])
+    high = np.array([False, False, False, True, True])
+    _numbers_at_risk(ax, t, (("low", ~high, "b"), ("high", high, "r")))
+    texts = [x.get_text() for x in ax.texts]
+    plt.close(fig)
+    assert texts == ["at risk", "3", "2", "1", "2", "0", "0"]

@@ -68,6 +68,21 @@ def logrank_test(times: Sequence[float], events: Sequence[int], groups: Sequence
     return chi2, math.erfc(math.sqrt(chi2 / 2))
 
 
+def _numbers_at_risk(ax, times: np.ndarray, groups) -> None:  # type: ignore[no-untyped-def]
+    """Rows of patients still at risk at each x tick, under the axis, as in survival papers."""
+    from matplotlib.transforms import blended_transform_factory
+
+    lo, hi = ax.get_xlim()
+    ticks = [x for x in ax.get_xticks() if lo <= x <= hi]
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.text(lo, -0.2, "at risk", transform=trans, ha="right", va="top", fontsize=7, color="0.3")
+    for row, (_, mask, colour) in enumerate(groups):
+        y = -0.27 - 0.07 * row
+        for x in ticks:
+            ax.text(x, y, str(int((times[mask] >= x).sum())), transform=trans, ha="center", va="top",
+                    fontsize=7, color=colour)
+
+
 def plot_risk_groups(
     times: Sequence[float],
     events: Sequence[int],
@@ -76,7 +91,8 @@ def plot_risk_groups(
     title: str = "",
     time_label: str = "time",
 ) -> Path:
-    """Kaplan-Meier curves of the low- and high-risk patients, censoring ticks, log-rank p; a PNG.
+    """Kaplan-Meier curves of the low- and high-risk patients, censoring ticks, log-rank p and the numbers
+    at risk under the time axis; a PNG.
 
     Args:
         times, events: follow-up and event indicator (1 = observed) per patient.
@@ -95,8 +111,9 @@ def plot_risk_groups(
     if high.shape != t.shape:
         raise ValueError(f"got {high.size} risk-group flags for {t.size} patients")
     _, p = logrank_test(t, e, high)
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for name, mask, colour in (("low risk", ~high, "tab:blue"), ("high risk", high, "tab:red")):
+    fig, ax = plt.subplots(figsize=(5.2, 4.3))
+    groups = (("low risk", ~high, "tab:blue"), ("high risk", high, "tab:red"))
+    for name, mask, colour in groups:
         if not mask.any():
             continue
         grid, surv = kaplan_meier(t[mask], e[mask])
@@ -110,6 +127,7 @@ def plot_risk_groups(
             ax.plot(t[censored], surv[idx], "|", color=colour, markersize=8)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(left=0)
+    _numbers_at_risk(ax, t, groups)
     ax.set_xlabel(time_label)
     ax.set_ylabel("survival probability")
     ax.grid(alpha=0.3)

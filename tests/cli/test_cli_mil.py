@@ -32,6 +32,9 @@ def test_train_eval_predict(folder, tmp_path):
                                  "--out", str(out), "--lr", "1e-3", *TINY])
     assert result.exit_code == 0, result.output
     assert "auroc" in result.output and (out / "summary.md").exists()
+    assert (out / "roc.png").is_file() and (out / "confusion.png").is_file()
+    pooled = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert len(pooled) == 16 and {"seed", "fold", "bag_id", "label", "prob_class_0", "prob_class_1"} <= set(pooled[0])
     ckpt = out / "seed0" / "fold0" / "checkpoint"
     assert (ckpt / "model.safetensors").exists() and (ckpt / "config.json").exists()
 

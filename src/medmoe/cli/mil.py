@@ -146,13 +146,39 @@ def train(
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                                       model_overrides=parse_overrides(set_), resume=resume, jobs=jobs)
-        plot = _plot_test_risk_groups(out, model, seeds[0], getattr(ds, "time_col", None)) if survival else None
+        if survival:
+            plots = [_plot_test_risk_groups(out, model, seeds[0], getattr(ds, "time_col", None))]
+        else:
+            plots = _plot_test_predictions(out, model, seeds[0], ds.class_names)
     except (ValueError, RuntimeError) as err:
         _fail(err)
     typer.echo((out / "summary.md").read_text() if (out / "summary.md").exists() else str(result.summary))
-    if plot is not None:
-        typer.echo(f"Kaplan-Meier plot of the predicted risk groups: {plot}")
+    drawn = [str(p) for p in plots if p is not None]
+    if drawn:
+        typer.echo("plots of the out-of-fold test predictions: " + ", ".join(drawn))
     typer.echo(f"results: {out}")
+
+
+def _plot_test_predictions(out: Path, model: str, seed: int, class_names: list[str]) -> list[Path]:
+    """ROC curve(s) and confusion matrix of one seed's out-of-fold test predictions (every bag once)."""
+    import csv
+
+    import numpy as np
+
+    from ..viz.roc import plot_confusion, plot_roc
+
+    path = out / "test_predictions.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["seed"]) == seed]
+    if not rows:
+        return []
+    labels = [int(r["label"]) for r in rows]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in rows])
+    title = f"{model}: out-of-fold test predictions (seed {seed})"
+    return [plot_roc(labels, probs, class_names, out / "roc.png", title=title),
+            plot_confusion(labels, probs.argmax(1), class_names, out / "confusion.png", title=title)]
 
 
 def _plot_test_risk_groups(out: Path, model: str, seed: int, time_label: str | None) -> Path | None:

@@ -8,7 +8,8 @@ seed and reports mean ± std of the test metrics over all folds × seeds. Folder
       summary.md            mean ± std table
       seed<s>/splits.json   the folds used with seed s (bag ids + indices, with their hash)
       seed<s>/fold<i>/      one train_one_fold run (checkpoint/, metrics.csv, trainer_state.pt, ...)
-      test_risks.csv        survival only: every run's test bags with time, event, predicted risk and
+      test_predictions.csv  every run's test bags with seed, fold, label and class probabilities
+      test_risks.csv        survival instead: every run's test bags with time, event, predicted risk and
                             high_risk (above the median risk of its fold's test bags)
 
 :func:`compare` runs :func:`run_cross_validation` for every ``model × patch embedding × dataset`` and
@@ -272,8 +273,8 @@ def _write_cv_result(
             out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
         )
         atomic_write_text(out_dir / "summary.md", result_cv.to_markdown())
-        if cfg.task == "survival":
-            _pool_test_risks(tasks, out_dir / TEST_RISKS_CSV)
+        survival = cfg.task == "survival"
+        _pool_test_predictions(tasks, out_dir / (TEST_RISKS_CSV if survival else TEST_PREDICTIONS_CSV), survival)
         logger.info("%s: %d runs\n%s", model_name, len(runs), format_summary(summary, title="test"))
     return result_cv
 
@@ -281,12 +282,13 @@ def _write_cv_result(
 TEST_RISKS_CSV = "test_risks.csv"
 
 
-def _pool_test_risks(tasks: Sequence[FoldTask], path: Path) -> None:
-    """Concatenate the runs' ``test_predictions.csv`` with ``seed``, ``fold`` and ``high_risk`` (risk
-    above the median of the run's test bags: the usual risk stratification of survival papers)."""
+def _pool_test_predictions(tasks: Sequence[FoldTask], path: Path, survival: bool) -> None:
+    """Concatenate the runs' ``test_predictions.csv`` with ``seed`` and ``fold`` columns; for survival
+    add ``high_risk`` (risk above the median of the run's test bags: the usual risk stratification of
+    survival papers). Runs without the file (finished by an older medmoe) are left out."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["seed", "fold", "bag_id", "time", "event", "risk", "high_risk"])
+    header_written = False
     for task in tasks:
         pred = task.out_dir / TEST_PREDICTIONS_CSV
         if not pred.is_file():
@@ -295,11 +297,16 @@ def _pool_test_risks(tasks: Sequence[FoldTask], path: Path) -> None:
             rows = list(csv.DictReader(fh))
         if not rows:
             continue
-        median = statistics.median(float(r["risk"]) for r in rows)
+        columns = list(rows[0])
+        if not header_written:
+            writer.writerow(["seed", "fold", *columns, *(["high_risk"] if survival else [])])
+            header_written = True
+        median = statistics.median(float(r["risk"]) for r in rows) if survival else 0.0
         for r in rows:
-            high = int(float(r["risk"]) > median)
-            writer.writerow([task.seed, task.fold, r["bag_id"], r["time"], r["event"], r["risk"], high])
-    atomic_write_text(path, buffer.getvalue())
+            extra = [int(float(r["risk"]) > median)] if survival else []
+            writer.writerow([task.seed, task.fold, *(r[c] for c in columns), *extra])
+    if header_written:
+        atomic_write_text(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 METRICS_CSV = "metrics.csv"
 FOLD_RESULT_JSON = "fold_result.json"
-#: Survival runs: the best checkpoint's risk for every test bag (``bag_id, time, event, risk``).
+#: The best checkpoint's prediction for every test bag: ``bag_id, label, prob_<class>...``, or for
+#: survival ``bag_id, time, event, risk``.
 TEST_PREDICTIONS_CSV = "test_predictions.csv"
 
 
@@ -940,8 +941,8 @@ def train_one_fold(
                     "metrics": {"val": final_val, "test": final_test},
                 },
             )
-            if survival and test_logits is not None:
-                _write_test_risks(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits)
+            if test_logits is not None:
+                _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, survival)
             atomic_write_text(
                 out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
             )
@@ -962,14 +963,19 @@ def train_one_fold(
                 logger.exception("logger finalisation failed")
 
 
-def _write_test_risks(path: Path, dataset: Any, logits: Tensor) -> None:
-    """``bag_id,time,event,risk`` per test bag (survival runs; pooled over folds by cross-validation)."""
-    risk = risk_scores(logits).tolist()
+def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, survival: bool) -> None:
+    """One row per test bag (pooled over folds by cross-validation): ``bag_id,label,prob_<class>...`` or,
+    for survival, ``bag_id,time,event,risk``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["bag_id", "time", "event", "risk"])
-    for row in zip(dataset.bag_ids, dataset.survival_times, dataset.survival_events, risk):
-        writer.writerow(row)
+    if survival:
+        writer.writerow(["bag_id", "time", "event", "risk"])
+        risk = risk_scores(logits).tolist()
+        writer.writerows(zip(dataset.bag_ids, dataset.survival_times, dataset.survival_events, risk))
+    else:
+        writer.writerow(["bag_id", "label", *(f"prob_{c}" for c in dataset.class_names)])
+        probs = torch.softmax(logits, dim=-1).tolist()
+        writer.writerows([b, y, *p] for b, y, p in zip(dataset.bag_ids, dataset.labels, probs))
     atomic_write_text(path, buffer.getvalue())
 
 

@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
-from .seg_inference import SLIDING_WINDOW_MODES, check_roi, sliding_window_logits
+from .seg_inference import SLIDING_WINDOW_MODES, check_roi, sliding_window_labels
 
 __all__ = [
     "SEG_CHECKPOINT_DIR",
@@ -218,9 +218,9 @@ def evaluate_segmentation(
             raise ValueError(f"case {case.case_id} has no label; evaluation needs labelled cases")
         data = pre(case.as_dict())
         image, label = data["image"], data["label"]
-        logits = sliding_window_logits(model, image[None].to(device), roi_size or transform_config.roi_size,
-                                       overlap, mode, sw_batch_size)
-        pred = one_hot(logits.argmax(1, keepdim=True).cpu(), num_classes)
+        labels = sliding_window_labels(model, image[None].to(device), roi_size or transform_config.roi_size,
+                                       overlap, mode, sw_batch_size)  # no whole-volume logits
+        pred = one_hot(labels[None, None].cpu(), num_classes)
         target_idx = torch.as_tensor(label)[None].round().long()
         if int(target_idx.max()) >= num_classes or int(target_idx.min()) < 0:
             raise ValueError(

@@ -7,6 +7,10 @@
 * :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
 * :func:`paired_comparison` — per-fold paired differences of two patch embeddings, corrected t-test.
 * :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.metrics`.
+* :mod:`medmoe.engine.survival` — discrete-time survival (``TrainConfig(task='survival')``): time bins,
+  NLL loss, risks, Harrell's c-index.
+* :func:`sliding_window_labels`, :func:`predict_volumes` — 3-D sliding-window inference
+  (:mod:`medmoe.engine.seg_inference`).
 * :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.
 
 Needs the ``mil`` extra (``lightning-fabric``, ``torchmetrics``): ``pip install 'medmoe[mil]'``. The
@@ -64,6 +68,7 @@ __all__ = [
     "run_cross_validation",
     "save_checkpoint",
     "save_mosaic_checkpoint",
+    "sliding_window_labels",
     "sliding_window_logits",
     "summarize",
     "train_mosaic",
@@ -78,6 +83,7 @@ _LAZY = {
     "SegTrainConfig": "segmentation",
     "predict_volumes": "seg_inference",
     "sliding_window_logits": "seg_inference",
+    "sliding_window_labels": "seg_inference",
     "compute_metrics": "metrics",
     "summarize": "metrics",
     "format_summary": "metrics",

@@ -75,6 +75,8 @@ def test_missing_survival_columns_are_named(tmp_path):
         FeatureFolderBags(fdir, csv, time_col="time")
     with pytest.raises(ValueError, match="\\['event', 'months'\\]"):
         FeatureFolderBags(fdir, csv, time_col="months")
+    with pytest.raises(ValueError, match="label_map numbers class labels"):
+        FeatureFolderBags(fdir, csv, time_col="time", label_map={"a": 0})
 
 
 def test_concat_mode_needs_one_survival_target_per_case(tmp_path):

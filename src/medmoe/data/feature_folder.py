@@ -408,6 +408,8 @@ class FeatureFolderBags(BagDataset):
             raise ValueError(f"patient_mode must be 'separate' or 'concat', got {patient_mode!r}")
         if nonfinite not in ("error", "zero"):
             raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+        if time_col is not None and label_map is not None:
+            raise ValueError("label_map numbers class labels; a survival CSV (time_col) has events, not classes")
         self.features_dir = Path(features_dir)
         self.labels_csv = Path(labels_csv)
         self.time_col = time_col

@@ -106,6 +106,8 @@ def train(
     event_col: str = typer.Option("event", help="Survival CSVs: 1 = event observed, 0 = censored (a "
                                   "'censorship' column, 1 = censored, is used when this one is absent)."),
     bins: int = typer.Option(4, min=1, help="Survival time bins (quantiles of the uncensored training times)."),
+    metrics_level: str = typer.Option("bag", help="bag | group: validation/test metrics per patient (case_id), "
+                                      "averaging a patient's slides, when slides are separate bags."),
     k: int = typer.Option(5, min=3, help="Folds (patient-level, stratified): test, validation and training folds."),
     seeds: list[int] = typer.Option([0], "--seed", help="Repeat for several seeds (repeat the option)."),
     epochs: int = typer.Option(20, min=1),
@@ -142,7 +144,7 @@ def train(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
-            strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins,
+            strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins, metrics_level=metrics_level,
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                                       model_overrides=parse_overrides(set_), resume=resume, jobs=jobs)
@@ -210,6 +212,7 @@ def evaluate_checkpoint(
     labels: Path = typer.Option(None),
     time_col: str = typer.Option(None, help=SURVIVAL_HELP),
     event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
+    metrics_level: str = typer.Option("bag", help="bag | group (per patient: a patient's slides averaged)."),
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
     from ..engine import evaluate, load_checkpoint
@@ -218,8 +221,11 @@ def evaluate_checkpoint(
         model, info = load_checkpoint(checkpoint)
         survival = info.get("task") == "survival"
         _, ds = load_dataset(dataset, features, labels, survival=survival, time_col=time_col, event_col=event_col)
+        if metrics_level not in ("bag", "group"):
+            raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
         result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
-                          survival_bin_edges=info.get("survival_bin_edges") if survival else None)
+                          survival_bin_edges=info.get("survival_bin_edges") if survival else None,
+                          metrics_level=metrics_level)
     except (ValueError, RuntimeError) as err:
         _fail(err)
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))

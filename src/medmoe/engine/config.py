@@ -46,6 +46,9 @@ class TrainConfig:
         survival_bins: time bins of a survival model (PORPOISE / MCAT: 4), cut at the quantiles of the
             training fold's uncensored times.
         survival_alpha: weight of the uncensored term in the survival loss (0 = plain likelihood).
+        metrics_level: ``'bag'`` (validation / test metrics over bags) or ``'group'`` (over patients: the
+            class probabilities, or survival hazard logits, of a patient's bags are averaged first; for
+            several slides per patient kept as separate bags). Training is per bag either way.
         epochs: maximum number of epochs (MIL-Lab recipe: 20).
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -93,6 +96,7 @@ class TrainConfig:
     task: str = "classification"
     survival_bins: int = 4
     survival_alpha: float = 0.0
+    metrics_level: str = "bag"
     lr: float = 1e-4
     weight_decay: float = 1e-5
     warmup_epochs: float = 0.0
@@ -127,6 +131,8 @@ class TrainConfig:
 
         positive_int("epochs")
         positive_int("survival_bins")
+        if self.metrics_level not in ("bag", "group"):
+            raise ValueError(f"TrainConfig.metrics_level must be 'bag' or 'group', got {self.metrics_level!r}")
         if self.task not in TASK_METRICS:
             raise ValueError(f"TrainConfig.task must be one of {sorted(TASK_METRICS)}, got {self.task!r}")
         if not isinstance(self.survival_alpha, (int, float)) or not 0.0 <= self.survival_alpha <= 1.0:

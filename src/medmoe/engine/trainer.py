@@ -442,12 +442,50 @@ def _metrics_with_loss(probs: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def _task_metrics(
-    logits: Tensor, labels: Tensor, dataset: Any, edges: Sequence[float] | None, alpha: float
+    logits: Tensor,
+    labels: Tensor,
+    dataset: Any,
+    edges: Sequence[float] | None,
+    alpha: float,
+    level: str = "bag",
 ) -> dict[str, float]:
-    """Classification metrics of softmax(logits), or survival metrics when ``edges`` is given."""
-    if edges is None:
-        return _metrics_with_loss(torch.softmax(logits, dim=-1), labels)
-    return _survival_metrics(logits, dataset.survival_times, dataset.survival_events, edges, alpha)
+    """Classification metrics of softmax(logits), or survival metrics when ``edges`` is given; with
+    ``level='group'`` per patient (:func:`_per_group`)."""
+    survival = edges is not None
+    times = dataset.survival_times if survival else None
+    events = dataset.survival_events if survival else None
+    scores = logits if survival else torch.softmax(logits, dim=-1)
+    if level == "group":
+        scores, labels, times, events = _per_group(scores, labels, dataset, times, events)
+    if not survival:
+        return _metrics_with_loss(scores, labels)
+    return _survival_metrics(scores, times, events, edges, alpha)
+
+
+def _per_group(
+    scores: Tensor, labels: Tensor, dataset: Any, times: list[float] | None, events: list[int] | None
+) -> tuple[Tensor, Tensor, list[float] | None, list[int] | None]:
+    """Average the bags' scores ``(n, C)`` (class probabilities, or hazard logits for survival) over each
+    group (patient / case); the bags of a group must share their label and survival target."""
+    groups = list(dataset.groups)
+    order = list(dict.fromkeys(groups))
+    index = {g: i for i, g in enumerate(order)}
+    gid = torch.tensor([index[g] for g in groups])
+    sums = torch.zeros(len(order), scores.shape[1], dtype=scores.dtype).index_add_(0, gid, scores)
+    counts = torch.bincount(gid, minlength=len(order)).to(scores.dtype).unsqueeze(1)
+    targets: dict[str, tuple[Any, ...]] = {}
+    for i, g in enumerate(groups):
+        target = (int(labels[i]),) + ((times[i], events[i]) if times is not None and events is not None else ())
+        if targets.setdefault(g, target) != target:
+            raise ValueError(
+                f"metrics per patient: the bags of {g!r} have different labels or survival targets "
+                f"({targets[g]} and {target}); use metrics_level='bag'"
+            )
+    first = [targets[g] for g in order]
+    group_labels = torch.tensor([t[0] for t in first], dtype=torch.long)
+    if times is None:
+        return sums / counts, group_labels, None, None
+    return sums / counts, group_labels, [t[1] for t in first], [t[2] for t in first]
 
 
 def _check_survival_set(name: str, dataset: Any) -> None:
@@ -469,6 +507,7 @@ def evaluate(
     num_workers: int = 0,
     fabric: Fabric | None = None,
     survival_bin_edges: Sequence[float] | None = None,
+    metrics_level: str = "bag",
 ) -> EvalResult:
     """Evaluate a MIL model on a bag dataset.
 
@@ -484,6 +523,8 @@ def evaluate(
             the bags are sharded and the probabilities gathered.
         survival_bin_edges: evaluate a survival model (the checkpoint's ``survival_bin_edges``); the
             dataset must carry survival targets.
+        metrics_level: ``'bag'`` or ``'group'`` (per patient, see ``TrainConfig.metrics_level``); the
+            returned ``probs`` stay per bag.
 
     Returns:
         :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
@@ -502,7 +543,7 @@ def evaluate(
     logits, labels = _infer(
         raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
     )
-    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0)
+    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0, metrics_level)
     probs = survival_curves(logits) if survival_bin_edges is not None else torch.softmax(logits, dim=-1)
     return EvalResult(metrics, probs, labels, list(dataset.bag_ids))
 
@@ -834,7 +875,7 @@ def train_one_fold(
                     progress=progress,
                     description="validation",
                 )
-                val_metrics = _task_metrics(logits, vlabels, val_ds, edges, cfg.survival_alpha)
+                val_metrics = _task_metrics(logits, vlabels, val_ds, edges, cfg.survival_alpha, cfg.metrics_level)
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
                 value = val_metrics[monitor]
             else:
@@ -915,7 +956,7 @@ def train_one_fold(
             )
             if ds is test_ds:
                 test_logits = logits
-            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha)
+            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha, cfg.metrics_level)
 
         final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
         final_test: dict[str, float] | None = best_metrics(test_ds) if test_ds is not None else None

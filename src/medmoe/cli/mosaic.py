@@ -165,3 +165,36 @@ def evaluate(
         payload = {k: m.to_dict() for k, m in metrics.items()}
         payload["means"] = mean_accuracies(metrics, dims)  # type: ignore[assignment]
         json_out.write_text(json.dumps(payload, indent=2).replace("NaN", "null"))
+
+
+@app.command("predict")
+def predict(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder written by 'medmoe mosaic train'."),
+    inputs: list[Path] = typer.Argument(..., help="Image files (2-D: PNG, JPEG, TIFF, BMP; 3-D: .npy volumes) "
+                                        "or folders of them."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="The MedMNIST dataset whose head to use, e.g. "
+                                "pathmnist (the images are prepared as its arrays: channels, size)."),
+    out: Path = typer.Option(Path("mosaic_predictions.csv"), help="Output CSV, one row per file."),
+    teacher: bool = typer.Option(False, help="Use the EMA teacher instead of the student."),
+    batch_size: int = typer.Option(32, min=1),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Predict the classes of your own images with one dataset's head of a MOSAIC checkpoint."""
+    import csv
+
+    from ..engine.checkpoint import CheckpointError
+    from ..engine.mosaic_predict import predict_images
+    from ..engine.mosaic_training import load_mosaic_checkpoint
+
+    try:
+        model, _ = load_mosaic_checkpoint(checkpoint, teacher=teacher)
+        rows = predict_images(model, dataset, inputs, batch_size=batch_size, device=device)
+    except (ValueError, CheckpointError) as err:
+        _fail(err)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    typer.echo(f"wrote {len(rows)} predictions to {out}")

@@ -144,5 +144,8 @@ def test_compare_on_a_feature_folder_with_survival(tmp_path):
     table = (out / "comparison.md").read_text()
     assert "c_index" in table and "features" in table and "mammoth" in table and "auroc" not in table
     assert (out / "comparison.png").is_file()
+    result = runner.invoke(app, ["mil", "summarize", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| c_index |" in result.output and "Δ c_index (mammoth − linear)" in result.output
     result = runner.invoke(app, ["mil", "compare", "-d", "musk1", "--task", "survival"])
     assert result.exit_code == 2 and "feature folder" in result.output

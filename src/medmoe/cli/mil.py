@@ -350,8 +350,8 @@ def summarize_cmd(
     run_dir: Path = typer.Argument(..., help="The --out folder of `medmoe mil compare` (finished or not)."),
     datasets: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets, in this order."),
     models: list[str] = typer.Option(None, "--model", "-m", help="Only these models, in this order."),
-    metric: list[str] = typer.Option(["auroc", "balanced_accuracy", "f1"], "--metric",
-                                     help="Table columns; the first is drawn in the plot."),
+    metric: list[str] = typer.Option(None, "--metric", help="Table columns; the first is drawn in the plot "
+                                     "(default: auroc, balanced_accuracy, f1; c_index for survival runs)."),
     min_runs: int = typer.Option(1, min=1, help="Leave out variants with fewer finished folds."),
     out: Path = typer.Option(None, help="Write <out>.md and <out>.png (default: RUN_DIR/summary_table)."),
     paired: bool = typer.Option(True, help="Also pair the folds of --variant and --baseline per dataset and "
@@ -373,6 +373,8 @@ def summarize_cmd(
         result = collect_comparison(run_dir, datasets=datasets or None, models=models or None, min_runs=min_runs)
     except ValueError as err:
         _fail(err)
+    if not metric:
+        metric = ["c_index"] if "c_index" in result.metrics else ["auroc", "balanced_accuracy", "f1"]
     unknown = [m for m in metric if m not in result.metrics]
     if unknown:
         _fail(ValueError(f"unknown metric(s) {unknown}; choose from {result.metrics}"))

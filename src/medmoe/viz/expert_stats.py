@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .figure_io import save_figure
+
 __all__ = [
     "ExpertStats",
     "compute_expert_stats",
@@ -230,13 +232,7 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    plt = _plt()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_expert_load(load: Any, out_path: str | os.PathLike, title: str = "expert load") -> Path:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figure_io import save_figure
+
 __all__ = ["kaplan_meier", "logrank_test", "plot_risk_groups"]
 
 
@@ -134,9 +136,4 @@ def plot_risk_groups(
     ax.legend(fontsize=8, loc="best")
     p_text = "log-rank p = n/a" if math.isnan(p) else f"log-rank p = {p:.2g}"
     ax.set_title(f"{title}\n{p_text}" if title else p_text, fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

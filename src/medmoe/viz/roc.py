@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figure_io import save_figure
+
 __all__ = ["plot_confusion", "plot_roc", "roc_curve"]
 
 
@@ -36,17 +38,6 @@ def roc_curve(scores: Sequence[float], positive: Sequence[bool]) -> tuple[np.nda
     fpr = np.r_[0.0, fp / neg] if neg else np.r_[0.0, np.zeros_like(fp, dtype=float)]
     auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) if pos and neg else float("nan")
     return fpr, tpr, auc
-
-
-def _figure_path(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
-    import matplotlib.pyplot as plt
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
 
 
 def plot_roc(
@@ -90,7 +81,7 @@ def plot_roc(
         ax.legend(fontsize=7, loc="lower right")
     head = f"positive class: {class_names[1]}" if len(classes) == 1 else f"macro AUROC {np.mean(aucs):.3f}"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
-    return _figure_path(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(
@@ -133,4 +124,4 @@ def plot_confusion(
     accuracy = float(np.trace(counts) / max(counts.sum(), 1))
     head = f"accuracy {accuracy:.3f} (n={int(counts.sum())})"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
-    return _figure_path(fig, path)
+    return save_figure(fig, path)

@@ -108,6 +108,8 @@ def train(
     bins: int = typer.Option(4, min=1, help="Survival time bins (quantiles of the uncensored training times)."),
     metrics_level: str = typer.Option("bag", help="bag | group: validation/test metrics per patient (case_id), "
                                       "averaging a patient's slides, when slides are separate bags."),
+    max_instances: int = typer.Option(None, min=1, help="Train on a random subset of at most N patches of each "
+                                      "bag, new every epoch (evaluation uses all patches)."),
     k: int = typer.Option(5, min=3, help="Folds (patient-level, stratified): test, validation and training folds."),
     seeds: list[int] = typer.Option([0], "--seed", help="Repeat for several seeds (repeat the option)."),
     epochs: int = typer.Option(20, min=1),
@@ -145,6 +147,7 @@ def train(
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
             strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins, metrics_level=metrics_level,
+            max_instances=max_instances,
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                                       model_overrides=parse_overrides(set_), resume=resume, jobs=jobs)

@@ -16,7 +16,16 @@
 ``h5py`` and ``pandas`` (the ``mil`` extra) are imported only when a feature folder or CSV is read.
 """
 
-from .bags import Bag, BagBatch, BagDataset, InMemoryBags, Standardize, collate_bags, feature_mean_std
+from .bags import (
+    Bag,
+    BagBatch,
+    BagDataset,
+    InMemoryBags,
+    Standardize,
+    SubsampledCollate,
+    collate_bags,
+    feature_mean_std,
+)
 from .feature_folder import (
     FeatureFileError,
     FeatureFolderBags,
@@ -82,6 +91,7 @@ __all__ = [
     "SlideFeatures",
     "Split",
     "Standardize",
+    "SubsampledCollate",
     "SyntheticFeatureFolder",
     "SyntheticSurvivalFolder",
     "TileGrid",

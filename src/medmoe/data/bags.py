@@ -25,6 +25,7 @@ __all__ = [
     "BagDataset",
     "InMemoryBags",
     "Standardize",
+    "SubsampledCollate",
     "collate_bags",
     "feature_mean_std",
 ]
@@ -173,6 +174,41 @@ def collate_bags(bags: Sequence[Bag]) -> BagBatch:
         coords=coords,
         groups=[bag.group for bag in bags],
     )
+
+
+class SubsampledCollate:
+    """:func:`collate_bags` after cutting every bag with more than ``max_instances`` instances down to a random
+    ``max_instances`` of them (their order, and their coordinates, kept).
+
+    The subset of a bag depends only on ``seed`` and the bag id, not on batch composition, worker or
+    rank, so an epoch is reproducible (and a resumed run draws what the uninterrupted one drew); a new
+    ``seed`` per epoch gives new subsets. Picklable for DataLoader workers.
+    """
+
+    def __init__(self, max_instances: int, seed: int) -> None:
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.max_instances = int(max_instances)
+        self.seed = int(seed)
+
+    def subsample(self, bag: Bag) -> Bag:
+        n = bag.num_instances
+        if n <= self.max_instances:
+            return bag
+        import zlib
+
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(bag.bag_id.encode())) % (2**63))
+        keep = torch.randperm(n, generator=g)[: self.max_instances].sort().values
+        return Bag(
+            features=bag.features[keep],
+            label=bag.label,
+            bag_id=bag.bag_id,
+            coords=None if bag.coords is None else bag.coords[keep],
+            group=bag.group,
+        )
+
+    def __call__(self, bags: Sequence[Bag]) -> BagBatch:
+        return collate_bags([self.subsample(bag) for bag in bags])
 
 
 class Standardize:

@@ -46,6 +46,10 @@ class TrainConfig:
         survival_bins: time bins of a survival model (PORPOISE / MCAT: 4), cut at the quantiles of the
             training fold's uncensored times.
         survival_alpha: weight of the uncensored term in the survival loss (0 = plain likelihood).
+        max_instances: cut every training bag with more patches to a random subset of this many (their
+            order kept), drawn anew each epoch and reproducibly (seed, epoch, bag id): bounds the memory
+            and time of huge bags and acts as augmentation. Validation, test and prediction use every
+            patch. ``None`` = off.
         metrics_level: ``'bag'`` (validation / test metrics over bags) or ``'group'`` (over patients: the
             class probabilities, or survival hazard logits, of a patient's bags are averaged first; for
             several slides per patient kept as separate bags). Training is per bag either way.
@@ -97,6 +101,7 @@ class TrainConfig:
     survival_bins: int = 4
     survival_alpha: float = 0.0
     metrics_level: str = "bag"
+    max_instances: int | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-5
     warmup_epochs: float = 0.0
@@ -131,6 +136,8 @@ class TrainConfig:
 
         positive_int("epochs")
         positive_int("survival_bins")
+        if self.max_instances is not None:
+            positive_int("max_instances")
         if self.metrics_level not in ("bag", "group"):
             raise ValueError(f"TrainConfig.metrics_level must be 'bag' or 'group', got {self.metrics_level!r}")
         if self.task not in TASK_METRICS:

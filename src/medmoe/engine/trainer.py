@@ -13,7 +13,8 @@
   quantiles, saved in the checkpoint; the bin is the ``label`` the model sees), early stopping on the
   concordance index;
 * class-balanced cross-entropy weights or a class-balanced sampler, input feature dropout, optional
-  feature standardisation fitted on the training bags only;
+  feature standardisation fitted on the training bags only, optional random patch subsets of large
+  training bags (``max_instances``, new subsets every epoch; evaluation sees every patch);
 * early stopping on a validation metric; the best epoch is saved as a self-describing checkpoint
   (``out_dir/checkpoint``) and the final val/test metrics come from it;
 * ``out_dir/metrics.csv`` (one row per epoch: ``epoch``, ``lr`` of the epoch's last step,
@@ -59,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..data.bags import Standardize, collate_bags, feature_mean_std
+from ..data.bags import Standardize, SubsampledCollate, collate_bags, feature_mean_std
 from ..nn.dropout import fast_dropout
 from ..registry import create_model
 from .checkpoint import (
@@ -328,13 +329,20 @@ def _check_dataset(name: str, dataset: Any, num_classes: int | None, feature_dim
         )
 
 
-def _loader(dataset: Any, indices: Sequence[int], batch_size: int, num_workers: int, seed: int) -> DataLoader:
+def _loader(
+    dataset: Any,
+    indices: Sequence[int],
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    collate: Callable[[Sequence[Any]], Any] = collate_bags,
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=list(indices),
-        collate_fn=collate_bags,
+        collate_fn=collate,
         num_workers=num_workers,
         generator=generator,
         persistent_workers=False,
@@ -795,6 +803,11 @@ def train_one_fold(
                 cfg.batch_size,
                 cfg.num_workers,
                 seed=_derive_seed(cfg.seed, epoch, 2000 + rank),
+                collate=(
+                    SubsampledCollate(cfg.max_instances, _derive_seed(cfg.seed, epoch, 3000))
+                    if cfg.max_instances
+                    else collate_bags
+                ),
             )
             model_f.train()
             loss_sum = 0.0

@@ -149,3 +149,19 @@ def test_compare_on_a_feature_folder_with_survival(tmp_path):
     assert "| c_index |" in result.output and "Δ c_index (mammoth − linear)" in result.output
     result = runner.invoke(app, ["mil", "compare", "-d", "musk1", "--task", "survival"])
     assert result.exit_code == 2 and "feature folder" in result.output
+
+
+def test_train_reads_a_yaml_config(folder, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: meanmil.base\nfeatures: {folder.features_dir}\nlabels: {folder.labels_csv}\nk: 3\nepochs: 1\n"
+        f"seed: [0]\nset: [embed_dim=8]\nout: {tmp_path / 'from_yaml'}\n"
+    )
+    result = runner.invoke(app, ["mil", "train", "--config", str(config), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "from_yaml" / "results.json").read_text())
+    assert saved["model_name"] == "meanmil.base" and saved["model_overrides"] == {"embed_dim": 8}
+    assert saved["train_config"]["epochs"] == 2  # the command line wins over the file
+    config.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    result = runner.invoke(app, ["mil", "train", "--config", str(config)])
+    assert result.exit_code != 0 and "unknown option(s) ['learning_rate']" in result.output

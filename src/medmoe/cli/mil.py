@@ -62,6 +62,38 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
     return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
 
 
+def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
+    """``--config FILE``: a YAML mapping of this command's options (``epochs: 30``, ``seed: [0, 1]``,
+    ``time-col: months``, ``set: [embed_dim=128]``) used as defaults; options on the command line win."""
+    if not value:
+        return value
+    try:
+        data = yaml.safe_load(Path(value).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise typer.BadParameter(f"cannot read config file {value}: {err}") from err
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"config file {value} must hold a mapping of option: value")
+    names: dict[str, str] = {}
+    for p in ctx.command.params:
+        if p.name in (None, "config"):
+            continue
+        names[p.name] = p.name
+        for opt in getattr(p, "opts", []):
+            names[opt.lstrip("-").replace("-", "_")] = p.name
+    unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in names)
+    if unknown:
+        raise typer.BadParameter(
+            f"config file {value}: unknown option(s) {unknown}; valid: {sorted(set(names.values()))}"
+        )
+    defaults = {names[str(k).replace("-", "_")]: v for k, v in data.items()}
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+CONFIG_HELP = ("YAML file of this command's options (e.g. 'epochs: 30', 'seed: [0, 1]', 'set: [embed_dim=128]'); "
+               "options given on the command line override it.")
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
@@ -94,6 +126,7 @@ def models(pattern: str = typer.Argument("*", help="Glob over 'model.config' nam
 
 @app.command("train")
 def train(
+    config: Path = typer.Option(None, "--config", is_eager=True, callback=_load_config_file, help=CONFIG_HELP),
     model: str = typer.Option("abmil.base_mammoth", "--model", "-m", help="Registry name, e.g. abmil.base_mammoth."),
     dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     features: Path = typer.Option(None, help="Folder of TRIDENT/CLAM .h5 (or .pt) feature files."),
@@ -301,6 +334,7 @@ def run_compare(
 
 @app.command("compare")
 def compare_cmd(
+    config: Path = typer.Option(None, "--config", is_eager=True, callback=_load_config_file, help=CONFIG_HELP),
     models: list[str] = typer.Option(["abmil", "meanmil", "transmil"], "--model", "-m"),
     datasets: list[str] = typer.Option(None, "--dataset", "-d", help=DATASET_HELP + " Default: musk1 and "
                                        "ucsb_breast unless --features is given."),

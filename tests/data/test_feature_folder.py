@@ -303,3 +303,20 @@ def test_pt_features_are_mapped_copy_on_write(tmp_path):
     x.add_(1.0)  # private to this process
     assert path.read_bytes() == before
     assert torch.equal(read_feature_file(path)[0], feats)
+
+
+def test_a_trident_job_directory_is_found(tmp_path):
+    from medmoe.data.feature_folder import trident_features_dir
+
+    job = tmp_path / "job"
+    feats = job / "20x_256px_0px_overlap" / "features_uni_v1"
+    write_trident_h5(feats / "a.h5", torch.randn(3, 4))
+    (job / "20x_256px_0px_overlap" / "patches").mkdir()
+    assert trident_features_dir(job) == feats and trident_features_dir(feats) == feats
+    ds = FeatureFolderBags(job, _csv(tmp_path / "l.csv", [("a", 0)]))
+    assert ds.features_dir == feats and len(ds) == 1
+    write_trident_h5(job / "20x_256px_0px_overlap" / "features_conch_v15" / "a.h5", torch.randn(3, 5))
+    with pytest.raises(ValueError, match="several TRIDENT feature folders .*features_conch_v15.*features_uni_v1"):
+        trident_features_dir(job)
+    with pytest.raises(ValueError, match="no feature files"):
+        trident_features_dir(tmp_path / "job" / "20x_256px_0px_overlap" / "patches")

@@ -51,6 +51,7 @@ __all__ = [
     "feature_file_shape",
     "make_synthetic_feature_folder",
     "read_feature_file",
+    "trident_features_dir",
     "write_trident_h5",
 ]
 
@@ -303,6 +304,32 @@ def write_trident_h5(
     return path
 
 
+def trident_features_dir(folder: str | os.PathLike) -> Path:
+    """The folder of feature files under ``folder``: ``folder`` itself when it holds ``.h5``/``.pt`` files,
+    else the one TRIDENT output folder below it (``<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/``, or
+    ``features_<encoder>/``), so a TRIDENT job directory can be given as it is.
+
+    Raises:
+        ValueError: several candidates (several encoders or magnifications: the message lists them) or none.
+    """
+    root = Path(folder)
+    if any(p.suffix in FEATURE_SUFFIXES and not p.name.startswith(".") for p in root.iterdir()):
+        return root
+    candidates = sorted(
+        p for p in [*root.glob("features_*"), *root.glob("*/features_*")]
+        if p.is_dir() and any(q.suffix in FEATURE_SUFFIXES for q in p.iterdir())
+    )
+    if len(candidates) == 1:
+        logger.info("reading the features in %s", candidates[0])
+        return candidates[0]
+    if candidates:
+        listed = ", ".join(str(c.relative_to(root)) for c in candidates)
+        raise ValueError(f"{root} holds several TRIDENT feature folders ({listed}); pass the one you want")
+    raise ValueError(
+        f"no feature files (.h5, .pt) in {root} nor in a TRIDENT features_<encoder>/ folder below it"
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # the dataset
 # ------------------------------------------------------------------------------------------------
@@ -422,6 +449,7 @@ class FeatureFolderBags(BagDataset):
 
         if not self.features_dir.is_dir():
             raise ValueError(f"features_dir {str(self.features_dir)!r} is not a folder")
+        self.features_dir = trident_features_dir(self.features_dir)
         slide_ids, raw_labels, cases, splits_col, times = self._read_csv(
             slide_col, label_col, case_col, split_col, time_col, event_col
         )

@@ -139,6 +139,8 @@ def train(
     event_col: str = typer.Option("event", help="Survival CSVs: 1 = event observed, 0 = censored (a "
                                   "'censorship' column, 1 = censored, is used when this one is absent)."),
     bins: int = typer.Option(4, min=1, help="Survival time bins (quantiles of the uncensored training times)."),
+    survival_alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Survival loss: weight moved onto the "
+                                         "uncensored patients' term (0 = plain likelihood)."),
     metrics_level: str = typer.Option("bag", help="bag | group: validation/test metrics per patient (case_id), "
                                       "averaging a patient's slides, when slides are separate bags."),
     max_instances: int = typer.Option(None, min=1, help="Train on a random subset of at most N patches of each "
@@ -179,7 +181,8 @@ def train(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
-            strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins, metrics_level=metrics_level,
+            strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins, survival_alpha=survival_alpha,
+            metrics_level=metrics_level,
             max_instances=max_instances,
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
 from ..data.volumes import VolumeCase, validate_cases
@@ -198,9 +198,6 @@ def evaluate_segmentation(
 ) -> SegEvalResult:
     """Dice and HD95 per foreground class on whole labelled volumes, after the validation transforms
     (so in the resampled space), with Gaussian-blended sliding-window inference."""
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric
-    from monai.networks.utils import one_hot
-
     if not cases:
         raise ValueError("evaluate_segmentation needs at least one labelled case")
     num_classes = int(getattr(model, "num_classes", 0) or unwrap_model(model).num_classes)
@@ -209,8 +206,6 @@ def evaluate_segmentation(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    dice_metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    hd_metric = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
     per_case: list[dict[str, Any]] = []
     dices, hds = [], []
     for case in cases:
@@ -218,17 +213,14 @@ def evaluate_segmentation(
             raise ValueError(f"case {case.case_id} has no label; evaluation needs labelled cases")
         data = pre(case.as_dict())
         image, label = data["image"], data["label"]
-        labels = sliding_window_labels(model, image[None].to(device), roi_size or transform_config.roi_size,
-                                       overlap, mode, sw_batch_size)  # no whole-volume logits
-        pred = one_hot(labels[None, None].cpu(), num_classes)
-        target_idx = torch.as_tensor(label)[None].round().long()
-        if int(target_idx.max()) >= num_classes or int(target_idx.min()) < 0:
+        pred = sliding_window_labels(model, image[None].to(device), roi_size or transform_config.roi_size,
+                                     overlap, mode, sw_batch_size).cpu()  # (D, H, W): no whole-volume logits
+        target = torch.as_tensor(label)[0].round().long()
+        if int(target.max()) >= num_classes or int(target.min()) < 0:
             raise ValueError(
                 f"case {case.case_id}: label values outside [0, {num_classes}); check num_classes"
             )
-        target = one_hot(target_idx, num_classes)
-        pred, target = torch.as_tensor(pred), torch.as_tensor(target)
-        d = dice_metric(pred, target)[0].float()  # (K-1,), nan where the class is absent from the ground truth
+        d = dice_per_class(pred, target, num_classes)  # (K-1,), nan where the class is absent from the truth
         dices.append(d)
         row: dict[str, Any] = {"case_id": case.case_id}
         row.update({f"dice_{n}": float(v) for n, v in zip(names, d)})
@@ -236,7 +228,7 @@ def evaluate_segmentation(
             spacing = [float(s) for s in image.pixdim[:3]] if hasattr(image, "pixdim") else None
             with warnings.catch_warnings():  # MONAI 1.5+ deprecation noise inside get_mask_edges
                 warnings.simplefilter("ignore", FutureWarning)
-                h = hd_metric(pred, target, spacing=spacing)[0].float()
+                h = hd95_per_class(pred, target, num_classes, spacing)
             h[~torch.isfinite(h)] = float("nan")
             hds.append(h)
             row.update({f"hd95_{n}": float(v) for n, v in zip(names, h)})
@@ -250,6 +242,31 @@ def evaluate_segmentation(
         hd_mat = torch.stack(hds)
         hd = {n: float(torch.nanmean(hd_mat[:, i])) for i, n in enumerate(names)}
     return SegEvalResult(dice, hd, _nanmean(dice.values()), _nanmean(hd.values()), per_case)
+
+
+def dice_per_class(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Dice of every foreground class ``(K-1,)`` from label maps (any equal shapes), with one confusion count
+    over the voxels instead of one-hot volumes: ``2 |P & T| / (|P| + |T|)``, ``nan`` where the class is absent
+    from ``target`` (MONAI's ``DiceMetric(include_background=False, ignore_empty=True)``)."""
+    k = int(num_classes)
+    joint = torch.bincount((pred.reshape(-1).long() * k + target.reshape(-1).long()), minlength=k * k)
+    confusion = joint.view(k, k).double()  # [predicted, true]
+    inter = confusion.diagonal()[1:]
+    size_pred, size_true = confusion.sum(1)[1:], confusion.sum(0)[1:]
+    dice = 2 * inter / (size_pred + size_true)
+    return torch.where(size_true > 0, dice, torch.full_like(dice, float("nan"))).float()
+
+
+def hd95_per_class(pred: Tensor, target: Tensor, num_classes: int, spacing: Sequence[float] | None) -> Tensor:
+    """95th-percentile Hausdorff distance of every foreground class ``(K-1,)``, one class's binary masks at a
+    time (MONAI's ``compute_hausdorff_distance`` on each; memory of two masks, not of two one-hot volumes)."""
+    from monai.metrics import compute_hausdorff_distance
+
+    out = torch.full((num_classes - 1,), float("nan"))
+    for c in range(1, num_classes):
+        p, t = (pred == c)[None, None], (target == c)[None, None]
+        out[c - 1] = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)[0, 0]
+    return out
 
 
 def _nanmean(values: Any) -> float:

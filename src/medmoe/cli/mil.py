@@ -202,17 +202,11 @@ def train(
 
 def _plot_test_predictions(out: Path, model: str, seed: int, class_names: list[str]) -> list[Path]:
     """ROC curve(s) and confusion matrix of one seed's out-of-fold test predictions (every bag once)."""
-    import csv
-
     import numpy as np
 
     from ..viz.roc import plot_confusion, plot_roc
 
-    path = out / "test_predictions.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["seed"]) == seed]
+    rows = _seed_rows(out / "test_predictions.csv", seed)
     if not rows:
         return []
     labels = [int(r["label"]) for r in rows]
@@ -222,17 +216,22 @@ def _plot_test_predictions(out: Path, model: str, seed: int, class_names: list[s
             plot_confusion(labels, probs.argmax(1), class_names, out / "confusion.png", title=title)]
 
 
-def _plot_test_risk_groups(out: Path, model: str, seed: int, time_label: str | None) -> Path | None:
-    """Kaplan-Meier curves of one seed's out-of-fold test predictions (every patient once)."""
+def _seed_rows(path: Path, seed: int) -> list[dict[str, str]]:
+    """The rows of a pooled out-of-fold CSV (``test_predictions.csv``, ``test_risks.csv``) for one seed: every
+    bag once (no rows without the file)."""
     import csv
 
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["seed"]) == seed]
+
+
+def _plot_test_risk_groups(out: Path, model: str, seed: int, time_label: str | None) -> Path | None:
+    """Kaplan-Meier curves of one seed's out-of-fold test predictions (every patient once)."""
     from ..viz.kaplan_meier import plot_risk_groups
 
-    path = out / "test_risks.csv"
-    if not path.is_file():
-        return None
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["seed"]) == seed]
+    rows = _seed_rows(out / "test_risks.csv", seed)
     if not rows:
         return None
     return plot_risk_groups(

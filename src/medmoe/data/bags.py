@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -195,8 +196,6 @@ class SubsampledCollate:
         n = bag.num_instances
         if n <= self.max_instances:
             return bag
-        import zlib
-
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(bag.bag_id.encode())) % (2**63))
         keep = torch.randperm(n, generator=g)[: self.max_instances].sort().values
         return Bag(

@@ -138,12 +138,14 @@ def test_compare_on_a_feature_folder_with_survival(tmp_path):
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["mil", "compare", "-m", "abmil", "--features", str(data.features_dir), "--labels",
                                  str(data.labels_csv), "--task", "survival", "--k", "3", "--epochs", "1",
-                                 "--moe", "num_experts=2", "--moe", "num_slots=2", "--moe", "num_heads=2",
+                                 "--max-instances", "6", "--moe", "num_experts=2", "--moe", "num_slots=2", "--moe", "num_heads=2",
                                  "--moe", "slot_dim=8", "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
     table = (out / "comparison.md").read_text()
     assert "c_index" in table and "features" in table and "mammoth" in table and "auroc" not in table
     assert (out / "comparison.png").is_file()
+    saved = json.loads((out / "features" / "abmil" / "linear" / "results.json").read_text())
+    assert saved["train_config"]["max_instances"] == 6 and saved["train_config"]["task"] == "survival"
     result = runner.invoke(app, ["mil", "summarize", str(out)])
     assert result.exit_code == 0, result.output
     assert "| c_index |" in result.output and "Δ c_index (mammoth − linear)" in result.output

@@ -312,17 +312,18 @@ def run_compare(
     models: list[str], datasets: list[str], patch_embeds: list[str], k: int, seeds: list[int], epochs: int,
     out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
     lr: float = 1e-4, patience: int = 5, resume: bool = False, jobs: int = 1, *,
-    folders: dict[str, Any] | None = None, task: str = "classification",
+    folders: dict[str, Any] | None = None, task: str = "classification", **train_settings: Any,
 ) -> Path:
     """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png.
-    ``folders`` adds already loaded datasets (feature folders) to the named benchmarks."""
+    ``folders`` adds already loaded datasets (feature folders) to the named benchmarks; ``train_settings``
+    are further :class:`~medmoe.engine.TrainConfig` fields (``None`` = default)."""
     from ..engine import compare
     from ..viz.comparison import plot_comparison
 
     loaded = dict(load_dataset(d, None, None) for d in datasets)
     loaded.update(folders or {})
     cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),
-                        standardize_features=True, progress=False, task=task)
+                        standardize_features=True, progress=False, task=task, **train_settings)
     result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                      model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
                      resume=resume, jobs=jobs)
@@ -344,6 +345,9 @@ def compare_cmd(
     labels: Path = typer.Option(None, help="Labels CSV of --features (survival: time and event columns)."),
     patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
     task: str = typer.Option("classification", help="classification | survival (--features only; c-index)."),
+    metrics_level: str = typer.Option("bag", help="bag | group: test metrics per patient (case_id)."),
+    max_instances: int = typer.Option(None, min=1, help="Train on a random subset of at most N patches of each "
+                                      "bag, new every epoch (evaluation uses all patches)."),
     time_col: str = typer.Option(None, help=SURVIVAL_HELP),
     event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
     patch_embeds: list[str] = typer.Option(["linear", "mammoth"], "--patch-embed"),
@@ -379,7 +383,8 @@ def compare_cmd(
             raise ValueError(f"--task survival needs survival times; the benchmarks {datasets} have class labels")
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
                     metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
-                    moe_args=parse_overrides(moe), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task)
+                    moe_args=parse_overrides(moe), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task,
+                    metrics_level=metrics_level, max_instances=max_instances)
     except (ValueError, RuntimeError) as err:
         _fail(err)
 

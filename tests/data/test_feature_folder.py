@@ -320,3 +320,5 @@ def test_a_trident_job_directory_is_found(tmp_path):
         trident_features_dir(job)
     with pytest.raises(ValueError, match="no feature files"):
         trident_features_dir(tmp_path / "job" / "20x_256px_0px_overlap" / "patches")
+    with pytest.raises(ValueError, match="is not a folder"):
+        trident_features_dir(feats / "a.h5")

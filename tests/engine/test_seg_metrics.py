@@ -34,3 +34,10 @@ def test_per_class_metrics_equal_monai_one_hot(seed):
     finite = torch.isfinite(ref_hd)
     torch.testing.assert_close(got_hd[finite], ref_hd[finite].float(), rtol=1e-6, atol=1e-6)
     assert np.array_equal(torch.isfinite(got_hd).numpy(), finite.numpy())
+
+
+def test_shapes_must_match():
+    with pytest.raises(ValueError, match="differ in shape"):
+        dice_per_class(torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(2, 3, 5, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="differ in shape"):
+        hd95_per_class(torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(2, 3, 5, dtype=torch.long), 3, None)

@@ -175,3 +175,5 @@ def test_curves_risks_and_metrics():
     assert m["c_index"] == 1.0 and m["loss"] > 0
     with pytest.raises(ValueError, match="bin edges"):
         survival_metrics(logits, [1.0, 5.0], [1, 0], edges=[1.0, 2.0])
+    with pytest.raises(ValueError, match="must be \\(n, K\\)"):
+        risk_scores(torch.zeros(3))

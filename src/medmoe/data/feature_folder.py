@@ -313,6 +313,8 @@ def trident_features_dir(folder: str | os.PathLike) -> Path:
         ValueError: several candidates (several encoders or magnifications: the message lists them) or none.
     """
     root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
     if any(p.suffix in FEATURE_SUFFIXES and not p.name.startswith(".") for p in root.iterdir()):
         return root
     candidates = sorted(

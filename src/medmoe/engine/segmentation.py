@@ -248,6 +248,8 @@ def dice_per_class(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """Dice of every foreground class ``(K-1,)`` from label maps (any equal shapes), with one confusion count
     over the voxels instead of one-hot volumes: ``2 |P & T| / (|P| + |T|)``, ``nan`` where the class is absent
     from ``target`` (MONAI's ``DiceMetric(include_background=False, ignore_empty=True)``)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     k = int(num_classes)
     joint = torch.bincount((pred.reshape(-1).long() * k + target.reshape(-1).long()), minlength=k * k)
     confusion = joint.view(k, k).double()  # [predicted, true]
@@ -262,6 +264,8 @@ def hd95_per_class(pred: Tensor, target: Tensor, num_classes: int, spacing: Sequ
     time (MONAI's ``compute_hausdorff_distance`` on each; memory of two masks, not of two one-hot volumes)."""
     from monai.metrics import compute_hausdorff_distance
 
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     out = torch.full((num_classes - 1,), float("nan"))
     for c in range(1, num_classes):
         p, t = (pred == c)[None, None], (target == c)[None, None]

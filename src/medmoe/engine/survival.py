@@ -165,6 +165,8 @@ def nll_survival_loss(
 
 def survival_curves(logits: Tensor) -> Tensor:
     """Survival probabilities ``S_k = P(T beyond bin k)``, ``(n, K)``, from hazard logits ``(n, K)``."""
+    if logits.dim() != 2:
+        raise ValueError(f"hazard logits must be (n, K), got shape {tuple(logits.shape)}")
     return torch.exp(_log_survival(logits.float())[1])
 
 

@@ -48,7 +48,8 @@ def test_train_eval_predict(folder, tmp_path):
     result = runner.invoke(app, ["mil", "predict", str(ckpt), str(folder.features_dir), "--out", str(preds)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(preds.open()))
-    assert len(rows) == 16
+    assert len(rows) == 16 and all(r["label"] == "" for r in rows)  # no labels CSV: outcome unknown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "run"]  # no placeholder CSV left
     prob_cols = [c for c in rows[0] if c.startswith("prob_")]
     assert len(prob_cols) == 2
     assert all(abs(sum(float(r[c]) for c in prob_cols) - 1) < 1e-4 for r in rows)
@@ -58,6 +59,22 @@ def test_train_eval_predict(folder, tmp_path):
     assert result.exit_code == 0 and "ensemble of 3 checkpoints" in result.output, result.output
     rows = list(csv.DictReader(preds.open()))
     assert len(rows) == 16 and rows[0]["n_models"] == "3" and 0 < float(rows[0]["agreement"]) <= 1
+
+    # slide embeddings of one fold's model, with the labels and a 2-D map
+    emb_path, png = tmp_path / "emb.h5", tmp_path / "map.png"
+    result = runner.invoke(app, ["mil", "embed", str(ckpt), str(folder.features_dir), "--labels",
+                                 str(folder.labels_csv), "--out", str(emb_path), "--plot", str(png)])
+    assert result.exit_code == 0 and "16 slide embeddings (16-d)" in result.output, result.output
+    from medmoe.engine import load_slide_embeddings
+
+    emb = load_slide_embeddings(emb_path)
+    assert emb.features.shape == (16, 16) and emb.labels is not None and png.is_file()
+    result = runner.invoke(app, ["mil", "embed", str(ckpt), str(folder.features_dir), "--out", str(emb_path)])
+    assert result.exit_code == 0 and load_slide_embeddings(emb_path).labels is None
+    result = runner.invoke(app, ["mil", "embed", str(out), str(folder.features_dir)])
+    assert result.exit_code != 0 and "holds 3 checkpoints" in result.output
+    result = runner.invoke(app, ["mil", "embed", str(ckpt), str(tmp_path / "nowhere")])
+    assert result.exit_code != 0 and "does not exist" in result.output
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, folder):
@@ -167,3 +184,15 @@ def test_train_reads_a_yaml_config(folder, tmp_path):
     config.write_text("epochs: 3\nlearning_rate: 0.1\n")
     result = runner.invoke(app, ["mil", "train", "--config", str(config)])
     assert result.exit_code != 0 and "unknown option(s) ['learning_rate']" in result.output
+
+
+def test_predict_and_embed_take_a_benchmark_name(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from medmoe.cli.mil import inference_dataset
+
+    monkeypatch.chdir(tmp_path)  # no folder named musk1 here
+    bags, labelled = inference_dataset(Path("musk1"), None, {})
+    assert labelled and len(bags) == 92 and bags.feature_dim == 166
+    with pytest.raises(ValueError, match="nor is it a benchmark"):
+        inference_dataset(Path("musk7"), None, {})

@@ -1,4 +1,4 @@
-"""Multiple-instance learning: list models, train (k-fold), evaluate, predict, compare linear vs MoE."""
+"""Multiple-instance learning: list models, train (k-fold), evaluate, predict, embed slides, compare linear vs MoE."""
 
 from __future__ import annotations
 
@@ -60,6 +60,35 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
         return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, time_col=tcol,
                                                       event_col=event_col)
     return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
+
+
+def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
+                      event_col: str = "event"):
+    """``(bags, labelled)``: the bags of a feature folder for a checkpoint (its ``info``) to score: with a
+    labels CSV as in training (survival columns for a survival checkpoint), without one every ``.h5``/``.pt``
+    file as one bag of unknown outcome (placeholder label: the checkpoint's first class). A benchmark name
+    (``musk1``) instead of a folder gives that benchmark with its labels."""
+    if labels is not None:
+        survival = info.get("task") == "survival"
+        found = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col)
+        return found[1], True
+    import tempfile
+
+    from ..data import list_mil_benchmarks, load_mil_benchmark
+
+    if not Path(features).exists() and str(features).lower() in list_mil_benchmarks():
+        return load_mil_benchmark(str(features).lower()), True
+    if not Path(features).is_dir():
+        raise ValueError(f"feature folder {features} does not exist (nor is it a benchmark: "
+                         f"{', '.join(list_mil_benchmarks())})")
+    stems = sorted({p.stem for p in Path(features).iterdir() if p.suffix in (".h5", ".pt")})
+    if not stems:
+        raise ValueError(f"no .h5 or .pt feature files in {features}")
+    first = (info.get("class_names") or ["0"])[0]
+    with tempfile.TemporaryDirectory(prefix="medmoe-labels-") as tmp:
+        placeholder = Path(tmp) / "labels.csv"
+        placeholder.write_text("slide_id,label\n" + "".join(f"{s},{first}\n" for s in stems))
+        return load_dataset(None, features, placeholder)[1], False
 
 
 def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
@@ -273,7 +302,7 @@ def evaluate_checkpoint(
 def predict_checkpoint(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a `mil train` run folder: the ensemble "
                                       "of all its seed*/fold*/checkpoint models (mean probabilities or risks)."),
-    features: Path = typer.Argument(..., help="Folder of .h5/.pt feature files."),
+    features: Path = typer.Argument(..., help="Folder of .h5/.pt feature files, or a benchmark name (musk1)."),
     labels: Path = typer.Option(None, help="Optional labels CSV; without it every feature file is predicted."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output CSV (one row per slide)."),
     time_col: str = typer.Option(None, help=SURVIVAL_HELP),
@@ -286,26 +315,65 @@ def predict_checkpoint(
     try:
         checkpoints = run_checkpoints(checkpoint)
         info = read_checkpoint_info(checkpoints[0])
-        survival = labels is not None and info.get("task") == "survival"
-        if labels is None:  # predict every feature file: a placeholder labels CSV lists them
-            class_names = info.get("class_names") or ["0"]
-            stems = sorted({p.stem for p in Path(features).iterdir() if p.suffix in (".h5", ".pt")})
-            if not stems:
-                raise ValueError(f"no .h5 or .pt feature files in {features}")
-            labels = out.with_suffix(".labels.csv")
-            labels.parent.mkdir(parents=True, exist_ok=True)
-            labels.write_text("slide_id,label\n" + "".join(f"{s},{class_names[0]}\n" for s in stems))
-        _, ds = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col)
+        ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
         if len(checkpoints) == 1:
             frame = predict(checkpoints[0], ds, as_frame=True)
         else:
             frame = predict_ensemble(checkpoints, ds, as_frame=True)
+        if not labelled and "label" in frame:
+            frame["label"] = None  # no labels CSV: the outcome is unknown, not the placeholder class
     except (ValueError, RuntimeError) as err:
         _fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     models = "" if len(checkpoints) == 1 else f" (ensemble of {len(checkpoints)} checkpoints)"
     typer.echo(f"wrote {len(frame)} predictions to {out}{models}")
+
+
+@app.command("embed")
+def embed_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="One checkpoint folder (e.g. RUN/seed0/fold0/checkpoint)."),
+    features: Path = typer.Argument(..., help="Folder of .h5/.pt feature files, or a benchmark name (musk1)."),
+    labels: Path = typer.Option(None, help="Optional labels CSV (kept with the vectors and colours the plot); "
+                                "without it every feature file is embedded."),
+    out: Path = typer.Option(Path("slide_embeddings.h5"), help="Output file: .h5, .csv, .npz or .pt."),
+    plot: Path = typer.Option(None, help="Also draw a 2-D map of the slides (PNG), coloured by class."),
+    method: str = typer.Option("pca", help="Projection of the map: pca or tsne."),
+    batch_size: int = typer.Option(1, help="Bags per forward pass."),
+    time_col: str = typer.Option(None, help=SURVIVAL_HELP),
+    event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
+) -> None:
+    """Slide embeddings: the vector a trained model's classifier reads, one row per slide (for retrieval,
+    clustering or a linear probe on another task)."""
+    from ..engine import embed_slides, run_checkpoints, save_slide_embeddings
+    from ..engine.checkpoint import read_checkpoint_info
+    from ..engine.slide_embedding import check_embedding_path
+
+    try:
+        check_embedding_path(out)
+        checkpoints = run_checkpoints(checkpoint)
+        if len(checkpoints) > 1:
+            raise ValueError(
+                f"{checkpoint} holds {len(checkpoints)} checkpoints; every fold learns its own vector space, so "
+                f"embed with one of them, e.g. {checkpoints[0]}"
+            )
+        if method not in ("pca", "tsne"):
+            raise ValueError(f"unknown projection {method!r}; choose pca or tsne")
+        info = read_checkpoint_info(checkpoints[0])
+        ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
+        emb = embed_slides(checkpoints[0], ds, batch_size=batch_size)
+        if not labelled or info.get("task") == "survival":
+            emb.labels = None
+        save_slide_embeddings(emb, out)
+        if plot is not None:
+            from ..viz.slide_embedding_map import plot_slide_embeddings
+
+            plot_slide_embeddings(emb.features, emb.labels, emb.class_names, plot, method=method,
+                                  title=f"{emb.meta['model']}: {len(emb.bag_ids)} slides, {emb.dim}-d")
+    except (ValueError, RuntimeError) as err:
+        _fail(err)
+    extra = f" and the map {plot}" if plot is not None else ""
+    typer.echo(f"wrote {len(emb.bag_ids)} slide embeddings ({emb.dim}-d) to {out}{extra}")
 
 
 def run_compare(

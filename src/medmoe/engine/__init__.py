@@ -3,6 +3,8 @@
 * :class:`TrainConfig` — every training setting (AdamW, warm-up + cosine, clipping, early stopping, ...).
 * :func:`train_one_fold`, :func:`evaluate` — :mod:`medmoe.engine.trainer`.
 * :func:`predict`, :func:`predict_ensemble` (every fold of a run) — :mod:`medmoe.engine.prediction`.
+* :func:`embed_slides`, :func:`save_slide_embeddings` — slide vectors of a trained model
+  (:mod:`medmoe.engine.slide_embedding`).
 * :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.cross_validation`.
 * :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
 * :func:`paired_comparison` — per-fold paired differences of two patch embeddings, corrected t-test.
@@ -36,11 +38,13 @@ __all__ = [
     "MosaicResult",
     "MosaicTrainConfig",
     "SegTrainConfig",
+    "SlideEmbeddings",
     "TrainConfig",
     "build_mosaic_config",
     "collect_comparison",
     "compare",
     "compute_metrics",
+    "embed_slides",
     "evaluate",
     "evaluate_mosaic",
     "evaluate_scores",
@@ -52,6 +56,7 @@ __all__ = [
     "load_medmnist_data",
     "load_mosaic_checkpoint",
     "load_seg_checkpoint",
+    "load_slide_embeddings",
     "make_fabric",
     "mean_accuracies",
     "medmnist_acc",
@@ -68,6 +73,7 @@ __all__ = [
     "run_cross_validation",
     "save_checkpoint",
     "save_mosaic_checkpoint",
+    "save_slide_embeddings",
     "sliding_window_labels",
     "sliding_window_logits",
     "summarize",
@@ -94,6 +100,10 @@ _LAZY = {
     "predict": "prediction",
     "predict_ensemble": "prediction",
     "run_checkpoints": "prediction",
+    "SlideEmbeddings": "slide_embedding",
+    "embed_slides": "slide_embedding",
+    "save_slide_embeddings": "slide_embedding",
+    "load_slide_embeddings": "slide_embedding",
     "make_fabric": "trainer",
     "FoldResult": "trainer",
     "EvalResult": "trainer",

@@ -81,10 +81,14 @@ def heatmap(
                 from .mil import survival_time_column
 
                 bags = FeatureFolderBags(cohort, labels, time_col=survival_time_column(labels, None))
+            elif info.get("task") == "multilabel":  # 0/1 label columns; usage per label combination
+                bags = FeatureFolderBags(cohort, labels, label_cols=list(info.get("class_names") or []))
             else:
                 bags = FeatureFolderBags(cohort, labels)
             data = cohort_expert_stats(model, bags, out / "expert_stats",
-                                       feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
+                                       feature_stats=info.get("feature_stats"),
+                                       class_names=bags.class_names if info.get("task") == "multilabel"
+                                       else info.get("class_names"),
                                        device=device)
             typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
                        f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
@@ -134,7 +138,9 @@ def heatmap(
                    f"{curve})")
     else:
         probs = ", ".join(f"{k}: {v:.3f}" for k, v in summary["probs"].items())
-        typer.echo(f"{summary['num_patches']} patches; prediction {summary['prediction']} ({probs})")
+        pred = summary["prediction"]
+        pred = (", ".join(pred) or "no label") if isinstance(pred, list) else pred
+        typer.echo(f"{summary['num_patches']} patches; prediction {pred} ({probs})")
     if summary.get("expert_stats"):
         st = summary["expert_stats"]
         typer.echo(f"{st['num_experts']} experts, {st['active_experts']} active; load balance "
@@ -185,7 +191,8 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
             if "risk" in summary:
                 row["risk"] = round(summary["risk"], 6)
             else:
-                row["prediction"] = summary["prediction"]
+                pred = summary["prediction"]  # a list of labels for a multi-label model
+                row["prediction"] = ";".join(pred) if isinstance(pred, list) else pred
                 row.update({f"prob_{k}": round(v, 6) for k, v in summary["probs"].items()})
             rows.append(row)
     if rows:

@@ -39,15 +39,17 @@ def survival_time_column(labels: Path, time_col: str | None) -> str:
 
 
 def load_dataset(dataset: str | None, features: Path | None, labels: Path | None, patient_mode: str = "separate",
-                 *, survival: bool = False, time_col: str | None = None, event_col: str = "event"):
+                 *, survival: bool = False, time_col: str | None = None, event_col: str = "event",
+                 label_cols: list[str] | None = None):
     """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV (with
-    ``survival``: time and event columns, see :class:`~medmoe.data.FeatureFolderBags`)."""
+    ``survival``: time and event columns; with ``label_cols``: multi-label 0/1 columns; see
+    :class:`~medmoe.data.FeatureFolderBags`)."""
     if (dataset is None) == (features is None):
         raise typer.BadParameter("give either --dataset NAME or --features DIR (with --labels CSV)")
     if dataset is not None:
-        if survival:
-            raise ValueError(f"the benchmark {dataset!r} has class labels, not survival times; use --features "
-                             "and --labels with time and event columns")
+        if survival or label_cols:
+            raise ValueError(f"the benchmark {dataset!r} has one class label per bag; use --features and --labels "
+                             "with time and event columns (survival) or 0/1 label columns (multilabel)")
         from ..data import load_mil_benchmark
 
         return dataset, load_mil_benchmark(dataset)
@@ -59,7 +61,20 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
         tcol = survival_time_column(labels, time_col)
         return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, time_col=tcol,
                                                       event_col=event_col)
+    if label_cols:
+        return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode,
+                                                      label_cols=label_cols)
     return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
+
+
+def parse_label_cols(value: str | None) -> list[str] | None:
+    """``"tumor,necrosis"`` -> ``["tumor", "necrosis"]`` (``None`` when not given)."""
+    if not value:
+        return None
+    cols = [c.strip() for c in value.split(",") if c.strip()]
+    if not cols:
+        raise ValueError(f"--label-cols needs comma-separated column names, got {value!r}")
+    return cols
 
 
 def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
@@ -70,7 +85,9 @@ def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any],
     (``musk1``) instead of a folder gives that benchmark with its labels."""
     if labels is not None:
         survival = info.get("task") == "survival"
-        found = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col)
+        label_cols = list(info.get("class_names") or []) if info.get("task") == "multilabel" else None
+        found = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col,
+                             label_cols=label_cols)
         return found[1], True
     import tempfile
 
@@ -163,7 +180,10 @@ def train(
                                 "time, event[, case_id, split])."),
     patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
     task: str = typer.Option("classification", help="classification | survival (discrete-time NLL loss, "
-                             "c-index, Kaplan-Meier plot of the predicted risk groups)."),
+                             "c-index, Kaplan-Meier plot of the predicted risk groups) | multilabel (several "
+                             "0/1 label columns, see --label-cols)."),
+    label_cols: str = typer.Option(None, help="Multilabel CSVs: the 0/1 label columns, comma-separated "
+                                   "(e.g. tumor,necrosis,inflammation); implies --task multilabel."),
     time_col: str = typer.Option(None, help=SURVIVAL_HELP),
     event_col: str = typer.Option("event", help="Survival CSVs: 1 = event observed, 0 = censored (a "
                                   "'censorship' column, 1 = censored, is used when this one is absent)."),
@@ -182,7 +202,7 @@ def train(
     batch_size: int = typer.Option(1, min=1),
     patience: int = typer.Option(5, min=1),
     early_stopping: str = typer.Option("auto", help="auto | auroc | kappa | balanced_accuracy | accuracy | f1 | "
-                                       "loss; survival: auto | c_index | loss"),
+                                       "loss; survival: auto | c_index | loss; multilabel: also subset_accuracy"),
     standardize: bool = typer.Option(True, help="z-score features with train-fold statistics."),
     class_weights: str = typer.Option("none", help="none | balanced"),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
@@ -201,11 +221,18 @@ def train(
     from ..engine import run_cross_validation
 
     try:
-        if task not in ("classification", "survival"):
-            raise ValueError(f"--task must be 'classification' or 'survival', got {task!r}")
+        cols = parse_label_cols(label_cols)
+        if cols and task == "classification":
+            task = "multilabel"
+        if task not in ("classification", "survival", "multilabel"):
+            raise ValueError(f"--task must be 'classification', 'survival' or 'multilabel', got {task!r}")
+        if task == "multilabel" and not cols:
+            raise ValueError("--task multilabel needs --label-cols naming the 0/1 label columns of the CSV")
+        if cols and task != "multilabel":
+            raise ValueError(f"--label-cols is for --task multilabel, not {task!r}")
         survival = task == "survival"
         _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=survival, time_col=time_col,
-                                 event_col=event_col)
+                                 event_col=event_col, label_cols=cols)
         cfg = _train_config(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
@@ -218,6 +245,8 @@ def train(
                                       model_overrides=parse_overrides(set_), resume=resume, jobs=jobs)
         if survival:
             plots = [_plot_test_risk_groups(out, model, seeds[0], getattr(ds, "time_col", None))]
+        elif task == "multilabel":
+            plots = [_plot_test_label_rocs(out, model, seeds[0], ds.label_names)]
         else:
             plots = _plot_test_predictions(out, model, seeds[0], ds.class_names)
     except (ValueError, RuntimeError) as err:
@@ -243,6 +272,21 @@ def _plot_test_predictions(out: Path, model: str, seed: int, class_names: list[s
     title = f"{model}: out-of-fold test predictions (seed {seed})"
     return [plot_roc(labels, probs, class_names, out / "roc.png", title=title),
             plot_confusion(labels, probs.argmax(1), class_names, out / "confusion.png", title=title)]
+
+
+def _plot_test_label_rocs(out: Path, model: str, seed: int, label_names: list[str]) -> Path | None:
+    """One ROC curve per label of one seed's out-of-fold multi-label test predictions."""
+    import numpy as np
+
+    from ..viz.roc import plot_label_rocs
+
+    rows = _seed_rows(out / "test_predictions.csv", seed)
+    if not rows:
+        return None
+    targets = np.array([[int(r[f"target_{n}"]) for n in label_names] for r in rows])
+    probs = np.array([[float(r[f"prob_{n}"]) for n in label_names] for r in rows])
+    return plot_label_rocs(targets, probs, label_names, out / "roc.png",
+                           title=f"{model}: out-of-fold test predictions (seed {seed})")
 
 
 def _seed_rows(path: Path, seed: int) -> list[dict[str, str]]:
@@ -287,12 +331,14 @@ def evaluate_checkpoint(
     try:
         model, info = load_checkpoint(checkpoint)
         survival = info.get("task") == "survival"
-        _, ds = load_dataset(dataset, features, labels, survival=survival, time_col=time_col, event_col=event_col)
+        multilabel = info.get("task") == "multilabel"
+        _, ds = load_dataset(dataset, features, labels, survival=survival, time_col=time_col, event_col=event_col,
+                             label_cols=list(info.get("class_names") or []) if multilabel else None)
         if metrics_level not in ("bag", "group"):
             raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
         result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
                           survival_bin_edges=info.get("survival_bin_edges") if survival else None,
-                          metrics_level=metrics_level)
+                          metrics_level=metrics_level, multilabel=multilabel)
     except (ValueError, RuntimeError) as err:
         _fail(err)
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))

@@ -1,7 +1,7 @@
 """Data for medmoe: bags of instance features, patient-level splits, feature folders, real benchmarks.
 
 * :mod:`~medmoe.data.bags` — :class:`Bag`, :class:`BagBatch`, :func:`collate_bags`, :class:`InMemoryBags`.
-* :mod:`~medmoe.data.splits` — :func:`stratified_group_kfold`, :func:`save_splits`, :func:`load_splits`,
+* :mod:`~medmoe.data.splits` — :func:`stratified_group_kfold`, :func:`multilabel_group_kfold`, :func:`save_splits`, :func:`load_splits`,
   :func:`split_hash`.
 * :mod:`~medmoe.data.feature_folder` — :class:`FeatureFolderBags` (TRIDENT/CLAM ``.h5``/``.pt`` + labels
   CSV; survival CSVs with ``time_col``), :func:`write_trident_h5`, :func:`make_synthetic_feature_folder`,
@@ -61,7 +61,16 @@ from .seg_samples import SEG_SAMPLES, fetch_mni152, fetch_nuclei, fetch_seg_samp
 from .seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
 from .slide_samples import cmu_small_region_path
 from .slides import ArraySlide, Slide, SlideError, open_slide
-from .splits import Split, load_splits, save_splits, split_from_column, split_hash, stratified_group_kfold
+from .splits import (
+    Split,
+    load_splits,
+    multilabel_group_kfold,
+    save_splits,
+    split_from_column,
+    split_hash,
+    stratified_group_kfold,
+)
+from .synthetic_multilabel import SyntheticMultilabelFolder, make_synthetic_multilabel_folder
 from .synthetic_survival import SyntheticSurvivalFolder, make_synthetic_survival_folder
 from .tissue import TileGrid, otsu_threshold, tile_grid, tissue_mask
 from .volumes import VolumeCase, VolumeError, load_volume_cases, make_synthetic_volumes, validate_cases
@@ -93,6 +102,7 @@ __all__ = [
     "Standardize",
     "SubsampledCollate",
     "SyntheticFeatureFolder",
+    "SyntheticMultilabelFolder",
     "SyntheticSurvivalFolder",
     "TileGrid",
     "VolumeCase",
@@ -116,11 +126,13 @@ __all__ = [
     "load_splits",
     "load_volume_cases",
     "make_synthetic_feature_folder",
+    "make_synthetic_multilabel_folder",
     "make_synthetic_survival_folder",
     "make_synthetic_volumes",
     "medmnist_filename",
     "medmnist_info",
     "mil_benchmark_path",
+    "multilabel_group_kfold",
     "open_slide",
     "otsu_threshold",
     "read_feature_file",

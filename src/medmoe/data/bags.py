@@ -240,6 +240,9 @@ class BagDataset(Dataset):
     transform: Callable[[Tensor], Tensor] | None = None
     #: ``{bag_id: (time, event)}`` for survival datasets (see :meth:`with_survival`), else None.
     _survival: dict[str, tuple[float, int]] | None = None
+    #: ``{bag_id: (0/1 per label)}`` for multi-label datasets (see :meth:`with_multilabel`), else None.
+    _multilabel: dict[str, tuple[int, ...]] | None = None
+    _label_names: tuple[str, ...] = ()
 
     # --- to implement -------------------------------------------------------------------------
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -362,6 +365,61 @@ class BagDataset(Dataset):
                 "(FeatureFolderBags(..., time_col='time')) or call dataset.with_survival(times, events)"
             )
         return [self._survival[b] for b in self.bag_ids]
+
+    def with_multilabel(self, targets: Sequence[Sequence[int]], label_names: Sequence[str]) -> BagDataset:
+        """A shallow copy carrying several yes/no labels per bag, for ``TrainConfig(task='multilabel')``.
+
+        Args:
+            targets: ``(N, L)`` 0/1 values (nested sequences, an array or a tensor), one row per bag in
+                dataset order.
+            label_names: the ``L`` label names (e.g. ``["tumor", "necrosis"]``), unique.
+
+        The targets follow the bags through :meth:`subset` (they are keyed by bag id). The class labels are
+        unchanged; they serve to stratify folds (:class:`~medmoe.data.FeatureFolderBags` with ``label_cols``
+        uses the label combination, e.g. ``"tumor+necrosis"`` or ``"(none)"``).
+        """
+        ids = self.bag_ids
+        names = [str(n) for n in label_names]
+        rows = [list(r) for r in (targets.tolist() if hasattr(targets, "tolist") else targets)]
+        if len(names) < 1 or len(set(names)) != len(names):
+            raise ValueError(f"multi-label targets need at least one unique label name, got {names}")
+        if len(rows) != len(ids):
+            raise ValueError(f"got {len(rows)} target rows for {len(ids)} bags")
+        if len(set(ids)) != len(ids):
+            raise ValueError("multi-label targets are keyed by bag id, but this dataset's bag ids are not unique")
+        table: dict[str, tuple[int, ...]] = {}
+        for bag_id, row in zip(ids, rows):
+            if len(row) != len(names) or any(v not in (0, 1, True, False) for v in row):
+                raise ValueError(
+                    f"bag {bag_id!r}: expected {len(names)} values of 0 or 1 (labels {names}), got {row!r}"
+                )
+            table[bag_id] = tuple(int(v) for v in row)
+        new = copy.copy(self)
+        new._multilabel = table
+        new._label_names = tuple(names)
+        return new
+
+    @property
+    def is_multilabel(self) -> bool:
+        """Whether the bags carry several yes/no labels (:meth:`with_multilabel`)."""
+        return self._multilabel is not None
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names of the multi-label targets (empty for other datasets)."""
+        return list(self._label_names)
+
+    @property
+    def multilabel_targets(self) -> Tensor:
+        """``(N, L)`` float32 0/1 targets in dataset order (multi-label datasets only)."""
+        if self._multilabel is None:
+            raise ValueError(
+                f"{type(self).__name__} has no multi-label targets; build it with several 0/1 columns "
+                "(FeatureFolderBags(..., label_cols=['a', 'b'])) or call dataset.with_multilabel(targets, names)"
+            )
+        return torch.tensor([self._multilabel[b] for b in self.bag_ids], dtype=torch.float32).reshape(
+            len(self), len(self._label_names)
+        )
 
     def class_counts(self) -> list[int]:
         """Number of bags per class, length ``num_classes``."""

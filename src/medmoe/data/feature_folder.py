@@ -19,6 +19,10 @@ column; no ``label`` column is needed. The bags' labels are then the event indic
 ``censored`` / ``event``, so folds are stratified by event) and the targets are in
 ``survival_times`` / ``survival_events``.
 
+Multi-label CSVs (``label_cols`` given, e.g. ``["tumor", "necrosis", "inflammation"]``): one 0/1 column per
+label, no ``label`` column needed. The targets are in ``multilabel_targets`` ``(N, L)``; the bags' class
+labels are the label combinations (``"tumor+necrosis"``, ``"(none)"``), so folds are stratified by them.
+
 Bags are read lazily in ``__getitem__``: a 1,000-slide cohort is never fully loaded. At construction
 only the labels CSV and the folder listing are read, plus, with ``check_shapes=True`` (default), the
 shape metadata of each file (the ``features`` dataset header for ``.h5``, a memory-mapped load for
@@ -408,6 +412,7 @@ class FeatureFolderBags(BagDataset):
         time_col: follow-up time column: makes a survival dataset (see the module docstring).
         event_col: event column of a survival CSV (1 = observed, 0 = censored); when the CSV lacks it
             but has ``censorship``, events are ``1 - censorship``.
+        label_cols: several 0/1 columns: makes a multi-label dataset (see the module docstring).
 
     Warns:
         UserWarning: CSV slides without a feature file, feature files without a CSV row, empty bags
@@ -432,7 +437,14 @@ class FeatureFolderBags(BagDataset):
         split_col: str = "split",
         time_col: str | None = None,
         event_col: str = "event",
+        label_cols: Sequence[str] | None = None,
     ) -> None:
+        if label_cols is not None:
+            label_cols = [str(c).strip() for c in ([label_cols] if isinstance(label_cols, str) else label_cols)]
+            if not label_cols or len(set(label_cols)) != len(label_cols):
+                raise ValueError(f"label_cols must name one or more distinct 0/1 columns, got {label_cols}")
+            if time_col is not None or label_map is not None:
+                raise ValueError("label_cols (multi-label) cannot be combined with time_col or label_map")
         if patient_mode not in ("separate", "concat"):
             raise ValueError(f"patient_mode must be 'separate' or 'concat', got {patient_mode!r}")
         if nonfinite not in ("error", "zero"):
@@ -452,8 +464,9 @@ class FeatureFolderBags(BagDataset):
         if not self.features_dir.is_dir():
             raise ValueError(f"features_dir {str(self.features_dir)!r} is not a folder")
         self.features_dir = trident_features_dir(self.features_dir)
+        self._multilabel_rows: dict[str, tuple[int, ...]] = {}
         slide_ids, raw_labels, cases, splits_col, times = self._read_csv(
-            slide_col, label_col, case_col, split_col, time_col, event_col
+            slide_col, label_col, case_col, split_col, time_col, event_col, label_cols
         )
         if time_col is None:
             labels, self._class_names = _parse_labels(raw_labels, label_map, self.labels_csv)
@@ -563,6 +576,9 @@ class FeatureFolderBags(BagDataset):
                 f"feature file in {self.features_dir}"
             )
         self._entries = entries
+        if label_cols is not None:
+            self._multilabel = {e.bag_id: self._multilabel_rows[e.slide_ids[0]] for e in entries}
+            self._label_names = tuple(label_cols)
         if time_col is not None:
             time_of = dict(zip(slide_ids, times))
             self._survival = {
@@ -578,9 +594,10 @@ class FeatureFolderBags(BagDataset):
         split_col: str,
         time_col: str | None = None,
         event_col: str = "event",
+        label_cols: Sequence[str] | None = None,
     ) -> tuple[list[str], list[str], list[str], list[str], list[float | None]]:
-        """Slide ids, raw labels (event indicators ``'0'/'1'`` for survival), cases, splits and the
-        survival times (``None`` each without ``time_col``)."""
+        """Slide ids, raw labels (event indicators ``'0'/'1'`` for survival, label combinations for
+        multi-label), cases, splits and the survival times (``None`` each without ``time_col``)."""
         try:
             import pandas as pd
         except ImportError as e:  # pragma: no cover
@@ -597,6 +614,8 @@ class FeatureFolderBags(BagDataset):
                 label_col = "censorship"
             else:
                 label_col = event_col
+        if label_cols is not None:
+            label_col = self._combine_label_columns(df, slide_col, list(label_cols))
         need = [c for c in (slide_col, label_col, time_col) if c is not None and c not in df.columns]
         if need:
             required = (slide_col, label_col) if time_col is None else (slide_col, time_col, event_col)
@@ -628,6 +647,39 @@ class FeatureFolderBags(BagDataset):
             if label_col == "censorship":
                 raw = ["0" if r == "1" else "1" for r in raw]
         return slide_ids, raw, cases, splits, times
+
+    def _combine_label_columns(self, df: Any, slide_col: str, label_cols: list[str]) -> str:
+        """Check the 0/1 ``label_cols``, keep each slide's targets in ``self._multilabel_rows`` and add a
+        column with the label combination (``"a+b"``, ``"(none)"``); returns that column's name."""
+        missing = [c for c in [slide_col, *label_cols] if c not in df.columns]
+        if missing:
+            raise ValueError(
+                f"labels CSV {self.labels_csv} lacks column(s) {missing}; it has {list(df.columns)}. "
+                f"A multi-label CSV needs {slide_col!r} and one 0/1 column per label"
+            )
+        values: dict[str, list[int]] = {}
+        bad: list[str] = []
+        for col in label_cols:
+            parsed = []
+            for sid, raw in zip(df[slide_col].tolist(), df[col].tolist()):
+                try:
+                    v = float(str(raw).strip())
+                except ValueError:
+                    v = float("nan")
+                if v not in (0.0, 1.0):
+                    bad.append(f"{str(sid).strip()}:{col}={raw!r}")
+                parsed.append(int(v) if v in (0.0, 1.0) else 0)
+            values[col] = parsed
+        if bad:
+            raise ValueError(f"{self.labels_csv}: multi-label columns must hold 0 or 1; bad cells {_fmt_ids(bad)}")
+        combos = []
+        for i, sid in enumerate(df[slide_col].tolist()):
+            row = tuple(values[c][i] for c in label_cols)
+            self._multilabel_rows[str(sid).strip()] = row
+            combos.append("+".join(c for c, v in zip(label_cols, row) if v) or "(none)")
+        name = "__label_combination__"
+        df[name] = combos
+        return name
 
     def _parse_survival(
         self, slide_ids: list[str], raw_times: list[str], raw_events: list[str], event_col: str

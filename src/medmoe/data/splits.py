@@ -37,6 +37,7 @@ from typing import Any
 __all__ = [
     "Split",
     "load_splits",
+    "multilabel_group_kfold",
     "save_splits",
     "split_from_column",
     "split_hash",
@@ -129,23 +130,7 @@ def stratified_group_kfold(
             groups mix labels).
     """
     n = len(labels)
-    if groups is None:
-        groups = [str(i) for i in range(n)]
-    if len(groups) != n:
-        raise ValueError(f"got {n} labels but {len(groups)} groups; give one group per bag")
-    if bag_ids is not None and len(bag_ids) != n:
-        raise ValueError(f"got {n} labels but {len(bag_ids)} bag_ids")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ValueError(f"k must be an int >= 2, got {k!r}") from None
-    if k < 2:
-        raise ValueError(f"k must be an int >= 2, got {k!r}")
-    if val_folds < 0 or k < 2 + val_folds:
-        raise ValueError(
-            f"k={k} folds cannot hold one test fold, {val_folds} validation fold(s) and a training part; "
-            f"use k >= {2 + max(val_folds, 0)} or val_folds=0"
-        )
+    groups, k = _check_fold_args(n, groups, k, val_folds, bag_ids)
     members, glabel, order = _group_table(labels, groups)
     by_class: dict[int, list[str]] = defaultdict(list)
     for g in order:
@@ -180,21 +165,124 @@ def stratified_group_kfold(
             fold_class[f] += size
             fold_total[f] += size
 
+    splits = _splits_from_folds(fold_of, members, k, val_folds, bag_ids)
+    num_classes = max(int(y) for y in labels) + 1 if n else 0
+    for i, split in enumerate(splits):
+        _warn_missing_classes(split, labels, num_classes, i)
+    return splits
+
+
+def _check_fold_args(
+    n: int, groups: Sequence[str] | None, k: int, val_folds: int, bag_ids: Sequence[str] | None
+) -> tuple[list[str], int]:
+    """Validated ``(groups, k)`` of a k-fold request over ``n`` bags (groups default to one per bag)."""
+    groups = [str(i) for i in range(n)] if groups is None else list(groups)
+    if len(groups) != n:
+        raise ValueError(f"got {n} labels but {len(groups)} groups; give one group per bag")
+    if bag_ids is not None and len(bag_ids) != n:
+        raise ValueError(f"got {n} labels but {len(bag_ids)} bag_ids")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise ValueError(f"k must be an int >= 2, got {k!r}") from None
+    if k < 2:
+        raise ValueError(f"k must be an int >= 2, got {k!r}")
+    if val_folds < 0 or k < 2 + val_folds:
+        raise ValueError(
+            f"k={k} folds cannot hold one test fold, {val_folds} validation fold(s) and a training part; "
+            f"use k >= {2 + max(val_folds, 0)} or val_folds=0"
+        )
+    return groups, k
+
+
+def _splits_from_folds(
+    fold_of: dict[str, int], members: dict[str, list[int]], k: int, val_folds: int, bag_ids: Sequence[str] | None
+) -> list[Split]:
+    """Split ``i`` tests on fold ``i``, validates on the next ``val_folds`` folds, trains on the rest."""
     fold_bags: list[list[int]] = [[] for _ in range(k)]
     for g, f in fold_of.items():
         fold_bags[f].extend(members[g])
     ids = None if bag_ids is None else [str(b) for b in bag_ids]
-    num_classes = max(int(y) for y in labels) + 1 if n else 0
     splits: list[Split] = []
     for i in range(k):
         val_f = [(i + 1 + j) % k for j in range(val_folds)]
         test = sorted(fold_bags[i])
         val = sorted(b for f in val_f for b in fold_bags[f])
         train = sorted(b for f in range(k) if f != i and f not in val_f for b in fold_bags[f])
-        split = Split(train=train, val=val, test=test, bag_ids=ids)
-        _warn_missing_classes(split, labels, num_classes, i)
-        splits.append(split)
+        splits.append(Split(train=train, val=val, test=test, bag_ids=ids))
     return splits
+
+
+def multilabel_group_kfold(
+    targets: Sequence[Sequence[int]],
+    groups: Sequence[str] | None,
+    k: int,
+    seed: int = 0,
+    *,
+    val_folds: int = 1,
+    bag_ids: Sequence[str] | None = None,
+) -> list[Split]:
+    """Patient-level k-fold splits stratified on several yes/no labels at once (iterative stratification,
+    Sechidis, Tsoumakas & Vlahavas, ECML 2011), for multi-label bags.
+
+    A group (patient) has the labels any of its bags has. Until every group with a label is placed: take
+    the label with the fewest bags still to place, shuffle (``seed``) its groups and give each to the
+    fold that still wants the most bags of that label (then the most bags overall, then at random); a
+    fold wants ``1/k`` of each label's bags and of all bags. Groups without any label fill the folds that
+    want the most bags. Splits are built from the folds as in :func:`stratified_group_kfold`.
+
+    Args:
+        targets: ``(N, L)`` 0/1 values per bag (nested sequences, array or tensor).
+        groups, k, seed, val_folds, bag_ids: as :func:`stratified_group_kfold`.
+
+    Warns:
+        UserWarning: a label present in fewer than ``k`` groups (some test folds cannot score it).
+    """
+    rows = [[int(v) for v in r] for r in (targets.tolist() if hasattr(targets, "tolist") else targets)]
+    n = len(rows)
+    groups, k = _check_fold_args(n, groups, k, val_folds, bag_ids)
+    width = len(rows[0]) if rows else 0
+    if any(len(r) != width for r in rows) or any(v not in (0, 1) for r in rows for v in r):
+        raise ValueError("multi-label targets must be an (N, L) table of 0/1 values")
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[str(g)].append(i)
+    order = list(members)
+    glabels = {g: {j for i in members[g] for j in range(width) if rows[i][j]} for g in order}
+    rare = [j for j in range(width) if sum(j in glabels[g] for g in order) < k]
+    if rare:
+        warnings.warn(
+            f"label(s) {rare} are present in fewer than k={k} patients; some test folds cannot score them "
+            "(their AUROC is left out of the macro mean there)",
+            UserWarning,
+            stacklevel=2,
+        )
+    rng = random.Random(seed)
+    size = {g: len(members[g]) for g in order}
+    want_label = [[sum(size[g] for g in order if j in glabels[g]) / k for j in range(width)] for _ in range(k)]
+    want_total = [n / k] * k
+    fold_of: dict[str, int] = {}
+    left = [g for g in order if glabels[g]]
+    while left:
+        counts = {j: sum(size[g] for g in left if j in glabels[g]) for j in range(width)}
+        label = min((j for j in counts if counts[j] > 0), key=lambda j: (counts[j], j))
+        chosen = [g for g in left if label in glabels[g]]
+        rng.shuffle(chosen)
+        for g in chosen:
+            f = max(range(k), key=lambda m: (want_label[m][label], want_total[m], rng.random()))
+            fold_of[g] = f
+            for j in glabels[g]:
+                want_label[f][j] -= size[g]
+            want_total[f] -= size[g]
+        placed = set(chosen)
+        left = [g for g in left if g not in placed]
+    empty = [g for g in order if not glabels[g]]
+    rng.shuffle(empty)
+    for g in empty:
+        f = max(range(k), key=lambda m: (want_total[m], rng.random()))
+        fold_of[g] = f
+        want_total[f] -= size[g]
+    return _splits_from_folds(fold_of, members, k, val_folds, bag_ids)
 
 
 def _warn_missing_classes(split: Split, labels: Sequence[int], num_classes: int, fold: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .cross_validation import ComparisonResult
 from .metrics import METRIC_NAMES, summarize
+from .multilabel import MULTILABEL_METRIC_NAMES
 from .survival import SURVIVAL_METRIC_NAMES
 
 __all__ = ["collect_comparison"]
@@ -107,4 +108,6 @@ def collect_comparison(
         )
     # survival folders hold c_index (and no AUROC): show the metrics the runs have
     has_classification = any(m in r["summary"] for r in rows for m in METRIC_NAMES)
+    if any("subset_accuracy" in r["summary"] for r in rows):
+        return ComparisonResult(rows, list(MULTILABEL_METRIC_NAMES))
     return ComparisonResult(rows, list(METRIC_NAMES if has_classification else SURVIVAL_METRIC_NAMES))

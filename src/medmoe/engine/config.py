@@ -2,8 +2,9 @@
 
 Defaults follow the MIL-Lab community training recipe (``reference/systems.md`` §1.11): AdamW with
 lr 1e-4 and weight decay 1e-5, cosine annealing to 1e-6, gradient-norm clipping at 1.0, batch size 1,
-20 epochs with at least 10, early stopping on AUROC (binary) or quadratic kappa (multi-class), or on
-the concordance index for survival (``task='survival'``).
+20 epochs with at least 10, early stopping on AUROC (binary) or quadratic kappa (multi-class), on
+the concordance index for survival (``task='survival'``) and on the macro AUROC over the labels for
+multi-label slides (``task='multilabel'``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EARLY_STOPPING_METRICS: dict[str, bool] = {
     "accuracy": True,
     "f1": True,
     "c_index": True,
+    "subset_accuracy": True,
     "loss": False,
 }
 
@@ -29,6 +31,7 @@ EARLY_STOPPING_METRICS: dict[str, bool] = {
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("auroc", "kappa", "balanced_accuracy", "accuracy", "f1", "loss"),
     "survival": ("c_index", "loss"),
+    "multilabel": ("auroc", "balanced_accuracy", "accuracy", "f1", "subset_accuracy", "loss"),
 }
 
 _PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true")
@@ -39,10 +42,13 @@ class TrainConfig:
     """Everything the trainer needs besides the model and the data.
 
     Attributes:
-        task: ``'classification'`` (cross-entropy on the bag labels) or ``'survival'`` (discrete-time
+        task: ``'classification'`` (cross-entropy on the bag labels), ``'survival'`` (discrete-time
             survival: the model predicts ``survival_bins`` hazards trained with the NLL survival loss of
             :mod:`medmoe.engine.survival`; the datasets must carry survival targets, see
-            :meth:`medmoe.data.BagDataset.with_survival`).
+            :meth:`medmoe.data.BagDataset.with_survival`), or ``'multilabel'`` (several yes/no labels per
+            bag: one logit per label, binary cross-entropy; the datasets must carry multi-label targets,
+            see :meth:`medmoe.data.BagDataset.with_multilabel`; ``class_weights='balanced'`` weighs each
+            label's positives by its negative/positive ratio).
         survival_bins: time bins of a survival model (PORPOISE / MCAT: 4), cut at the quantiles of the
             training fold's uncensored times.
         survival_alpha: weight of the uncensored term in the survival loss (0 = plain likelihood).
@@ -225,12 +231,14 @@ def resolve_monitor(name: str, num_classes: int, task: str = "classification") -
     """The metric ``early_stopping`` monitors and whether larger is better.
 
     ``'auto'`` -> ``'auroc'`` for ``num_classes == 2`` and ``'kappa'`` (quadratic) otherwise; for
-    ``task='survival'`` -> ``'c_index'``.
+    ``task='survival'`` -> ``'c_index'``; for ``task='multilabel'`` -> ``'auroc'`` (macro over the labels).
     """
     if task not in TASK_METRICS:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_METRICS)}")
     if name == "auto":
-        name = "c_index" if task == "survival" else "auroc" if num_classes == 2 else "kappa"
+        name = (
+            "c_index" if task == "survival" else "auroc" if num_classes == 2 or task == "multilabel" else "kappa"
+        )
     if name not in TASK_METRICS[task]:
         raise ValueError(
             f"unknown early-stopping metric {name!r} for task={task!r}; choose from {list(TASK_METRICS[task])}"

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.splits import Split, save_splits, split_hash, stratified_group_kfold
+from ..data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
+from .multilabel import MULTILABEL_METRIC_NAMES
 from .survival import SURVIVAL_METRIC_NAMES
 from .trainer import TEST_PREDICTIONS_CSV, make_fabric
 
@@ -96,8 +97,9 @@ class CVResult:
 
     def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
         """Title, run count and a ``| metric | test | val |`` table of mean ± std."""
-        known = (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES)
-        names = list(metrics) if metrics is not None else [m for m in known if m in self.summary]
+        known = (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, "subset_accuracy")
+        per_label = [m for m in self.summary if m.startswith("auroc_")]  # multi-label runs
+        names = list(metrics) if metrics is not None else [m for m in known if m in self.summary] + per_label
         seeds = sorted({r["seed"] for r in self.runs})
         folds = sorted({r["fold"] for r in self.runs})
         lines = [
@@ -165,7 +167,7 @@ def run_cross_validation(
     model_overrides = dict(model_overrides or {})
     tasks, hashes = _plan_folds(
         model_name, model_overrides, "data", dataset, out_dir, label or model_name, k=k, seeds=seeds,
-        val_folds=val_folds, split_seed=split_seed, splits=splits, write=is_zero,
+        val_folds=val_folds, split_seed=split_seed, splits=splits, write=is_zero, multilabel=cfg.task == "multilabel",
     )
     if progress is None:
         progress = GridProgress(len(tasks), is_zero)
@@ -201,8 +203,10 @@ def _plan_folds(
     split_seed: int | None = None,
     splits: Sequence[Split] | None = None,
     write: bool = True,
+    multilabel: bool = False,
 ) -> tuple[list[FoldTask], dict[int, str]]:
-    """The runs of one model on one dataset (seeds x folds); writes ``seed<s>/splits.json`` if ``write``."""
+    """The runs of one model on one dataset (seeds x folds); writes ``seed<s>/splits.json`` if ``write``.
+    Folds are stratified by label, or on all labels at once (``multilabel``: iterative stratification)."""
     labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
     tasks: list[FoldTask] = []
     hashes: dict[int, str] = {}
@@ -210,9 +214,13 @@ def _plan_folds(
         if splits is not None:
             seed_splits = list(splits)
         else:
-            seed_splits = stratified_group_kfold(
-                labels, groups, k, seed if split_seed is None else split_seed, val_folds=val_folds, bag_ids=bag_ids
-            )
+            s_seed = seed if split_seed is None else split_seed
+            if multilabel:
+                seed_splits = multilabel_group_kfold(
+                    dataset.multilabel_targets, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids
+                )
+            else:
+                seed_splits = stratified_group_kfold(labels, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids)
         if not seed_splits:
             raise ValueError("no splits to run: pass k >= 2 or a non-empty list of splits")
         h = hashes[seed] = split_hash(seed_splits, bag_ids)
@@ -453,7 +461,7 @@ def compare(
                 run_dir = out_dir / _safe(ds_name) / _safe(model) / _safe(embed)
                 variant_tasks, hashes = _plan_folds(
                     name, merged, ds_name, dataset, run_dir, f"{ds_name} {model} {embed}", k=k, seeds=seeds,
-                    val_folds=val_folds, write=is_zero,
+                    val_folds=val_folds, write=is_zero, multilabel=cfg.task == "multilabel",
                 )
                 variants.append(
                     {"dataset": ds_name, "model": model, "patch_embed": embed, "model_name": name,
@@ -479,7 +487,9 @@ def compare(
                 "out_dir": str(v["out_dir"]),
             }
         )
-    default_metrics = SURVIVAL_METRIC_NAMES if cfg.task == "survival" else METRIC_NAMES
+    default_metrics = {"survival": SURVIVAL_METRIC_NAMES, "multilabel": MULTILABEL_METRIC_NAMES}.get(
+        cfg.task, METRIC_NAMES
+    )
     result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if is_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ def slide_heatmaps(
         feature_stats: the checkpoint's standardisation statistics.
         class_names: names of the classes (default ``0..C-1``).
         task: the checkpoint's task; for ``'survival'`` the titles and ``heatmaps.json`` give the predicted
-            risk and survival curve instead of class probabilities, and no per-class instance maps are drawn.
+            risk and survival curve instead of class probabilities, for ``'multilabel'`` each label's
+            probability (sigmoid) and the labels called present; neither draws per-class instance maps.
         num_expert_maps: per-expert maps for the most loaded experts (``-1`` = all, 0 = none).
         top_k: patches per top-k grid (0 = no grids).
         max_size, alpha, blur, cmap, normalize: passed to :func:`medmoe.viz.heatmap.draw_heatmap`.
@@ -207,6 +208,12 @@ def slide_heatmaps(
         names = [f"bin_{k}" for k in range(len(res.probs))]
         tag = f"risk {risk:.3f}"
         prediction: dict[str, Any] = {"risk": risk, "survival": curve}
+    elif task == "multilabel":  # independent yes/no labels: sigmoid, not softmax
+        names = class_names or [str(i) for i in range(len(res.logits))]
+        label_probs = 1.0 / (1.0 + np.exp(-np.asarray(res.logits, dtype=np.float64)))
+        present = [n for n, p in zip(names, label_probs) if p >= 0.5]
+        tag = "labels " + (", ".join(present) if present else "none")
+        prediction = {"probs": {n: float(p) for n, p in zip(names, label_probs)}, "prediction": present}
     else:
         names = class_names or [str(i) for i in range(len(res.probs))]
         pred = int(res.probs.argmax())
@@ -221,7 +228,7 @@ def slide_heatmaps(
                               out_path=out / f"{name}.png")
             files["attention"].append(str(hm.path))
             score_sets[name] = scores
-    if res.instance_probs is not None and not survival:
+    if res.instance_probs is not None and task == "classification":
         for ci, cname in enumerate(names):
             hm = draw_heatmap(c, res.instance_probs[:, ci], patch_size_level0, canvas=canvas, normalize="none",
                               cmap=cmap, alpha=alpha, blur=blur, title=f"instance P({cname}); {tag}",

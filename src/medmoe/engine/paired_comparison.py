@@ -150,8 +150,9 @@ def paired_comparison(
     Raises:
         ValueError: ``out_dir`` is not a folder, ``metric`` is not a test metric, or ``baseline == variant``.
     """
-    if metric not in (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, "loss"):
-        raise ValueError(f"unknown metric {metric!r}; choose from {[*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, 'loss']}")
+    known = (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, "subset_accuracy", "loss")
+    if metric not in known and not metric.startswith("auroc_"):
+        raise ValueError(f"unknown metric {metric!r}; choose from {list(known)} (or auroc_<label> of a multi-label run)")
     if baseline == variant:
         raise ValueError(f"baseline and variant are both {baseline!r}; pair two different patch embeddings")
     root = Path(out_dir)

@@ -55,8 +55,15 @@ def _frame(rows: list[dict[str, Any]], as_frame: bool) -> Any:
     return pd.DataFrame(rows)
 
 
-def _base_rows(dataset: Any, survival: bool) -> list[dict[str, Any]]:
-    """``bag_id`` plus the known outcome: ``label`` (None when negative / unknown), or ``time``/``event``."""
+def _base_rows(dataset: Any, survival: bool, multilabel: bool = False) -> list[dict[str, Any]]:
+    """``bag_id`` plus the known outcome: ``label`` (None when negative / unknown), ``time``/``event``, or
+    ``target_<label>`` (multi-label datasets)."""
+    if multilabel:
+        if not getattr(dataset, "is_multilabel", False):
+            return [{"bag_id": b} for b in dataset.bag_ids]
+        targets = dataset.multilabel_targets.long().tolist()
+        names = dataset.label_names
+        return [{"bag_id": b, **{f"target_{n}": v for n, v in zip(names, t)}} for b, t in zip(dataset.bag_ids, targets)]
     if survival:
         known = getattr(dataset, "is_survival", False)
         times = dataset.survival_times if known else [None] * len(dataset)
@@ -71,6 +78,13 @@ def _base_rows(dataset: Any, survival: bool) -> list[dict[str, Any]]:
 
 def _class_names(info: dict[str, Any]) -> list[str]:
     return list(info.get("class_names") or [str(c) for c in range(info["num_outputs"])])
+
+
+def _add_label_probabilities(rows: list[dict[str, Any]], probs: Tensor, names: list[str]) -> None:
+    """Multi-label rows: ``prob_<label>`` and ``pred_labels`` (the labels with probability >= 0.5, ``;``-joined)."""
+    for i, row in enumerate(rows):
+        row.update({f"prob_{n}": float(probs[i, j]) for j, n in enumerate(names)})
+        row["pred_labels"] = ";".join(n for j, n in enumerate(names) if probs[i, j] >= 0.5)
 
 
 def predict(
@@ -91,12 +105,17 @@ def predict(
         index), ``pred_name`` and ``prob_<class name>`` for every class. For a survival checkpoint:
         ``bag_id``, ``time`` and ``event`` (when the dataset has them, else ``None``), ``risk``
         (``-sum_k S_k``, higher = earlier event) and ``survival_<k>`` = ``S_k``, the probability of
-        surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``).
+        surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``). For a
+        multi-label checkpoint: ``bag_id``, ``target_<label>`` (when the dataset has the targets),
+        ``prob_<label>`` (sigmoid) and ``pred_labels`` (those with probability >= 0.5, ``;``-joined).
     """
     info, logits = _outputs(checkpoint_dir, dataset, batch_size, device)
     survival = info.get("task") == "survival"
-    rows = _base_rows(dataset, survival)
-    if survival:
+    multilabel = info.get("task") == "multilabel"
+    rows = _base_rows(dataset, survival, multilabel)
+    if multilabel:
+        _add_label_probabilities(rows, torch.sigmoid(logits), _class_names(info))
+    elif survival:
         curves, risk = survival_curves(logits), risk_scores(logits)
         for i, row in enumerate(rows):
             row["risk"] = float(risk[i])
@@ -145,7 +164,8 @@ def predict_ensemble(
         One row per bag (list of dicts, or a DataFrame with ``as_frame=True``): as :func:`predict`, with the
         probabilities averaged over the models, plus ``n_models`` and ``agreement`` (share of the models
         whose own arg-max is the ensemble's); for survival, ``risk`` (mean), ``risk_std`` (sample std over
-        the models) and ``n_models`` (per-bin survival is left out: each fold cuts its own time bins).
+        the models) and ``n_models`` (per-bin survival is left out: each fold cuts its own time bins); for
+        multi-label, the mean ``prob_<label>``, ``pred_labels`` and ``n_models``.
 
     Raises:
         ValueError: no checkpoints, or checkpoints of different tasks / classes / feature sizes.
@@ -164,8 +184,14 @@ def predict_ensemble(
         infos.append(info)
         outputs.append(logits)
     survival = infos[0].get("task") == "survival"
-    rows = _base_rows(dataset, survival)
+    multilabel = infos[0].get("task") == "multilabel"
+    rows = _base_rows(dataset, survival, multilabel)
     n = len(paths)
+    if multilabel:
+        _add_label_probabilities(rows, torch.stack([torch.sigmoid(z) for z in outputs]).mean(0), _class_names(infos[0]))
+        for row in rows:
+            row["n_models"] = n
+        return _frame(rows, as_frame)
     if survival:
         risks = torch.stack([risk_scores(z) for z in outputs])  # (m, bags)
         mean = risks.mean(0)

@@ -117,7 +117,12 @@ def embed_slides(
         bag_ids=[str(b) for b in dataset.bag_ids],
         features=features,
         labels=None if labels is None else [int(y) for y in labels],
-        class_names=list(info.get("class_names") or getattr(dataset, "class_names", None) or []),
+        # a multi-label checkpoint's class names are its labels; the bags' labels are label combinations
+        class_names=list(
+            (None if info.get("task") == "multilabel" else info.get("class_names"))
+            or getattr(dataset, "class_names", None)
+            or []
+        ),
         meta={
             "model": str(info.get("model_name", type(model).__name__)),
             "patch_embed": str(model.config.patch_embed),

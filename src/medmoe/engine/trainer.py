@@ -11,7 +11,8 @@
   ``task='survival'`` the discrete-time NLL survival loss of :mod:`medmoe.engine.survival` on
   ``survival_bins`` hazard outputs instead (time bins cut at the training fold's uncensored-time
   quantiles, saved in the checkpoint; the bin is the ``label`` the model sees), early stopping on the
-  concordance index;
+  concordance index; with ``task='multilabel'`` one logit per label and binary cross-entropy
+  (:mod:`medmoe.engine.multilabel`), early stopping on the labels' macro AUROC;
 * class-balanced cross-entropy weights or a class-balanced sampler, input feature dropout, optional
   feature standardisation fitted on the training bags only, optional random patch subsets of large
   training bags (``max_instances``, new subsets every epoch; evaluation sees every patch);
@@ -77,6 +78,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, resolve_monitor
 from .metrics import compute_metrics
+from .multilabel import check_multilabel_set, multilabel_loss, multilabel_metrics, positive_weights
 from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
 from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
@@ -456,9 +458,15 @@ def _task_metrics(
     edges: Sequence[float] | None,
     alpha: float,
     level: str = "bag",
+    multilabel: bool = False,
 ) -> dict[str, float]:
-    """Classification metrics of softmax(logits), or survival metrics when ``edges`` is given; with
-    ``level='group'`` per patient (:func:`_per_group`)."""
+    """Classification metrics of softmax(logits), survival metrics when ``edges`` is given, multi-label
+    metrics with ``multilabel``; with ``level='group'`` per patient (:func:`_per_group`)."""
+    if multilabel:
+        targets = dataset.multilabel_targets
+        if level == "group":
+            logits, targets = _per_group_multilabel(logits, targets, dataset)
+        return multilabel_metrics(logits, targets, dataset.label_names)
     survival = edges is not None
     times = dataset.survival_times if survival else None
     events = dataset.survival_events if survival else None
@@ -496,6 +504,28 @@ def _per_group(
     return sums / counts, group_labels, [t[1] for t in first], [t[2] for t in first]
 
 
+def _per_group_multilabel(logits: Tensor, targets: Tensor, dataset: Any) -> tuple[Tensor, Tensor]:
+    """Per patient: the logit of the mean label probability of its bags, and its targets (the bags of a
+    patient must share them)."""
+    groups = list(dataset.groups)
+    index: dict[str, int] = {}
+    first: list[Tensor] = []
+    for i, g in enumerate(groups):
+        if g not in index:
+            index[g] = len(first)
+            first.append(targets[i])
+        elif not torch.equal(first[index[g]], targets[i]):
+            raise ValueError(
+                f"metrics per patient: the bags of {g!r} have different multi-label targets; use metrics_level='bag'"
+            )
+    gid = torch.tensor([index[g] for g in groups])
+    probs = torch.sigmoid(logits.double())
+    sums = torch.zeros(len(first), probs.shape[1], dtype=probs.dtype).index_add_(0, gid, probs)
+    counts = torch.bincount(gid, minlength=len(first)).to(probs.dtype).unsqueeze(1)
+    mean = (sums / counts).clamp(1e-12, 1 - 1e-12)
+    return torch.logit(mean).to(logits.dtype), torch.stack(first)
+
+
 def _check_survival_set(name: str, dataset: Any) -> None:
     if dataset is not None and not getattr(dataset, "is_survival", False):
         raise ValueError(
@@ -516,6 +546,7 @@ def evaluate(
     fabric: Fabric | None = None,
     survival_bin_edges: Sequence[float] | None = None,
     metrics_level: str = "bag",
+    multilabel: bool = False,
 ) -> EvalResult:
     """Evaluate a MIL model on a bag dataset.
 
@@ -533,11 +564,14 @@ def evaluate(
             dataset must carry survival targets.
         metrics_level: ``'bag'`` or ``'group'`` (per patient, see ``TrainConfig.metrics_level``); the
             returned ``probs`` stay per bag.
+        multilabel: evaluate a multi-label model (checkpoint ``task='multilabel'``); the dataset must carry
+            the same labels.
 
     Returns:
         :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
         :func:`~medmoe.engine.metrics.compute_metrics` plus ``loss`` (mean cross-entropy), or for
-        survival ``c_index`` and ``loss`` (mean NLL) with ``probs`` the survival curves.
+        survival ``c_index`` and ``loss`` (mean NLL) with ``probs`` the survival curves; multi-label: those of
+        :func:`~medmoe.engine.multilabel.multilabel_metrics` with ``probs`` the ``(n, L)`` label probabilities.
     """
     dataset = _with_stats(dataset, feature_stats)
     raw = unwrap_model(model)
@@ -548,11 +582,20 @@ def evaluate(
         raw.to(dev)
     if survival_bin_edges is not None:
         _check_survival_set("the dataset", dataset)
+    if multilabel:
+        check_multilabel_set("the dataset", dataset)
+        if len(dataset.label_names) != raw.config.num_classes:
+            raise ValueError(
+                f"the model predicts {raw.config.num_classes} labels but the dataset has {dataset.label_names}"
+            )
     logits, labels = _infer(
         raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
     )
-    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0, metrics_level)
-    probs = survival_curves(logits) if survival_bin_edges is not None else torch.softmax(logits, dim=-1)
+    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0, metrics_level, multilabel)
+    if multilabel:
+        probs = torch.sigmoid(logits)
+    else:
+        probs = survival_curves(logits) if survival_bin_edges is not None else torch.softmax(logits, dim=-1)
     return EvalResult(metrics, probs, labels, list(dataset.bag_ids))
 
 
@@ -672,11 +715,12 @@ def train_one_fold(
     _check_dataset("train_set", train_set, None, None)
     num_classes, in_dim = train_set.num_classes, train_set.feature_dim
     survival = cfg.task == "survival"
-    if num_classes < 2 and not survival:
+    multilabel = cfg.task == "multilabel"
+    if num_classes < 2 and not (survival or multilabel):
         raise ValueError(f"bag classification needs at least 2 classes, the training set has {num_classes}")
     for name, ds in (("val_set", val_set), ("test_set", test_set)):
-        if ds is not None:
-            _check_dataset(name, ds, num_classes, in_dim)
+        if ds is not None:  # multi-label: the class labels are label combinations, they may differ
+            _check_dataset(name, ds, None if multilabel else num_classes, in_dim)
     if "in_dim" in model_overrides or "num_classes" in model_overrides:
         raise ValueError(
             "in_dim and num_classes come from the training set; remove them from model_overrides"
@@ -688,6 +732,16 @@ def train_one_fold(
         edges = survival_bin_edges(train_set.survival_times, train_set.survival_events, cfg.survival_bins)
         bin_of = dict(zip(train_set.bag_ids, assign_time_bins(train_set.survival_times, edges).tolist()))
         event_of = dict(zip(train_set.bag_ids, train_set.survival_events))
+    label_names: list[str] = []
+    pos_weight: Tensor | None = None
+    if multilabel:
+        check_multilabel_set("train_set", train_set)
+        label_names = list(train_set.label_names)
+        for name, ds in (("val_set", val_set), ("test_set", test_set)):
+            check_multilabel_set(name, ds, label_names)
+        target_of = dict(zip(train_set.bag_ids, train_set.multilabel_targets))
+        if cfg.class_weights == "balanced":
+            pos_weight = positive_weights(train_set.multilabel_targets)
 
     fabric = fabric if fabric is not None else make_fabric(cfg)
     rank, world, is_zero = fabric.global_rank, fabric.world_size, fabric.is_global_zero
@@ -712,8 +766,14 @@ def train_one_fold(
     val_ds = _with_stats(val_set, feature_stats)
     test_ds = _with_stats(test_set, feature_stats)
 
-    outputs = cfg.survival_bins if survival else num_classes  # survival: one hazard per time bin
+    # survival: one hazard per time bin; multi-label: one logit per label
+    outputs = cfg.survival_bins if survival else len(label_names) if multilabel else num_classes
     model = create_model(model_name, num_classes=outputs, in_dim=in_dim, **model_overrides)
+    if multilabel and getattr(model, "requires_label_for_aux", False):
+        raise ValueError(
+            f"{model_name}: its auxiliary loss needs one class per bag, which multi-label bags do not have; "
+            "pick a model without one (abmil, transmil, dsmil, ...)"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels = list(train_set.labels)
@@ -727,7 +787,10 @@ def train_one_fold(
         schedule = WarmupCosine(cfg.epochs, round(cfg.warmup_epochs), cfg.lr, cfg.min_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model_f, optimizer_f = fabric.setup(model, optimizer)
-    weight = _class_weights(labels, num_classes).to(device) if cfg.class_weights == "balanced" else None
+    balanced_ce = cfg.class_weights == "balanced" and not multilabel
+    weight = _class_weights(labels, num_classes).to(device) if balanced_ce else None
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(device)
 
     run_signature = {
         "model_name": model_name,
@@ -739,7 +802,7 @@ def train_one_fold(
     extra_base: dict[str, Any] = {
         "seed": cfg.seed,
         "split_hash": split_hash,
-        "class_names": list(train_set.class_names),
+        "class_names": label_names if multilabel else list(train_set.class_names),
         "feature_stats": feature_stats,
         "train_config": cfg.to_dict(),
         "model_overrides": run_signature["model_overrides"],
@@ -836,6 +899,10 @@ def train_one_fold(
                     events = torch.tensor([event_of[b] for b in batch.bag_ids], device=device)
                     out = model_f(x, batch.mask, label=bins)
                     task_loss = nll_survival_loss(out.logits.float(), bins, events, alpha=cfg.survival_alpha)
+                elif multilabel:
+                    targets = torch.stack([target_of[b] for b in batch.bag_ids]).to(device)
+                    out = model_f(x, batch.mask)
+                    task_loss = multilabel_loss(out.logits, targets, pos_weight)
                 else:
                     out = model_f(x, batch.mask, label=batch.label)
                     task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
@@ -888,7 +955,9 @@ def train_one_fold(
                     progress=progress,
                     description="validation",
                 )
-                val_metrics = _task_metrics(logits, vlabels, val_ds, edges, cfg.survival_alpha, cfg.metrics_level)
+                val_metrics = _task_metrics(
+                    logits, vlabels, val_ds, edges, cfg.survival_alpha, cfg.metrics_level, multilabel
+                )
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
                 value = val_metrics[monitor]
             else:
@@ -969,7 +1038,7 @@ def train_one_fold(
             )
             if ds is test_ds:
                 test_logits = logits
-            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha, cfg.metrics_level)
+            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha, cfg.metrics_level, multilabel)
 
         final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
         final_test: dict[str, float] | None = best_metrics(test_ds) if test_ds is not None else None
@@ -996,7 +1065,7 @@ def train_one_fold(
                 },
             )
             if test_logits is not None:
-                _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, survival)
+                _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, cfg.task)
             atomic_write_text(
                 out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
             )
@@ -1017,12 +1086,18 @@ def train_one_fold(
                 logger.exception("logger finalisation failed")
 
 
-def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, survival: bool) -> None:
-    """One row per test bag (pooled over folds by cross-validation): ``bag_id,label,prob_<class>...`` or,
-    for survival, ``bag_id,time,event,risk``."""
+def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, task: str) -> None:
+    """One row per test bag (pooled over folds by cross-validation): ``bag_id,label,prob_<class>...``;
+    for survival ``bag_id,time,event,risk``; multi-label ``bag_id,target_<label>...,prob_<label>...``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    if survival:
+    if task == "multilabel":
+        names = dataset.label_names
+        writer.writerow(["bag_id", *(f"target_{n}" for n in names), *(f"prob_{n}" for n in names)])
+        targets = dataset.multilabel_targets.long().tolist()
+        probs = torch.sigmoid(logits).tolist()
+        writer.writerows([b, *t, *p] for b, t, p in zip(dataset.bag_ids, targets, probs))
+    elif task == "survival":
         writer.writerow(["bag_id", "time", "event", "risk"])
         risk = risk_scores(logits).tolist()
         writer.writerows(zip(dataset.bag_ids, dataset.survival_times, dataset.survival_events, risk))

@@ -2,7 +2,7 @@
 
 numpy only: :func:`roc_curve` groups tied scores into one step (the curve scikit-learn draws with
 ``drop_intermediate=False``), :func:`plot_roc` draws one curve for two classes and one-vs-rest curves
-with their macro average for more, :func:`plot_confusion` draws counts shaded by the share of each true
+with their macro average for more, :func:`plot_label_rocs` one curve per label of multi-label slides, :func:`plot_confusion` draws counts shaded by the share of each true
 class.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from .figure_io import save_figure
 
-__all__ = ["plot_confusion", "plot_roc", "roc_curve"]
+__all__ = ["plot_confusion", "plot_label_rocs", "plot_roc", "roc_curve"]
 
 
 def roc_curve(scores: Sequence[float], positive: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -52,24 +52,58 @@ def plot_roc(
             one-vs-rest curves and report their macro mean (over the classes present with both outcomes).
         path: output PNG.
     """
+    y = np.asarray(labels).ravel()
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.size or p.shape[1] != len(class_names):
+        raise ValueError(f"probs must be (n, {len(class_names)}) for {y.size} labels, got {p.shape}")
+    classes = [1] if p.shape[1] == 2 else list(range(p.shape[1]))
+    curves = []
+    for c in classes:
+        fpr, tpr, auc = roc_curve(p[:, c], y == c)
+        if not np.isnan(auc):
+            label = f"AUROC {auc:.3f}" if len(classes) == 1 else f"{class_names[c]} vs rest ({auc:.3f})"
+            curves.append((fpr, tpr, auc, label))
+    head = f"positive class: {class_names[1]}" if len(classes) == 1 else None
+    return _roc_figure(curves, path, title, head)
+
+
+def plot_label_rocs(
+    targets: np.ndarray, probs: np.ndarray, label_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """One ROC curve per label of multi-label predictions, with the macro AUROC; a PNG.
+
+    Args:
+        targets: ``(n, L)`` 0/1 truth.
+        probs: ``(n, L)`` label probabilities.
+        label_names: ``L`` names.
+        path: output PNG.
+    """
+    t = np.asarray(targets)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape != t.shape or p.shape[1] != len(label_names):
+        raise ValueError(
+            f"targets and probs must both be (n, {len(label_names)}), got {t.shape} and {p.shape}"
+        )
+    curves = []
+    for j, name in enumerate(label_names):
+        fpr, tpr, auc = roc_curve(p[:, j], t[:, j] == 1)
+        if not np.isnan(auc):
+            curves.append((fpr, tpr, auc, f"{name} ({auc:.3f})"))
+    return _roc_figure(curves, path, title, None)
+
+
+def _roc_figure(
+    curves: list[tuple[np.ndarray, np.ndarray, float, str]], path: str | Path, title: str, head: str | None
+) -> Path:
+    """Draw ``(fpr, tpr, auc, legend)`` curves with the chance diagonal; ``head`` (default: the macro AUROC)
+    goes under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    y = np.asarray(labels).ravel()
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[0] != y.size or p.shape[1] != len(class_names):
-        raise ValueError(f"probs must be (n, {len(class_names)}) for {y.size} labels, got {p.shape}")
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    classes = [1] if p.shape[1] == 2 else list(range(p.shape[1]))
-    aucs = []
-    for c in classes:
-        fpr, tpr, auc = roc_curve(p[:, c], y == c)
-        if np.isnan(auc):
-            continue
-        aucs.append(auc)
-        label = f"AUROC {auc:.3f}" if len(classes) == 1 else f"{class_names[c]} vs rest ({auc:.3f})"
+    for fpr, tpr, _auc, label in curves:
         ax.plot(fpr, tpr, label=label)
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     ax.set_xlim(0, 1)
@@ -77,9 +111,10 @@ def plot_roc(
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.grid(alpha=0.3)
-    if aucs:
+    if curves:
         ax.legend(fontsize=7, loc="lower right")
-    head = f"positive class: {class_names[1]}" if len(classes) == 1 else f"macro AUROC {np.mean(aucs):.3f}"
+    if head is None:
+        head = f"macro AUROC {np.mean([c[2] for c in curves]):.3f}" if curves else "AUROC undefined"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
     return save_figure(fig, path)
 

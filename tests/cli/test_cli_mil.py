@@ -196,3 +196,35 @@ def test_predict_and_embed_take_a_benchmark_name(tmp_path, monkeypatch):
     assert labelled and len(bags) == 92 and bags.feature_dim == 166
     with pytest.raises(ValueError, match="nor is it a benchmark"):
         inference_dataset(Path("musk7"), None, {})
+
+
+def test_multilabel_train_eval_predict(tmp_path):
+    from medmoe.data import make_synthetic_multilabel_folder
+
+    data = make_synthetic_multilabel_folder(tmp_path / "data", n_slides=18, n_patches=(6, 12), dim=16)
+    out = tmp_path / "run"
+    base = ["--features", str(data.features_dir), "--labels", str(data.labels_csv)]
+    result = runner.invoke(app, ["mil", "train", "-m", "abmil.base", *base, "--label-cols",
+                                 "tumor,necrosis,inflammation", "--k", "3", "--epochs", "2", "--out", str(out),
+                                 *TINY])
+    assert result.exit_code == 0, result.output
+    assert "subset_accuracy" in result.output and "auroc_necrosis" in result.output
+    assert (out / "roc.png").is_file() and not (out / "confusion.png").exists()
+    pooled = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert len(pooled) == 18 and {"target_tumor", "prob_inflammation"} <= set(pooled[0])
+    ckpt = out / "seed0" / "fold0" / "checkpoint"
+    result = runner.invoke(app, ["mil", "eval", str(ckpt), *base])  # the label columns come from the checkpoint
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.output)) >= {"auroc", "subset_accuracy", "auroc_tumor"}
+    preds = tmp_path / "p.csv"
+    result = runner.invoke(app, ["mil", "predict", str(out), str(data.features_dir), "--out", str(preds)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 18 and {"prob_tumor", "pred_labels", "n_models"} <= set(rows[0])
+
+    result = runner.invoke(app, ["mil", "train", *base, "--task", "multilabel", "--out", str(out)])
+    assert result.exit_code != 0 and "needs --label-cols" in result.output
+    result = runner.invoke(app, ["mil", "train", *base, "--label-cols", "tumor", "--task", "survival"])
+    assert result.exit_code != 0 and "--label-cols is for --task multilabel" in result.output
+    result = runner.invoke(app, ["mil", "train", "-d", "musk1", "--label-cols", "tumor"])
+    assert result.exit_code != 0 and "one class label per bag" in result.output

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from medmoe.viz.roc import plot_confusion, plot_roc, roc_curve
+from medmoe.viz.roc import plot_confusion, plot_label_rocs, plot_roc, roc_curve
 
 
 def test_roc_hand_example_with_ties():
@@ -37,3 +37,13 @@ def test_plots_write_pngs_and_check_shapes(tmp_path):
         plot_roc(labels, probs[:, :2], ["a", "b", "c"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="must lie in"):
         plot_confusion([0, 3], [0, 1], ["a", "b"], tmp_path / "x.png")
+
+
+def test_label_rocs(tmp_path):
+    rng = np.random.default_rng(1)
+    targets = (rng.uniform(size=(40, 3)) < 0.4).astype(int)
+    probs = np.clip(targets * 0.4 + rng.uniform(size=(40, 3)) * 0.6, 0, 1)
+    targets[:, 2] = 1  # one outcome only: no curve, left out of the macro AUROC
+    assert plot_label_rocs(targets, probs, ["a", "b", "c"], tmp_path / "r.png", title="t").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="must both be"):
+        plot_label_rocs(targets[:, :2], probs, ["a", "b", "c"], tmp_path / "x.png")

@@ -140,7 +140,7 @@ def test_survival_train_eval_predict(tmp_path):
 
 def test_survival_bad_input(tmp_path, folder):
     result = runner.invoke(app, ["mil", "train", "-d", "musk1", "--task", "survival"])
-    assert result.exit_code == 2 and "not survival times" in result.output
+    assert result.exit_code == 2 and "one class label per bag" in result.output
     result = runner.invoke(app, ["mil", "train", "--features", str(folder.features_dir), "--labels",
                                  str(folder.labels_csv), "--task", "survival"])
     assert result.exit_code == 2 and "no follow-up time column" in result.output and "--time-col" in result.output

@@ -54,6 +54,26 @@ def die_after_saving(monkeypatch, saves: int) -> None:
     monkeypatch.setattr(trainer, "save_trainer_state", save_then_die)
 
 
+def multilabel_bags(n_bags: int, *, seed: int = 0, groups: bool = False) -> InMemoryBags:
+    """Bags of 6..15 N(0, 1) 8-d instances with labels ``tumor``, ``necrosis``, ``inflammation``: label j
+    present (p = 0.5) shifts a third of the instances by 3 on dims [2j, 2j + 2). The class label is the
+    label combination (as a number); ``groups`` puts bags 2i and 2i + 1 in patient ``p<i>``."""
+    g = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(n_bags, 3, generator=g) < 0.5).long()
+    feats = []
+    for i in range(n_bags):
+        m = int(torch.randint(6, 16, (1,), generator=g))
+        x = torch.randn(m, 8, generator=g)
+        for j in torch.nonzero(targets[i]).flatten().tolist():
+            x[: m // 3, 2 * j : 2 * j + 2] += 3.0
+        feats.append(x)
+    combo = [int("".join(map(str, t.tolist())), 2) for t in targets]
+    ids = [f"s{seed}_b{i}" for i in range(n_bags)]
+    grp = [f"p{i // 2}" for i in range(n_bags)] if groups else None
+    bags = InMemoryBags(feats, combo, bag_ids=ids, groups=grp, class_names=[str(c) for c in range(8)])
+    return bags.with_multilabel(targets, ["tumor", "necrosis", "inflammation"])
+
+
 def survival_bags(n_bags: int, *, seed: int = 0) -> InMemoryBags:
     """:func:`synthetic_bags` with survival targets: class-1 bags (the shifted ones) die early, every third
     bag is censored; the labels stay the classes."""

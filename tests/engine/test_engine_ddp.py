@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 import torch
-from engine_synthetic import TINY_ABMIL, survival_bags, synthetic_bags
+from engine_synthetic import TINY_ABMIL, multilabel_bags, survival_bags, synthetic_bags
 
 from medmoe.engine import TrainConfig, train_one_fold
 from medmoe.engine.checkpoint import load_trainer_state
@@ -48,9 +48,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("task", ["classification", "survival"])
+@pytest.mark.parametrize("task", ["classification", "survival", "multilabel"])
 def test_ddp_two_cpu_processes_match_one_process(tmp_path, task):
-    bags = survival_bags if task == "survival" else synthetic_bags
+    bags = {"survival": survival_bags, "multilabel": multilabel_bags}.get(task, synthetic_bags)
     cfg = {**CFG, "task": task}
     single = train_one_fold(
         "abmil.base",

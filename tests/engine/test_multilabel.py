@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from engine_synthetic import TINY_ABMIL
+from engine_synthetic import TINY_ABMIL, Killed, die_after_saving, multilabel_bags
 
 from medmoe.data import InMemoryBags
 from medmoe.engine import TrainConfig, evaluate, load_checkpoint, predict, predict_ensemble, train_one_fold
@@ -17,25 +17,6 @@ sk_metrics = pytest.importorskip("sklearn.metrics")
 CFG = TrainConfig(task="multilabel", epochs=12, lr=5e-3, min_epochs=1, patience=None, progress=False,
                   accelerator="cpu", standardize_features=True)
 NAMES = ["tumor", "necrosis", "inflammation"]
-
-
-def multilabel_bags(n: int, seed: int = 0, groups: bool = False) -> InMemoryBags:
-    """Bags of 6..15 N(0, 1) instances; label j present (p = 0.5) shifts a third of the instances by 3
-    on dims [2j, 2j + 2)."""
-    g = torch.Generator().manual_seed(seed)
-    targets = (torch.rand(n, 3, generator=g) < 0.5).long()
-    feats = []
-    for i in range(n):
-        m = int(torch.randint(6, 16, (1,), generator=g))
-        x = torch.randn(m, 8, generator=g)
-        for j in torch.nonzero(targets[i]).flatten().tolist():
-            x[: m // 3, 2 * j : 2 * j + 2] += 3.0
-        feats.append(x)
-    combo = [int("".join(map(str, t.tolist())), 2) for t in targets]
-    ids = [f"s{seed}_b{i}" for i in range(n)]
-    grp = [f"p{i // 2}" for i in range(n)] if groups else None
-    bags = InMemoryBags(feats, combo, bag_ids=ids, groups=grp, class_names=[str(c) for c in range(8)])
-    return bags.with_multilabel(targets, NAMES)
 
 
 @pytest.mark.parametrize("case", range(30))
@@ -89,7 +70,7 @@ def test_loss_and_positive_weights():
 @pytest.fixture(scope="module")
 def fold(tmp_path_factory):
     out = tmp_path_factory.mktemp("multilabel")
-    train, val, test = multilabel_bags(48, 0), multilabel_bags(16, 1), multilabel_bags(24, 2)
+    train, val, test = multilabel_bags(48, seed=0), multilabel_bags(16, seed=1), multilabel_bags(24, seed=2)
     return train_one_fold("abmil.base", train, val, test, CFG, out, TINY_ABMIL), test
 
 
@@ -119,7 +100,7 @@ def test_training_learns_every_label(fold):
 def test_metrics_per_patient_average_label_probabilities(fold):
     result, _ = fold
     model, info = load_checkpoint(result.checkpoint_dir)
-    bags = multilabel_bags(12, 5, groups=True)  # p0 = bags 0 and 1, ...; targets differ within a patient
+    bags = multilabel_bags(12, seed=5, groups=True)  # p0 = bags 0 and 1, ...; targets differ within a patient
     with pytest.raises(ValueError, match="different multi-label targets"):
         evaluate(model, bags, feature_stats=info["feature_stats"], multilabel=True, metrics_level="group")
     same = bags.with_multilabel(bags.multilabel_targets[[i - i % 2 for i in range(12)]], NAMES)
@@ -134,7 +115,7 @@ def test_bad_input(tmp_path):
     plain = InMemoryBags([torch.randn(5, 8) for _ in range(6)], [0, 1] * 3)
     with pytest.raises(ValueError, match="needs multi-label targets on train_set"):
         train_one_fold("abmil.base", plain, None, None, CFG, tmp_path / "a", TINY_ABMIL)
-    other = multilabel_bags(8, 1).with_multilabel(torch.zeros(8, 2, dtype=torch.long), ["x", "y"])
+    other = multilabel_bags(8, seed=1).with_multilabel(torch.zeros(8, 2, dtype=torch.long), ["x", "y"])
     with pytest.raises(ValueError, match="val_set has labels"):
         train_one_fold("abmil.base", multilabel_bags(8), other, None, CFG, tmp_path / "b", TINY_ABMIL)
     with pytest.raises(ValueError, match="auxiliary loss needs one class per bag"):
@@ -147,3 +128,17 @@ def test_bad_input(tmp_path):
         _ = plain.multilabel_targets
     with pytest.raises(ValueError, match="early_stopping must be"):
         TrainConfig(task="multilabel", early_stopping="kappa")
+
+
+def test_killed_and_resumed_ends_identical(tmp_path, monkeypatch):
+    data = multilabel_bags(24, seed=0), multilabel_bags(12, seed=1), multilabel_bags(12, seed=2)
+    cfg = CFG.replace(epochs=4, batch_size=2, feature_dropout=0.1, class_weights="balanced")
+    model = {**TINY_ABMIL, "dropout": 0.25}
+    straight = train_one_fold("abmil.base", *data, cfg, tmp_path / "straight", model)
+    die_after_saving(monkeypatch, 2)
+    with pytest.raises(Killed):
+        train_one_fold("abmil.base", *data, cfg, tmp_path / "killed", model)
+    monkeypatch.undo()
+    resumed = train_one_fold("abmil.base", *data, cfg, tmp_path / "killed", model, resume=True)
+    assert resumed.val_metrics == straight.val_metrics and resumed.test_metrics == straight.test_metrics
+    assert resumed.best_epoch == straight.best_epoch

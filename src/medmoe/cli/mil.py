@@ -67,14 +67,21 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
     return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
 
 
-def parse_label_cols(value: str | None) -> list[str] | None:
-    """``"tumor,necrosis"`` -> ``["tumor", "necrosis"]`` (``None`` when not given)."""
-    if not value:
-        return None
-    cols = [c.strip() for c in value.split(",") if c.strip()]
-    if not cols:
-        raise ValueError(f"--label-cols needs comma-separated column names, got {value!r}")
-    return cols
+def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | None]:
+    """``(task, label columns)`` from ``--task`` and ``--label-cols "tumor,necrosis"`` (which implies
+    ``multilabel``); inconsistent combinations raise ``ValueError``."""
+    cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
+    if label_cols and not cols:
+        raise ValueError(f"--label-cols needs comma-separated column names, got {label_cols!r}")
+    if cols and task == "classification":
+        task = "multilabel"
+    if task not in ("classification", "survival", "multilabel"):
+        raise ValueError(f"--task must be 'classification', 'survival' or 'multilabel', got {task!r}")
+    if task == "multilabel" and not cols:
+        raise ValueError("--task multilabel needs --label-cols naming the 0/1 label columns of the CSV")
+    if cols and task != "multilabel":
+        raise ValueError(f"--label-cols is for --task multilabel, not {task!r}")
+    return task, cols
 
 
 def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
@@ -221,15 +228,7 @@ def train(
     from ..engine import run_cross_validation
 
     try:
-        cols = parse_label_cols(label_cols)
-        if cols and task == "classification":
-            task = "multilabel"
-        if task not in ("classification", "survival", "multilabel"):
-            raise ValueError(f"--task must be 'classification', 'survival' or 'multilabel', got {task!r}")
-        if task == "multilabel" and not cols:
-            raise ValueError("--task multilabel needs --label-cols naming the 0/1 label columns of the CSV")
-        if cols and task != "multilabel":
-            raise ValueError(f"--label-cols is for --task multilabel, not {task!r}")
+        task, cols = resolve_task(task, label_cols)
         survival = task == "survival"
         _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=survival, time_col=time_col,
                                  event_col=event_col, label_cols=cols)
@@ -458,7 +457,10 @@ def compare_cmd(
     features: Path = typer.Option(None, help="Also compare on a TRIDENT/CLAM feature folder (with --labels)."),
     labels: Path = typer.Option(None, help="Labels CSV of --features (survival: time and event columns)."),
     patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
-    task: str = typer.Option("classification", help="classification | survival (--features only; c-index)."),
+    task: str = typer.Option("classification", help="classification | survival (--features only; c-index) | "
+                             "multilabel (--features only; see --label-cols)."),
+    label_cols: str = typer.Option(None, help="Multilabel CSVs: the 0/1 label columns, comma-separated; implies "
+                                   "--task multilabel."),
     metrics_level: str = typer.Option("bag", help="bag | group: test metrics per patient (case_id)."),
     max_instances: int = typer.Option(None, min=1, help="Train on a random subset of at most N patches of each "
                                       "bag, new every epoch (evaluation uses all patches)."),
@@ -481,20 +483,20 @@ def compare_cmd(
 ) -> None:
     """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot."""
     try:
-        if task not in ("classification", "survival"):
-            raise ValueError(f"--task must be 'classification' or 'survival', got {task!r}")
+        task, cols = resolve_task(task, label_cols)
         survival = task == "survival"
         folders = {}
         if features is not None:
             name, ds = load_dataset(None, features, labels, patient_mode, survival=survival, time_col=time_col,
-                                    event_col=event_col)
+                                    event_col=event_col, label_cols=cols)
             folders[name] = ds
-        elif survival:
-            raise ValueError("--task survival compares on a feature folder: give --features and --labels")
+        elif task != "classification":
+            raise ValueError(f"--task {task} compares on a feature folder: give --features and --labels")
         if not datasets:
             datasets = [] if features is not None else ["musk1", "ucsb_breast"]
-        if survival and datasets:
-            raise ValueError(f"--task survival needs survival times; the benchmarks {datasets} have class labels")
+        if task != "classification" and datasets:
+            raise ValueError(f"--task {task} needs a feature folder; the benchmarks {datasets} have one class label "
+                             "per bag")
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
                     metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
                     moe_args=parse_overrides(moe), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task,

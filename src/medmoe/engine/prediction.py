@@ -20,14 +20,13 @@ from .checkpoint import load_checkpoint
 from .survival import risk_scores, survival_curves
 from .trainer import _infer, _with_stats
 
-__all__ = ["predict", "predict_ensemble", "run_checkpoints"]
+__all__ = ["load_for_inference", "predict", "predict_ensemble", "run_checkpoints"]
 
 
-def _outputs(
-    checkpoint_dir: str | Path, dataset: Any, batch_size: int, device: str | torch.device
-) -> tuple[dict[str, Any], Tensor]:
-    """The checkpoint's info and its float32 logits ``(n, C)`` on ``dataset`` (standardised with the
-    checkpoint's feature statistics)."""
+def load_for_inference(
+    checkpoint_dir: str | Path, dataset: Any, device: str | torch.device = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """``(model, info)`` of a checkpoint, after checking that ``dataset`` has the feature size it expects."""
     model, info = load_checkpoint(checkpoint_dir, map_location=device)
     in_dim = model.config.in_dim
     if getattr(dataset, "feature_dim", in_dim) != in_dim:
@@ -35,6 +34,15 @@ def _outputs(
             f"the checkpoint {checkpoint_dir} expects {in_dim}-d features but the dataset has "
             f"{dataset.feature_dim}-d; use features from the same encoder as in training"
         )
+    return model, info
+
+
+def _outputs(
+    checkpoint_dir: str | Path, dataset: Any, batch_size: int, device: str | torch.device
+) -> tuple[dict[str, Any], Tensor]:
+    """The checkpoint's info and its float32 logits ``(n, C)`` on ``dataset`` (standardised with the
+    checkpoint's feature statistics)."""
+    model, info = load_for_inference(checkpoint_dir, dataset, device)
     info = {**info, "num_outputs": model.config.num_classes}
     logits, _ = _infer(
         model,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import load_checkpoint
+from .prediction import load_for_inference
 from .trainer import _loader, _with_stats
 
 __all__ = [
@@ -95,13 +95,7 @@ def embed_slides(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model, info = load_checkpoint(checkpoint_dir, map_location=device)
-    in_dim = model.config.in_dim
-    if getattr(dataset, "feature_dim", in_dim) != in_dim:
-        raise ValueError(
-            f"the checkpoint {checkpoint_dir} expects {in_dim}-d features but the dataset has "
-            f"{dataset.feature_dim}-d; use features from the same encoder as in training"
-        )
+    model, info = load_for_inference(checkpoint_dir, dataset, device)
     data = _with_stats(dataset, info.get("feature_stats"))
     model.eval()
     parts: list[Tensor] = []

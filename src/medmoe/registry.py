@@ -7,6 +7,17 @@ padded with the defaults ``base`` (config), ``uni`` (encoder) and ``none`` (task
 
 Configs are YAML files shipped inside the package (``medmoe/configs/mil/<model>/<config>.yaml``) or
 dicts given to :func:`register_model` by code outside the package.
+
+Models of your own, without forking medmoe: decorate the class with :func:`register_model` in a module
+and make medmoe import it, by any of
+
+* an entry point of an installed package (``pyproject.toml``:
+  ``[project.entry-points."medmoe.mil_models"] mymil = "mypkg.models"``), found automatically;
+* the environment variable ``MEDMOE_PLUGINS="mypkg.models,/path/to/my_model.py"`` (inherited by the
+  worker processes of ``--jobs``);
+* ``medmoe --plugin mypkg.models mil train -m mymil ...`` on the command line, or :func:`load_plugin`.
+
+Every command then accepts the name (``mil train``, ``compare``, ``eval`` of its checkpoints, ...).
 """
 
 from __future__ import annotations
@@ -14,10 +25,15 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
+from importlib import metadata, resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -29,6 +45,7 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "load_plugin",
     "parse_model_name",
     "register_model",
     "register_model_alias",
@@ -98,6 +115,16 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
 _DISCOVERED = False
+_PLUGINS_LOADED: set[str] = set()
+
+#: Entry-point group through which installed packages add MIL models (each entry names a module).
+PLUGIN_GROUP = "medmoe.mil_models"
+#: Environment variable: comma-separated modules or ``.py`` files imported for their models.
+PLUGIN_ENV = "MEDMOE_PLUGINS"
+_UNKNOWN_HINT = (
+    "models of other packages are found through their 'medmoe.mil_models' entry point, or named with "
+    "MEDMOE_PLUGINS=module_or_file.py / medmoe --plugin"
+)
 
 
 def register_model(
@@ -137,8 +164,41 @@ def register_model_alias(alias: str, name: str) -> None:
     _ALIASES[alias] = name
 
 
+def load_plugin(spec: str) -> None:
+    """Import ``spec`` (a dotted module name, or a path to a ``.py`` file) so that the models it decorates
+    with :func:`register_model` are registered; a spec already loaded is skipped.
+
+    Raises:
+        ValueError: the module cannot be found or fails to import (the cause is chained).
+    """
+    spec = str(spec).strip()
+    path = Path(spec).expanduser()
+    key = str(path.resolve()) if spec.endswith(".py") else spec
+    if not spec or key in _PLUGINS_LOADED:
+        return
+    _discover()  # the built-in models first: a plugin may build on them
+    try:
+        if spec.endswith(".py"):
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            name = f"medmoe_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise ImportError(f"{path} is not an importable Python file")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except Exception as err:
+        raise ValueError(f"cannot load the medmoe plugin {spec!r}: {type(err).__name__}: {err}") from err
+    _PLUGINS_LOADED.add(key)
+
+
 def _discover() -> None:
-    """Import every module of ``medmoe.models.mil`` once so their ``@register_model`` decorators run."""
+    """Import every module of ``medmoe.models.mil`` once so their ``@register_model`` decorators run, then
+    the plugins: entry points of group :data:`PLUGIN_GROUP` (a broken one is skipped with a warning) and
+    the modules named in ``$MEDMOE_PLUGINS``."""
     global _DISCOVERED
     if _DISCOVERED:
         return
@@ -147,6 +207,19 @@ def _discover() -> None:
     for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"medmoe.models.mil.{info.name}")
+    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+        if ep.value in _PLUGINS_LOADED:
+            continue
+        try:
+            ep.load()
+        except Exception as err:  # noqa: BLE001 - an unrelated broken package must not break medmoe
+            warnings.warn(f"skipped the medmoe plugin {ep.name!r} ({ep.value}): {type(err).__name__}: {err}",
+                          stacklevel=2)
+        else:
+            _PLUGINS_LOADED.add(ep.value)
+    for spec in os.environ.get(PLUGIN_ENV, "").split(","):
+        if spec.strip():
+            load_plugin(spec)
 
 
 def _config_root():  # type: ignore[no-untyped-def]
@@ -181,7 +254,7 @@ def parse_model_name(name: str) -> ModelName:
     parts[0] = _ALIASES.get(parts[0], parts[0])
     parsed = ModelName(*parts)
     if parsed.model not in _REGISTRY:
-        raise ValueError(f"unknown model {parsed.model!r}; available: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown model {parsed.model!r}; available: {sorted(_REGISTRY)} ({_UNKNOWN_HINT})")
     return parsed
 
 
@@ -274,5 +347,5 @@ def get_entry(model: str) -> ModelEntry:
     _discover()
     model = _ALIASES.get(model, model)
     if model not in _REGISTRY:
-        raise ValueError(f"unknown model {model!r}; available: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown model {model!r}; available: {sorted(_REGISTRY)} ({_UNKNOWN_HINT})")
     return _REGISTRY[model]

@@ -95,9 +95,27 @@ def _root(
         0, "--verbose", "-v", count=True, help="More log lines: -v per epoch and fold, -vv debug."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors (no per-run progress lines)."),
+    plugins: list[str] = typer.Option(
+        None, "--plugin", help="Import this module (or .py file) first, for the MIL models it registers with "
+        "medmoe.register_model; repeatable (also: $MEDMOE_PLUGINS, comma-separated)."
+    ),
 ) -> None:
     """Expert routing and long-sequence models for medical imaging."""
     configure_logging(verbose, quiet)
+    if plugins:
+        import os
+
+        from ..registry import PLUGIN_ENV, load_plugin
+
+        try:
+            for spec in plugins:
+                load_plugin(spec)
+        except ValueError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        # worker processes (--jobs) import the registry anew: they find the plugins in the environment
+        known = [s for s in os.environ.get(PLUGIN_ENV, "").split(",") if s.strip()]
+        os.environ[PLUGIN_ENV] = ",".join(dict.fromkeys([*known, *plugins]))
 
 
 if __name__ == "__main__":  # pragma: no cover

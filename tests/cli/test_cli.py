@@ -23,6 +23,14 @@ def test_doctor_lists_devices_extras_and_install_commands():
     assert "native CPU kernels:" in result.output
 
 
+def test_doctor_lists_model_plugins(monkeypatch):
+    monkeypatch.setenv("MEDMOE_PLUGINS", "my_lab.mil_models")
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0 and "my_lab.mil_models ($MEDMOE_PLUGINS)" in result.output
+    monkeypatch.delenv("MEDMOE_PLUGINS")
+    assert "model plugins: none" in runner.invoke(app, ["doctor"]).output
+
+
 def test_doctor_reports_native_kernels_switched_off(monkeypatch):
     monkeypatch.setenv("MEDMOE_NATIVE_KERNELS", "0")
     result = runner.invoke(app, ["doctor"])

@@ -113,3 +113,19 @@ def doctor() -> None:
         backends.add_row(module, "[green]found[/green]" if found else "not installed",
                          purpose if found else f"{purpose}: {how}")
     console.print(backends)
+    for line in plugin_lines():
+        console.print(line)
+
+
+def plugin_lines() -> list[str]:
+    """One line per MIL-model plugin (entry points of ``medmoe.mil_models`` and ``$MEDMOE_PLUGINS``)."""
+    import os
+    from importlib import metadata
+
+    from ..registry import PLUGIN_ENV, PLUGIN_GROUP
+
+    found = [f"{ep.name} = {ep.value} (entry point)" for ep in metadata.entry_points(group=PLUGIN_GROUP)]
+    found += [f"{s.strip()} (${PLUGIN_ENV})" for s in os.environ.get(PLUGIN_ENV, "").split(",") if s.strip()]
+    if not found:
+        return [f"model plugins: none (see `{PLUGIN_GROUP}` entry points, ${PLUGIN_ENV}, medmoe --plugin)"]
+    return ["model plugins:", *(f"  {line}" for line in found)]

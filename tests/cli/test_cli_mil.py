@@ -222,6 +222,16 @@ def test_multilabel_train_eval_predict(tmp_path):
     rows = list(csv.DictReader(preds.open()))
     assert len(rows) == 18 and {"prob_tumor", "pred_labels", "n_models"} <= set(rows[0])
 
+    cmp = tmp_path / "cmp"
+    result = runner.invoke(app, ["mil", "compare", "-m", "meanmil", *base, "--label-cols", "tumor,necrosis,inflammation",
+                                 "--k", "3", "--epochs", "1", "--out", str(cmp), "--moe", "num_experts=2",
+                                 "--moe", "num_slots=2", "--set", "embed_dim=16"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["mil", "summarize", str(cmp)])
+    assert result.exit_code == 0 and "| auroc | f1 | subset_accuracy |" in result.output, result.output
+    result = runner.invoke(app, ["mil", "summarize", str(cmp), "--metric", "auroc_necrosis"])
+    assert result.exit_code == 0 and "Δ auroc_necrosis (mammoth − linear)" in result.output, result.output
+
     result = runner.invoke(app, ["mil", "train", *base, "--task", "multilabel", "--out", str(out)])
     assert result.exit_code != 0 and "needs --label-cols" in result.output
     result = runner.invoke(app, ["mil", "train", *base, "--label-cols", "tumor", "--task", "survival"])

@@ -511,7 +511,8 @@ def summarize_cmd(
     datasets: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets, in this order."),
     models: list[str] = typer.Option(None, "--model", "-m", help="Only these models, in this order."),
     metric: list[str] = typer.Option(None, "--metric", help="Table columns; the first is drawn in the plot "
-                                     "(default: auroc, balanced_accuracy, f1; c_index for survival runs)."),
+                                     "(default: auroc, balanced_accuracy, f1; c_index for survival runs; "
+                                     "auroc, f1, subset_accuracy for multi-label runs, also auroc_<label>)."),
     min_runs: int = typer.Option(1, min=1, help="Leave out variants with fewer finished folds."),
     out: Path = typer.Option(None, help="Write <out>.md and <out>.png (default: RUN_DIR/summary_table)."),
     paired: bool = typer.Option(True, help="Also pair the folds of --variant and --baseline per dataset and "
@@ -534,10 +535,14 @@ def summarize_cmd(
     except ValueError as err:
         _fail(err)
     if not metric:
-        metric = ["c_index"] if "c_index" in result.metrics else ["auroc", "balanced_accuracy", "f1"]
-    unknown = [m for m in metric if m not in result.metrics]
+        metric = (["c_index"] if "c_index" in result.metrics
+                  else ["auroc", "f1", "subset_accuracy"] if "subset_accuracy" in result.metrics
+                  else ["auroc", "balanced_accuracy", "f1"])
+    # a multi-label folder also has auroc_<label> per label
+    available = list(dict.fromkeys([*result.metrics, *(m for r in result.rows for m in r["summary"])]))
+    unknown = [m for m in metric if m not in available]
     if unknown:
-        _fail(ValueError(f"unknown metric(s) {unknown}; choose from {result.metrics}"))
+        _fail(ValueError(f"unknown metric(s) {unknown}; choose from {available}"))
     table = result.to_markdown(metric, show_runs=True)
     if paired:
         for name in metric:

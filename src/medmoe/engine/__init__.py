@@ -11,6 +11,8 @@
 * :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.metrics`.
 * :mod:`medmoe.engine.survival` — discrete-time survival (``TrainConfig(task='survival')``): time bins,
   NLL loss, risks, Harrell's c-index.
+* :mod:`medmoe.engine.multilabel` — several yes/no labels per slide (``TrainConfig(task='multilabel')``):
+  BCE loss, macro and per-label metrics.
 * :func:`sliding_window_labels`, :func:`predict_volumes` — 3-D sliding-window inference
   (:mod:`medmoe.engine.seg_inference`).
 * :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.

@@ -54,6 +54,22 @@ def die_after_saving(monkeypatch, saves: int) -> None:
     monkeypatch.setattr(trainer, "save_trainer_state", save_then_die)
 
 
+def train_killed_and_resumed(monkeypatch, tmp_path, model_name, data, cfg, overrides):
+    """Train ``model_name`` on ``data = (train, val, test)`` once straight and once killed after its second
+    epoch then resumed; returns ``(straight, resumed)`` fold results for the caller to compare."""
+    import pytest
+
+    from medmoe.engine import train_one_fold
+
+    straight = train_one_fold(model_name, *data, cfg, tmp_path / "straight", overrides)
+    die_after_saving(monkeypatch, 2)
+    with pytest.raises(Killed):
+        train_one_fold(model_name, *data, cfg, tmp_path / "killed", overrides)
+    monkeypatch.undo()
+    resumed = train_one_fold(model_name, *data, cfg, tmp_path / "killed", overrides, resume=True)
+    return straight, resumed
+
+
 def multilabel_bags(n_bags: int, *, seed: int = 0, groups: bool = False) -> InMemoryBags:
     """Bags of 6..15 N(0, 1) 8-d instances with labels ``tumor``, ``necrosis``, ``inflammation``: label j
     present (p = 0.5) shifts a third of the instances by 3 on dims [2j, 2j + 2). The class label is the

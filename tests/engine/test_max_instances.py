@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from engine_synthetic import TINY_ABMIL, Killed, die_after_saving, synthetic_bags
+from engine_synthetic import TINY_ABMIL, synthetic_bags, train_killed_and_resumed
 
 from medmoe.data import Bag, SubsampledCollate
 from medmoe.engine import TrainConfig, train_one_fold
@@ -63,12 +63,7 @@ def test_subsampled_runs_resume_to_the_same_result(tmp_path, monkeypatch):
         epochs=4, lr=5e-3, min_epochs=1, patience=None, progress=False, accelerator="cpu", max_instances=5
     )
     data = synthetic_bags(12, seed=0), synthetic_bags(6, seed=1), synthetic_bags(6, seed=2)
-    straight = train_one_fold("abmil.base", *data, cfg, tmp_path / "a", TINY_ABMIL)
-    die_after_saving(monkeypatch, 2)
-    with pytest.raises(Killed):
-        train_one_fold("abmil.base", *data, cfg, tmp_path / "b", TINY_ABMIL)
-    monkeypatch.undo()
-    resumed = train_one_fold("abmil.base", *data, cfg, tmp_path / "b", TINY_ABMIL, resume=True)
+    straight, resumed = train_killed_and_resumed(monkeypatch, tmp_path, "abmil.base", data, cfg, TINY_ABMIL)
     assert resumed.test_metrics == straight.test_metrics and resumed.val_metrics == straight.val_metrics
     with pytest.raises(ValueError, match="max_instances"):
         TrainConfig(max_instances=0)

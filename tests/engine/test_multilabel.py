@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from engine_synthetic import TINY_ABMIL, Killed, die_after_saving, multilabel_bags
+from engine_synthetic import TINY_ABMIL, multilabel_bags, train_killed_and_resumed
 
 from medmoe.data import InMemoryBags
 from medmoe.engine import TrainConfig, evaluate, load_checkpoint, predict, predict_ensemble, train_one_fold
@@ -134,11 +134,6 @@ def test_killed_and_resumed_ends_identical(tmp_path, monkeypatch):
     data = multilabel_bags(24, seed=0), multilabel_bags(12, seed=1), multilabel_bags(12, seed=2)
     cfg = CFG.replace(epochs=4, batch_size=2, feature_dropout=0.1, class_weights="balanced")
     model = {**TINY_ABMIL, "dropout": 0.25}
-    straight = train_one_fold("abmil.base", *data, cfg, tmp_path / "straight", model)
-    die_after_saving(monkeypatch, 2)
-    with pytest.raises(Killed):
-        train_one_fold("abmil.base", *data, cfg, tmp_path / "killed", model)
-    monkeypatch.undo()
-    resumed = train_one_fold("abmil.base", *data, cfg, tmp_path / "killed", model, resume=True)
+    straight, resumed = train_killed_and_resumed(monkeypatch, tmp_path, "abmil.base", data, cfg, model)
     assert resumed.val_metrics == straight.val_metrics and resumed.test_metrics == straight.test_metrics
     assert resumed.best_epoch == straight.best_epoch

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from engine_synthetic import Killed, die_after_saving
+from engine_synthetic import train_killed_and_resumed
 
 from medmoe.data import FeatureFolderBags, make_synthetic_survival_folder
 from medmoe.engine import (
@@ -93,13 +93,8 @@ def test_survival_run_killed_and_resumed_ends_identical(cohort, tmp_path, monkey
     idx = list(range(len(ds)))
     data = ds.subset(idx[:32]), ds.subset(idx[32:48]), ds.subset(idx[48:60])
     cfg = _cfg(epochs=4, batch_size=2, feature_dropout=0.1, balanced_sampling=True)
-    straight = train_one_fold("abmil.base", *data, cfg, tmp_path / "straight", {**TINY, "dropout": 0.25})
-    die_after_saving(monkeypatch, 2)
-    with pytest.raises(Killed):
-        train_one_fold("abmil.base", *data, cfg, tmp_path / "killed", {**TINY, "dropout": 0.25})
-    monkeypatch.undo()
-    resumed = train_one_fold(
-        "abmil.base", *data, cfg, tmp_path / "killed", {**TINY, "dropout": 0.25}, resume=True
+    straight, resumed = train_killed_and_resumed(
+        monkeypatch, tmp_path, "abmil.base", data, cfg, {**TINY, "dropout": 0.25}
     )
     assert resumed.val_metrics == straight.val_metrics and resumed.test_metrics == straight.test_metrics
     assert resumed.best_epoch == straight.best_epoch

@@ -97,7 +97,7 @@ class CVResult:
 
     def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
         """Title, run count and a ``| metric | test | val |`` table of mean ± std."""
-        known = (*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, "subset_accuracy")
+        known = tuple(dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES)))
         per_label = [m for m in self.summary if m.startswith("auroc_")]  # multi-label runs
         names = list(metrics) if metrics is not None else [m for m in known if m in self.summary] + per_label
         seeds = sorted({r["seed"] for r in self.runs})

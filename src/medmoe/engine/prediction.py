@@ -63,16 +63,16 @@ def _frame(rows: list[dict[str, Any]], as_frame: bool) -> Any:
     return pd.DataFrame(rows)
 
 
-def _base_rows(dataset: Any, survival: bool, multilabel: bool = False) -> list[dict[str, Any]]:
-    """``bag_id`` plus the known outcome: ``label`` (None when negative / unknown), ``time``/``event``, or
-    ``target_<label>`` (multi-label datasets)."""
-    if multilabel:
+def _base_rows(dataset: Any, task: str) -> list[dict[str, Any]]:
+    """``bag_id`` plus the known outcome of the checkpoint's ``task``: ``label`` (None when negative /
+    unknown), ``time``/``event`` (survival), or ``target_<label>`` (multi-label datasets)."""
+    if task == "multilabel":
         if not getattr(dataset, "is_multilabel", False):
             return [{"bag_id": b} for b in dataset.bag_ids]
         targets = dataset.multilabel_targets.long().tolist()
         names = dataset.label_names
         return [{"bag_id": b, **{f"target_{n}": v for n, v in zip(names, t)}} for b, t in zip(dataset.bag_ids, targets)]
-    if survival:
+    if task == "survival":
         known = getattr(dataset, "is_survival", False)
         times = dataset.survival_times if known else [None] * len(dataset)
         events = dataset.survival_events if known else [None] * len(dataset)
@@ -118,12 +118,11 @@ def predict(
         ``prob_<label>`` (sigmoid) and ``pred_labels`` (those with probability >= 0.5, ``;``-joined).
     """
     info, logits = _outputs(checkpoint_dir, dataset, batch_size, device)
-    survival = info.get("task") == "survival"
-    multilabel = info.get("task") == "multilabel"
-    rows = _base_rows(dataset, survival, multilabel)
-    if multilabel:
+    task = info.get("task", "classification")
+    rows = _base_rows(dataset, task)
+    if task == "multilabel":
         _add_label_probabilities(rows, torch.sigmoid(logits), _class_names(info))
-    elif survival:
+    elif task == "survival":
         curves, risk = survival_curves(logits), risk_scores(logits)
         for i, row in enumerate(rows):
             row["risk"] = float(risk[i])
@@ -191,16 +190,15 @@ def predict_ensemble(
             )
         infos.append(info)
         outputs.append(logits)
-    survival = infos[0].get("task") == "survival"
-    multilabel = infos[0].get("task") == "multilabel"
-    rows = _base_rows(dataset, survival, multilabel)
+    task = infos[0].get("task", "classification")
+    rows = _base_rows(dataset, task)
     n = len(paths)
-    if multilabel:
+    if task == "multilabel":
         _add_label_probabilities(rows, torch.stack([torch.sigmoid(z) for z in outputs]).mean(0), _class_names(infos[0]))
         for row in rows:
             row["n_models"] = n
         return _frame(rows, as_frame)
-    if survival:
+    if task == "survival":
         risks = torch.stack([risk_scores(z) for z in outputs])  # (m, bags)
         mean = risks.mean(0)
         std = risks.std(0) if n > 1 else torch.zeros_like(mean)

@@ -131,6 +131,27 @@ def test_cohort_expert_usage_per_class(tmp_path):
     assert result.exit_code == 2 and "does not route" in result.output
 
 
+def test_cohort_of_a_multilabel_checkpoint_reads_its_label_columns(tmp_path):
+    from medmoe.data import make_synthetic_multilabel_folder
+
+    folder = make_synthetic_multilabel_folder(tmp_path / "f", n_slides=8, n_patches=(5, 9), dim=12, seed=3,
+                                              prevalence=0.5)
+    torch.manual_seed(0)
+    model = create_model("abmil.base_mammoth", in_dim=12, num_classes=3, embed_dim=32, attn_dim=16,
+                         patch_embed_args=MOE)
+    ckpt = save_checkpoint(tmp_path / "ckpt", model,
+                           {"class_names": ["tumor", "necrosis", "inflammation"], "task": "multilabel"})
+    result = runner.invoke(app, ["mil", "heatmap", str(ckpt), "--cohort", str(folder.features_dir), "--labels",
+                                 str(folder.labels_csv), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "o" / "expert_stats" / "cohort_expert_stats.json").read_text())
+    assert data["num_bags"] == 8
+    # usage per label combination present in the cohort ("tumor+necrosis", "(none)", ...)
+    combos = {"+".join(n for n, v in zip(["tumor", "necrosis", "inflammation"], row) if v) or "(none)"
+              for row in folder.targets}
+    assert len(data["usage_per_class"]) == len(combos)
+
+
 @pytest.mark.parametrize("name", ["abmil.base", "meanmil.base", "clam.base_mammoth"])
 def test_slide_heatmaps_for_other_models(case, tmp_path, name):
     from medmoe.data import read_feature_file

@@ -74,22 +74,13 @@ def heatmap(
         if cohort is not None:
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")
-            from ..data import FeatureFolderBags
             from ..engine.heatmap_pipeline import cohort_expert_stats
+            from .mil import inference_dataset
 
-            if info.get("task") == "survival":  # survival CSVs have time/event columns instead of a label
-                from .mil import survival_time_column
-
-                bags = FeatureFolderBags(cohort, labels, time_col=survival_time_column(labels, None))
-            elif info.get("task") == "multilabel":  # 0/1 label columns; usage per label combination
-                bags = FeatureFolderBags(cohort, labels, label_cols=list(info.get("class_names") or []))
-            else:
-                bags = FeatureFolderBags(cohort, labels)
+            # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
+            bags, _ = inference_dataset(cohort, labels, info)
             data = cohort_expert_stats(model, bags, out / "expert_stats",
-                                       feature_stats=info.get("feature_stats"),
-                                       class_names=bags.class_names if info.get("task") == "multilabel"
-                                       else info.get("class_names"),
-                                       device=device)
+                                       feature_stats=info.get("feature_stats"), device=device)
             typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
                        f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
             typer.echo(f"wrote {out / 'expert_stats'}")

@@ -61,10 +61,12 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
         tcol = survival_time_column(labels, time_col)
         return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, time_col=tcol,
                                                       event_col=event_col)
-    if label_cols:
-        return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode,
-                                                      label_cols=label_cols)
-    return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode)
+    return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, label_cols=label_cols)
+
+
+def checkpoint_label_cols(info: dict[str, Any]) -> list[str] | None:
+    """The 0/1 label columns a multi-label checkpoint (its ``info``) was trained on; ``None`` otherwise."""
+    return list(info.get("class_names") or []) if info.get("task") == "multilabel" else None
 
 
 def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | None]:
@@ -92,9 +94,8 @@ def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any],
     (``musk1``) instead of a folder gives that benchmark with its labels."""
     if labels is not None:
         survival = info.get("task") == "survival"
-        label_cols = list(info.get("class_names") or []) if info.get("task") == "multilabel" else None
         found = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col,
-                             label_cols=label_cols)
+                             label_cols=checkpoint_label_cols(info))
         return found[1], True
     import tempfile
 
@@ -332,7 +333,7 @@ def evaluate_checkpoint(
         survival = info.get("task") == "survival"
         multilabel = info.get("task") == "multilabel"
         _, ds = load_dataset(dataset, features, labels, survival=survival, time_col=time_col, event_col=event_col,
-                             label_cols=list(info.get("class_names") or []) if multilabel else None)
+                             label_cols=checkpoint_label_cols(info))
         if metrics_level not in ("bag", "group"):
             raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
         result = evaluate(model, ds, feature_stats=info.get("feature_stats"),

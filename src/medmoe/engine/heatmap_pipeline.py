@@ -336,6 +336,7 @@ def cohort_expert_stats(
 ) -> dict[str, Any]:
     """Expert statistics over a labelled bag dataset: load, routing entropy and usage per class.
 
+    ``class_names`` names the label indices of a dataset without ``class_names`` of its own.
     Writes ``out_dir/cohort_expert_stats.json``, ``cohort_usage_per_class.png``, ``cohort_expert_load.png``
     and ``cohort_routing_entropy.png``; returns the JSON content.
 
@@ -354,8 +355,10 @@ def cohort_expert_stats(
         assert res.expert_assignment is not None
         assignments.append(res.expert_assignment)
         labels.append(int(bag.label))
-    names = class_names or list(getattr(dataset, "class_names", None) or []) or None
-    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    # bag labels index the dataset's classes (for a multi-label cohort: its label combinations, which
+    # outnumber the model's outputs), so those names and their count come first
+    names = list(getattr(dataset, "class_names", None) or []) or class_names or None
+    num_classes = len(names) if names else getattr(getattr(model, "config", None), "num_classes", None)
     stats = es.compute_expert_stats(assignments, labels, num_classes=num_classes, class_names=names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

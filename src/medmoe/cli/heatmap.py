@@ -7,12 +7,9 @@ from typing import Any
 
 import typer
 
+from .common import fail
+
 __all__ = ["heatmap"]
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(code=2)
 
 
 def _patch_size_from_attrs(attrs: dict[str, Any], given: int | None, features: Path) -> int:
@@ -120,7 +117,7 @@ def heatmap(
     except (ValueError, RuntimeError) as err:
         if isinstance(err, typer.BadParameter):
             raise
-        _fail(err)
+        fail(err)
     files = summary["files"]
     n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
     if "risk" in summary:  # a survival model

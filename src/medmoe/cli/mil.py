@@ -9,6 +9,8 @@ from typing import Any
 import typer
 import yaml
 
+from .common import fail, parse_overrides
+
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
 DATASET_HELP = "A real benchmark fetched on first use: musk1, musk2, elephant, ucsb_breast, protein, birds_brown_creeper."
@@ -148,25 +150,10 @@ CONFIG_HELP = ("YAML file of this command's options (e.g. 'epochs: 30', 'seed: [
                "options given on the command line override it.")
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def _train_config(**kwargs: Any):
     from ..engine import TrainConfig
 
     return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("models")
@@ -250,7 +237,7 @@ def train(
         else:
             plots = _plot_test_predictions(out, model, seeds[0], ds.class_names)
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
     typer.echo((out / "summary.md").read_text() if (out / "summary.md").exists() else str(result.summary))
     drawn = [str(p) for p in plots if p is not None]
     if drawn:
@@ -340,7 +327,7 @@ def evaluate_checkpoint(
                           survival_bin_edges=info.get("survival_bin_edges") if survival else None,
                           metrics_level=metrics_level, multilabel=multilabel)
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
 
 
@@ -369,7 +356,7 @@ def predict_checkpoint(
         if not labelled and "label" in frame:
             frame["label"] = None  # no labels CSV: the outcome is unknown, not the placeholder class
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     models = "" if len(checkpoints) == 1 else f" (ensemble of {len(checkpoints)} checkpoints)"
@@ -417,7 +404,7 @@ def embed_checkpoint(
             plot_slide_embeddings(emb.features, emb.labels, emb.class_names, plot, method=method,
                                   title=f"{emb.meta['model']}: {len(emb.bag_ids)} slides, {emb.dim}-d")
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
     extra = f" and the map {plot}" if plot is not None else ""
     typer.echo(f"wrote {len(emb.bag_ids)} slide embeddings ({emb.dim}-d) to {out}{extra}")
 
@@ -500,10 +487,10 @@ def compare_cmd(
                              "per bag")
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
                     metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
-                    moe_args=parse_overrides(moe), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task,
+                    moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task,
                     metrics_level=metrics_level, max_instances=max_instances)
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
 
 
 @app.command("summarize")
@@ -534,7 +521,7 @@ def summarize_cmd(
     try:
         result = collect_comparison(run_dir, datasets=datasets or None, models=models or None, min_runs=min_runs)
     except ValueError as err:
-        _fail(err)
+        fail(err)
     if not metric:
         metric = (["c_index"] if "c_index" in result.metrics
                   else ["auroc", "f1", "subset_accuracy"] if "subset_accuracy" in result.metrics
@@ -543,7 +530,7 @@ def summarize_cmd(
     available = list(dict.fromkeys([*result.metrics, *(m for r in result.rows for m in r["summary"])]))
     unknown = [m for m in metric if m not in available]
     if unknown:
-        _fail(ValueError(f"unknown metric(s) {unknown}; choose from {available}"))
+        fail(ValueError(f"unknown metric(s) {unknown}; choose from {available}"))
     table = result.to_markdown(metric, show_runs=True)
     if paired:
         for name in metric:
@@ -551,7 +538,7 @@ def summarize_cmd(
                 pairs = paired_comparison(run_dir, name, baseline=baseline, variant=variant,
                                           datasets=datasets or None, models=models or None)
             except ValueError as err:
-                _fail(err)
+                fail(err)
             if pairs:
                 table += "\n" + paired_markdown(pairs)
     stem = out if out is not None else run_dir / "summary_table"

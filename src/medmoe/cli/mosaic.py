@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .common import fail
+
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
 SYNTHETIC_NOTE = "SYNTHETIC data written by write_fake_medmnist (not MedMNIST images): numbers mean nothing clinically"
@@ -14,11 +16,6 @@ WEIGHTS_HELP = (
     "ViT-B/16 ImageNet weights: the JAX 'ViT-B_16.npz' or a timm .safetensors/.pth file; 'none' = random "
     "backbone (a warning is printed)."
 )
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("info")
@@ -121,7 +118,7 @@ def train(
             typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)
         result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note)
     except (ValueError, MedMNISTFileError, ViTWeightsError) as err:
-        _fail(err)
+        fail(err)
         return
     dims = {t.name: t.spatial_dims for t in model_cfg.tasks}
     if note:
@@ -154,7 +151,7 @@ def evaluate(
         splits = load_medmnist_data(data, [t.name for t in tasks], size, splits=(split,))[split]
         metrics = evaluate_mosaic(model, splits, batch_size=batch_size)
     except (ValueError, MedMNISTFileError, CheckpointError) as err:
-        _fail(err)
+        fail(err)
         return
     dims = {t.name: t.spatial_dims for t in tasks}
     note = ckpt_info.get("data_note") or ""
@@ -190,7 +187,7 @@ def predict(
         model, _ = load_mosaic_checkpoint(checkpoint, teacher=teacher)
         rows = predict_images(model, dataset, inputs, batch_size=batch_size, device=device)
     except (ValueError, CheckpointError) as err:
-        _fail(err)
+        fail(err)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:

@@ -10,28 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
+
+from .common import fail, parse_overrides
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
 DATA_HELP = "An MSD/nnU-Net folder (imagesTr, labelsTr[, dataset.json]) or a .csv/.json list of image/label pairs."
 SAMPLE_HELP = "A real sample fetched on first use instead of --data: nuclei (microscopy) or mni152 (brain MRI)."
 SET_HELP = "Model override KEY=VALUE (YAML value), repeatable, e.g. --set depths=[1,1,1,1]."
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(code=2)
-
-
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def _load_source(data: Path | None, dataset: str | None):  # type: ignore[no-untyped-def]
@@ -115,7 +101,7 @@ def train(
         in_channels = info.in_channels or _channels(info.cases[0])
         mod = modality or modality_from_names(info.modality)
         tcfg = SegTransformConfig(modality=mod, ct_window=ct_window, spacing=spacing, roi_size=roi, num_samples=samples)
-        net = create_seg_model(model, in_channels=in_channels, num_classes=k, **_overrides(set_))
+        net = create_seg_model(model, in_channels=in_channels, num_classes=k, **parse_overrides(set_))
         train_cases, val_cases = _split(info.cases, val_fraction, seed)
         cfg = SegTrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, eps=eps, warmup_steps=warmup_steps, precision=precision,
@@ -126,7 +112,7 @@ def train(
                    f"{len(train_cases)} training / {len(val_cases)} validation cases, modality {mod}")
         result = train_segmentation(net, train_cases, val_cases, tcfg, cfg, out, class_names=names, resume=resume)
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
     if result.val is not None:
         typer.echo(f"best epoch {result.best_epoch}: mean Dice {result.val.mean_dice:.4f}, "
                    f"HD95 {result.val.mean_hd95:.2f}; per class {json.dumps(_round(result.val.dice))}")
@@ -187,7 +173,7 @@ def infer(
         paths = predict_volumes(model, _inputs(source), out, transform_config_from_info(info), roi, overlap, mode,
                                 sw_batch_size, save_probabilities=probabilities)
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
     typer.echo(f"wrote {len(paths)} segmentation(s) to {out}")
 
 
@@ -228,7 +214,7 @@ def resample(
         if source is not None and (source / "dataset.json").is_file():
             (out / "dataset.json").write_text((source / "dataset.json").read_text())
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,4 +351,4 @@ def demo(
     try:
         run_seg_demo(dataset, out, steps, quick, tuple(model), lr, seed)
     except (ValueError, RuntimeError) as err:
-        _fail(err)
+        fail(err)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .checks import check_positive_ints
+
 __all__ = [
     "ROUTING_TABLES",
     "Adapter",
@@ -74,9 +76,7 @@ class Adapter(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("bottleneck", bottleneck)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Adapter: {name} must be a positive integer, got {value!r}")
+        check_positive_ints("Adapter", dim=dim, bottleneck=bottleneck)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Adapter: dropout must be in [0, 1), got {dropout!r}")
         dd = {"device": device, "dtype": dtype}

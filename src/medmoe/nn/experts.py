@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .checks import check_positive_ints
+
 __all__ = ["BatchedFeedForward", "FactorizedLinear"]
 
 
@@ -44,15 +46,10 @@ class FactorizedLinear(nn.Module):
         share_weights: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_dim", in_dim),
-            ("out_dim", out_dim),
-            ("rank", rank),
-            ("num_experts", num_experts),
-            ("num_heads", num_heads),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"FactorizedLinear: {name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            "FactorizedLinear", in_dim=in_dim, out_dim=out_dim, rank=rank, num_experts=num_experts,
+            num_heads=num_heads,
+        )
         self.in_dim, self.out_dim, self.rank = in_dim, out_dim, rank
         self.num_experts, self.num_heads = num_experts, num_heads
         self.share_weight = share_weights
@@ -138,9 +135,7 @@ class BatchedFeedForward(nn.Module):
         hidden: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("num_experts", num_experts), ("dim", dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BatchedFeedForward: {name} must be a positive integer, got {value!r}")
+        check_positive_ints("BatchedFeedForward", num_experts=num_experts, dim=dim)
         if not isinstance(mult, (int, float)) or isinstance(mult, bool) or mult <= 0:
             raise ValueError(f"BatchedFeedForward: mult must be a positive number, got {mult!r}")
         if not 0.0 <= float(dropout) < 1.0:

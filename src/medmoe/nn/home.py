@@ -46,22 +46,16 @@ Softmaxes run in float32; their results are cast back to the input dtype.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .experts import BatchedFeedForward
 from .norms import RMSNorm
 
 __all__ = ["DynamicSlotsSoftMoE", "HoME"]
-
-
-def _positive_int(owner: str, name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _check_tokens(owner: str, x: Tensor, dim: int, mask: Tensor | None) -> Tensor | None:
@@ -121,8 +115,8 @@ class DynamicSlotsSoftMoE(nn.Module):
         self, dim: int, num_experts: int = 4, mult: float = 4, geglu: bool = False, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        _positive_int("DynamicSlotsSoftMoE", "dim", dim)
-        _positive_int("DynamicSlotsSoftMoE", "num_experts", num_experts)
+        positive_int("DynamicSlotsSoftMoE", "dim", dim)
+        positive_int("DynamicSlotsSoftMoE", "num_experts", num_experts)
         self.dim, self.num_experts = dim, num_experts
         self.norm = RMSNorm(dim)
         self.to_slot_embeds = nn.Sequential(
@@ -213,7 +207,7 @@ class HoME(nn.Module):
             ("group_size", group_size),
             ("slots_per_expert", slots_per_expert),
         ):
-            _positive_int("HoME", name, value)
+            positive_int("HoME", name, value)
         self.dim, self.group_size = dim, group_size
         self.num_experts, self.slots_per_expert = num_experts, slots_per_expert
         self.num_slots = num_experts * slots_per_expert

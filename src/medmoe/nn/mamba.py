@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .checks import check_positive_ints
 from .selective_scan import DEFAULT_CHUNK_SIZE, selective_scan
 
 __all__ = ["MAMBA_BACKENDS", "Mamba", "mamba_state_dict_from_reference", "resolve_mamba_backend"]
@@ -135,15 +136,9 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("d_model", d_model),
-            ("d_state", d_state),
-            ("d_conv", d_conv),
-            ("expand", expand),
-            ("chunk_size", chunk_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Mamba: {name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            "Mamba", d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size
+        )
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
         if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1:

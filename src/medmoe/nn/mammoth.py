@@ -32,12 +32,12 @@ Differences from the reference (all fixes of sharp edges; outputs are identical 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .expert_epilogue import expert_epilogue
 from .experts import FactorizedLinear
 from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
@@ -99,12 +99,6 @@ def _fp32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"Mammoth: {name} must be a positive integer, got {value!r}")
-    return value
-
-
 class Mammoth(PatchEmbedding):
     """MAMMOTH mixture-of-mini-experts patch embedding.
 
@@ -155,12 +149,12 @@ class Mammoth(PatchEmbedding):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_dim = self.in_dim = _positive_int("input_dim", input_dim)
-        self.dim = self.out_dim = _positive_int("dim", dim)
-        self.num_experts = _positive_int("num_experts", num_experts)
-        self.num_slots = _positive_int("num_slots", num_slots)
-        self.num_heads = _positive_int("num_heads", num_heads)
-        self.routing_chunk_size = _positive_int("routing_chunk_size", routing_chunk_size)
+        self.input_dim = self.in_dim = positive_int("Mammoth", "input_dim", input_dim)
+        self.dim = self.out_dim = positive_int("Mammoth", "dim", dim)
+        self.num_experts = positive_int("Mammoth", "num_experts", num_experts)
+        self.num_slots = positive_int("Mammoth", "num_slots", num_slots)
+        self.num_heads = positive_int("Mammoth", "num_heads", num_heads)
+        self.routing_chunk_size = positive_int("Mammoth", "routing_chunk_size", routing_chunk_size)
         for name, p in (("dropout", dropout), ("slot_dropout", slot_dropout)):
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"Mammoth: {name} must be in [0, 1), got {p}")
@@ -186,7 +180,7 @@ class Mammoth(PatchEmbedding):
             else:
                 logger.debug("Mammoth: auto rank %d", rank)
         else:
-            rank = _positive_int("lora_rank", lora_rank)
+            rank = positive_int("Mammoth", "lora_rank", lora_rank)
         self.lora_rank = rank
         self.keep_slots = bool(keep_slots)
         self.preserves_tokens = not self.keep_slots

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .checks import check_positive_ints
 from .routing import Routing, check_mask
 
 __all__ = ["EmbeddedPatches", "MLPEmbed", "PatchEmbedding", "make_activation"]
@@ -97,9 +98,7 @@ class MLPEmbed(nn.Sequential, PatchEmbedding):
         hidden_dim: int | None = None,
         final_dropout: bool = False,
     ) -> None:
-        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("num_layers", num_layers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MLPEmbed: {name} must be a positive integer, got {value!r}")
+        check_positive_ints("MLPEmbed", in_dim=in_dim, out_dim=out_dim, num_layers=num_layers)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MLPEmbed: dropout must be in [0, 1), got {dropout}")
         hidden_dim = hidden_dim or out_dim

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .checks import check_positive_ints
+
 __all__ = ["AttentionPool", "AttentionPoolOutput", "masked_max", "masked_mean", "masked_softmax"]
 
 
@@ -98,9 +100,7 @@ class AttentionPool(nn.Module):
         self, dim: int, attn_dim: int = 384, dropout: float = 0.0, gated: bool = True, num_branches: int = 1
     ) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("attn_dim", attn_dim), ("num_branches", num_branches)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"AttentionPool: {name} must be a positive integer, got {value!r}")
+        check_positive_ints("AttentionPool", dim=dim, attn_dim=attn_dim, num_branches=num_branches)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"AttentionPool: dropout must be in [0, 1), got {dropout}")
         self.dim, self.attn_dim, self.num_branches, self.gated = dim, attn_dim, num_branches, bool(gated)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .experts import BatchedFeedForward
 from .higher_order import higher_order_requested, reference_gradients
 from .norms import LayerNorm, RMSNorm, l2norm
@@ -60,12 +61,6 @@ __all__ = ["SoftMoE", "SoftMoEEmbed", "soft_attend"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "sdpa", "dense")
-
-
-def _positive_int(owner: str, name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
 
 
 def soft_attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
@@ -197,23 +192,23 @@ class SoftMoE(nn.Module):
     ) -> None:
         super().__init__()
         owner = "SoftMoE"
-        _positive_int(owner, "dim", dim)
-        _positive_int(owner, "num_experts", num_experts)
-        _positive_int(owner, "routing_chunk", routing_chunk)
+        positive_int(owner, "dim", dim)
+        positive_int(owner, "num_experts", num_experts)
+        positive_int(owner, "routing_chunk", routing_chunk)
         if (seq_len is None) == (num_slots is None):
             raise ValueError(
                 f"{owner}: pass exactly one of num_slots (slots per expert) or seq_len (slots = seq_len // "
                 f"num_experts); got num_slots={num_slots!r}, seq_len={seq_len!r}"
             )
         if num_slots is None:
-            _positive_int(owner, "seq_len", seq_len)
+            positive_int(owner, "seq_len", seq_len)
             num_slots = seq_len // num_experts  # type: ignore[operator]
             if num_slots < 1:
                 raise ValueError(
                     f"{owner}: seq_len={seq_len} // num_experts={num_experts} gives 0 slots per expert; "
                     f"use seq_len >= num_experts or pass num_slots"
                 )
-        _positive_int(owner, "num_slots", num_slots)
+        positive_int(owner, "num_slots", num_slots)
         if not isinstance(expert_mult, (int, float)) or isinstance(expert_mult, bool) or expert_mult <= 0:
             raise ValueError(f"{owner}: expert_mult must be a positive number, got {expert_mult!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
@@ -473,8 +468,8 @@ class SoftMoEEmbed(PatchEmbedding):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _positive_int("SoftMoEEmbed", "in_dim", in_dim)
-        _positive_int("SoftMoEEmbed", "out_dim", out_dim)
+        positive_int("SoftMoEEmbed", "in_dim", in_dim)
+        positive_int("SoftMoEEmbed", "out_dim", out_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.proj = nn.Linear(in_dim, out_dim)
         self.moe = SoftMoE(

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from ...nn.checks import check_positive_fields
 from ...nn.embed import create_patch_embed
 from ...nn.patch_embedding import EmbeddedPatches, PatchEmbedding
 from ...nn.routing import Routing, check_mask, drop_full_mask
@@ -42,10 +43,7 @@ class MILConfig:
     patch_embed_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("in_dim", "num_classes", "embed_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+        check_positive_fields(self, "in_dim", "num_classes", "embed_dim")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"{type(self).__name__}.dropout must be in [0, 1), got {self.dropout}")
 

@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...nn.checks import check_positive_fields
 from ...nn.losses import SmoothTop1SVM
 from ...nn.pooling import AttentionPool
 from ...registry import register_model
@@ -57,10 +58,7 @@ class CLAMConfig(MILConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("attention_dim", "k_sample"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"CLAMConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_fields(self, "attention_dim", "k_sample")
         if self.instance_loss_fn not in _INSTANCE_LOSSES:
             raise ValueError(
                 f"CLAMConfig.instance_loss_fn must be one of {_INSTANCE_LOSSES}, "

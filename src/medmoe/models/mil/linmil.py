@@ -60,6 +60,7 @@ from ...nn.attention.dilated import DilatedAttention
 from ...nn.attention.linear import LinearAttention, make_feature_map
 from ...nn.attention.nystrom import NystromAttention
 from ...nn.attention.softmax import SoftmaxAttention
+from ...nn.checks import check_positive_fields
 from ...nn.embed import create_patch_embed
 from ...registry import register_model
 from .base import MILConfig, MILModel, MILOutput
@@ -118,10 +119,7 @@ class LinMILConfig(MILConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
-        for key in ("depth", "num_heads", "dim_head", "nystrom_landmarks"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
+        check_positive_fields(self, "depth", "num_heads", "dim_head", "nystrom_landmarks")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"{name}: embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
         if self.attention not in ATTENTION_VARIANTS:

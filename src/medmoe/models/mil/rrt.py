@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ...nn.attention.nystrom import NystromAttention
+from ...nn.checks import check_positive_fields
 from ...nn.depthwise_conv import depthwise_conv2d_nhwc, folded_depthwise_kernel, head_sequence_conv
 from ...nn.embed import create_patch_embed
 from ...nn.patch_embedding import make_activation
@@ -144,20 +145,10 @@ class RRTConfig(MILConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
-        for key in (
-            "region_num",
-            "n_layers",
-            "n_heads",
-            "trans_dim",
-            "epeg_k",
-            "crmsa_k",
-            "crmsa_heads",
-            "peg_k",
-            "num_landmarks",
-        ):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
+        check_positive_fields(
+            self, "region_num", "n_layers", "n_heads", "trans_dim", "epeg_k", "crmsa_k", "crmsa_heads",
+            "peg_k", "num_landmarks",
+        )
         if self.attn not in ("rmsa", "ntrans"):
             raise ValueError(f"{name}.attn must be 'rmsa' or 'ntrans', got {self.attn!r}")
         if self.pos not in ("ppeg", "peg", "none"):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn.attention.nystrom import NystromAttention
+from ...nn.checks import check_positive_fields
 from ...nn.depthwise_conv import depthwise_conv2d_nhwc, folded_depthwise_kernel
 from ...registry import register_model
 from ._init import initialize_weights
@@ -56,10 +57,7 @@ class TransMILConfig(MILConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_attention_layers", "num_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TransMILConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_fields(self, "num_attention_layers", "num_heads")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"TransMILConfig: embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}"

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...nn.checks import check_positive_fields
 from ...nn.onednn_linear import matmul_nt
 from ...nn.patch_embedding import make_activation
 from ...registry import register_model
@@ -75,10 +76,7 @@ class WiKGConfig(MILConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("topk", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"WiKGConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_fields(self, "topk", "chunk_size")
         if self.agg_type not in _AGG_TYPES:
             raise ValueError(f"WiKGConfig.agg_type must be one of {_AGG_TYPES}, got {self.agg_type!r}")
         if self.pool not in _POOLS:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...nn.checks import check_positive_ints
+
 __all__ = ["PatchEmbed2d", "PatchEmbed3d", "grid_size", "resample_pos_embed"]
 
 
@@ -30,12 +32,6 @@ def grid_size(size: int, patch: int) -> int:
     if size < 1:
         raise ValueError(f"input size must be positive, got {size}")
     return max(1, math.ceil(size / patch))
-
-
-def _check_positive(owner: str, **values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
 
 
 class PatchEmbed2d(nn.Module):
@@ -64,8 +60,8 @@ class PatchEmbed2d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_positive("PatchEmbed2d", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                        embed_dim=embed_dim)
+        check_positive_ints("PatchEmbed2d", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                            embed_dim=embed_dim)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.grid = (grid_size(img_size, patch_size),) * 2
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
@@ -111,8 +107,8 @@ class PatchEmbed3d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_positive("PatchEmbed3d", vol_size=vol_size, patch_size=patch_size, in_chans=in_chans,
-                        embed_dim=embed_dim)
+        check_positive_ints("PatchEmbed3d", vol_size=vol_size, patch_size=patch_size, in_chans=in_chans,
+                            embed_dim=embed_dim)
         self.vol_size, self.patch_size, self.in_chans = vol_size, patch_size, in_chans
         self.grid = (grid_size(vol_size, patch_size),) * 3
         self.proj = nn.Conv3d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn.adapters import MixtureOfSpecialists, RoutingTable
+from ...nn.checks import check_positive_fields
 from .tokenizers import PatchEmbed2d, resample_pos_embed
 
 __all__ = ["Attention", "Block", "Mlp", "VisionTransformer", "VisionTransformerConfig"]
@@ -63,10 +64,7 @@ class VisionTransformerConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"VisionTransformerConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_fields(self, "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"

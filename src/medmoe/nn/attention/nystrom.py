@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_positive_ints
 from ..depthwise_conv import head_sequence_conv
 from ..onednn_linear import fast_matmul
 from .pinv import moore_penrose_pinv, pinv_iterations
@@ -100,15 +101,10 @@ class NystromAttention(nn.Module):
         pinv_scale: str = "batch",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("dim", dim),
-            ("dim_head", dim_head),
-            ("heads", heads),
-            ("num_landmarks", num_landmarks),
-            ("residual_conv_kernel", residual_conv_kernel),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"NystromAttention: {name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            "NystromAttention", dim=dim, dim_head=dim_head, heads=heads, num_landmarks=num_landmarks,
+            residual_conv_kernel=residual_conv_kernel,
+        )
         if not isinstance(pinv_iterations, int) or pinv_iterations < 0:
             raise ValueError(f"NystromAttention: pinv_iterations must be >= 0, got {pinv_iterations!r}")
         if not 0.0 <= dropout < 1.0:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_positive_ints
 from ..onednn_linear import fast_linear
 from .dropout_attention import blocked_attention_preferred, dropout_attention
 
@@ -52,9 +53,7 @@ class SoftmaxAttention(nn.Module):
             if not isinstance(heads, int) or heads < 1 or dim % heads:
                 raise ValueError(f"dim ({dim}) must be divisible by heads ({heads}) when dim_head is not given")
             dim_head = dim // heads
-        for name, value in (("dim", dim), ("heads", heads), ("dim_head", dim_head)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SoftmaxAttention: {name} must be a positive integer, got {value!r}")
+        check_positive_ints("SoftmaxAttention", dim=dim, heads=heads, dim_head=dim_head)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"SoftmaxAttention: dropout must be in [0, 1), got {dropout}")
         self.dim, self.heads, self.dim_head = dim, heads, dim_head

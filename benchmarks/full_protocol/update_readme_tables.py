@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,9 +58,9 @@ def merge(
 def main() -> None:
     run_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
     medmoe = Path(sys.executable).parent / "medmoe"
-    out = subprocess.run(
-        [str(medmoe), "mil", "summarize", str(run_dir)], capture_output=True, text=True, check=True
-    )
+    with tempfile.TemporaryDirectory() as tmp:  # summarize's table and plot files stay out of the results
+        cmd = [str(medmoe), "mil", "summarize", str(run_dir), "--out", str(Path(tmp) / "summary")]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     new_tables = {cells(t[0])[3]: t for t in markdown_tables(out.stdout)}  # keyed by the 4th header cell
     units = [line.split() for line in (HERE / "units.txt").read_text().splitlines() if line.strip()]
     rerun_rows = {tuple(u) for u in units}

@@ -119,7 +119,6 @@ def train(
         result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note)
     except (ValueError, MedMNISTFileError, ViTWeightsError) as err:
         fail(err)
-        return
     dims = {t.name: t.spatial_dims for t in model_cfg.tasks}
     if note:
         typer.secho(note, fg="yellow")
@@ -152,7 +151,6 @@ def evaluate(
         metrics = evaluate_mosaic(model, splits, batch_size=batch_size)
     except (ValueError, MedMNISTFileError, CheckpointError) as err:
         fail(err)
-        return
     dims = {t.name: t.spatial_dims for t in tasks}
     note = ckpt_info.get("data_note") or ""
     if note:
@@ -188,7 +186,6 @@ def predict(
         rows = predict_images(model, dataset, inputs, batch_size=batch_size, device=device)
     except (ValueError, CheckpointError) as err:
         fail(err)
-        return
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import positive_int
+from .checks import check_positive_ints
 from .experts import BatchedFeedForward
 from .norms import RMSNorm
 
@@ -115,8 +115,7 @@ class DynamicSlotsSoftMoE(nn.Module):
         self, dim: int, num_experts: int = 4, mult: float = 4, geglu: bool = False, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        positive_int("DynamicSlotsSoftMoE", "dim", dim)
-        positive_int("DynamicSlotsSoftMoE", "num_experts", num_experts)
+        check_positive_ints("DynamicSlotsSoftMoE", dim=dim, num_experts=num_experts)
         self.dim, self.num_experts = dim, num_experts
         self.norm = RMSNorm(dim)
         self.to_slot_embeds = nn.Sequential(
@@ -200,14 +199,10 @@ class HoME(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("dim", dim),
-            ("num_experts", num_experts),
-            ("num_experts_second", num_experts_second),
-            ("group_size", group_size),
-            ("slots_per_expert", slots_per_expert),
-        ):
-            positive_int("HoME", name, value)
+        check_positive_ints(
+            "HoME", dim=dim, num_experts=num_experts, num_experts_second=num_experts_second, group_size=group_size,
+            slots_per_expert=slots_per_expert,
+        )
         self.dim, self.group_size = dim, group_size
         self.num_experts, self.slots_per_expert = num_experts, slots_per_expert
         self.num_slots = num_experts * slots_per_expert

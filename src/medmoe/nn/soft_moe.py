@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import positive_int
+from .checks import check_positive_ints, positive_int
 from .experts import BatchedFeedForward
 from .higher_order import higher_order_requested, reference_gradients
 from .norms import LayerNorm, RMSNorm, l2norm
@@ -192,9 +192,7 @@ class SoftMoE(nn.Module):
     ) -> None:
         super().__init__()
         owner = "SoftMoE"
-        positive_int(owner, "dim", dim)
-        positive_int(owner, "num_experts", num_experts)
-        positive_int(owner, "routing_chunk", routing_chunk)
+        check_positive_ints(owner, dim=dim, num_experts=num_experts, routing_chunk=routing_chunk)
         if (seq_len is None) == (num_slots is None):
             raise ValueError(
                 f"{owner}: pass exactly one of num_slots (slots per expert) or seq_len (slots = seq_len // "
@@ -468,8 +466,7 @@ class SoftMoEEmbed(PatchEmbedding):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        positive_int("SoftMoEEmbed", "in_dim", in_dim)
-        positive_int("SoftMoEEmbed", "out_dim", out_dim)
+        check_positive_ints("SoftMoEEmbed", in_dim=in_dim, out_dim=out_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.proj = nn.Linear(in_dim, out_dim)
         self.moe = SoftMoE(

@@ -4,7 +4,16 @@ import math
 import pytest
 import torch
 
-from medmoe.engine.metrics import METRIC_NAMES, compute_metrics, format_mean_std, format_summary, summarize
+from medmoe.engine.metrics import (
+    ALL_METRIC_NAMES,
+    METRIC_NAMES,
+    compute_metrics,
+    format_mean_std,
+    format_summary,
+    summarize,
+)
+from medmoe.engine.multilabel import MULTILABEL_METRIC_NAMES
+from medmoe.engine.survival import SURVIVAL_METRIC_NAMES
 
 
 def test_binary_hand_values():
@@ -88,3 +97,10 @@ def test_summarize_and_format():
     assert math.isnan(summarize([{"x": float("nan")}])["x"][0])
     with pytest.raises(ValueError, match="not in the summary"):
         format_summary(s, ["f1"])
+
+
+def test_all_metric_names_cover_every_task_once_in_table_order():
+    assert len(set(ALL_METRIC_NAMES)) == len(ALL_METRIC_NAMES)
+    assert set(ALL_METRIC_NAMES) == {*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES}
+    assert ALL_METRIC_NAMES[: len(METRIC_NAMES)] == METRIC_NAMES  # classification columns first
+    assert ALL_METRIC_NAMES[-1] == "subset_accuracy"  # the only multi-label-only name comes last

@@ -31,6 +31,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, 
 from .config import TrainConfig
 
 __all__ = [
+    "ALL_METRIC_NAMES",
     "METRIC_NAMES",
     "CVResult",
     "CheckpointError",
@@ -97,6 +98,7 @@ _LAZY = {
     "format_summary": "metrics",
     "format_mean_std": "metrics",
     "METRIC_NAMES": "metrics",
+    "ALL_METRIC_NAMES": "metrics",
     "train_one_fold": "trainer",
     "evaluate": "trainer",
     "predict": "prediction",

@@ -34,7 +34,7 @@ from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
-from .metrics import METRIC_NAMES, format_mean_std, format_summary, summarize
+from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_summary, summarize
 from .multilabel import MULTILABEL_METRIC_NAMES
 from .survival import SURVIVAL_METRIC_NAMES
 from .trainer import TEST_PREDICTIONS_CSV, make_fabric
@@ -97,9 +97,9 @@ class CVResult:
 
     def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
         """Title, run count and a ``| metric | test | val |`` table of mean ± std."""
-        known = tuple(dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES)))
         per_label = [m for m in self.summary if m.startswith("auroc_")]  # multi-label runs
-        names = list(metrics) if metrics is not None else [m for m in known if m in self.summary] + per_label
+        known = [m for m in ALL_METRIC_NAMES if m in self.summary] + per_label
+        names = list(metrics) if metrics is not None else known
         seeds = sorted({r["seed"] for r in self.runs})
         folds = sorted({r["fold"] for r in self.runs})
         lines = [

@@ -22,12 +22,28 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["METRIC_NAMES", "compute_metrics", "format_mean_std", "format_summary", "summarize"]
+from .multilabel import MULTILABEL_METRIC_NAMES
+from .survival import SURVIVAL_METRIC_NAMES
+
+__all__ = [
+    "ALL_METRIC_NAMES",
+    "METRIC_NAMES",
+    "compute_metrics",
+    "format_mean_std",
+    "format_summary",
+    "summarize",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Names returned by :func:`compute_metrics`, in table order.
 METRIC_NAMES: tuple[str, ...] = ("auroc", "balanced_accuracy", "accuracy", "f1", "kappa")
+
+#: Every test metric a fold can report (classification, then survival, then multi-label), without repeats.
+#: Multi-label runs add one ``auroc_<label>`` per label on top of these.
+ALL_METRIC_NAMES: tuple[str, ...] = tuple(
+    dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES))
+)
 
 
 def _tm():  # type: ignore[no-untyped-def]

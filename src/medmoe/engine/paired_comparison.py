@@ -26,9 +26,7 @@ from pathlib import Path
 
 from ..data.splits import load_splits
 from .comparison_summary import read_test_metrics
-from .metrics import METRIC_NAMES
-from .multilabel import MULTILABEL_METRIC_NAMES
-from .survival import SURVIVAL_METRIC_NAMES
+from .metrics import ALL_METRIC_NAMES
 
 __all__ = ["PairedResult", "corrected_resampled_ttest", "paired_comparison", "paired_markdown"]
 
@@ -151,7 +149,7 @@ def paired_comparison(
     Raises:
         ValueError: ``out_dir`` is not a folder, ``metric`` is not a test metric, or ``baseline == variant``.
     """
-    known = tuple(dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES, "loss")))
+    known = (*ALL_METRIC_NAMES, "loss")
     if metric not in known and not metric.startswith("auroc_"):
         raise ValueError(f"unknown metric {metric!r}; choose from {list(known)} (or auroc_<label> of a multi-label run)")
     if baseline == variant:

@@ -11,8 +11,14 @@ the helper of ``medmoe.bench.mammoth_layers``. Time = median of ``--reps`` forwa
 that first one. The cases alternate (reference, medmoe, reference, ...) for ``--rounds`` rounds, so load
 from other processes hits both alike; the table shows the median over rounds and the ratios.
 
+With ``--device cuda`` (or ``cuda:N``) the inputs and both blocks (the same weights) live on the GPU, every
+timed pass ends with ``torch.cuda.synchronize()``, and peak memory = ``torch.cuda.max_memory_allocated()``
+during the timed passes minus the memory allocated just before them (after the warm-up pass, gradients
+freed). ``--threads`` and ``--passive-omp`` apply to the CPU only.
+
     python benchmarks/bench_mamba_scan.py                        # L = 32768, d_model = 96, scan + block
     python benchmarks/bench_mamba_scan.py --lengths 4096 --reps 2 --rounds 1 --what scan   # quick
+    python benchmarks/bench_mamba_scan.py --device cuda --lengths 32768 131072 --reps 5   # on the GPU
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ import subprocess
 import sys
 import time
 
+from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_peak_mib, cuda_peak_start, gpu_line, sync
+
 IMPLS = ("mambapy", "medmoe")
 
 
-def run_case(impl: str, what: str, length: int, d_model: int, reps: int, threads: int, chunk: int) -> dict:
+def run_case(
+    impl: str, what: str, length: int, d_model: int, reps: int, threads: int, chunk: int, device: str = "cpu"
+) -> dict:
     """Runs inside the subprocess."""
     import torch
     import torch.nn.functional as F
@@ -44,7 +54,7 @@ def run_case(impl: str, what: str, length: int, d_model: int, reps: int, threads
         dt = F.softplus(torch.randn(1, length, d_inner) - 4.0)
         A = -torch.arange(1, n + 1.0).repeat(d_inner, 1)
         B, C, D = torch.randn(1, length, n), torch.randn(1, length, n), torch.ones(d_inner)
-        inputs = [t.requires_grad_() for t in (u, dt, A, B, C, D)]
+        inputs = [t.to(device).requires_grad_() for t in (u, dt, A, B, C, D)]
         if impl == "mambapy":
             from mambapy.mamba import MambaBlock
 
@@ -65,7 +75,8 @@ def run_case(impl: str, what: str, length: int, d_model: int, reps: int, threads
             from medmoe.nn import Mamba
 
             module = Mamba.from_reference(ref, chunk_size=chunk)
-        inputs = [torch.randn(1, length, d_model, requires_grad=True)]
+        module = module.to(device)
+        inputs = [torch.randn(1, length, d_model).to(device).requires_grad_()]
 
         def fn():
             return module(*inputs)
@@ -74,6 +85,24 @@ def run_case(impl: str, what: str, length: int, d_model: int, reps: int, threads
         for t in inputs:
             t.grad = None
         fn().square().mean().backward()
+
+    if device.startswith("cuda"):
+        step()  # warm-up (CUDA context, kernels, cuBLAS/cuDNN workspaces: kept out of time and memory)
+        for t in inputs:
+            t.grad = None
+        if what == "block":
+            module.zero_grad(set_to_none=True)
+        start = cuda_peak_start(device)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        if not times:
+            step()
+        return {"seconds": statistics.median(times) if times else float("nan"),
+                "peak_mib": cuda_peak_mib(device, start)}
 
     before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
@@ -97,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--what", nargs="+", choices=("scan", "block"), default=["scan", "block"])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (cpu only)")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument(
         "--passive-omp",
@@ -112,19 +142,29 @@ def main(argv: list[str] | None = None) -> None:
         impl, what, length = args.case
         print(
             json.dumps(
-                run_case(impl, what, int(length), args.d_model, args.reps, args.threads, args.chunk_size)
+                run_case(impl, what, int(length), args.d_model, args.reps, args.threads, args.chunk_size,
+                         args.device)
             )
         )
         return
 
+    cuda = check_device(parser, args.device).startswith("cuda")
     import torch
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} threads, fp32, batch 1, d_model {args.d_model} (d_inner {2 * args.d_model}, d_state 16), "
-        f"medmoe chunk_size {args.chunk_size}, {args.rounds} rounds x {args.reps} reps, "
-        f"OMP_WAIT_POLICY={'PASSIVE' if args.passive_omp else os.environ.get('OMP_WAIT_POLICY', 'unset')}"
-    )
+    if cuda:
+        print(
+            f"machine: {gpu_line(args.device)}, fp32, batch 1, d_model {args.d_model} "
+            f"(d_inner {2 * args.d_model}, d_state 16), medmoe chunk_size {args.chunk_size}, "
+            f"{args.rounds} rounds x {args.reps} synchronised reps; peak memory: {CUDA_PEAK_NOTE}"
+        )
+    else:
+        omp = "PASSIVE" if args.passive_omp else os.environ.get("OMP_WAIT_POLICY", "unset")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {args.threads} threads, fp32, batch 1, d_model {args.d_model} "
+            f"(d_inner {2 * args.d_model}, d_state 16), medmoe chunk_size {args.chunk_size}, "
+            f"{args.rounds} rounds x {args.reps} reps, OMP_WAIT_POLICY={omp}"
+        )
     env = dict(os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if args.passive_omp else {}))
     results: dict[tuple[str, str, int], list[dict]] = {}
     failures: dict[tuple[str, str, int], str] = {}
@@ -149,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                             str(args.threads),
                             "--chunk-size",
                             str(args.chunk_size),
+                            "--device",
+                            args.device,
                         ],
                         capture_output=True,
                         text=True,

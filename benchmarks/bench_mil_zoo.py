@@ -28,9 +28,18 @@ larger size only. With Mammoth's ``keep_slots`` the aggregator sees a fixed numb
 every model is linear in N there. At ``--quick`` sizes fixed costs dominate and the exponents are
 indicative only.
 
+With ``--device cuda`` (or ``cuda:N``) the model and the bag live on the GPU and every timed step ends
+with ``torch.cuda.synchronize()``. No address-space limit is set there (CUDA reserves a huge virtual
+address space); ``--mem-limit-gib`` then caps the GPU memory instead
+(``torch.cuda.set_per_process_memory_fraction``; default: the whole GPU), and running out of it is
+reported as ``OOM``. **Peak memory** on CUDA is ``torch.cuda.max_memory_allocated()`` during the timed
+steps (after the warm-up, gradients freed) minus the memory allocated just before them. ``--threads``
+applies to the CPU only.
+
     python benchmarks/bench_mil_zoo.py --quick                   # N = 1k, 2k
     python benchmarks/bench_mil_zoo.py                           # N = 10k, 50k
     python benchmarks/bench_mil_zoo.py --models 'wikg*' 'dtfd*' --sizes 10000 50000 --timeout 900
+    python benchmarks/bench_mil_zoo.py --device cuda --sizes 10000 50000 --timeout 300   # on the GPU
 """
 
 from __future__ import annotations
@@ -46,7 +55,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_peak_mib, cuda_peak_start, gpu_line, sync
 
 CONFIGS = {"base": "linear", "base_mammoth": "mammoth"}
 EMBEDS = ("linear", "mammoth")
@@ -79,35 +91,71 @@ def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def run_case(name: str, n: int, reps: int, threads: int, seed: int) -> dict[str, Any]:
+def _cuda_step_stats(
+    step: Callable[[], None], zero_grad: Callable[[], None], reps: int, device: str
+) -> tuple[float, list[float], float]:
+    """CUDA: ``(warm-up seconds, step seconds, peak MiB)``. The peak is taken over the timed steps (one extra
+    step when ``reps`` is 0), relative to the memory allocated after the warm-up, gradients freed."""
+    sync(device)
+    t0 = time.perf_counter()
+    step()  # warm-up: CUDA context, kernels, cuBLAS workspaces stay out of time and memory
+    sync(device)
+    warm = time.perf_counter() - t0
+    zero_grad()
+    start = cuda_peak_start(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    if not times:
+        step()
+    return warm, times, cuda_peak_mib(device, start)
+
+
+def run_case(name: str, n: int, reps: int, threads: int, seed: int, device: str = "cpu",
+             mem_limit_gib: float | None = None) -> dict[str, Any]:
     """Inside the subprocess: build ``name``, time training steps on one bag of ``n`` instances."""
     import torch
     import torch.nn.functional as F
 
     import medmoe
 
+    cuda = device.startswith("cuda")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = medmoe.create_model(name, num_classes=2, in_dim=IN_DIM).train()
-    x = torch.randn(1, n, IN_DIM)
-    label = torch.tensor([1])
+    if cuda and mem_limit_gib is not None:
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        if mem_limit_gib * 2**30 < total:
+            torch.cuda.set_per_process_memory_fraction(mem_limit_gib * 2**30 / total, torch.device(device))
+    model = medmoe.create_model(name, num_classes=2, in_dim=IN_DIM).train().to(device)
+    x = torch.randn(1, n, IN_DIM, device=device)
+    label = torch.tensor([1], device=device)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
         out = model(x, label=label)
         out.total_loss(F.cross_entropy(out.logits, label)).backward()
 
-    use_hwm = _reset_peak()
-    before = _proc_status_kib("VmRSS") if use_hwm else _maxrss_kib()
-    t0 = time.perf_counter()
-    step()  # warm-up; also the memory measurement
-    warm = time.perf_counter() - t0
-    peak = (_proc_status_kib("VmHWM") if use_hwm else _maxrss_kib()) or 0
-    times = []
-    for _ in range(reps):
+    if cuda:
+        warm, times, peak_mib = _cuda_step_stats(step, lambda: model.zero_grad(set_to_none=True), reps,
+                                                 device)
+        method = "cuda.max_memory_allocated"
+    else:
+        use_hwm = _reset_peak()
+        before = _proc_status_kib("VmRSS") if use_hwm else _maxrss_kib()
         t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+        step()  # warm-up; also the memory measurement
+        warm = time.perf_counter() - t0
+        peak = (_proc_status_kib("VmHWM") if use_hwm else _maxrss_kib()) or 0
+        peak_mib = max(peak - (before or 0), 0) / 1024
+        method = "VmHWM" if use_hwm else "ru_maxrss"
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
 
     seen: dict[int, int] = {}
 
@@ -127,9 +175,9 @@ def run_case(name: str, n: int, reps: int, threads: int, seed: int) -> dict[str,
     return {
         "seconds": min(times) if times else warm,
         "median_seconds": statistics.median(times) if times else warm,
-        "peak_mib": max(peak - (before or 0), 0) / 1024,
+        "peak_mib": peak_mib,
         "saved_mib": sum(seen.values()) / 2**20,
-        "peak_method": "VmHWM" if use_hwm else "ru_maxrss",
+        "peak_method": method,
     }
 
 
@@ -160,7 +208,7 @@ def _classify_failure(returncode: int, stderr: str) -> str:
     text = stderr.strip()
     lines = text.splitlines() or ["?"]
     oom_marks = ("can't allocate memory", "DefaultCPUAllocator", "MemoryError", "out of memory",
-                 "Cannot allocate memory", "std::bad_alloc")
+                 "Cannot allocate memory", "std::bad_alloc", "CUBLAS_STATUS_ALLOC_FAILED")
     if returncode in (-9, 137) or any(m in text for m in oom_marks):
         return "OOM"
     last = lines[-1].strip()
@@ -169,11 +217,14 @@ def _classify_failure(returncode: int, stderr: str) -> str:
 
 def run_in_subprocess(name: str, n: int, args: argparse.Namespace) -> dict[str, Any] | str:
     cmd = [sys.executable, os.path.abspath(__file__), "--case", name, str(n), "--reps", str(args.reps),
-           "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
+           "--mem-limit-gib", str(args.mem_limit_gib)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    # CUDA maps a huge virtual address space: no RLIMIT_AS there, the child caps the GPU memory instead
+    limit = None if args.device.startswith("cuda") else _limit_memory(args.mem_limit_gib)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False,
-                              preexec_fn=_limit_memory(args.mem_limit_gib))
+                              preexec_fn=limit)
     except subprocess.TimeoutExpired:
         return f"timeout (> {args.timeout:.0f} s)"
     if proc.returncode != 0:
@@ -246,21 +297,32 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["*"], help="glob(s) on 'model' or 'model.config'")
     parser.add_argument("--embeds", nargs="+", choices=EMBEDS, default=list(EMBEDS))
     parser.add_argument("--reps", type=int, default=3, help="timed steps after the warm-up (the fastest is reported)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (cpu only)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
-    parser.add_argument("--mem-limit-gib", type=float, default=round(0.9 * _mem_total_gib(), 1),
-                        help="address-space limit per case (default 90%% of RAM)")
+    parser.add_argument("--mem-limit-gib", type=float, default=None,
+                        help="address-space limit per case (default 90%% of RAM); on cuda: cap on the GPU "
+                        "memory per case (default the whole GPU)")
     parser.add_argument("--out", help="also write the markdown to this file")
     parser.add_argument("--case", nargs=2, metavar=("NAME", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.case:
         sys.stdout.write(json.dumps(run_case(args.case[0], int(args.case[1]), args.reps, args.threads,
-                                             args.seed)) + "\n")
+                                             args.seed, args.device, args.mem_limit_gib)) + "\n")
         return
 
+    cuda = check_device(parser, args.device).startswith("cuda")
     import torch
+
+    if args.mem_limit_gib is None:
+        if cuda:
+            dev = torch.device(args.device)
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            args.mem_limit_gib = round(torch.cuda.get_device_properties(index).total_memory / 2**30, 1)
+        else:
+            args.mem_limit_gib = round(0.9 * _mem_total_gib(), 1)
 
     sizes = args.sizes or ([1000, 2000] if args.quick else [10_000, 50_000])
     if args.quick and args.reps == 3:
@@ -288,23 +350,29 @@ def main() -> None:
         r = results.get((name, n), "n/a")
         return (fmt.format(r[key]) + unit) if isinstance(r, dict) else str(r)
 
+    tfmt = "{:.4f}" if cuda else "{:.2f}"  # GPU steps are short
+
     cols = [(e, n) for e in args.embeds for n in sizes]
     head = "| model | " + " | ".join(f"{e} N={_fmt_n(n)}" for e, n in cols) + " | scaling (linear embedding) |"
     rule = "|" + "---|" * (len(cols) + 2)
-    lines = [
-        (f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-         f"{args.threads} threads, fp32, batch 1, in_dim {IN_DIM}, train-mode forward+backward "
-         f"(fastest of {args.reps} after 1 warm-up), per-case timeout {args.timeout:.0f} s, "
-         f"memory limit {args.mem_limit_gib:.1f} GiB; total wall {time.perf_counter() - started:.0f} s; "
-         f"load average at the end {os.getloadavg()[0]:.1f}"),
-        "",
-        "Time per bag (s) and peak resident memory of the step (MiB, peak RSS minus RSS before it):",
-        "",
-        head,
-        rule,
-    ]
+    if cuda:
+        machine = (f"machine: {gpu_line(args.device)}, fp32, batch 1, in_dim {IN_DIM}, train-mode "
+                   f"forward+backward (fastest of {args.reps} synchronised steps after 1 warm-up), per-case "
+                   f"timeout {args.timeout:.0f} s, GPU memory limit {args.mem_limit_gib:.1f} GiB; total wall "
+                   f"{time.perf_counter() - started:.0f} s")
+        caption = f"Time per bag (s) and peak CUDA memory of the step (MiB, {CUDA_PEAK_NOTE}):"
+    else:
+        wall = time.perf_counter() - started
+        machine = (f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{args.threads} threads, fp32, batch 1, in_dim {IN_DIM}, train-mode forward+backward "
+                   f"(fastest of {args.reps} after 1 warm-up), per-case timeout {args.timeout:.0f} s, "
+                   f"memory limit {args.mem_limit_gib:.1f} GiB; total wall {wall:.0f} s; "
+                   f"load average at the end {os.getloadavg()[0]:.1f}")
+        caption = "Time per bag (s) and peak resident memory of the step (MiB, peak RSS minus RSS before it):"
+    lines = [machine, "", caption, "", head, rule]
     for model, names in models.items():
-        row = [f"{cell(names.get(e), n, 'seconds', ' s')} / {cell(names.get(e), n, 'peak_mib', ' MiB', '{:.0f}')}"
+        row = [f"{cell(names.get(e), n, 'seconds', ' s', tfmt)} / "
+               f"{cell(names.get(e), n, 'peak_mib', ' MiB', '{:.0f}')}"
                if isinstance(results.get((names.get(e), n)), dict) else cell(names.get(e), n, "seconds", "")
                for e, n in cols]
         lines.append(f"| {model} | " + " | ".join(row) + f" | {scaling(results, names.get('linear'), sizes)} |")

@@ -98,7 +98,7 @@ def test_sliding_window_pads_small_volumes_and_checks_arguments():
 def test_train_checkpoint_reload_and_resume(data, tmp_path):
     torch.manual_seed(0)
     model = create_seg_model("unet.small", 1, 3)
-    cfg = SegTrainConfig(epochs=1, steps_per_epoch=3, lr=3e-3, progress=False, hd95=False)
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=3, lr=3e-3, progress=False, hd95=False, accelerator="cpu")
     result = train_segmentation(model, data.cases[:1], data.cases[1:], TCFG, cfg, tmp_path / "run",
                                 class_names=["bg", "box1", "box2"])
     assert result.steps == 3 and result.best_epoch == 0 and set(result.val.dice) == {"box1", "box2"}
@@ -113,7 +113,8 @@ def test_train_checkpoint_reload_and_resume(data, tmp_path):
     model.eval()
     torch.testing.assert_close(loaded(x), model(x))
 
-    cfg2 = SegTrainConfig(epochs=2, steps_per_epoch=3, lr=3e-3, progress=False, hd95=False)
+    cfg2 = SegTrainConfig(epochs=2, steps_per_epoch=3, lr=3e-3, progress=False, hd95=False,
+                          accelerator="cpu")
     resumed = train_segmentation(create_seg_model("unet.small", 1, 3), data.cases[:1], data.cases[1:], TCFG, cfg2,
                                  tmp_path / "run", resume=True)
     assert resumed.steps == 6 and len(resumed.history) == 2 and resumed.epochs_run == 2

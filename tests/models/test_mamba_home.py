@@ -102,3 +102,18 @@ def test_factory_names():
         create_seg_model("vnet")
     swin = create_seg_model("swinunetr", 1, 3)
     assert swin.divisor == 32 and swin.config.kwargs["feature_size"] == 48
+
+
+@needs_layers
+def test_monai_meta_tensor_input_runs_through_the_torch_scan(monkeypatch):
+    """MONAI pipelines hand networks ``MetaTensor`` volumes. With the native CPU kernels off (as on a GPU, where
+    they step aside) such a tensor reaches the selective scan, which must not call ``new_empty(*sizes)``."""
+    from monai.data import MetaTensor
+
+    monkeypatch.setenv("MEDMOE_NATIVE_KERNELS", "0")
+    torch.manual_seed(0)
+    model = create_seg_model("mamba_home.tiny", in_channels=1, num_classes=2).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    out = model(MetaTensor(x.clone()))
+    out.float().square().mean().backward()
+    torch.testing.assert_close(torch.as_tensor(out), model(x), rtol=1e-5, atol=1e-6)

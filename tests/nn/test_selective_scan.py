@@ -162,3 +162,20 @@ def test_compiled_scan_is_one_graph_node_with_the_same_values_and_gradients():
     torch.testing.assert_close(y, ref_y, rtol=0, atol=0)  # the same kernels, run as one operator
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("b, L, d, n, chunk, block", [(2, 200, 5, 3, 8, 1 << 22), (2, 50, 6, 4, 7, 700)])
+def test_parallel_chunk_carry_matches_sequential(monkeypatch, b, L, d, n, chunk, block):
+    """The log-depth chunk carry used on CUDA (forced here on the CPU) gives the loop's result."""
+    import importlib
+
+    scan_module = importlib.import_module("medmoe.nn.selective_scan")  # the module, not the function
+    monkeypatch.setattr(scan_module, "_FORCE_PARALLEL_CARRY", True)
+    inputs = make_inputs(b, L, d, n)
+    y_ref, g_ref, grad_out = outputs_and_grads(lambda *a: selective_scan(*a, method="sequential"), inputs)
+    y, g, _ = outputs_and_grads(
+        lambda *a: selective_scan(*a, chunk_size=chunk, block_elements=block), inputs, grad_out
+    )
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-10)
+    for name, a, r in zip(("u", "delta", "A", "B", "C", "D"), g, g_ref):
+        torch.testing.assert_close(a, r, atol=1e-11, rtol=1e-9, msg=name)

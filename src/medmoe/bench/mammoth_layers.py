@@ -6,8 +6,15 @@ set just before it (model and input already allocated). Time = median of ``--rep
 passes after one warm-up. All cases of one run share the machine, threads and dtype, so the printed
 ratios compare like with like.
 
+With ``--device cuda`` (or ``cuda:N``) the layers and the input live on the GPU, every timed pass ends
+with ``torch.cuda.synchronize()``, and peak memory = ``torch.cuda.max_memory_allocated()`` during the
+timed passes minus the memory allocated just before them (after the warm-up, gradients freed; so the
+model and the input are not counted, one-off allocations such as cuBLAS workspaces neither).
+``--threads`` applies to the CPU only.
+
     medmoe bench mammoth                                # N = 1k, 10k, 50k, 200k (UNI: 1024 -> 512)
     python benchmarks/bench_mammoth.py --sizes 1000 --reps 2    # the same script, quick
+    python benchmarks/bench_mammoth.py --device cuda --sizes 10000 50000 200000    # on the GPU
 """
 
 from __future__ import annotations
@@ -32,10 +39,27 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def run_case(layer: str, n: int, reps: int, threads: int) -> dict:
+def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """``parser.error`` (one line, exit 2) unless ``device`` is the CPU or an available CUDA device."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if dev.type not in ("cpu", "cuda"):
+        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available (torch.cuda.is_available() is False)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        parser.error(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def run_case(layer: str, n: int, reps: int, threads: int, device: str = "cpu") -> dict:
     """Runs inside the subprocess: build the layer, time forward+backward, measure peak memory."""
     import torch
 
+    cuda = device.startswith("cuda")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = {"num_experts": 30, "num_slots": 10, "num_heads": 16, "slot_dim": 256, "keep_slots": True, "dropout": 0.0}
@@ -53,12 +77,28 @@ def run_case(layer: str, n: int, reps: int, threads: int) -> dict:
         module = Mammoth(1024, 512, **cfg)
     else:
         module = torch.nn.Linear(1024, 512)
-    feats = torch.randn(1, n, 1024)
+    module = module.to(device)
+    feats = torch.randn(1, n, 1024, device=device)
 
     def step() -> None:
         module.zero_grad(set_to_none=True)
         out = module(feats)
         out.float().square().mean().backward()
+
+    if cuda:
+        step()  # warm-up (CUDA context, kernels, cuBLAS workspaces: kept out of time and memory)
+        module.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        peak_bytes = torch.cuda.max_memory_allocated(device) - start
+        return {"seconds": statistics.median(times), "peak_mib": max(peak_bytes, 0) / 2**20}
 
     before = _rss_kib("VmRSS")
     step()  # warm-up, also the memory measurement
@@ -81,21 +121,39 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000, 200_000])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--memory-budget-gib", type=float, default=16.0,
-                        help="skip the reference where its estimated peak exceeds this")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (cpu only)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--memory-budget-gib", type=float, default=None,
+                        help="skip the reference where its estimated peak exceeds this "
+                        "(default 16 on cpu, 90%% of the GPU's memory on cuda)")
     parser.add_argument("--case", nargs=2, metavar=("LAYER", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.case:
-        print(json.dumps(run_case(args.case[0], int(args.case[1]), args.reps, args.threads)))
+        print(json.dumps(run_case(args.case[0], int(args.case[1]), args.reps, args.threads, args.device)))
         return
 
+    _check_device(parser, args.device)
     import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {args.threads} threads, fp32, batch 1, input 1024 -> 512, "
-          "30 experts x 10 slots x 16 heads, slot_dim 256, keep_slots")
+    if args.device.startswith("cuda"):
+        dev = torch.device(args.device)
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        total_gib = torch.cuda.get_device_properties(index).total_memory / 2**30
+        if args.memory_budget_gib is None:
+            args.memory_budget_gib = round(0.9 * total_gib, 1)
+        print(f"machine: {torch.cuda.get_device_name(index)} (cuda:{index}, {total_gib:.1f} GiB), "
+              f"torch {torch.__version__}, CUDA {torch.version.cuda}, fp32, batch 1, input 1024 -> 512, "
+              "30 experts x 10 slots x 16 heads, slot_dim 256, keep_slots; time: median of "
+              f"{args.reps} synchronised passes after a warm-up; peak memory: "
+              "torch.cuda.max_memory_allocated() during forward+backward minus the memory allocated "
+              "just before it")
+    else:
+        if args.memory_budget_gib is None:
+            args.memory_budget_gib = 16.0
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}, {args.threads} threads, fp32, batch 1, input 1024 -> 512, "
+              "30 experts x 10 slots x 16 heads, slot_dim 256, keep_slots")
     results: dict[tuple[str, int], dict | str] = {}
     for n in args.sizes:
         for layer in LAYERS:
@@ -104,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             proc = subprocess.run(
                 [sys.executable, "-m", "medmoe.bench.mammoth_layers", "--case", layer, str(n), "--reps", str(args.reps),
-                 "--threads", str(args.threads)],
+                 "--threads", str(args.threads), "--device", args.device],
                 capture_output=True, text=True, check=False,
             )
             if proc.returncode != 0:

@@ -57,6 +57,13 @@ def check_roi(model: nn.Module, roi_size: Sequence[int]) -> tuple[int, int, int]
 
 
 @torch.no_grad()
+def plain_tensor(x: Tensor) -> Tensor:
+    """``x`` as a plain :class:`torch.Tensor`: MONAI's ``MetaTensor`` sends every operation through Python
+    (slow on a GPU) and breaks calls such as ``new_empty(*sizes)``; its metadata is not needed by a network."""
+    as_tensor = getattr(x, "as_tensor", None)
+    return as_tensor() if callable(as_tensor) else x
+
+
 def sliding_window_logits(
     model: nn.Module,
     image: Tensor,
@@ -84,6 +91,7 @@ def sliding_window_logits(
     """
     from monai.inferers import sliding_window_inference
 
+    image = plain_tensor(image)
     roi = _check_window_args(model, image, roi_size, overlap, mode)
     out = sliding_window_inference(
         image, roi, sw_batch_size, model, overlap=overlap, mode=mode, sigma_scale=sigma_scale,
@@ -124,6 +132,7 @@ def sliding_window_labels(
     """
     from monai.data.utils import compute_importance_map, dense_patch_slices
 
+    image = plain_tensor(image)
     roi = _check_window_args(model, image, roi_size, overlap, mode)
     if sw_batch_size < 1:
         raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")

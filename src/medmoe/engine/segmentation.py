@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
-from .seg_inference import SLIDING_WINDOW_MODES, check_roi, sliding_window_labels
+from .seg_inference import SLIDING_WINDOW_MODES, check_roi, plain_tensor, sliding_window_labels
 
 __all__ = [
     "SEG_CHECKPOINT_DIR",
@@ -450,7 +450,7 @@ def train_segmentation(
                 except StopIteration:
                     it = iter(loader)
                     batch = next(it)
-                image, label = batch["image"], batch["label"]
+                image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])
                 logits = model(image)
                 loss = loss_fn(logits, label)
                 optimizer.zero_grad(set_to_none=True)

@@ -113,7 +113,7 @@ class _DepthwiseConvNHWC(torch.autograd.Function):
         want_w = ctx.needs_input_grad[1]
         if want_w or want_b:
             dtaps = torch.empty_like(taps) if want_w else None
-            dbias = x.new_empty(c) if want_b else None
+            dbias = x.new_empty((c,)) if want_b else None
             getattr(lib, f"dwconv_backward_weight_{suffix}")(
                 dy.data_ptr(), x.data_ptr(), _ptr(dtaps), _ptr(dbias), b, h, w, c, kh, kw, threads
             )

@@ -67,7 +67,7 @@ class _ExpertEpilogue(torch.autograd.Function):
         experts, features = gamma.shape
         rows = t.numel() // features
         out = torch.empty_like(t)
-        norms = t.new_empty(rows)
+        norms = t.new_empty((rows,))
         drop = int(p > 0.0)
         args = (scale, eps, drop, seed, drop_threshold(p) if drop else 0, 1.0 / (1.0 - p))
         getattr(_lib(), f"epilogue_forward_{_SCALARS[t.dtype][0]}")(

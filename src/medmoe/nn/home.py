@@ -136,7 +136,7 @@ class DynamicSlotsSoftMoE(nn.Module):
         if pad:
             xn = F.pad(xn, (0, 0, 0, pad))
             if mask is None:
-                mask = x.new_ones(b, L, dtype=torch.bool)
+                mask = x.new_ones((b, L), dtype=torch.bool)
             mask = F.pad(mask, (0, pad), value=False)
         n = (L + pad) // e
         chunks = xn.view(b, n, e, d)

@@ -33,6 +33,10 @@ Two methods:
   Peak extra memory is a few ``block_elements`` buffers (64 MB each in fp32 by default) plus the saved
   chunk-start states, independent of how long the sequence is beyond that.
 
+  On CUDA, where the cost is the number of small dependent launches rather than the work, the carry across
+  chunks is a log-depth (Hillis-Steele) scan of the chunks' affine maps instead of a loop over chunks, and
+  blocks are 4x larger (``CUDA_BLOCK_ELEMENTS``, 256 MB fp32 per buffer).
+
   The per-step loops launch many small ops; on CPU they run on one intra-op thread (the bulk ops of a
   block use all of them), because a thread pool that has to wait for a preempted worker at every small op
   loses more than it gains on a shared machine.
@@ -62,9 +66,10 @@ __all__ = ["SCAN_METHODS", "selective_scan", "selective_scan_sequential"]
 SCAN_METHODS = ("chunked", "sequential")
 DEFAULT_CHUNK_SIZE = 32
 _LOG2E = 1.4426950408889634
-DEFAULT_BLOCK_ELEMENTS = (
-    1 << 24
-)  # state values (chunk_size * b * chunks * d * n) per work buffer (64 MB fp32)
+#: State values (chunk_size * b * chunks * d * n) per work buffer: 64 MB fp32 on the CPU (cache-friendly
+#: blocks), 256 MB on CUDA (fewer blocks, so fewer of the small sequential launches that bound a GPU).
+DEFAULT_BLOCK_ELEMENTS = 1 << 24
+CUDA_BLOCK_ELEMENTS = 1 << 26
 
 
 def _check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None) -> None:
@@ -96,7 +101,7 @@ def selective_scan_sequential(
     u, delta, A, B, C = (
         t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (u, delta, A, B, C)
     )
-    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])  # (b, d, n)
+    h = u.new_zeros((u.shape[0], u.shape[2], A.shape[1]))  # (b, d, n)
     ys = []
     for t in range(u.shape[1]):
         decay = torch.exp(delta[:, t, :, None] * A)  # (b, d, n)
@@ -125,6 +130,40 @@ def _chunks_per_block(b: int, c: int, T: int, d: int, n: int, block_elements: in
     return max(1, min(c, block_elements // (T * b * d * n)))
 
 
+def _parallel_carry(device: torch.device) -> bool:
+    """Carry the chunk states with a log-depth scan (CUDA: few launches matter) or a loop (CPU: less work)."""
+    return device.type == "cuda" or _FORCE_PARALLEL_CARRY
+
+
+_FORCE_PARALLEL_CARRY = False  # tests set it to run the CUDA carry on the CPU
+
+
+def _carry(local: Tensor, totals: Tensor, h0: Tensor, out: Tensor) -> Tensor:
+    """Chunk-start states of ``s_0 = h0``, ``s_j = local_{j-1} + totals_{j-1} s_{j-1}`` into ``out``.
+
+    ``local, totals, out: (b, k, d, n)``, ``h0: (b, d, n)``; returns the state after the last chunk,
+    ``local_{k-1} + totals_{k-1} s_{k-1}``. On CUDA the affine maps ``x -> totals_j x + local_j`` are
+    composed by a Hillis-Steele scan (``log2 k`` rounds of three ops instead of ``k`` dependent ops).
+    """
+    k = local.shape[1]
+    if not _parallel_carry(local.device):
+        out[:, 0] = h0
+        with _serial(local.device):
+            for j in range(1, k):
+                torch.addcmul(local[:, j - 1], totals[:, j - 1], out[:, j - 1], out=out[:, j])
+        return torch.addcmul(local[:, k - 1], totals[:, k - 1], out[:, k - 1])
+    gain, shift = totals.clone(), local.clone()  # prefix maps: end state of chunk j = gain_j h0 + shift_j
+    step = 1
+    while step < k:
+        shift[:, step:] = torch.addcmul(shift[:, step:], gain[:, step:], shift[:, :-step])
+        gain[:, step:] = gain[:, step:] * gain[:, :-step]
+        step *= 2
+    ends = torch.addcmul(shift, gain, h0[:, None])
+    out[:, 0] = h0
+    out[:, 1:] = ends[:, :-1]
+    return ends[:, k - 1]
+
+
 def _chunked_scan_forward(
     u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, T: int, block_elements: int
 ) -> tuple[Tensor, Tensor]:
@@ -137,12 +176,12 @@ def _chunked_scan_forward(
     dt4, B4, C4 = dt.view(b, c, T, d), B.view(b, c, T, n), C.view(b, c, T, n)
     dtu4 = (dt * u).view(b, c, T, d)
     A2 = A * _LOG2E  # exp(x) = exp2(x log2 e): exp2 is ~2x faster than exp on CPU
-    y = u.new_empty(b, c, T, d)
-    h_starts = u.new_empty(b, c, d, n)
+    y = u.new_empty((b, c, T, d))
+    h_starts = u.new_empty((b, c, d, n))
     # workspaces, allocated once and reused by every block (fresh multi-MB tensors cost page faults)
     work = _Workspace(u, T * b * kc * d * n, 2)
     ping = _Workspace(u, b * kc * d * n, 2)
-    h = u.new_zeros(b, d, n)  # state entering the current block
+    h = u.new_zeros((b, d, n))  # state entering the current block
     for c0 in range(0, c, kc):
         c1 = min(c, c0 + kc)
         k = c1 - c0
@@ -157,11 +196,7 @@ def _chunked_scan_forward(
         local = local.view(b, k, d, n)
         totals = torch.exp(dt_b.sum(0)[..., None] * A).view(b, k, d, n)  # decay over a whole chunk
         starts = h_starts[:, c0:c1]
-        starts[:, 0] = h
-        with _serial(u.device):
-            for j in range(1, k):
-                torch.addcmul(local[:, j - 1], totals[:, j - 1], starts[:, j - 1], out=starts[:, j])
-        h = torch.addcmul(local[:, k - 1], totals[:, k - 1], starts[:, k - 1])
+        h = _carry(local, totals, h, out=starts)
         prev = starts.reshape(bk, d, n)
         with _serial(u.device):
             for t in range(T):  # pass 2, in place: states[t] = inputs[t] + decays[t] * states[t - 1]
@@ -189,7 +224,7 @@ def _chunked_scan_backward(
     A2 = A * _LOG2E
     work = _Workspace(u, T * b * kc * d * n, 3)
     ping = _Workspace(u, b * kc * d * n, 2)
-    msg = u.new_zeros(b, d, n)  # exp(dt A) g at the first step after the current block
+    msg = u.new_zeros((b, d, n))  # exp(dt A) g at the first step after the current block
     for c0 in reversed(range(0, c, kc)):
         c1 = min(c, c0 + kc)
         k = c1 - c0
@@ -205,12 +240,16 @@ def _chunked_scan_backward(
                 sent = torch.add(grads[t], sent, out=ping.get(t % 2, bk, d, n)).mul_(decays[t])
         sent = sent.view(b, k, d, n)
         totals = torch.exp(dt_b.sum(0)[..., None] * A).view(b, k, d, n)
-        incoming = u.new_empty(b, k, d, n)  # message into the last step of each chunk
-        incoming[:, k - 1] = msg
-        with _serial(u.device):
-            for j in range(k - 1, 0, -1):
-                torch.addcmul(sent[:, j], totals[:, j], incoming[:, j], out=incoming[:, j - 1])
-        msg = torch.addcmul(sent[:, 0], totals[:, 0], incoming[:, 0])
+        incoming = u.new_empty((b, k, d, n))  # message into the last step of each chunk
+        if _parallel_carry(u.device):  # the forward carry, run from the last chunk back
+            msg = _carry(sent.flip(1), totals.flip(1), msg, out=incoming)
+            incoming = incoming.flip(1)
+        else:
+            incoming[:, k - 1] = msg
+            with _serial(u.device):
+                for j in range(k - 1, 0, -1):
+                    torch.addcmul(sent[:, j], totals[:, j], incoming[:, j], out=incoming[:, j - 1])
+            msg = torch.addcmul(sent[:, 0], totals[:, 0], incoming[:, 0])
         # states of the block, rebuilt from the saved chunk-start states
         starts = h_starts[:, c0:c1].reshape(bk, d, n)
         states = torch.mul(dtu_b[..., None], B_b[:, :, None, :], out=work.get(2, T, bk, d, n))
@@ -233,7 +272,7 @@ def _chunked_scan_backward(
         q[0].mul_(starts)
         ddt_b = torch.mul(q, A, out=grads).sum(-1).addcmul_(dtu_grad, u_b)
         q.mul_(dt_b[..., None])  # sum over steps and chunks as a mat-vec (faster than .sum(0))
-        dA += torch.mm(q.new_ones(1, T * bk), q.view(T * bk, d * n)).view(d, n)
+        dA += torch.mm(q.new_ones((1, T * bk)), q.view(T * bk, d * n)).view(d, n)
         du[:, c0:c1] = _unblock(dtu_grad.mul_(dt_b), b)
         ddt[:, c0:c1] = _unblock(ddt_b, b)
         dB[:, c0:c1] = _unblock(dB_b.view(T, bk, n), b)
@@ -288,7 +327,7 @@ def _chunked_scan_op(
 @_chunked_scan_op.register_fake
 def _(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, T: int, block_elements: int) -> tuple[Tensor, Tensor]:
     b, padded, d = u.shape
-    return u.new_empty(b, padded, d), u.new_empty(b, padded // T, d, A.shape[1])
+    return u.new_empty((b, padded, d)), u.new_empty((b, padded // T, d, A.shape[1]))
 
 
 @torch.library.custom_op("medmoe::chunked_selective_scan_backward", mutates_args=())
@@ -326,7 +365,7 @@ def _scan_reference(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, L: i
 
 def _pad_steps(x: Tensor, pad: int) -> Tensor:
     """``x (b, L, k)`` with ``pad`` zero steps appended (a ``cat``: its backward is a view, no copy)."""
-    return torch.cat([x, x.new_zeros(x.shape[0], pad, x.shape[2])], dim=1)
+    return torch.cat([x, x.new_zeros((x.shape[0], pad, x.shape[2]))], dim=1)
 
 
 @contextmanager
@@ -347,7 +386,7 @@ class _Workspace:
     """``count`` flat buffers of ``size`` elements; :meth:`get` views the front of one as a given shape."""
 
     def __init__(self, like: Tensor, size: int, count: int) -> None:
-        self.buffers = [like.new_empty(size) for _ in range(count)]
+        self.buffers = [like.new_empty((size,)) for _ in range(count)]
 
     def get(self, index: int, *shape: int) -> Tensor:
         numel = 1
@@ -366,7 +405,7 @@ def selective_scan(
     *,
     method: str = "chunked",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
 ) -> Tensor:
     """Selective scan ``y_t = <C_t, h_t> + D u_t`` with ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``.
 
@@ -379,7 +418,8 @@ def selective_scan(
         D: optional skip ``(d,)``.
         method: ``"chunked"`` (fast, low memory, custom autograd) or ``"sequential"`` (reference loop).
         chunk_size: steps per chunk for ``"chunked"`` (>= 1). 32-128 is fastest on CPU.
-        block_elements: cap on state values (``chunk_size * chunks * d * n``) that backward holds at once.
+        block_elements: cap on state values (``chunk_size * chunks * d * n``) that backward holds at once;
+            ``None``: ``DEFAULT_BLOCK_ELEMENTS`` on the CPU, ``CUDA_BLOCK_ELEMENTS`` on CUDA.
 
     Returns:
         ``y: (b, L, d)`` in ``u``'s dtype. Half / bfloat16 inputs are computed in float32.
@@ -388,6 +428,8 @@ def selective_scan(
         raise ValueError(f"selective_scan: method must be one of {SCAN_METHODS}, got {method!r}")
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"selective_scan: chunk_size must be a positive integer, got {chunk_size!r}")
+    if block_elements is None:
+        block_elements = CUDA_BLOCK_ELEMENTS if u.device.type == "cuda" else DEFAULT_BLOCK_ELEMENTS
     if not isinstance(block_elements, int) or block_elements < 1:
         raise ValueError(f"selective_scan: block_elements must be a positive integer, got {block_elements!r}")
     if method == "sequential":

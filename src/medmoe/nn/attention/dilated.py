@@ -150,7 +150,7 @@ class DilatedAttention(nn.Module):
         elif self.reference_padding:
             # the reference's padding semantics depend on each bag's own length: one bag at a time
             out = x.new_zeros(x.shape)
-            attn_map = x.new_zeros(b, n) if return_attention else None
+            attn_map = x.new_zeros((b, n)) if return_attention else None
             for i in range(b):
                 idx = mask[i].nonzero().squeeze(1)
                 qw = None if query_weights is None else query_weights[i : i + 1, idx]
@@ -218,7 +218,7 @@ class DilatedAttention(nn.Module):
                 lse = torch.logsumexp(scores, dim=-1)  # (b*nseg, h, m)
 
             # back to dense positions: (b, nseg, m, h, d) -> (b, L, h, d); uncovered pairs get 0 / -inf
-            o_dense = o.new_zeros(b, nseg, m, ratio, h, d)
+            o_dense = o.new_zeros((b, nseg, m, ratio, h, d))
             o_dense[:, :, :, offsets, heads, :] = o.reshape(b, nseg, h, m, d).permute(0, 1, 3, 2, 4)
             o_dense = o_dense.reshape(b, nseg, g, h, d)[:, :, :s].reshape(b, nseg * s, h, d)[:, :length]
             lse_dense = lse.new_full((b, nseg, m, ratio, h), float("-inf"))
@@ -254,7 +254,7 @@ class DilatedAttention(nn.Module):
     ) -> Tensor:
         """``sum_i sum_q qw[q] w_i[q, head] P_i[q -> key]`` averaged over heads -> ``(b, L)``."""
         h = self.num_heads
-        total = query_weights.new_zeros(b, length)
+        total = query_weights.new_zeros((b, length))
         with torch.no_grad():
             for (scores, key_mask, offsets, heads, nseg, m, s), w, ratio in zip(parts, weights, self.dilation_ratios):
                 probs = scores.softmax(dim=-1)  # (b*nseg, h, m, m)
@@ -266,7 +266,7 @@ class DilatedAttention(nn.Module):
                 wd = F.pad(wd, (0, 0, 0, g - s)).reshape(b, nseg, m, ratio, h)[:, :, :, offsets, heads]
                 coef = (qw * wd).permute(0, 1, 3, 2).reshape(b * nseg, h, m)
                 per_key = torch.einsum("zhq,zhqk->zhk", coef, probs)  # (b*nseg, h, m)
-                dense = per_key.new_zeros(b, nseg, m, ratio, h)
+                dense = per_key.new_zeros((b, nseg, m, ratio, h))
                 dense[:, :, :, offsets, heads] = per_key.reshape(b, nseg, h, m).permute(0, 1, 3, 2)
                 total += dense.reshape(b, nseg, g, h)[:, :, :s].reshape(b, nseg * s, h)[:, :length].sum(-1)
         return total / h

@@ -166,7 +166,7 @@ class NystromAttention(nn.Module):
         bottom = torch.cat([a2.new_full((b, h, 1, r), root / m), a2.new_full((b, h, 1, 1), zeros / m)], dim=-1)
         x2 = torch.cat([torch.cat([a2, root * w2], dim=-1), bottom], dim=-2)  # (b, h, r + 1, r + 1)
         # the full matrix's absolute row and column sums (all entries are positive)
-        rows = torch.cat([a2.sum(dim=-1) + zeros * w2.squeeze(-1), a2.new_ones(b, h, 1)], dim=-1)  # (b, h, r+1)
+        rows = torch.cat([a2.sum(dim=-1) + zeros * w2.squeeze(-1), a2.new_ones((b, h, 1))], dim=-1)  # (b, h, r+1)
         cols = torch.cat([a2.sum(dim=-2) + zeros / m, w2.sum(dim=-2) + zeros / m], dim=-1)
         if self.pinv_scale == "sample":
             denom = (rows.amax(dim=(1, 2)) * cols.amax(dim=(1, 2))).reshape(b, 1, 1, 1)

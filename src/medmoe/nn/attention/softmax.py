@@ -127,7 +127,7 @@ class SoftmaxAttention(nn.Module):
         n = k.shape[2]
         chunk = max(1, _MAP_CHUNK_ELEMENTS // max(1, b * h * n))
         acc = torch.promote_types(q.dtype, torch.float32)
-        total = q.new_zeros(b, n, dtype=acc)
+        total = q.new_zeros((b, n), dtype=acc)
         with torch.no_grad():
             for start in range(0, nq, chunk):
                 qc = q[:, :, start : start + chunk]

@@ -112,64 +112,15 @@ def kernel_benchmark_args(
     return args
 
 
-# ------------------------------------------------------------------ device helpers (--device cpu/cuda)
-DEVICE_HELP = "cpu (default), cuda or cuda:N; --threads applies to cpu only"
-CUDA_PEAK_NOTE = "torch.cuda.max_memory_allocated() during the step minus the memory allocated just before it"
-
-
-def check_device(parser: argparse.ArgumentParser, device: str) -> str:
-    """``device`` if it names the CPU or an available CUDA device, else exit through ``parser.error``."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if dev.type not in ("cpu", "cuda"):
-        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error(f"--device {device}: CUDA is not available (torch.cuda.is_available() is False)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            parser.error(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
-def is_cuda(device: str) -> bool:
-    return device.startswith("cuda")
-
-
-def sync(device: str) -> None:
-    """Wait for the device's queued work (``torch.cuda.synchronize``; no-op on the CPU); before any timer."""
-    if is_cuda(device):
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
-def cuda_peak_start(device: str) -> int:
-    """Before a measured step on CUDA: synchronise, reset the peak counter, return the bytes allocated now."""
-    import torch
-
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    return torch.cuda.memory_allocated(device)
-
-
-def cuda_peak_mib(device: str, start: int) -> float:
-    """After the step: MiB of ``torch.cuda.max_memory_allocated()`` above :func:`cuda_peak_start`'s value."""
-    import torch
-
-    torch.cuda.synchronize(device)
-    return max(torch.cuda.max_memory_allocated(device) - start, 0) / 2**20
-
-
-def gpu_line(device: str) -> str:
-    """``'NVIDIA H100 80GB HBM3 (cuda:0, 79.2 GiB), torch 2.x, CUDA 12.x'`` for the printed machine line."""
-    import torch
-
-    dev = torch.device(device)
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(index)
-    return (f"{torch.cuda.get_device_name(index)} (cuda:{index}, {props.total_memory / 2**30:.1f} GiB), "
-            f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+# device helpers (--device cpu/cuda), shared with the packaged benchmarks
+from medmoe.bench.device import (  # noqa: F401
+    CUDA_PEAK_NOTE,
+    DEVICE_HELP,
+    check_device,
+    cuda_peak_mib,
+    cuda_peak_start,
+    cuda_timed_steps,
+    gpu_line,
+    is_cuda,
+    sync,
+)

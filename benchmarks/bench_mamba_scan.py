@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_peak_mib, cuda_peak_start, gpu_line, sync
+from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_timed_steps, gpu_line
 
 IMPLS = ("mambapy", "medmoe")
 
@@ -87,22 +87,15 @@ def run_case(
         fn().square().mean().backward()
 
     if device.startswith("cuda"):
-        step()  # warm-up (CUDA context, kernels, cuBLAS/cuDNN workspaces: kept out of time and memory)
-        for t in inputs:
-            t.grad = None
-        if what == "block":
-            module.zero_grad(set_to_none=True)
-        start = cuda_peak_start(device)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        if not times:
-            step()
-        return {"seconds": statistics.median(times) if times else float("nan"),
-                "peak_mib": cuda_peak_mib(device, start)}
+
+        def zero_grad() -> None:
+            for t in inputs:
+                t.grad = None
+            if what == "block":
+                module.zero_grad(set_to_none=True)
+
+        _, times, peak_mib = cuda_timed_steps(step, zero_grad, reps, device)
+        return {"seconds": statistics.median(times) if times else float("nan"), "peak_mib": peak_mib}
 
     before = _rss_kib("VmRSS")
     t0 = time.perf_counter()

@@ -55,10 +55,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_peak_mib, cuda_peak_start, gpu_line, sync
+from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_timed_steps, gpu_line
 
 CONFIGS = {"base": "linear", "base_mammoth": "mammoth"}
 EMBEDS = ("linear", "mammoth")
@@ -91,29 +90,6 @@ def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def _cuda_step_stats(
-    step: Callable[[], None], zero_grad: Callable[[], None], reps: int, device: str
-) -> tuple[float, list[float], float]:
-    """CUDA: ``(warm-up seconds, step seconds, peak MiB)``. The peak is taken over the timed steps (one extra
-    step when ``reps`` is 0), relative to the memory allocated after the warm-up, gradients freed."""
-    sync(device)
-    t0 = time.perf_counter()
-    step()  # warm-up: CUDA context, kernels, cuBLAS workspaces stay out of time and memory
-    sync(device)
-    warm = time.perf_counter() - t0
-    zero_grad()
-    start = cuda_peak_start(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    if not times:
-        step()
-    return warm, times, cuda_peak_mib(device, start)
-
-
 def run_case(name: str, n: int, reps: int, threads: int, seed: int, device: str = "cpu",
              mem_limit_gib: float | None = None) -> dict[str, Any]:
     """Inside the subprocess: build ``name``, time training steps on one bag of ``n`` instances."""
@@ -139,8 +115,7 @@ def run_case(name: str, n: int, reps: int, threads: int, seed: int, device: str 
         out.total_loss(F.cross_entropy(out.logits, label)).backward()
 
     if cuda:
-        warm, times, peak_mib = _cuda_step_stats(step, lambda: model.zero_grad(set_to_none=True), reps,
-                                                 device)
+        warm, times, peak_mib = cuda_timed_steps(step, lambda: model.zero_grad(set_to_none=True), reps, device)
         method = "cuda.max_memory_allocated"
     else:
         use_hwm = _reset_peak()

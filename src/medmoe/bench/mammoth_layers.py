@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from .device import check_device, cuda_timed_steps
+
 LAYERS = ("reference", "medmoe", "linear")
 
 
@@ -37,22 +39,6 @@ def _rss_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
-    """``parser.error`` (one line, exit 2) unless ``device`` is the CPU or an available CUDA device."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if dev.type not in ("cpu", "cuda"):
-        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device}: CUDA is not available (torch.cuda.is_available() is False)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        parser.error(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
 def run_case(layer: str, n: int, reps: int, threads: int, device: str = "cpu") -> dict:
@@ -86,19 +72,8 @@ def run_case(layer: str, n: int, reps: int, threads: int, device: str = "cpu") -
         out.float().square().mean().backward()
 
     if cuda:
-        step()  # warm-up (CUDA context, kernels, cuBLAS workspaces: kept out of time and memory)
-        module.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step()
-            torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-        peak_bytes = torch.cuda.max_memory_allocated(device) - start
-        return {"seconds": statistics.median(times), "peak_mib": max(peak_bytes, 0) / 2**20}
+        _, times, peak_mib = cuda_timed_steps(step, lambda: module.zero_grad(set_to_none=True), reps, device)
+        return {"seconds": statistics.median(times), "peak_mib": peak_mib}
 
     before = _rss_kib("VmRSS")
     step()  # warm-up, also the memory measurement
@@ -133,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_case(args.case[0], int(args.case[1]), args.reps, args.threads, args.device)))
         return
 
-    _check_device(parser, args.device)
+    check_device(parser, args.device)
     import torch
 
     if args.device.startswith("cuda"):

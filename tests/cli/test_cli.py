@@ -69,3 +69,11 @@ def test_configure_logging_levels(capsys):  # the logging state is restored by c
     progress.info("[2/2] run done")
     engine.warning("hidden")
     assert capsys.readouterr().err == ""
+
+
+def test_bench_mammoth_refuses_cuda_without_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(app, ["bench", "mammoth", "--device", "cuda", "-n", "1000"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output

@@ -12,12 +12,20 @@ def mammoth(
     sizes: list[int] = typer.Option([1000, 10_000, 50_000, 200_000], "--size", "-n",
                                     help="Patches per bag (repeat the option for several)."),
     reps: int = typer.Option(3, min=1, help="Timed repetitions per case (median reported)."),
-    threads: int = typer.Option(2, min=1, help="torch threads."),
-    memory_budget_gib: float = typer.Option(16.0, help="Skip the reference where it would need more."),
+    threads: int = typer.Option(2, min=1, help="torch threads (CPU)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    memory_budget_gib: float | None = typer.Option(
+        None, help="Skip the reference where it would need more (default 16 GiB on CPU, 90 % of a GPU's memory)."
+    ),
 ) -> None:
     """Mammoth (medmoe) vs mammoth-moe vs nn.Linear(1024, 512): forward+backward time and peak memory."""
+    import torch
+
     from ..bench.mammoth_layers import main
 
-    argv = ["--sizes", *map(str, sizes), "--reps", str(reps), "--threads", str(threads),
-            "--memory-budget-gib", str(memory_budget_gib)]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available here (torch.cuda.is_available() is False)", param_hint="--device")
+    argv = ["--sizes", *map(str, sizes), "--reps", str(reps), "--threads", str(threads), "--device", device]
+    if memory_budget_gib is not None:
+        argv += ["--memory-budget-gib", str(memory_budget_gib)]
     main(argv)

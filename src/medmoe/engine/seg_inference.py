@@ -56,7 +56,6 @@ def check_roi(model: nn.Module, roi_size: Sequence[int]) -> tuple[int, int, int]
     return roi  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def plain_tensor(x: Tensor) -> Tensor:
     """``x`` as a plain :class:`torch.Tensor`: MONAI's ``MetaTensor`` sends every operation through Python
     (slow on a GPU) and breaks calls such as ``new_empty(*sizes)``; its metadata is not needed by a network."""
@@ -64,6 +63,7 @@ def plain_tensor(x: Tensor) -> Tensor:
     return as_tensor() if callable(as_tensor) else x
 
 
+@torch.no_grad()
 def sliding_window_logits(
     model: nn.Module,
     image: Tensor,

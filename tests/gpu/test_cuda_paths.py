@@ -159,15 +159,14 @@ def test_mosaic_on_cuda_matches_cpu() -> None:
         torch.testing.assert_close(gpu_model(x.to(CUDA), flag).logits.cpu(), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_mil_trainer_on_cuda_learns_and_its_checkpoint_runs_on_cpu(tmp_path) -> None:
+def test_mil_trainer_on_cuda_learns_and_its_checkpoint_runs_on_cpu(tmp_path, monkeypatch) -> None:
     """``train_one_fold`` on CUDA (precision auto = bf16-mixed); the checkpoint evaluates on the CPU alike."""
-    import sys
     from pathlib import Path
 
     from medmoe.engine import TrainConfig, evaluate, load_checkpoint, train_one_fold
     from medmoe.engine.trainer import _resolve_precision
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "engine"))  # undone after the test
     from engine_synthetic import TINY_ABMIL, synthetic_bags
 
     assert _resolve_precision("auto", "cuda") in ("bf16-mixed", "16-mixed")

@@ -45,7 +45,16 @@ import time
 from typing import Any
 
 import torch
-from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_peak_mib, cuda_peak_start, gpu_line, sync
+from _timing import (
+    CUDA_PEAK_NOTE,
+    DEVICE_HELP,
+    check_device,
+    cuda_peak_mib,
+    cuda_peak_start,
+    gpu_line,
+    is_cuda,
+    sync,
+)
 from torch import nn
 
 from medmoe.bench.references import import_lin_mil
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1 or min(sizes) < 1:
         parser.error("--reps and --sizes must be positive")
     device = check_device(parser, args.device)
-    cuda = device.startswith("cuda")
+    cuda = is_cuda(device)
     try:
         lin_mil = import_lin_mil()
     except ImportError:

@@ -34,6 +34,7 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
             queue: mp.Queue) -> None:
     import torch
 
+    from medmoe.bench.device import is_cuda
     from medmoe.engine.seg_inference import sliding_window_logits
     from medmoe.models.seg import create_seg_model
 
@@ -41,7 +42,7 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
         torch.manual_seed(0)
         model = create_seg_model(name, in_channels=1, num_classes=classes).to(device)
         params = sum(p.numel() for p in model.parameters())
-        cuda = device.startswith("cuda")
+        cuda = is_cuda(device)
 
         def sync() -> None:
             if cuda:

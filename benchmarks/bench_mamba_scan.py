@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_timed_steps, gpu_line
+from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_timed_steps, gpu_line, is_cuda
 
 IMPLS = ("mambapy", "medmoe")
 
@@ -86,7 +86,7 @@ def run_case(
             t.grad = None
         fn().square().mean().backward()
 
-    if device.startswith("cuda"):
+    if is_cuda(device):
 
         def zero_grad() -> None:
             for t in inputs:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    cuda = check_device(parser, args.device).startswith("cuda")
+    cuda = is_cuda(check_device(parser, args.device))
     import torch
 
     if cuda:

@@ -57,7 +57,7 @@ import sys
 import time
 from typing import Any
 
-from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_timed_steps, gpu_line
+from _timing import CUDA_PEAK_NOTE, DEVICE_HELP, check_device, cuda_timed_steps, gpu_line, is_cuda
 
 CONFIGS = {"base": "linear", "base_mammoth": "mammoth"}
 EMBEDS = ("linear", "mammoth")
@@ -98,7 +98,7 @@ def run_case(name: str, n: int, reps: int, threads: int, seed: int, device: str 
 
     import medmoe
 
-    cuda = device.startswith("cuda")
+    cuda = is_cuda(device)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if cuda and mem_limit_gib is not None:
@@ -196,7 +196,7 @@ def run_in_subprocess(name: str, n: int, args: argparse.Namespace) -> dict[str, 
            "--mem-limit-gib", str(args.mem_limit_gib)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     # CUDA maps a huge virtual address space: no RLIMIT_AS there, the child caps the GPU memory instead
-    limit = None if args.device.startswith("cuda") else _limit_memory(args.mem_limit_gib)
+    limit = None if is_cuda(args.device) else _limit_memory(args.mem_limit_gib)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False,
                               preexec_fn=limit)
@@ -288,7 +288,7 @@ def main() -> None:
                                              args.seed, args.device, args.mem_limit_gib)) + "\n")
         return
 
-    cuda = check_device(parser, args.device).startswith("cuda")
+    cuda = is_cuda(check_device(parser, args.device))
     import torch
 
     if args.mem_limit_gib is None:

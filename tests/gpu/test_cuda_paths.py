@@ -164,12 +164,12 @@ def test_mil_trainer_on_cuda_learns_and_its_checkpoint_runs_on_cpu(tmp_path, mon
     from pathlib import Path
 
     from medmoe.engine import TrainConfig, evaluate, load_checkpoint, train_one_fold
-    from medmoe.engine.trainer import _resolve_precision
+    from medmoe.engine.precision import resolve_precision
 
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "engine"))  # undone after the test
     from engine_synthetic import TINY_ABMIL, synthetic_bags
 
-    assert _resolve_precision("auto", "cuda") in ("bf16-mixed", "16-mixed")
+    assert resolve_precision("auto", "cuda") in ("bf16-mixed", "16-mixed")
     train, val, test = synthetic_bags(48, seed=0), synthetic_bags(24, seed=1), synthetic_bags(24, seed=2)
     cfg = TrainConfig(epochs=6, lr=5e-3, min_epochs=1, patience=None, progress=False, accelerator="cuda")
     res = train_one_fold("abmil.base_mammoth", train, val, test, cfg, tmp_path, TINY_ABMIL)

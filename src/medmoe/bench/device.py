@@ -29,6 +29,7 @@ def check_device(parser: argparse.ArgumentParser, device: str) -> str:
 
 
 def is_cuda(device: str) -> bool:
+    """Whether a ``--device`` value (``cuda`` or ``cuda:N``) names a CUDA device."""
     return device.startswith("cuda")
 
 

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from .device import check_device, cuda_timed_steps
+from .device import check_device, cuda_timed_steps, is_cuda
 
 LAYERS = ("reference", "medmoe", "linear")
 
@@ -45,7 +45,7 @@ def run_case(layer: str, n: int, reps: int, threads: int, device: str = "cpu") -
     """Runs inside the subprocess: build the layer, time forward+backward, measure peak memory."""
     import torch
 
-    cuda = device.startswith("cuda")
+    cuda = is_cuda(device)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = {"num_experts": 30, "num_slots": 10, "num_heads": 16, "slot_dim": 256, "keep_slots": True, "dropout": 0.0}
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     check_device(parser, args.device)
     import torch
 
-    if args.device.startswith("cuda"):
+    if is_cuda(args.device):
         dev = torch.device(args.device)
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         total_gib = torch.cuda.get_device_properties(index).total_memory / 2**30

@@ -21,9 +21,10 @@ def mammoth(
     """Mammoth (medmoe) vs mammoth-moe vs nn.Linear(1024, 512): forward+backward time and peak memory."""
     import torch
 
+    from ..bench.device import is_cuda
     from ..bench.mammoth_layers import main
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if is_cuda(device) and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available here (torch.cuda.is_available() is False)", param_hint="--device")
     argv = ["--sizes", *map(str, sizes), "--reps", str(reps), "--threads", str(threads), "--device", device]
     if memory_budget_gib is not None:

@@ -58,6 +58,7 @@ from .checkpoint import (
 from .medmnist_metrics import TaskMetrics, evaluate_scores
 from .mosaic_report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
 from .optim import make_adamw
+from .precision import resolve_precision
 from .run_logging import training_progress, write_history_csv
 
 __all__ = [
@@ -488,14 +489,6 @@ class MosaicResult:
         return mean_accuracies(metrics or {}, dims)
 
 
-def _resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
-    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 def _metrics_json(metrics: Mapping[str, TaskMetrics] | None) -> dict[str, Any] | None:
     if metrics is None:
         return None
@@ -544,7 +537,7 @@ def train_mosaic(
         from lightning_fabric import Fabric
 
         fabric = Fabric(accelerator=cfg.accelerator, devices=1,
-                        precision=_resolve_precision(cfg.precision, cfg.accelerator))  # type: ignore[arg-type]
+                        precision=resolve_precision(cfg.precision, cfg.accelerator))  # type: ignore[arg-type]
         fabric.launch()
 
     model = MosaicModel(model_config)

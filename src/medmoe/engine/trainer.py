@@ -80,6 +80,7 @@ from .config import TrainConfig, resolve_monitor
 from .metrics import compute_metrics
 from .multilabel import check_multilabel_set, multilabel_loss, multilabel_metrics, positive_weights
 from .optim import make_adamw
+from .precision import resolve_precision
 from .run_logging import training_progress, write_history_csv
 from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
 from .survival import survival_metrics as _survival_metrics
@@ -234,15 +235,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
-    use_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
-    if use_cuda and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 _FABRICS: dict[tuple[Any, ...], Any] = {}
 
 
@@ -263,7 +255,7 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
         raise ImportError(
             "the medmoe trainer needs lightning-fabric; install the MIL extra: pip install 'medmoe[mil]'"
         ) from err
-    precision = _resolve_precision(cfg.precision, cfg.accelerator)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
     key = (cfg.accelerator, cfg.devices, cfg.strategy, precision)
     if key in _FABRICS:
         return _FABRICS[key]

@@ -34,7 +34,7 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
             queue: mp.Queue) -> None:
     import torch
 
-    from medmoe.bench.device import is_cuda
+    from medmoe.bench.device import is_cuda, sync
     from medmoe.engine.seg_inference import sliding_window_logits
     from medmoe.models.seg import create_seg_model
 
@@ -43,10 +43,6 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
         model = create_seg_model(name, in_channels=1, num_classes=classes).to(device)
         params = sum(p.numel() for p in model.parameters())
         cuda = is_cuda(device)
-
-        def sync() -> None:
-            if cuda:
-                torch.cuda.synchronize()
 
         if task == "train":
             model.train()
@@ -66,12 +62,12 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         run()  # warm-up
-        sync()
+        sync(device)
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
             run()
-            sync()
+            sync(device)
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb() - base
         queue.put({"model": name, "task": task, "params_M": params / 1e6, "seconds": statistics.median(times),

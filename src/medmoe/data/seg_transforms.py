@@ -9,7 +9,11 @@ they always agree on orientation, spacing and intensity normalisation:
 * **intensity** (by ``modality``; the CT window is never applied to other modalities):
 
   - ``"ct"``: ``ScaleIntensityRanged(ct_window -> [0, 1], clip)`` (default window -175..250 HU);
-  - ``"mri"``: clip each channel to its ``percentiles`` then z-score it (mean 0, std 1 over the volume);
+  - ``"mri"``: clip each channel to its ``percentiles`` then z-score it. With ``mri_stats="foreground"``
+    (default, nnU-Net's rule) percentiles, mean and std are computed over the foreground (voxels non-zero
+    in any channel) and the background is set to 0, so a crop with more background gets the same values
+    for the same tissue (:mod:`medmoe.data.foreground_intensity`); ``mri_stats="volume"`` uses the whole
+    volume, background included (medmoe before issue 27: wrong as soon as fields of view differ);
   - ``"other"`` (microscopy, ultrasound, ...): percentile scaling of each channel to ``[0, 1]``.
 
 * **training crops**: ``SpatialPadd`` to ``roi_size`` (a volume smaller than the ROI is zero-padded,
@@ -30,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "MODALITIES",
+    "MRI_STATS",
     "SegTransformConfig",
     "build_inference_transforms",
     "build_train_transforms",
@@ -39,6 +44,7 @@ __all__ = [
 ]
 
 MODALITIES = ("ct", "mri", "other")
+MRI_STATS = ("foreground", "volume")
 
 
 @dataclass
@@ -55,6 +61,8 @@ class SegTransformConfig:
         pos, neg: foreground:background ratio of crop centres.
         num_samples: crops drawn per loaded volume.
         augment: random flips/rotations/intensity augmentation during training.
+        mri_stats: ``"foreground"`` (statistics over the non-zero voxels, background -> 0; default) or
+            ``"volume"`` (statistics over the whole volume) for MRI.
     """
 
     modality: str = "mri"
@@ -67,6 +75,7 @@ class SegTransformConfig:
     neg: float = 1.0
     num_samples: int = 2
     augment: bool = True
+    mri_stats: str = "foreground"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +97,8 @@ class SegTransformConfig:
         plo, phi = self.percentiles
         if not 0 <= plo < phi <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.mri_stats not in MRI_STATS:
+            raise ValueError(f"mri_stats must be one of {MRI_STATS}, got {self.mri_stats!r}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.pos < 0 or self.neg < 0 or self.pos + self.neg == 0:
@@ -133,6 +144,10 @@ def _intensity(cfg: SegTransformConfig) -> list[Any]:
     if cfg.modality == "ct":
         a_min, a_max = cfg.ct_window
         return [T.ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
+    if cfg.modality == "mri" and cfg.mri_stats == "foreground":
+        from .foreground_intensity import ForegroundNormalized
+
+        return [ForegroundNormalized(keys="image", percentiles=(lo, hi))]
     if cfg.modality == "mri":
         return [
             T.ScaleIntensityRangePercentilesd(

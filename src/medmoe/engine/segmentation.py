@@ -316,6 +316,8 @@ def load_seg_checkpoint(directory: str | Path, map_location: str | torch.device 
 def transform_config_from_info(info: dict[str, Any]) -> SegTransformConfig:
     """The :class:`SegTransformConfig` stored in a checkpoint's info dict."""
     raw = dict(info["transform_config"])
+    # checkpoints written before ``mri_stats`` existed were trained with whole-volume MRI statistics
+    raw.setdefault("mri_stats", "volume")
     for key in ("ct_window", "percentiles", "roi_size"):
         if raw.get(key) is not None:
             raw[key] = tuple(raw[key])

@@ -3,6 +3,7 @@
 * :class:`MambaHoME`, :class:`MambaHoMEConfig` (presets ``paper`` and ``tiny``) — :mod:`.mamba_home`.
 * :func:`create_seg_model`, :func:`list_seg_models`, :func:`seg_model_from_config`, :class:`MonaiSegNet`
   (UNet, SegResNet, SwinUNETR) — :mod:`.baselines`.
+* :class:`NearestClassMean` — the per-voxel nearest-class-mean intensity floor — :mod:`.nearest_class_mean`.
 
 Needs the ``seg`` extra (``monai``).
 """
@@ -16,6 +17,7 @@ from .baselines import (
     seg_model_from_config,
 )
 from .mamba_home import MAMBA_HOME_PRESETS, MambaHoME, MambaHoMEConfig, MambaHoMEEncoder, MambaHoMEStage
+from .nearest_class_mean import NearestClassMean
 
 __all__ = [
     "MAMBA_HOME_PRESETS",
@@ -26,6 +28,7 @@ __all__ = [
     "MambaHoMEStage",
     "MonaiSegNet",
     "MonaiSegNetConfig",
+    "NearestClassMean",
     "create_seg_model",
     "list_seg_models",
     "seg_model_from_config",

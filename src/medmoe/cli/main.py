@@ -6,13 +6,70 @@ import logging
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from . import bench, demo, doctor, mil
 from . import mosaic as mosaic_cli
 from . import report as report_cli
 from . import seg as seg_cli
+from .error_report import leaf_context, report_error
+
+
+def _is_cli_signal(err: BaseException) -> bool:
+    """typer/click's own control flow (exit, abort, usage errors): left to the command-line machinery."""
+    from typer.exceptions import TyperException
+
+    return isinstance(err, (typer.Exit, typer.Abort, TyperException))
+
+
+class MedmoeGroup(TyperGroup):
+    """The ``medmoe`` command group: every failure ends in one ``error:`` line and a meaningful exit code.
+
+    * An exception a command did not handle is reported by :func:`~medmoe.cli.error_report.report_error`:
+      expected errors exit 2 in one line, internal ones exit 1 as a bug (traceback with ``-vv``).
+    * Usage errors (a bad option value, a missing argument) print the usage line, the help hint and one
+      ``error:`` line, exit 2 (instead of a framed multi-line panel).
+    """
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            if _is_cli_signal(err):
+                raise
+            report_error(err, leaf_context(err.__traceback__) or ctx)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        from typer._click.exceptions import ClickException
+
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except ClickException as err:
+            _show_usage_error(err)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _show_usage_error(err: Exception) -> None:
+    """Usage line, help hint and one ``error:`` line for a click usage error (nothing for a bare ``medmoe``)."""
+    if type(err).__name__ == "NoArgsIsHelpError":  # the help was printed already
+        return
+    ctx = getattr(err, "ctx", None)
+    if ctx is not None:
+        typer.echo(ctx.get_usage(), err=True)
+        if ctx.command.get_help_option(ctx) is not None:
+            typer.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+    message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+    typer.secho(f"error: {message}", fg="red", err=True)
+
 
 app = typer.Typer(
+    cls=MedmoeGroup,
     name="medmoe",
     help="Expert routing and long-sequence models for medical imaging.",
     no_args_is_help=True,
@@ -88,6 +145,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", help="Print the medmoe version and exit.", is_eager=True, callback=_print_version
     ),
@@ -101,6 +159,7 @@ def _root(
     ),
 ) -> None:
     """Expert routing and long-sequence models for medical imaging."""
+    ctx.meta["medmoe.verbose"] = verbose
     configure_logging(verbose, quiet)
     if plugins:
         import os

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
-from .common import fail, parse_overrides
+from .common import config_keys, fail, parse_overrides, read_config_file, unknown_config_keys_text
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
@@ -123,24 +122,11 @@ def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Pat
     ``time-col: months``, ``set: [embed_dim=128]``) used as defaults; options on the command line win."""
     if not value:
         return value
-    try:
-        data = yaml.safe_load(Path(value).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise typer.BadParameter(f"cannot read config file {value}: {err}") from err
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"config file {value} must hold a mapping of option: value")
-    names: dict[str, str] = {}
-    for p in ctx.command.params:
-        if p.name in (None, "config"):
-            continue
-        names[p.name] = p.name
-        for opt in getattr(p, "opts", []):
-            names[opt.lstrip("-").replace("-", "_")] = p.name
-    unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in names)
+    data = read_config_file(value)
+    names = config_keys(ctx.command)
+    unknown = [str(k) for k in data if str(k).replace("-", "_") not in names]
     if unknown:
-        raise typer.BadParameter(
-            f"config file {value}: unknown option(s) {unknown}; valid: {sorted(set(names.values()))}"
-        )
+        raise typer.BadParameter(unknown_config_keys_text(value, unknown, ctx.command), param_hint="'--config'")
     defaults = {names[str(k).replace("-", "_")]: v for k, v in data.items()}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value

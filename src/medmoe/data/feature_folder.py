@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .bags import Bag, BagDataset
 from .splits import Split, split_from_column
 
@@ -763,10 +764,10 @@ class FeatureFolderBags(BagDataset):
             bad = None if bool(torch.isfinite(f.sum())) else ~torch.isfinite(f)
             if bad is not None and bad.any():
                 if self.nonfinite == "error":
-                    raise ValueError(
+                    raise InputError(
                         f"slide {sid!r} ({path}) has {int(bad.sum())} NaN/inf feature values in "
                         f"{int(bad.any(1).sum())} patch(es); re-extract it, drop it from the labels CSV, or "
-                        "pass nonfinite='zero'"
+                        "pass {nonfinite}", nonfinite="zero"
                     )
                 warnings.warn(
                     f"slide {sid!r}: replaced {int(bad.sum())} NaN/inf feature values by 0",

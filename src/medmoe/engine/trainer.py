@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.bags import Standardize, SubsampledCollate, collate_bags, feature_mean_std
+from ..errors import SETTING, InputError
 from ..nn.dropout import fast_dropout
 from ..registry import create_model
 from .checkpoint import (
@@ -811,10 +812,10 @@ def train_one_fold(
     if resume and state_path.is_file():
         state = last_state = load_trainer_state(state_path)
         if _resume_signature(state.get("signature")) != _resume_signature(run_signature):
-            raise ValueError(
+            raise InputError(
                 f"{state_path} belongs to a run with different settings (model, overrides, train config, "
-                "training bags or number of devices); resume with the same settings, use another out_dir, "
-                "or pass resume=False to start over"
+                "training bags or number of devices); resume with the same settings, use another {out_dir}, "
+                "or start over with {overwrite}", out_dir=SETTING, overwrite=True
             )
         complete = bool(state.get("complete", False))  # a finished run's slim state: no weights
         if not complete:

@@ -106,11 +106,22 @@ class ModelEntry:
             return dict(self.configs[config])
         packaged = _read_packaged_config(self.name, config)
         if packaged is None:
+            renamed = RENAMED_CONFIGS.get(f"{self.name}.{config}")
+            if renamed is not None:
+                raise ValueError(f"{self.name}.{config} was renamed: {renamed}")
             raise ValueError(
                 f"model {self.name!r} has no config {config!r}; available: {self.config_names()}"
             )
         return packaged
 
+
+#: Config names that no longer exist, and what to use (issue 24: a name that exists in MIL-Lab or the MAMMOTH
+#: fork builds that model; medmoe's own variants got names of their own).
+RENAMED_CONFIGS: dict[str, str] = {
+    "clam.base_svm": "MIL-Lab's CLAM with the smooth top-1 SVM instance loss is now clam.base "
+                     "(the cross-entropy CLAM is clam.base_ce)",
+    "rrt.base_millab": "MIL-Lab's RRT is now rrt.base (the paper's RRT is rrt.base_paper)",
+}
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}

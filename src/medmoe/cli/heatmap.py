@@ -120,6 +120,8 @@ def heatmap(
         fail(err)
     files = summary["files"]
     n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
+    except OSError as err:  # e.g. --out is a file, or a read-only folder
+        fail(ValueError(f"cannot write the heatmaps to --out {out}: {err.strerror or err}"))
     if "risk" in summary:  # a survival model
         curve = ", ".join(f"{v:.3f}" for v in summary["survival"])
         typer.echo(f"{summary['num_patches']} patches; predicted risk {summary['risk']:.3f} (survival per time bin: "
@@ -137,10 +139,16 @@ def heatmap(
 
 
 def _slide_for(slides: Path | None, stem: str) -> Path | None:
-    """The slide in folder ``slides`` whose file stem is ``stem`` (None without a folder or a match)."""
+    """The slide in folder ``slides`` whose file stem is ``stem`` (None without a folder or a match); feature
+    files and tables are never taken for slides, so ``--slide`` may be the ``--features`` folder itself."""
+#: Files beside the slides that are never a slide image (feature files, tables, our own outputs).
+NOT_SLIDES = (".h5", ".pt", ".pth", ".csv", ".json", ".txt", ".md", ".npz", ".npy", ".yaml", ".yml")
+
+
     if slides is None:
         return None
-    matches = sorted(p for p in slides.iterdir() if p.is_file() and p.stem == stem)
+    matches = sorted(p for p in slides.iterdir()
+                     if p.stem == stem and p.suffix.lower() not in NOT_SLIDES and p.is_file())
     return matches[0] if matches else None
 
 
@@ -156,7 +164,8 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
     from ..data import read_feature_file
     from ..engine.heatmap_pipeline import slide_heatmaps
 
-    files = sorted(p for p in features.iterdir() if p.suffix in (".h5", ".pt"))
+    from ..data.feature_folder import feature_files
+    files = sorted(feature_files(features).values())  # refuses slide.h5 + slide.pt
     if not files:
         raise ValueError(f"no .h5 or .pt feature files in {features}")
     if slides is not None and not slides.is_dir():

@@ -88,33 +88,133 @@ def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | No
 
 
 def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
+def checkpoint_classes(info: dict[str, Any]) -> list[str]:
+    """The classes a classification checkpoint (its ``info``) predicts: its ``class_names``, else ``'0'``,
+    ``'1'``, ... up to its number of outputs."""
+    names = list(info.get("class_names") or [])
+    if names:
+        return [str(n) for n in names]
+    return [str(c) for c in range(int((info.get("model_config") or {}).get("num_classes") or 2))]
+
+
+def check_benchmark_classes(ds: Any, info: dict[str, Any], name: str) -> None:
+    """A benchmark scored by a classification checkpoint must have the checkpoint's classes (``ValueError``)."""
+    if info.get("task", "classification") != "classification":
+        raise ValueError(f"the benchmark {name!r} has one class label per bag, but the checkpoint is a "
+                         f"{info.get('task')} model; give --features and --labels with its columns")
+    ours, theirs = checkpoint_classes(info), [str(c) for c in ds.class_names]
+    if ours != theirs:
+        raise ValueError(f"the benchmark {name!r} has classes {theirs} but the checkpoint predicts {ours}; it was "
+                         "trained on other data: give --features and --labels of a cohort with its classes")
+
+
                       event_col: str = "event"):
     """``(bags, labelled)``: the bags of a feature folder for a checkpoint (its ``info``) to score: with a
-    labels CSV as in training (survival columns for a survival checkpoint), without one every ``.h5``/``.pt``
-    file as one bag of unknown outcome (placeholder label: the checkpoint's first class). A benchmark name
-    (``musk1``) instead of a folder gives that benchmark with its labels."""
-    if labels is not None:
-        survival = info.get("task") == "survival"
-        found = load_dataset(None, features, labels, survival=survival, time_col=time_col, event_col=event_col,
-                             label_cols=checkpoint_label_cols(info))
-        return found[1], True
+    labels CSV as in training (survival columns for a survival checkpoint, 0/1 columns for a multi-label one;
+    a classification CSV's labels mapped through the checkpoint's classes, so a cohort holding only some of
+    them keeps the model's numbering), without one every feature file as one bag of unknown outcome
+    (placeholder label: the checkpoint's first class). A benchmark name (``musk1``) instead of a folder gives
+    that benchmark with its labels (its classes must be the checkpoint's)."""
+    import csv
     import tempfile
 
-    from ..data import list_mil_benchmarks, load_mil_benchmark
+    from ..data import FeatureFolderBags, list_mil_benchmarks, load_mil_benchmark
+    from ..data.feature_folder import feature_files, trident_features_dir
+    from ..data.file_checks import describe_path, require_file, require_folder
 
-    if not Path(features).exists() and str(features).lower() in list_mil_benchmarks():
-        return load_mil_benchmark(str(features).lower()), True
-    if not Path(features).is_dir():
+    task = info.get("task", "classification")
+    folder = Path(features)
+    if labels is None and describe_path(folder) == "missing" and str(features).lower() in list_mil_benchmarks():
+        ds = load_mil_benchmark(str(features).lower())
+        check_benchmark_classes(ds, info, str(features).lower())
+        return ds, True
+    if describe_path(folder) == "missing":
         raise ValueError(f"feature folder {features} does not exist (nor is it a benchmark: "
                          f"{', '.join(list_mil_benchmarks())})")
-    stems = sorted({p.stem for p in Path(features).iterdir() if p.suffix in (".h5", ".pt")})
+    require_folder(folder, "feature folder")
+    if labels is not None:
+        require_file(labels, "--labels")
+        if task == "classification":
+            return FeatureFolderBags(folder, labels, class_names=checkpoint_classes(info)), True
+        found = load_dataset(None, folder, labels, survival=task == "survival", time_col=time_col,
+                             event_col=event_col, label_cols=checkpoint_label_cols(info))
+        return found[1], True
+    stems = sorted(feature_files(trident_features_dir(folder)))  # refuses slide.h5 + slide.pt
     if not stems:
         raise ValueError(f"no .h5 or .pt feature files in {features}")
-    first = (info.get("class_names") or ["0"])[0]
     with tempfile.TemporaryDirectory(prefix="medmoe-labels-") as tmp:
         placeholder = Path(tmp) / "labels.csv"
-        placeholder.write_text("slide_id,label\n" + "".join(f"{s},{first}\n" for s in stems))
-        return load_dataset(None, features, placeholder)[1], False
+        classes = checkpoint_classes(info) if task == "classification" else None
+        with placeholder.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["slide_id", "label"])
+            writer.writerows([s, classes[0] if classes else "0"] for s in stems)
+        return FeatureFolderBags(folder, placeholder, class_names=classes), False
+
+
+def _check_predictions_out(out: Path, features: Path, labels: Path | None, checkpoints: list[Path]) -> None:
+    """Refuse a ``predict --out`` that is a folder, not a file, or one of the command's own inputs (the
+    ``--labels`` CSV, a feature file, a checkpoint's file), or that cannot be written; checked before any
+    work, so nothing is computed for an output that would fail."""
+    import os
+    import tempfile
+
+    from ..data.feature_folder import FEATURE_SUFFIXES
+    from ..data.file_checks import describe_path
+
+    kind = describe_path(out)
+    if kind == "a folder":
+        raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+    if kind not in ("missing", "a regular file"):
+        raise ValueError(f"--out {out} is {kind}, not a file; give a CSV file name")
+    inputs: list[tuple[Path, str]] = []
+    if labels is not None:
+        inputs.append((Path(labels), "the --labels CSV"))
+    if Path(features).is_dir():
+        inputs += [(p, "a feature file") for p in Path(features).rglob("*") if p.suffix in FEATURE_SUFFIXES]
+    for ckpt in checkpoints:
+        inputs += [(p, f"a file of the checkpoint {ckpt}") for p in Path(ckpt).iterdir()]
+    if kind == "a regular file":
+        for path, what in inputs:
+            try:
+                same = os.path.samefile(out, path)
+            except OSError:
+                same = False
+            if same:
+                raise ValueError(f"--out {out} is {what}; predict would overwrite its own input: choose another --out")
+    elif out.suffix in FEATURE_SUFFIXES and Path(features).is_dir() and \
+            out.resolve().parent == Path(features).resolve():
+        raise ValueError(f"--out {out} would put a file that looks like a slide's features into the feature "
+                         f"folder {features}; write the predictions as .csv elsewhere")
+    parent = out.parent
+    while describe_path(parent) == "missing" and parent != parent.parent:
+        parent = parent.parent
+    if describe_path(parent) != "a folder":
+        raise ValueError(f"--out {out}: {parent} is {describe_path(parent)}, not a folder")
+    try:  # a probe: permissions, read-only or immutable folders, a full disk
+        fd, probe = tempfile.mkstemp(prefix=".medmoe-write-test-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write --out {out}: {parent} is not writable ({err.strerror or err}); "
+                         "choose another --out") from None
+
+
+def _write_predictions(frame: Any, out: Path) -> None:
+    """Write the CSV atomically (a temp file beside it, then a rename): a failure leaves no torn file."""
+    import os
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
@@ -300,15 +400,20 @@ def evaluate_checkpoint(
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
     from ..engine import evaluate, load_checkpoint
+    from ..engine.prediction import check_feature_dim
 
     try:
         model, info = load_checkpoint(checkpoint)
         survival = info.get("task") == "survival"
         multilabel = info.get("task") == "multilabel"
-        _, ds = load_dataset(dataset, features, labels, survival=survival, time_col=time_col, event_col=event_col,
-                             label_cols=checkpoint_label_cols(info))
-        if metrics_level not in ("bag", "group"):
-            raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
+        if dataset is not None:
+            _, ds = load_dataset(dataset, None, None, survival=survival, label_cols=checkpoint_label_cols(info))
+            check_benchmark_classes(ds, info, dataset)
+        else:
+            ds, _ = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
+        check_feature_dim(model.config.in_dim, ds.feature_dim,
+                          f"the slides of {features}" if features is not None else f"the benchmark {dataset}",
+                          checkpoint)
         result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
                           survival_bin_edges=info.get("survival_bin_edges") if survival else None,
                           metrics_level=metrics_level, multilabel=multilabel)
@@ -317,6 +422,13 @@ def evaluate_checkpoint(
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
 
 
+        if metrics_level not in ("bag", "group"):
+            raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
+        if (dataset is None) == (features is None):
+            raise ValueError("give either --dataset NAME or --features DIR (with --labels CSV)")
+        if features is not None and labels is None:
+            raise ValueError("--features needs --labels CSV to evaluate against (`medmoe mil predict` scores "
+                             "slides without labels)")
 @app.command("predict")
 def predict_checkpoint(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a `mil train` run folder: the ensemble "
@@ -339,16 +451,20 @@ def predict_checkpoint(
             frame = predict(checkpoints[0], ds, as_frame=True)
         else:
             frame = predict_ensemble(checkpoints, ds, as_frame=True)
-        if not labelled and "label" in frame:
-            frame["label"] = None  # no labels CSV: the outcome is unknown, not the placeholder class
+        if not labelled:  # no labels CSV: the outcome is unknown, not the placeholder class
+            for col in ("label", "label_name"):
+                if col in frame:
+                    frame[col] = None
+        _write_predictions(frame, out)
     except (ValueError, RuntimeError) as err:
         fail(err)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    except OSError as err:
+        fail(ValueError(f"cannot write --out {out}: {err.strerror or err}"))
     models = "" if len(checkpoints) == 1 else f" (ensemble of {len(checkpoints)} checkpoints)"
     typer.echo(f"wrote {len(frame)} predictions to {out}{models}")
 
 
+        _check_predictions_out(out, features, labels, checkpoints)
 @app.command("embed")
 def embed_checkpoint(
     checkpoint: Path = typer.Argument(..., help="One checkpoint folder (e.g. RUN/seed0/fold0/checkpoint)."),
@@ -387,6 +503,7 @@ def embed_checkpoint(
         if plot is not None:
             from ..viz.slide_embedding_map import plot_slide_embeddings
 
+        _check_predictions_out(out, features, labels, checkpoints)
             plot_slide_embeddings(emb.features, emb.labels, emb.class_names, plot, method=method,
                                   title=f"{emb.meta['model']}: {len(emb.bag_ids)} slides, {emb.dim}-d")
     except (ValueError, RuntimeError) as err:
@@ -407,6 +524,8 @@ def run_compare(
     from ..engine import compare
     from ..viz.comparison import plot_comparison
 
+    except OSError as err:
+        fail(ValueError(f"cannot write --out {out}: {err.strerror or err}"))
     loaded = dict(load_dataset(d, None, None) for d in datasets)
     loaded.update(folders or {})
     cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),

@@ -291,6 +291,12 @@ def build_model_from_info(info: dict[str, Any]) -> nn.Module:
             f"checkpoint config has settings {unknown} that {entry.config_cls.__name__} does not know; "
             f"was it written by a newer medmoe (checkpoint: {info.get('medmoe_version')})?"
         )
+    if "transform_config" in info:  # written by `seg train`: another family, loaded by load_seg_checkpoint
+        raise CheckpointError(f"this is a segmentation checkpoint ({name}), not a MIL one: apply it to volumes "
+                              "with `medmoe seg infer CHECKPOINT ...`")
+    if name == "mosaic":
+        raise CheckpointError("this is a MOSAIC checkpoint, not a MIL one: use `medmoe mosaic eval` or "
+                              "`medmoe mosaic predict`")
     model = entry.model_cls(entry.config_cls(**cfg_dict))
     model.model_name = name
     return model

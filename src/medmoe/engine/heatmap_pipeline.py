@@ -98,11 +98,9 @@ def infer_slide(
     if x.ndim != 2:
         raise ValueError(f"features must be (n, d), got shape {tuple(x.shape)}")
     in_dim = getattr(getattr(model, "config", None), "in_dim", x.shape[1])
-    if x.shape[1] != in_dim:
-        raise ValueError(
-            f"the model expects {in_dim}-d features but the slide's features are {x.shape[1]}-d; use features "
-            "from the encoder the model was trained on (the built-in extractor gives 128-d features)"
-        )
+    from .prediction import check_feature_dim
+
+    check_feature_dim(in_dim, x.shape[1], "the slide")
     x = _standardize(x, feature_stats).unsqueeze(0).to(device)
     was_training = model.training
     model.to(device).eval()

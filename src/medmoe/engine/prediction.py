@@ -20,7 +20,27 @@ from .checkpoint import load_checkpoint
 from .survival import risk_scores, survival_curves
 from .trainer import _infer, _with_stats
 
-__all__ = ["load_for_inference", "predict", "predict_ensemble", "run_checkpoints"]
+__all__ = ["check_feature_dim", "load_for_inference", "predict", "predict_ensemble", "run_checkpoints"]
+
+
+def check_feature_dim(expected: int, got: int, source: str, checkpoint: str | Path | None = None) -> None:
+    """The one message of eval, predict, embed and heatmap when features have another width than the model's.
+
+    Args:
+        expected: the model's ``in_dim``; ``got``: the features' ``d``.
+        source: what holds the features (``'the slides of DIR'``, ``'slide.h5'``).
+        checkpoint: named in the message when given.
+
+    Raises:
+        ValueError: ``got != expected``.
+    """
+    if int(got) == int(expected):
+        return
+    model = f"the checkpoint {checkpoint}" if checkpoint is not None else "the model"
+    raise ValueError(
+        f"{source} has {got}-d features but {model} expects {expected}-d: use features from the encoder the "
+        "model was trained with (the built-in extractor gives 128-d)"
+    )
 
 
 def load_for_inference(
@@ -29,15 +49,17 @@ def load_for_inference(
     """``(model, info)`` of a checkpoint, after checking that ``dataset`` has the feature size it expects."""
     model, info = load_checkpoint(checkpoint_dir, map_location=device)
     in_dim = model.config.in_dim
-    if getattr(dataset, "feature_dim", in_dim) != in_dim:
-        raise ValueError(
-            f"the checkpoint {checkpoint_dir} expects {in_dim}-d features but the dataset has "
-            f"{dataset.feature_dim}-d; use features from the same encoder as in training"
-        )
+    check_feature_dim(in_dim, getattr(dataset, "feature_dim", in_dim), _source(dataset), checkpoint_dir)
     return model, info
 
 
 def _outputs(
+def _source(dataset: Any) -> str:
+    """How the messages name a dataset's features: its feature folder, else ``'the dataset'``."""
+    folder = getattr(dataset, "features_dir", None)
+    return f"the slides of {folder}" if folder is not None else "the dataset"
+
+
     checkpoint_dir: str | Path, dataset: Any, batch_size: int, device: str | torch.device
 ) -> tuple[dict[str, Any], Tensor]:
     """The checkpoint's info and its float32 logits ``(n, C)`` on ``dataset`` (standardised with the
@@ -78,10 +100,13 @@ def _base_rows(dataset: Any, task: str) -> list[dict[str, Any]]:
         events = dataset.survival_events if known else [None] * len(dataset)
         return [{"bag_id": b, "time": t, "event": e} for b, t, e in zip(dataset.bag_ids, times, events)]
     labels = list(getattr(dataset, "labels", [None] * len(dataset)))
-    return [
-        {"bag_id": b, "label": None if y is None or int(y) < 0 else int(y)}
-        for b, y in zip(dataset.bag_ids, labels)
-    ]
+    names = list(getattr(dataset, "class_names", None) or [])
+    rows = []
+    for b, y in zip(dataset.bag_ids, labels):
+        known = y is not None and int(y) >= 0
+        name = names[int(y)] if known and int(y) < len(names) else (str(int(y)) if known else None)
+        rows.append({"bag_id": b, "label": int(y) if known else None, "label_name": name})
+    return rows
 
 
 def _class_names(info: dict[str, Any]) -> list[str]:
@@ -109,8 +134,9 @@ def predict(
 
     Returns:
         A list of dicts (or a pandas DataFrame with ``as_frame=True``), one per bag in dataset order:
-        ``bag_id``, ``label`` (the dataset's label; ``None`` when negative / unknown), ``pred`` (class
-        index), ``pred_name`` and ``prob_<class name>`` for every class. For a survival checkpoint:
+        ``bag_id``, ``label`` (the dataset's label index, in the checkpoint's classes when the dataset was
+        read with them; ``None`` when negative / unknown), ``label_name``, ``pred`` (class index),
+        ``pred_name`` and ``prob_<class name>`` for every class. For a survival checkpoint:
         ``bag_id``, ``time`` and ``event`` (when the dataset has them, else ``None``), ``risk``
         (``-sum_k S_k``, higher = earlier event) and ``survival_<k>`` = ``S_k``, the probability of
         surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``). For a

@@ -11,7 +11,14 @@ Labels CSV: columns ``slide_id`` and ``label`` are required, ``case_id`` (patien
 (``train``/``val``/``test``) are optional. ``slide_id`` may carry the slide's file extension
 (``TCGA-XX.svs``); it is matched to the feature file's stem. String labels are mapped to ints in sorted
 order (``class_names`` keeps the strings); integer labels are used as they are (``num_classes =
-max + 1``), unless ``label_map`` is given.
+max + 1``; they must run 0..C-1 without gaps), unless ``label_map`` is given. A column mixing numbers and
+names is refused, naming the odd values and their lines. Given a trained model's ``class_names``
+(evaluation, prediction), labels are mapped through those instead.
+
+One feature file per slide: a folder holding both ``slide.h5`` and ``slide.pt`` is refused (the two may
+come from different encoders; neither is chosen silently). Before an ``.h5`` is read, the declared size of
+its ``features`` is checked against what the file stores and against a quarter of the machine's memory
+(raise that limit with the environment variable ``MEDMOE_MAX_FEATURE_GB``).
 
 Survival CSVs (``time_col`` given): a follow-up time column and an event column (``event``: 1 = event
 observed, 0 = censored), or CLAM/PORPOISE's ``censorship`` column (1 = censored) when there is no event
@@ -50,11 +57,14 @@ from .bags import Bag, BagDataset
 from .splits import Split, split_from_column
 
 __all__ = [
+    "MAX_FEATURE_GB_ENV",
     "FeatureFileError",
     "FeatureFolderBags",
     "SyntheticFeatureFolder",
     "feature_file_shape",
+    "feature_files",
     "make_synthetic_feature_folder",
+    "max_feature_bytes",
     "read_feature_file",
     "trident_features_dir",
     "write_trident_h5",
@@ -119,6 +129,106 @@ def _h5_missing_key(path: Path, keys: Sequence[str]) -> FeatureFileError:
     )
 
 
+#: Environment variable that raises (or lowers) the largest feature array medmoe reads, in GB (1e9 bytes).
+MAX_FEATURE_GB_ENV = "MEDMOE_MAX_FEATURE_GB"
+
+
+def max_feature_bytes() -> int:
+    """The largest feature array (float32 bytes) one file may declare: ``$MEDMOE_MAX_FEATURE_GB`` GB when
+    set, else a quarter of the machine's physical memory (16 GB where that cannot be read)."""
+    raw = os.environ.get(MAX_FEATURE_GB_ENV, "").strip()
+    if raw:
+        try:
+            gb = float(raw)
+        except ValueError:
+            gb = float("nan")
+        if not gb > 0:
+            raise ValueError(f"{MAX_FEATURE_GB_ENV}={raw!r} must be a positive number of GB")
+        return int(gb * 1e9)
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platform without sysconf
+        return 16 * 10**9
+
+
+def _check_declared_size(path: Path, shape: tuple[int, ...], stored: int | None, compressed: bool) -> None:
+    """Refuse a feature array that is too large to read, or a (forged or truncated) HDF5 dataset whose
+    declared size its stored bytes cannot back, before anything is read.
+
+    Args:
+        shape: the declared shape; ``stored``: bytes the file really holds for it (``None``: unknown);
+        ``compressed``: the dataset is filtered (then ``stored`` may legitimately be smaller).
+    """
+    count = 1
+    for s in shape:
+        count *= int(s)
+    need = count * 4  # read as float32
+    limit = max_feature_bytes()
+    if need > limit:
+        raise FeatureFileError(
+            f"{path}: 'features' declares {' x '.join(map(str, shape))} values ({need / 1e9:.1f} GB as float32), "
+            f"more than the {limit / 1e9:.1f} GB limit (a quarter of this machine's memory); if the file is "
+            f"genuine, raise the limit with the environment variable {MAX_FEATURE_GB_ENV}=GB"
+        )
+    if stored is None or count == 0:
+        return
+    # Uncompressed data must be stored in full; real patch features never compress 100-fold.
+    backed = stored >= need // 2 if not compressed else stored * 100 >= need
+    if stored == 0 or not backed:
+        raise FeatureFileError(
+            f"{path}: 'features' declares {' x '.join(map(str, shape))} values ({need / 1e9:.3g} GB) but the file "
+            f"stores only {stored} bytes of them (truncated, unwritten or forged); re-extract it"
+        )
+
+
+def _h5_features(path: Path, f: Any) -> Any:
+    """The ``features`` dataset of an open HDF5 file, checked (a dataset, a sane declared size)."""
+    h5py = _require_h5py()
+    if "features" not in f:
+        raise _h5_missing_key(path, list(f.keys()))
+    ds = f["features"]
+    if not isinstance(ds, h5py.Dataset):
+        raise FeatureFileError(
+            f"{path}: 'features' is an HDF5 {type(ds).__name__.lower()} (holding {sorted(ds.keys())[:10]}), not a "
+            "dataset of shape (n, d); re-extract it with TRIDENT/CLAM"
+        )
+    shape = tuple(int(s) for s in ds.shape or ())
+    _squeeze_features(shape, path)
+    if ds.dtype.kind not in "fiu":
+        raise FeatureFileError(f"{path}: 'features' holds {ds.dtype} values, not numbers")
+    try:
+        stored: int | None = int(ds.id.get_storage_size())
+    except (RuntimeError, ValueError, OSError):  # pragma: no cover - exotic storage (external / virtual)
+        stored = None
+    if ds.is_virtual or ds.external:
+        stored = None
+    compressed = ds.compression is not None or bool(getattr(ds, "_filters", {}))
+    _check_declared_size(path, shape, stored, compressed)
+    return ds
+
+
+def _h5_coords(path: Path, f: Any, feats_shape: tuple[int, ...]) -> np.ndarray:
+    """The ``coords`` array, after checking (before reading) that it is a dataset of one x/y per patch."""
+    h5py = _require_h5py()
+    ds = f["coords"]
+    n = feats_shape[-2] if len(feats_shape) >= 2 else 0
+    shape = tuple(int(s) for s in getattr(ds, "shape", None) or ())
+    if not isinstance(ds, h5py.Dataset) or shape not in ((n, 2), (1, n, 2)):
+        what = f"shape {shape}" if isinstance(ds, h5py.Dataset) else f"an HDF5 {type(ds).__name__.lower()}"
+        raise FeatureFileError(f"{path}: 'coords' is {what}, expected ({n}, 2): one level-0 x/y per patch")
+    return ds[()]
+
+
+def _require_feature_file(path: Path) -> None:
+    """``FeatureFileError`` naming what ``path`` is unless it is a regular file."""
+    from .file_checks import require_file
+
+    try:
+        require_file(path, "feature file")
+    except ValueError as err:
+        raise FeatureFileError(str(err)) from None
+
+
 def _load_pt(path: Path, mmap: bool) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
@@ -147,17 +257,16 @@ def feature_file_shape(path: str | os.PathLike) -> tuple[int, int]:
         FeatureFileError: missing, unreadable or malformed file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"feature file {path} does not exist")
+    _require_feature_file(path)
     try:
         if path.suffix == ".h5":
             h5py = _require_h5py()
             with h5py.File(path, "r") as f:
-                if "features" not in f:
-                    raise _h5_missing_key(path, list(f.keys()))
-                return _squeeze_features(tuple(f["features"].shape), path)
+                return _squeeze_features(tuple(_h5_features(path, f).shape), path)
         feats, _ = _pt_features(_load_pt(path, mmap=True), path)
-        return _squeeze_features(tuple(feats.shape), path)
+        shape = _squeeze_features(tuple(feats.shape), path)
+        _check_declared_size(path, tuple(feats.shape), None, False)
+        return shape
     except FeatureFileError:
         raise
     except Exception as e:
@@ -178,17 +287,14 @@ def read_feature_file(
         FeatureFileError: missing, unreadable or malformed file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"feature file {path} does not exist")
+    _require_feature_file(path)
     attrs: dict[str, Any] = {}
     try:
         if path.suffix == ".h5":
             h5py = _require_h5py()
             with h5py.File(path, "r") as f:
-                if "features" not in f:
-                    raise _h5_missing_key(path, list(f.keys()))
-                feats_np = _h5_array(path, f["features"])
-                coords_np = f["coords"][()] if "coords" in f else None
+                feats_np = _h5_array(path, _h5_features(path, f))
+                coords_np = _h5_coords(path, f, feats_np.shape) if "coords" in f else None
                 if with_attrs:
                     attrs.update({k: _attr(v) for k, v in f.attrs.items()})
                     if "coords" in f:
@@ -197,6 +303,7 @@ def read_feature_file(
             coords = None if coords_np is None else torch.from_numpy(_native(coords_np))
         else:
             feats, coords = _pt_features(_load_pt(path, mmap=True), path)  # mapped, copy-on-write
+            _check_declared_size(path, tuple(feats.shape), None, False)
     except FeatureFileError:
         raise
     except Exception as e:
@@ -309,6 +416,28 @@ def write_trident_h5(
     return path
 
 
+def feature_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{slide id (file stem): path}`` of the feature files (``.h5``, ``.pt``, ``.pth``) in ``folder``.
+
+    Raises:
+        ValueError: two files for one slide (``slide.h5`` and ``slide.pt``): they may come from different
+            encoders or extraction runs, so neither is chosen silently; the message names them.
+    """
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix in FEATURE_SUFFIXES and not p.name.startswith("."):
+            by_stem[p.stem].append(p)
+    twice = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if twice:
+        listed = "; ".join(" and ".join(q.name for q in paths) for paths in list(twice.values())[:5])
+        more = f" (+{len(twice) - 5} more slides)" if len(twice) > 5 else ""
+        raise ValueError(
+            f"{folder}: {len(twice)} slide(s) have two feature files ({listed}{more}); they may come from "
+            "different encoders, so medmoe does not choose: move or delete one of each pair"
+        )
+    return {stem: paths[0] for stem, paths in by_stem.items()}
+
+
 def trident_features_dir(folder: str | os.PathLike) -> Path:
     """The folder of feature files under ``folder``: ``folder`` itself when it holds ``.h5``/``.pt`` files,
     else the one TRIDENT output folder below it (``<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/``, or
@@ -350,46 +479,127 @@ class _Entry:
     split: str | None
 
 
-def _parse_labels(
-    raw: list[str], label_map: Mapping[str, int] | None, csv: Path
+def _as_int(s: str) -> int | None:
+    """``'3'``, ``'3.0'`` -> 3; anything else (``'tumor'``, ``'2.5'``) -> None."""
+    try:
+        f = float(s)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() else None
+
+
+def _where(values: Sequence[str], raw: Sequence[str], slide_ids: Sequence[str] | None) -> str:
+    """``'7' (line 5: slide_004), 'banana' (line 9: slide_008)``: each odd value with its first rows
+    (CSV line numbers, the header being line 1)."""
+    parts = []
+    for v in list(values)[:10]:
+        rows = [i for i, r in enumerate(raw) if r == v]
+        shown = ", ".join(f"line {i + 2}" + (f": {slide_ids[i]}" if slide_ids else "") for i in rows[:3])
+        more = f" +{len(rows) - 3} more" if len(rows) > 3 else ""
+        parts.append(f"{v!r} ({shown}{more})")
+    extra = f" and {len(values) - 10} more" if len(values) > 10 else ""
+    return ", ".join(parts) + extra
+
+
+def _map_to_classes(
+    raw: list[str], class_names: Sequence[str], csv: Path, slide_ids: Sequence[str] | None
 ) -> tuple[list[int], list[str]]:
-    """Labels as ints plus class names (see the module docstring)."""
+    """Labels mapped through a trained model's ``class_names``: by name, or a number to the class whose name
+    is the same number (``'1.0'`` -> ``'1'``). Numbers against named classes (or names against numbered ones)
+    are ambiguous and raise, as does any value the model does not know."""
+    names = [str(c) for c in class_names]
+    index = {n: i for i, n in enumerate(names)}
+    numeric = {_as_int(n): i for i, n in enumerate(names) if _as_int(n) is not None}
+    out: list[int] = []
+    unknown: list[str] = []
+    for r in raw:
+        if r in index:
+            out.append(index[r])
+        elif _as_int(r) is not None and _as_int(r) in numeric:
+            out.append(numeric[_as_int(r)])  # type: ignore[index]
+        else:
+            out.append(-1)
+            if r not in unknown:
+                unknown.append(r)
+    if not unknown:
+        return out, names
+    shown = ", ".join(map(repr, names))
+    if all(_as_int(u) is not None for u in unknown) and not numeric:
+        raise ValueError(
+            f"{csv}: labels are numbers ({_where(unknown, raw, slide_ids)}) but the checkpoint's classes are named "
+            f"({shown}); a number could mean any of them, so write the class names in the label column"
+        )
+    if all(_as_int(u) is None for u in unknown) and len(numeric) == len(names):
+        raise ValueError(
+            f"{csv}: labels are names ({_where(unknown, raw, slide_ids)}) but the checkpoint was trained on numbered "
+            f"classes ({shown}); write the class numbers in the label column"
+        )
+    raise ValueError(
+        f"{csv}: label values the checkpoint does not know: {_where(unknown, raw, slide_ids)}; its classes are "
+        f"{shown}; fix or drop those rows"
+    )
+
+
+def _parse_labels(
+    raw: list[str],
+    label_map: Mapping[str, int] | None,
+    csv: Path,
+    slide_ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[list[int], list[str]]:
+    """Labels as ints plus class names (see the module docstring); with ``class_names`` (a trained model's
+    classes) the labels are mapped through them (:func:`_map_to_classes`)."""
+    if not raw:
+        raise ValueError(f"labels CSV {csv} has a header but no rows; add one row per slide")
+    if class_names is not None:
+        return _map_to_classes(raw, class_names, csv, slide_ids)
     if label_map is not None:
         lm = {str(k).strip(): int(v) for k, v in label_map.items()}
         unknown = sorted({r for r in raw if r not in lm})
         if unknown:
-            raise ValueError(f"{csv}: labels {unknown[:10]} are not in label_map; add them to label_map")
+            raise ValueError(
+                f"{csv}: labels not in label_map: {_where(unknown, raw, slide_ids)}; add them to label_map"
+            )
         num = max(lm.values()) + 1
         names = [str(c) for c in range(num)]
         for k, v in sorted(lm.items(), key=lambda kv: kv[0], reverse=True):
             names[v] = k
         return [lm[r] for r in raw], names
 
-    def as_int(s: str) -> int | None:
-        try:
-            f = float(s)
-        except ValueError:
-            return None
-        return int(f) if f.is_integer() else None
-
-    ints = [as_int(r) for r in raw]
-    if all(i is not None for i in ints):
-        vals = [int(i) for i in ints]  # type: ignore[arg-type]
-        if min(vals) < 0:
-            raise ValueError(f"{csv}: integer labels must be >= 0, got {min(vals)}")
-        num = max(vals) + 1
-        unused = sorted(set(range(num)) - set(vals))
-        if unused:
-            warnings.warn(
-                f"{csv}: integer labels {unused[:10]} in [0, {num}) never occur; num_classes={num} anyway "
-                "(pass label_map to renumber)",
-                UserWarning,
-                stacklevel=3,
-            )
-        return vals, [str(c) for c in range(num)]
-    names = sorted(set(raw))
-    index = {n: i for i, n in enumerate(names)}
-    return [index[r] for r in raw], names
+    ints = [_as_int(r) for r in raw]
+    numbers = sorted({r for r, i in zip(raw, ints) if i is not None})
+    words = sorted({r for r, i in zip(raw, ints) if i is None})
+    if numbers and words:  # a stray value: the minority kind is the odd one out
+        count_numbers = sum(i is not None for i in ints)
+        odd, kind, other = ((numbers, "numbers", words) if count_numbers <= len(raw) - count_numbers
+                            else (words, "names", numbers))
+        raise ValueError(
+            f"{csv}: the label column mixes class numbers and class names; the odd {kind} "
+            f"{_where(odd, raw, slide_ids)} stand among {', '.join(map(repr, other[:10]))}: fix or drop those rows"
+        )
+    if words:
+        names = sorted(set(raw))
+        index = {n: i for i, n in enumerate(names)}
+        return [index[r] for r in raw], names
+    vals = [int(i) for i in ints]  # type: ignore[arg-type]
+    negative = sorted({r for r, v in zip(raw, vals) if v < 0})
+    if negative:
+        raise ValueError(
+            f"{csv}: class numbers must be >= 0 (0, 1, ...); negative labels {_where(negative, raw, slide_ids)}"
+        )
+    num = max(vals) + 1
+    present = sorted(set(vals))
+    unused = sorted(set(range(num)) - set(vals))
+    if unused:
+        # classes 0..m are used contiguously; values above the first gap are the stray ones
+        first_gap = unused[0]
+        stray = sorted({r for r, v in zip(raw, vals) if v > first_gap}, key=lambda r: _as_int(r) or 0)
+        raise ValueError(
+            f"{csv}: class numbers must run 0..C-1 without gaps, but {unused[:10]} never occur; the labels above "
+            f"the gap are {_where(stray, raw, slide_ids)} (present: {present[:10]}): fix those rows, or "
+            "number the classes 0..C-1 (Python: pass label_map)"
+        )
+    return vals, [str(c) for c in range(num)]
 
 
 class FeatureFolderBags(BagDataset):
@@ -414,6 +624,9 @@ class FeatureFolderBags(BagDataset):
         event_col: event column of a survival CSV (1 = observed, 0 = censored); when the CSV lacks it
             but has ``censorship``, events are ``1 - censorship``.
         label_cols: several 0/1 columns: makes a multi-label dataset (see the module docstring).
+        class_names: the classes of a trained model (its checkpoint's ``class_names``): labels are mapped
+            through them, so an external cohort holding only some classes keeps the model's numbering. A
+            value the model does not know, or numbers against named classes (or the reverse), raise.
 
     Warns:
         UserWarning: CSV slides without a feature file, feature files without a CSV row, empty bags
@@ -439,7 +652,11 @@ class FeatureFolderBags(BagDataset):
         time_col: str | None = None,
         event_col: str = "event",
         label_cols: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
+        if class_names is not None and (label_map is not None or time_col is not None or label_cols is not None):
+            raise ValueError("class_names (a trained model's classes) cannot be combined with label_map, time_col "
+                             "or label_cols")
         if label_cols is not None:
             label_cols = [str(c).strip() for c in ([label_cols] if isinstance(label_cols, str) else label_cols)]
             if not label_cols or len(set(label_cols)) != len(label_cols):
@@ -462,15 +679,16 @@ class FeatureFolderBags(BagDataset):
         self._dim: int | None = None
         self._shapes: dict[str, tuple[int, int]] = {}
 
-        if not self.features_dir.is_dir():
-            raise ValueError(f"features_dir {str(self.features_dir)!r} is not a folder")
+        from .file_checks import require_folder
+
+        require_folder(self.features_dir, "feature folder")
         self.features_dir = trident_features_dir(self.features_dir)
         self._multilabel_rows: dict[str, tuple[int, ...]] = {}
         slide_ids, raw_labels, cases, splits_col, times = self._read_csv(
             slide_col, label_col, case_col, split_col, time_col, event_col, label_cols
         )
         if time_col is None:
-            labels, self._class_names = _parse_labels(raw_labels, label_map, self.labels_csv)
+            labels, self._class_names = _parse_labels(raw_labels, label_map, self.labels_csv, slide_ids, class_names)
         else:  # survival: the labels are the event indicators (0 censored, 1 event)
             labels, self._class_names = [int(r) for r in raw_labels], ["censored", "event"]
 
@@ -603,10 +821,14 @@ class FeatureFolderBags(BagDataset):
             import pandas as pd
         except ImportError as e:  # pragma: no cover
             raise ImportError("reading the labels CSV needs pandas: pip install 'medmoe[mil]'") from e
-        if not self.labels_csv.is_file():
-            raise ValueError(f"labels CSV {str(self.labels_csv)!r} does not exist")
+        from .file_checks import require_file
+
+        require_file(self.labels_csv, "labels CSV")
         try:
             df = pd.read_csv(self.labels_csv, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"labels CSV {self.labels_csv} is empty; it needs a header (slide_id,label) and one "
+                             "row per slide") from None
         except Exception as e:
             raise ValueError(f"cannot read labels CSV {self.labels_csv}: {e}") from e
         df.columns = [str(c).strip() for c in df.columns]
@@ -625,6 +847,8 @@ class FeatureFolderBags(BagDataset):
                 f"labels CSV {self.labels_csv} lacks column(s) {need}; it has {list(df.columns)}. "
                 f"Required: {', '.join(map(repr, required))}{alt}; optional: {case_col!r}, {split_col!r}"
             )
+        if len(df) == 0:
+            raise ValueError(f"labels CSV {self.labels_csv} has a header but no rows; add one row per slide")
         slide_ids = [s.strip() for s in df[slide_col].tolist()]
         raw = [s.strip() for s in df[label_col].tolist()]
         empty_id = [i for i, s in enumerate(slide_ids) if not s]
@@ -718,19 +942,7 @@ class FeatureFolderBags(BagDataset):
         return times
 
     def _scan_folder(self) -> dict[str, Path]:
-        files: dict[str, Path] = {}
-        for p in sorted(self.features_dir.iterdir()):
-            if p.suffix not in FEATURE_SUFFIXES or p.name.startswith("."):
-                continue
-            prev = files.get(p.stem)
-            if prev is not None:
-                if prev.suffix == ".h5":
-                    logger.debug("both %s and %s exist; using the .h5", prev, p)
-                    continue
-                if p.suffix != ".h5":
-                    continue
-            files[p.stem] = p
-        return files
+        return feature_files(self.features_dir)
 
     # --- dataset protocol ----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -38,8 +38,8 @@ def check_feature_dim(expected: int, got: int, source: str, checkpoint: str | Pa
         return
     model = f"the checkpoint {checkpoint}" if checkpoint is not None else "the model"
     raise ValueError(
-        f"{source} has {got}-d features but {model} expects {expected}-d: use features from the encoder the "
-        "model was trained with (the built-in extractor gives 128-d)"
+        f"{model} expects {expected}-d features but {source} has {got}-d ones: use features from the encoder "
+        "the model was trained with (the built-in extractor gives 128-d)"
     )
 
 

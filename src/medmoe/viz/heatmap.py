@@ -151,6 +151,35 @@ def _check_inside(c: np.ndarray, dims: tuple[int, int], patch_size_level0: float
         )
 
 
+#: The widest span of patch coordinates accepted without a slide, in level-0 pixels and in patch sides: the
+#: largest whole-slide images are about 200,000 px wide, so a wider span means a corrupt coordinate (drawn
+#: to scale, every real patch would shrink below one pixel and the map would come out blank).
+MAX_SPAN_PX = 1_000_000
+MAX_SPAN_PATCHES = 1000
+
+
+def _check_extent(c: np.ndarray, patch_size_level0: float) -> None:
+    """Refuse coordinates spanning more than any slide could (see :data:`MAX_SPAN_PX`), naming the
+    coordinates cut off from the others by the widest gap."""
+    limit = max(MAX_SPAN_PX, MAX_SPAN_PATCHES * float(patch_size_level0))
+    for axis, name in ((0, "x"), (1, "y")):
+        v = c[:, axis]
+        if v.max() - v.min() + patch_size_level0 <= limit:
+            continue
+        order = np.sort(np.unique(v))
+        cut = int(np.argmax(np.diff(order)))
+        low, high = v <= order[cut], v > order[cut]
+        odd = high if high.sum() <= low.sum() else low
+        rest = ~odd
+        i = int(np.flatnonzero(odd)[0])
+        raise ValueError(
+            f"{int(odd.sum())} of {len(c)} patch coordinates lie far outside the others on {name} (e.g. #{i} = "
+            f"({c[i, 0]:g}, {c[i, 1]:g}); the other {int(rest.sum())} span {name} = {v[rest].min():g}..{v[rest].max():g}): "
+            f"a span over {limit:g} level-0 px is larger than any slide; the feature file's coords are corrupt: "
+            "re-extract it, or drop those patches"
+        )
+
+
 def make_canvas(
     coords: Any,
     patch_size_level0: float,
@@ -164,7 +193,8 @@ def make_canvas(
 
     * ``slide`` given: its thumbnail (longer side ``max_size``); coords are checked against the slide.
     * ``thumbnail`` given (with ``downsample`` = level-0 px per thumbnail px): that image.
-    * neither: coordinates-only mode, a canvas just covering the patches (grey background later).
+    * neither: coordinates-only mode, a canvas just covering the patches (grey background later); coords
+      spanning more than any slide (:data:`MAX_SPAN_PX`) raise a ``ValueError`` naming the odd ones.
     """
     c = _check_inputs(coords, None, patch_size_level0)
     if slide is not None:
@@ -182,6 +212,7 @@ def make_canvas(
         _check_inside(c, (math.ceil(w * downsample), math.ceil(h * downsample)), patch_size_level0,
                       "thumbnail")
         return HeatmapCanvas((h, w), float(downsample), np.ascontiguousarray(image[..., :3]).astype(np.uint8))
+    _check_extent(c, patch_size_level0)
     x0, y0 = c[:, 0].min(), c[:, 1].min()
     x1, y1 = c[:, 0].max() + patch_size_level0, c[:, 1].max() + patch_size_level0
     # a small margin of half a patch around the tissue

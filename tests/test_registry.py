@@ -72,6 +72,85 @@ def test_every_model_has_base_and_base_mammoth():
         assert f"{m}.base" in names and f"{m}.base_mammoth" in names, m
 
 
+MAMMOTH_ARGS = {"num_experts": 30, "num_slots": 10, "num_heads": 16, "slot_dim": 256, "share_lora_weights": True,
+                 "dropout": 0.1, "auto_rank": True, "keep_slots": True}
+#: Every ``<model>/<config>.yaml`` of MIL-Lab main (dfc3c17) and the MAMMOTH fork's ``millab/`` (d704342), with
+#: values transcribed from those files (medmoe field names). ``abmil/tiny.yaml`` is empty in both and is left
+#: out. ``None`` as the Mammoth arguments means a linear patch embedding.
+REFERENCE_CONFIGS = {
+    "abmil.base": ({"gate": True, "embed_dim": 512, "attn_dim": 384, "dropout": 0.25}, None),
+    "clam.base": ({"instance_loss_fn": "svm", "subtyping": False, "k_sample": 8, "bag_weight": 0.7}, None),
+    "clam.base_ce": ({"instance_loss_fn": "ce", "subtyping": False}, None),
+    "clam.base_subtyping": ({"instance_loss_fn": "svm", "subtyping": True}, None),
+    "clam.base_ce_subtyping": ({"instance_loss_fn": "ce", "subtyping": True}, None),
+    "dftd.base": ({"distill": "MaxMinS", "num_group": 8, "total_instance": 4, "bag_weight": 0.7,
+                   "attention_dim": 128, "num_residuals": 4}, None),
+    "dftd.base_afs": ({"distill": "AFS", "bag_weight": 0.5}, None),
+    "dsmil.base": ({"embed_dim": 512, "attn_dim": 384, "dropout": 0.25, "dropout_v": 0.0}, None),
+    "ilra.base": ({"embed_dim": 256, "num_attention_layers": 2, "num_heads": 8, "topk": 64}, None),
+    "rrt.base": ({"mil_lab_compat": True, "n_layers": 2, "n_heads": 8, "trans_dim": 64, "dropout": 0.25,
+                  "act": "relu", "pool": "attn"}, None),
+    "transformer.base": ({"num_attention_layers": 2, "num_heads": 8, "encoder_mlp_dim": 2048}, None),
+    "transmil.base": ({"num_attention_layers": 2, "num_heads": 4, "dropout": 0.25}, None),
+    "wikg.base": ({"topk": 4, "agg_type": "bi-interaction", "pool": "attn", "act": "leaky_relu"}, None),
+    "abmil.base_mammoth": ({"gate": True, "attn_dim": 384}, MAMMOTH_ARGS),
+    "clam.base_mammoth": ({"instance_loss_fn": "svm", "subtyping": False}, MAMMOTH_ARGS),
+    "dftd.base_mammoth": ({"distill": "MaxMinS", "bag_weight": 0.7}, MAMMOTH_ARGS),
+    "dsmil.base_mammoth": ({"attn_dim": 384}, MAMMOTH_ARGS),
+    # medmoe keeps its fix here (a written difference): the fork's slot_dim 256 = embed_dim 256 gives Mammoth
+    # rank 0 and crashes; medmoe uses slot_dim 128
+    "ilra.base_mammoth": ({"embed_dim": 256, "topk": 64}, {**MAMMOTH_ARGS, "slot_dim": 128}),
+    "rrt.base_mammoth": ({"mil_lab_compat": True, "n_layers": 2}, MAMMOTH_ARGS),
+    "transformer.base_mammoth": ({"num_attention_layers": 2, "encoder_mlp_dim": 2048}, MAMMOTH_ARGS),
+    "transmil.base_mammoth": ({"num_heads": 4}, MAMMOTH_ARGS),
+    "wikg.base_mammoth": ({"topk": 4, "agg_type": "bi-interaction"}, MAMMOTH_ARGS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CONFIGS))
+def test_reference_names_build_the_references_models(name):
+    """Same name, same model: every MIL-Lab / MAMMOTH-fork ``model.config`` builds that model."""
+    fields, mammoth = REFERENCE_CONFIGS[name]
+    model = medmoe.create_model(name)
+    config = model.config.to_dict()
+    assert {k: config[k] for k in fields} == fields
+    if mammoth is None:
+        assert config["patch_embed"] in ("linear", "none")  # ILRA has no patch embedding in MIL-Lab
+    else:
+        assert config["patch_embed"] == "mammoth" and config["patch_embed_args"] == mammoth
+        assert type(model.patch_embed).__name__ == "Mammoth"
+
+
+@pytest.mark.parametrize(
+    "name,loss",
+    [("clam.base", "svm"), ("clam.base_mammoth", "svm"), ("clam.base_ce", "ce"), ("clam.base_ce_mammoth", "ce")],
+)
+def test_clam_names_train_with_their_instance_loss(name, loss):
+    from medmoe.nn.losses import SmoothTop1SVM
+
+    small = {"num_experts": 2, "num_slots": 4, "num_heads": 4, "slot_dim": 8} if "mammoth" in name else {}
+    model = medmoe.create_model(name, in_dim=12, embed_dim=16, attention_dim=8, patch_embed_args=small)
+    assert isinstance(model.instance_loss_fn, SmoothTop1SVM if loss == "svm" else torch.nn.CrossEntropyLoss)
+    out = model(torch.randn(1, 10, 12), label=torch.tensor([1]))  # runs on CPU, SVM included
+    assert torch.isfinite(out.aux_loss)
+
+
+def test_medmoe_variants_have_their_own_names():
+    names = set(medmoe.list_models())
+    assert {"clam.base_ce_mammoth", "clam.base_mb", "rrt.base_paper", "rrt.base_paper_mammoth",
+            "meanmil.base_relu", "maxmil.base_relu"} <= names
+    assert not {"clam.base_svm", "rrt.base_millab"} & names  # renamed; they say so (test_renamed_names)
+    assert medmoe.create_model("rrt.base_paper").config.mil_lab_compat is False
+    assert medmoe.create_model("meanmil.base").config.act == "none"
+    assert medmoe.create_model("meanmil.base_relu").config.act == "relu"
+
+
+@pytest.mark.parametrize("old,new", [("clam.base_svm", "clam.base"), ("rrt.base_millab", "rrt.base")])
+def test_renamed_names(old, new):
+    with pytest.raises(ValueError, match=f"{old} was renamed.* {new} "):
+        medmoe.create_model(old)
+
+
 def test_register_a_model_from_outside_the_package():
     @dataclass
     class FirstConfig(MILConfig):

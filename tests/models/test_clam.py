@@ -21,8 +21,10 @@ def tiny(config: str = "base", num_classes: int = 3, **over):
     return medmoe.create_model(f"clam.{config}", num_classes=num_classes, **kw).eval()
 
 
-def hand_instance_loss(model, x: torch.Tensor, y: int, loss_fn=F.cross_entropy) -> torch.Tensor:
-    """Recompute one bag's instance loss from the definition."""
+def hand_instance_loss(model, x: torch.Tensor, y: int, loss_fn=None) -> torch.Tensor:
+    """Recompute one bag's instance loss from the definition (``loss_fn``: the model's config's by default)."""
+    if loss_fn is None:
+        loss_fn = F.cross_entropy if model.config.instance_loss_fn == "ce" else smooth_top1_svm_loss
     h = model.patch_embed(x)[0]  # (n, d)
     scores = model.global_attn.scores(h.unsqueeze(0))[0]  # (k, n)
     k = min(model.config.k_sample, h.shape[0])
@@ -40,7 +42,9 @@ def hand_instance_loss(model, x: torch.Tensor, y: int, loss_fn=F.cross_entropy) 
     return total / c_num if model.config.subtyping else total
 
 
-@pytest.mark.parametrize("config", ["base", "base_subtyping", "base_mb", "base_svm"])
+@pytest.mark.parametrize(
+    "config", ["base", "base_ce", "base_subtyping", "base_ce_subtyping", "base_mb"]
+)
 def test_instance_loss_uses_top_and_bottom_k(config: str) -> None:
     model = tiny(config)
     x = torch.randn(1, 9, IN_DIM)
@@ -114,12 +118,59 @@ def test_label_validation() -> None:
         CLAMConfig(bag_weight=1.5)
 
 
-def test_configs_match_milab() -> None:
-    assert medmoe.create_model("clam").config.instance_loss_fn == "ce"
-    svm = medmoe.create_model("clam.base_svm").config
-    assert (svm.instance_loss_fn, svm.k_sample, svm.bag_weight, svm.attention_dim) == ("svm", 8, 0.7, 384)
-    assert medmoe.create_model("clam.base_subtyping").config.subtyping is True
-    assert medmoe.create_model("clam.base_mb").config.multi_branch is True
+# MIL-Lab / MAMMOTH-fork names mean MIL-Lab's models; medmoe's own variants have their own names.
+CLAM_NAMES = [
+    # name, instance loss, subtyping, Mammoth patch embedding, multi-branch
+    ("base", "svm", False, False, False),  # MIL-Lab clam/base
+    ("base_ce", "ce", False, False, False),  # MIL-Lab clam/base_ce
+    ("base_subtyping", "svm", True, False, False),  # MIL-Lab clam/base_subtyping
+    ("base_ce_subtyping", "ce", True, False, False),  # MIL-Lab clam/base_ce_subtyping
+    ("base_mammoth", "svm", False, True, False),  # MAMMOTH fork clam/base_mammoth
+    ("base_ce_mammoth", "ce", False, True, False),  # medmoe's own
+    ("base_mb", "ce", False, False, True),  # medmoe's own (CLAM-MB)
+]
+
+
+@pytest.mark.parametrize("config,loss,subtyping,mammoth,multi_branch", CLAM_NAMES)
+def test_config_names_mean_mil_labs_models(config, loss, subtyping, mammoth, multi_branch) -> None:
+    model = medmoe.create_model(f"clam.{config}")
+    c = model.config
+    assert (c.instance_loss_fn, c.subtyping, c.multi_branch) == (loss, subtyping, multi_branch)
+    assert (c.k_sample, c.bag_weight, c.attention_dim, c.embed_dim, c.dropout, c.gate) == (8, 0.7, 384, 512, 0.25, True)
+    assert isinstance(model.instance_loss_fn, SmoothTop1SVM if loss == "svm" else torch.nn.CrossEntropyLoss)
+    assert type(model.patch_embed).__name__ == ("Mammoth" if mammoth else "MLPEmbed")
+    if mammoth:
+        args = c.patch_embed_args
+        assert (args["num_experts"], args["num_slots"], args["num_heads"], args["slot_dim"]) == (30, 10, 16, 256)
+
+
+def test_clam_default_and_config_class_default_are_the_svm_loss() -> None:
+    assert medmoe.create_model("clam").config.instance_loss_fn == "svm"
+    assert CLAMConfig().instance_loss_fn == "svm"  # MIL-Lab's CLAMConfig default
+
+
+def test_svm_and_ce_clam_differ_only_in_the_instance_loss() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 20, IN_DIM)
+    svm, ce = tiny("base"), tiny("base_ce")
+    svm.load_state_dict(ce.state_dict())
+    with torch.no_grad():
+        a, b = svm(x, label=torch.tensor([1])), ce(x, label=torch.tensor([1]))
+    torch.testing.assert_close(a.logits, b.logits)
+    assert not torch.allclose(a.extras["instance_loss"], b.extras["instance_loss"])
+    expected = hand_instance_loss(svm, x, 1, smooth_top1_svm_loss)
+    torch.testing.assert_close(a.extras["instance_loss"], expected)
+
+
+def test_label_without_return_attention_gives_the_instance_loss() -> None:
+    """MIL-Lab's CLAM raises KeyError('attention') here; medmoe computes the loss (a written difference)."""
+    out = tiny("base")(torch.randn(1, 9, IN_DIM), label=torch.tensor([0]), return_attention=False)
+    assert out.aux_loss is not None and out.attention is None
+
+
+def test_old_clam_name_says_what_it_became() -> None:
+    with pytest.raises(ValueError, match="clam.base_svm was renamed.*now clam.base"):
+        medmoe.create_model("clam.base_svm")
 
 
 # ---------------------------------------------------------------------- smooth top-1 SVM

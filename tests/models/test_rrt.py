@@ -140,16 +140,45 @@ def test_mil_lab_compat_mode_differs_from_the_paper_model() -> None:
         assert not torch.allclose(paper(x).logits, compat(x).logits)
 
 
-def test_base_millab_config_is_mil_labs_model() -> None:
-    model = create_model("rrt.base_millab", num_classes=2)
+def test_rrt_base_is_mil_labs_model() -> None:
+    """``rrt.base`` means what it means in MIL-Lab: 2 Nyström layers + attention pooling, no R-MSA/PPEG."""
+    model = create_model("rrt.base", num_classes=2)
     assert model.config.mil_lab_compat is True
     assert len(model.layers) == 2 and model.pos_embedding is None
+    assert not any(isinstance(m, (RegionInnerAttention, CrossRegionAttention)) for m in model.modules())
     att = model.layers[0].attn
+    assert isinstance(att, NystromAttention)
     assert (att.heads, att.dim_head, att.num_landmarks, att.to_out[1].p) == (8, 64, 256, 0.0)
     assert model.embed_dropout.p == pytest.approx(0.25)
+    assert isinstance(model.patch_embed[1], torch.nn.ReLU)  # Linear + ReLU, as MIL-Lab's patch_to_emb
     assert model.pool_fn.attention_a[0].bias is None  # DAttention: no biases, ReLU, no gate
-    paper = create_model("rrt.base", num_classes=2)
+
+
+def test_rrt_base_mammoth_is_mil_labs_model_with_mammoth() -> None:
+    """The MAMMOTH fork's ``rrt/base_mammoth``: MIL-Lab's RRT with Mammoth replacing Linear + ReLU."""
+    model = create_model("rrt.base_mammoth", num_classes=2)
+    assert model.config.mil_lab_compat is True and model.pos_embedding is None
+    assert all(isinstance(layer.attn, NystromAttention) for layer in model.layers)
+    assert type(model.patch_embed).__name__ == "Mammoth"
+    assert model.config.patch_embed_args["num_experts"] == 30 and model.config.patch_embed_args["keep_slots"]
+    assert model.embed_dropout.p == pytest.approx(0.25)
+
+
+def test_the_papers_rrt_has_its_own_names() -> None:
+    paper = create_model("rrt.base_paper", num_classes=2)
     assert paper.config.mil_lab_compat is False and paper.config.epeg and paper.config.cr_msa
+    assert paper.pos_embedding is not None
+    assert any(isinstance(m, RegionInnerAttention) for m in paper.modules())
+    assert any(isinstance(m, CrossRegionAttention) for m in paper.modules())
+    mammoth = create_model("rrt.base_paper_mammoth", num_classes=2)
+    assert mammoth.config.mil_lab_compat is False and type(mammoth.patch_embed).__name__ == "Mammoth"
+    paper_fields = {k: v for k, v in paper.config.to_dict().items() if not k.startswith("patch_embed")}
+    assert paper_fields == {k: v for k, v in mammoth.config.to_dict().items() if not k.startswith("patch_embed")}
+
+
+def test_old_rrt_name_says_what_it_became() -> None:
+    with pytest.raises(ValueError, match="rrt.base_millab was renamed.*now rrt.base"):
+        create_model("rrt.base_millab")
 
 
 def test_padded_batch_equals_bags_alone() -> None:

@@ -115,7 +115,7 @@ def test_clam_instance_loss_matches_torchmil() -> None:
     # torchmil calls inst_loss_fn(logits (m, 2), targets (m, 1) float); plug in a correct cross-entropy.
     ref.inst_loss_fn = _CrossEntropyColumnTarget()
     ours = medmoe.create_model(
-        "clam.base_subtyping", num_classes=2, in_dim=IN_DIM, embed_dim=EMBED, attention_dim=ATT, k_sample=3,
+        "clam.base_ce_subtyping", num_classes=2, in_dim=IN_DIM, embed_dim=EMBED, attention_dim=ATT, k_sample=3,
         dropout=0.0,
     ).eval()
     copy_linear(ours.patch_embed[0], ref.feat_ext[0])

@@ -3,13 +3,18 @@
 Registered once as ``clam``; the config field ``multi_branch`` picks the variant:
 
 * ``multi_branch=False`` (CLAM-SB, MIL-Lab's ``clam``): one gated attention branch and
-  ``Linear(embed_dim, C)``. Configs ``base`` (cross-entropy instance loss), ``base_svm`` (smooth top-1
-  SVM, MIL-Lab's ``clam/base``), ``base_subtyping``, ``base_mammoth``.
+  ``Linear(embed_dim, C)``. The configs carry MIL-Lab's names and meanings: ``base`` and
+  ``base_subtyping`` use the smooth top-1 SVM instance loss, ``base_ce`` and ``base_ce_subtyping``
+  cross-entropy; ``base_mammoth`` is the MAMMOTH fork's (SVM loss, Mammoth patch embedding) and
+  ``base_ce_mammoth`` medmoe's cross-entropy counterpart.
 * ``multi_branch=True`` (CLAM-MB, original CLAM repository): one attention branch and one
-  ``Linear(embed_dim, 1)`` bag classifier per class. Config ``base_mb``.
+  ``Linear(embed_dim, 1)`` bag classifier per class. Config ``base_mb`` (cross-entropy; medmoe's own name).
 
-Our ``base`` uses the cross-entropy instance loss (MIL-Lab's ``base_ce``) because it runs anywhere and
-is the common choice; MIL-Lab's ``base`` (SVM) is ``base_svm``. Both losses run on CPU and GPU here.
+The smooth top-1 SVM is written in-house (:class:`medmoe.nn.losses.SmoothTop1SVM`), so both losses run on
+CPU and GPU without MIL-Lab's CUDA-only ``smooth-topk`` dependency.
+
+Unlike MIL-Lab's CLAM, the forward pass does not need ``return_attention=True`` when a label is given
+(MIL-Lab raises ``KeyError: 'attention'`` then), and takes batches of bags through a mask.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ _INSTANCE_LOSSES = ("ce", "svm")
 
 @dataclass
 class CLAMConfig(MILConfig):
-    """CLAM hyper-parameters (MIL-Lab ``clam/base_ce`` defaults).
+    """CLAM hyper-parameters (MIL-Lab ``clam/base`` defaults: smooth top-1 SVM instance loss).
 
     Attributes:
         multi_branch: CLAM-MB (one attention branch + bag classifier per class) instead of CLAM-SB.
@@ -53,7 +58,7 @@ class CLAMConfig(MILConfig):
     attention_dim: int = 384
     k_sample: int = 8
     subtyping: bool = False
-    instance_loss_fn: str = "ce"
+    instance_loss_fn: str = "svm"
     bag_weight: float = 0.7
 
     def __post_init__(self) -> None:

@@ -1,7 +1,10 @@
 """MaxMIL — max pooling baseline from the MAMMOTH paper (not in MIL-Lab).
 
-``patch_embed (Linear(in_dim, 512) + ReLU, or Mammoth) -> element-wise max over tokens -> Linear(512, C)``.
-With Mammoth ``keep_slots`` the max runs over the slot tokens.
+``patch_embed (Linear(in_dim, 512), or Mammoth) -> element-wise max over tokens -> Linear(512, C)``: the
+MAMMOTH README's MeanMIL with max pooling (config ``maxmil.base``: a plain ``nn.Linear``, no activation);
+``maxmil.base_relu`` puts a ReLU after the linear layer (config field ``act``, see
+:class:`~medmoe.models.mil.meanmil.PoolMILConfig`). With Mammoth ``keep_slots`` the max runs over the slot
+tokens.
 """
 
 from __future__ import annotations

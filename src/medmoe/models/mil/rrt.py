@@ -1,6 +1,6 @@
 """RRT-MIL (Tang et al., CVPR 2024, "Feature re-embedding"): a re-embedding transformer before ABMIL pooling.
 
-Default (the paper's model, ``mil_lab_compat: false``)::
+The paper's model (``mil_lab_compat: false``, configs ``rrt.base_paper`` and ``rrt.base_paper_mammoth``)::
 
     h  = Dropout(patch_embed(x))                                         (t, d)
     R-MSA layers (n_layers - 1, or n_layers without CR-MSA):
@@ -16,11 +16,12 @@ Default (the paper's model, ``mil_lab_compat: false``)::
          are spread back to the tokens with min-max-normalised dispatch x softmax-over-k combine weights
     LN, attention pooling (Linear(d, 128), act, Linear(128, 1), no bias; softmax over tokens), Linear(d, C)
 
-MIL-Lab compatibility (``mil_lab_compat: true``, config ``rrt.base_millab``): MIL-Lab's ``rrt`` builds the
-region attention and the PPEG but never applies them; its model is ``n_layers`` pre-norm Nyström
-attention layers (heads ``n_heads``, dim_head ``trans_dim``, 256 landmarks, dropout 0 because
-``trans_dropout`` never reaches the layers), LayerNorm and the same attention pooling. That model is
-reproduced here without the unused modules.
+MIL-Lab's model (``mil_lab_compat: true``, configs ``rrt.base`` and ``rrt.base_mammoth``: MIL-Lab's and the
+MAMMOTH fork's names mean their model): MIL-Lab's ``rrt`` builds the region attention and the PPEG but
+never applies them; its model is ``n_layers`` pre-norm Nyström attention layers (heads ``n_heads``,
+dim_head ``trans_dim``, 256 landmarks, dropout 0 because ``trans_dropout`` never reaches the layers),
+LayerNorm and the same attention pooling. That model is reproduced here without the unused modules (loading a
+MIL-Lab checkpoint accounts for their keys).
 
 The grid, the regions, the PPEG padding and the Nyström landmarks depend on the bag length, so bags of a
 padded batch are processed one at a time on their real tokens (an unpadded batch runs at once).

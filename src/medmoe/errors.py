@@ -23,10 +23,20 @@ error with the flag its user types (``"lower --lr or use --precision 32-true"``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["SETTING", "InputError", "MedmoeError", "SizeLimitError", "python_setting", "render_message"]
+__all__ = [
+    "SETTING",
+    "InputError",
+    "MedmoeError",
+    "SizeLimitError",
+    "closest_names",
+    "did_you_mean",
+    "python_setting",
+    "render_message",
+]
 
 
 class _SettingName:
@@ -87,3 +97,21 @@ class InputError(MedmoeError, ValueError):
 
 class SizeLimitError(InputError):
     """Something declares a size (a model's parameters, a dataset's shape) beyond the memory medmoe allows."""
+
+
+def closest_names(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` names of ``choices`` closest to ``word`` (difflib; case-insensitive), best first."""
+    by_lower: dict[str, str] = {}
+    for choice in choices:
+        by_lower.setdefault(str(choice).lower(), str(choice))
+    found = difflib.get_close_matches(str(word).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[f] for f in found]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"did you mean 'abmil'?"`` / ``"did you mean 'abmil' (or 'maxmil')?"``, or ``""`` when nothing is close."""
+    close = closest_names(word, choices)
+    if not close:
+        return ""
+    more = f" (or {', '.join(repr(c) for c in close[1:])})" if close[1:] else ""
+    return f"did you mean {close[0]!r}{more}?"

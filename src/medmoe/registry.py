@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from .errors import InputError, did_you_mean
+
 __all__ = [
     "ENCODER_DIMS",
     "ModelEntry",
@@ -109,9 +111,9 @@ class ModelEntry:
             renamed = RENAMED_CONFIGS.get(f"{self.name}.{config}")
             if renamed is not None:
                 raise ValueError(f"{self.name}.{config} was renamed: {renamed}")
-            raise ValueError(
-                f"model {self.name!r} has no config {config!r}; available: {self.config_names()}"
-            )
+            hint = did_you_mean(config, self.config_names())
+            raise InputError(f"model {self.name!r} has no config {config!r}; {hint + ' ' if hint else ''}its "
+                             f"configs: {', '.join(self.config_names())}")
         return packaged
 
 
@@ -132,10 +134,13 @@ _PLUGINS_LOADED: set[str] = set()
 PLUGIN_GROUP = "medmoe.mil_models"
 #: Environment variable: comma-separated modules or ``.py`` files imported for their models.
 PLUGIN_ENV = "MEDMOE_PLUGINS"
-_UNKNOWN_HINT = (
-    "models of other packages are found through their 'medmoe.mil_models' entry point, or named with "
-    "MEDMOE_PLUGINS=module_or_file.py / medmoe --plugin"
-)
+_UNKNOWN_HINT = "another package's model: its entry point, medmoe --plugin MODULE or MEDMOE_PLUGINS"
+
+
+def unknown_model_message(model: str) -> str:
+    """``unknown model 'abmill'; did you mean 'abmil'?`` (all names when none is close) and the plugin hint."""
+    found = did_you_mean(model, _REGISTRY) or f"the models are {', '.join(sorted(_REGISTRY))}"
+    return f"unknown model {model!r}; {found} ({_UNKNOWN_HINT})"
 
 
 def register_model(
@@ -265,7 +270,7 @@ def parse_model_name(name: str) -> ModelName:
     parts[0] = _ALIASES.get(parts[0], parts[0])
     parsed = ModelName(*parts)
     if parsed.model not in _REGISTRY:
-        raise ValueError(f"unknown model {parsed.model!r}; available: {sorted(_REGISTRY)} ({_UNKNOWN_HINT})")
+        raise InputError(unknown_model_message(parsed.model))
     return parsed
 
 
@@ -293,9 +298,9 @@ def get_config(name: str, num_classes: int = 2, in_dim: int | None = None, **ove
         raise ValueError(f"config {parsed.model}.{parsed.config} has unknown keys {unknown}; fields: {sorted(fields)}")
     for key, value in overrides.items():
         if key not in fields:
-            raise ValueError(
-                f"{parsed.model} has no setting {key!r}; valid settings: {sorted(fields)}"
-            )
+            hint = did_you_mean(key, fields)
+            raise InputError(f"{parsed.model} has no setting {key!r}; {hint + ' ' if hint else ''}valid settings: "
+                             f"{sorted(fields)}")
         if key == "patch_embed_args" and isinstance(value, dict):
             merged = dict(data.get("patch_embed_args") or {})
             merged.update(value)
@@ -358,5 +363,5 @@ def get_entry(model: str) -> ModelEntry:
     _discover()
     model = _ALIASES.get(model, model)
     if model not in _REGISTRY:
-        raise ValueError(f"unknown model {model!r}; available: {sorted(_REGISTRY)} ({_UNKNOWN_HINT})")
+        raise InputError(unknown_model_message(model))
     return _REGISTRY[model]

@@ -33,7 +33,7 @@ def main() -> None:
     models = [
         "transformer.base_mammoth.uni",
         "dtfd.base_mammoth.uni",
-        "rrt.base_mammoth.uni",
+        "rrt.base_paper_mammoth.uni",
         "wikg.base_mammoth.uni",
         "transmil.base_mammoth.uni",
         "abmil.base_mammoth.uni",

@@ -24,7 +24,7 @@ def kernel_off() -> contextlib.AbstractContextManager[None]:
 
 
 def main() -> None:
-    models = ["dtfd.base_mammoth.uni", "abmil.base_mammoth.uni", "wikg.base_mammoth.uni", "rrt.base_mammoth.uni"]
+    models = ["dtfd.base_mammoth.uni", "abmil.base_mammoth.uni", "wikg.base_mammoth.uni", "rrt.base_paper_mammoth.uni"]
     args = kernel_benchmark_args(__doc__, models)
 
     from medmoe.nn.dropout import use_fast_dropout

@@ -31,7 +31,7 @@ def demo(
     typer.echo(f"medmoe demo: {DEMO_MODELS} x [linear, mammoth] x {datasets}, {k}-fold CV, {epochs} epochs")
     try:
         run_compare(DEMO_MODELS, datasets, ["linear", "mammoth"], k=k, seeds=[0], epochs=epochs, out=out,
-                    metric="auroc")
+                    metric="auroc", overwrite=True)  # the demo's own folder: a second demo replaces the first
     except (ValueError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(code=2) from None

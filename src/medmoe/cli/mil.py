@@ -287,8 +287,11 @@ def train(
     standardize: bool = typer.Option(True, help="z-score features with train-fold statistics."),
     class_weights: str = typer.Option("none", help="none | balanced"),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    out: Path = typer.Option(Path("runs/train"), help="Output folder."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    out: Path = typer.Option(Path("runs/train"), help="Output folder (a new or empty folder, unless --resume or "
+                             "--overwrite)."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same model, data, --k, --seed "
+                                "and settings: checked against its manifest.json before anything is written)."),
+    overwrite: bool = typer.Option(False, help="--out holds an earlier run: delete it first and start over."),
     keep_last_state: bool = typer.Option(False, help="Keep the last epoch's weights and optimiser state in "
                                          "trainer_state.pt after a fold finishes (default: dropped; the best "
                                          "model is in checkpoint/)."),
@@ -315,7 +318,8 @@ def train(
             max_instances=max_instances,
         )
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
-                                      model_overrides=parse_overrides(set_), resume=resume, jobs=jobs)
+                                      model_overrides=parse_overrides(set_), resume=resume, overwrite=overwrite,
+                                      jobs=jobs)
         if survival:
             plots = [_plot_test_risk_groups(out, model, seeds[0], getattr(ds, "time_col", None))]
         elif task == "multilabel":
@@ -516,7 +520,8 @@ def run_compare(
     models: list[str], datasets: list[str], patch_embeds: list[str], k: int, seeds: list[int], epochs: int,
     out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
     lr: float = 1e-4, patience: int = 5, resume: bool = False, jobs: int = 1, *,
-    folders: dict[str, Any] | None = None, task: str = "classification", **train_settings: Any,
+    folders: dict[str, Any] | None = None, task: str = "classification", overwrite: bool = False,
+    **train_settings: Any,
 ) -> Path:
     """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png.
     ``folders`` adds already loaded datasets (feature folders) to the named benchmarks; ``train_settings``
@@ -532,7 +537,7 @@ def run_compare(
                         standardize_features=True, progress=False, task=task, **train_settings)
     result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                      model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
-                     resume=resume, jobs=jobs)
+                     resume=resume, overwrite=overwrite, jobs=jobs)
     table = result.to_markdown()  # compare() wrote it to comparison.md (atomically)
     png = plot_comparison(result.rows, metric, out / "comparison.png",
                           title=f"{k}-fold CV, seeds {list(seeds)}: test {metric}")
@@ -571,6 +576,7 @@ def compare_cmd(
     out: Path = typer.Option(Path("runs/compare")),
     resume: bool = typer.Option(False, "--resume", help="Keep finished folds under --out and continue "
                                 "interrupted ones (same settings required): a long grid can be stopped and resumed."),
+    overwrite: bool = typer.Option(False, help="--out holds an earlier grid: delete it first and start over."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Folds trained at a time in worker processes, each "
                              "with threads/jobs torch threads: small bags train fastest with one process per core."),
 ) -> None:
@@ -592,7 +598,8 @@ def compare_cmd(
                              "per bag")
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
                     metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
-                    moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume, jobs=jobs, folders=folders, task=task,
+                    moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume, overwrite=overwrite, jobs=jobs,
+                    folders=folders, task=task,
                     metrics_level=metrics_level, max_instances=max_instances)
     except (ValueError, RuntimeError) as err:
         fail(err)

@@ -68,7 +68,8 @@ def train(
     seed: int = typer.Option(42),
     accelerator: str = typer.Option("auto"),
     precision: str = typer.Option("auto"),
-    out: Path = typer.Option(Path("runs/mosaic"), help="Run folder."),
+    out: Path = typer.Option(Path("runs/mosaic"), help="Run folder (a new or empty folder unless --overwrite)."),
+    overwrite: bool = typer.Option(False, help="--out holds an earlier run: delete it first and start over."),
     demo: bool = typer.Option(False, help="Write SYNTHETIC fixtures for the datasets into OUT/synthetic_data and train on them."),
     n_per_split: int = typer.Option(48, help="--demo: samples per split."),
 ) -> None:
@@ -81,17 +82,14 @@ def train(
         load_medmnist_data,
         train_mosaic,
     )
+    from ..engine.runs import check_run_folder
     from ..models.vit import MosaicModel, VisionTransformerConfig, ViTWeightsError
 
+    demo_data = ("synthetic_data",) if demo else ()
     try:
         flags = resolve_medmnist_flags(datasets)
         note = ""
-        if demo:
-            data = out / "synthetic_data"
-            write_fake_medmnist(data, flags, size, n_per_split, seed=seed)
-            note = SYNTHETIC_NOTE
-            typer.secho(f"DEMO: {note}", fg="yellow")
-        if data is None:
+        if data is None and not demo:
             raise typer.BadParameter("give --data DIR with the MedMNIST .npz files (or --demo for synthetic data)")
         if weights is None:
             raise typer.BadParameter(
@@ -112,12 +110,19 @@ def train(
             sampler=sampler, max_steps_per_dataset=max_steps, patience=patience, consistency_weight=consistency,
             seed=seed, accelerator=accelerator, precision=precision,
         )
+        if demo:  # every argument is checked first: a refused demo writes nothing
+            check_run_folder(out, overwrite=overwrite, allow=demo_data)
+            data = out / "synthetic_data"
+            write_fake_medmnist(data, flags, size, n_per_split, seed=seed)
+            note = SYNTHETIC_NOTE
+            typer.secho(f"DEMO: {note}", fg="yellow")
         split_data = load_medmnist_data(data, flags, size)
         typer.echo(format_parameter_report(parameter_report(MosaicModel(model_cfg, device="meta"))))
         if str(weights).lower() == "none":
             typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)
-        result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note)
-    except (ValueError, MedMNISTFileError, ViTWeightsError) as err:
+        result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note,
+                              overwrite=overwrite, allow=demo_data)
+    except (ValueError, RuntimeError, MedMNISTFileError, ViTWeightsError) as err:
         fail(err)
     dims = {t.name: t.spatial_dims for t in model_cfg.tasks}
     if note:

@@ -85,8 +85,11 @@ def train(
     overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window overlap."),
     seed: int = typer.Option(0),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    out: Path = typer.Option(Path("runs/seg"), help="Run folder (checkpoint/, metrics.csv)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    out: Path = typer.Option(Path("runs/seg"), help="Run folder (checkpoint/, metrics.csv); a new or empty folder "
+                             "unless --resume or --overwrite."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same model, data and settings: "
+                                "checked against its manifest.json before anything is written)."),
+    overwrite: bool = typer.Option(False, help="--out holds an earlier run: delete it first and start over."),
     accelerator: str = typer.Option("auto"),
     devices: int = typer.Option(1, min=1),
 ) -> None:
@@ -110,7 +113,8 @@ def train(
         names = [info.label_names.get(i, str(i)) for i in range(k)]
         typer.echo(f"{model}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, "
                    f"{len(train_cases)} training / {len(val_cases)} validation cases, modality {mod}")
-        result = train_segmentation(net, train_cases, val_cases, tcfg, cfg, out, class_names=names, resume=resume)
+        result = train_segmentation(net, train_cases, val_cases, tcfg, cfg, out, class_names=names, resume=resume,
+                                    overwrite=overwrite)
     except (ValueError, RuntimeError) as err:
         fail(err)
     if result.val is not None:
@@ -279,7 +283,8 @@ def run_seg_demo(
         cfg = SegTrainConfig(epochs=1, steps_per_epoch=steps, lr=lr, warmup_steps=max(1, steps // 10), val_every=0,
                              seed=seed, accelerator="cpu" if quick else "auto")
         t0 = time.perf_counter()
-        result = train_segmentation(net, [train_case], [], tcfg, cfg, out / name, class_names=names)
+        # the demo's own folder: a second demo run replaces the first
+        result = train_segmentation(net, [train_case], [], tcfg, cfg, out / name, class_names=names, overwrite=True)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ev = evaluate_segmentation(net.eval(), [test_case], tcfg, roi, 0.25, "gaussian", 2, True, names)

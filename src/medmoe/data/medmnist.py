@@ -275,7 +275,15 @@ def load_medmnist_split(
             f"{path} has no {split!r} split: arrays {missing} are missing (found {sorted(keys)}); the official "
             "files hold train_images, train_labels, val_images, val_labels, test_images, test_labels"
         )
-    images, labels = data[wanted[0]], data[wanted[1]]
+    try:
+        images, labels = data[wanted[0]], data[wanted[1]]
+    except ValueError as err:  # numpy refuses object (pickled) arrays with allow_pickle=False
+        raise MedMNISTFileError(
+            f"{path} {split} arrays hold Python objects (pickled), which medmoe does not load for safety; the "
+            "official MedMNIST files hold plain uint8 images and integer labels: re-download or re-save it"
+        ) from err
+    except Exception as err:  # a truncated or corrupt member of the archive
+        raise MedMNISTFileError(f"cannot read {split} arrays of {path} (truncated or corrupt?): {err}") from err
     expected = info.image_shape(size)
     if tuple(images.shape[1:]) != expected:
         raise ValueError(

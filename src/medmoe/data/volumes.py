@@ -18,10 +18,12 @@ Three ways to describe a segmentation data set, all giving a list of :class:`Vol
 :func:`load_volume_cases` picks the right reader from the path. :func:`validate_case` reads only the
 NIfTI headers (plus the label voxels when ``num_classes`` is given) and raises :class:`VolumeError`, a
 ``ValueError``, with a message naming the file and the fix when image and label shapes or affines
-differ, when channel files disagree, or when label values fall outside ``[0, num_classes)``. A volume
-smaller than the training ROI is **not** an error: the transforms pad it (``SpatialPadd``, zeros for the
-image after normalisation and background for the label); :func:`validate_case` reports it in
-``CaseReport.padded_axes``.
+differ, when channel files disagree, or when label values fall outside ``[0, num_classes)``; with
+``check_values`` it also reads the image voxels and refuses NaN/inf values (file name and count) and
+truncated files. A volume smaller than the training ROI is **not** an error: the transforms pad it
+(``SpatialPadd``, zeros for the image after normalisation and background for the label);
+:func:`validate_case` reports it in ``CaseReport.padded_axes`` and :func:`validate_cases` logs a warning
+naming the cases.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "SegDatasetInfo",
     "VolumeCase",
     "VolumeError",
+    "check_finite_volume",
     "crop_case",
     "discover_msd_folder",
     "load_volume_cases",
@@ -312,18 +315,40 @@ def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
 
 
+def check_finite_volume(path: str | Path) -> None:
+    """Read the voxels of ``path`` and raise :class:`VolumeError` naming the file when they cannot be read
+    (a truncated ``.nii.gz``) or hold NaN/inf values (with their count)."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        data = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel, gzip and zlib raise several types for a cut-off file
+        raise VolumeError(f"cannot read the voxels of {path} (truncated or corrupt file?): {e}") from e
+    if not np.issubdtype(data.dtype, np.floating):
+        return  # integer voxels cannot be NaN
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise VolumeError(
+            f"{path} holds {bad} non-finite voxel value(s) (NaN/inf) of {data.size}; training on it gives a NaN "
+            "model: replace them (e.g. by 0 or the background intensity) before training or inference"
+        )
+
+
 def validate_case(
     case: VolumeCase,
     num_classes: int | None = None,
     roi_size: Sequence[int] | None = None,
     affine_atol: float = 1e-3,
+    check_values: bool = False,
 ) -> CaseReport:
     """Check one case and describe it.
 
     Checks: every file is readable NIfTI; channel files share one 3-D grid; the label has the image's
     spatial shape and affine (within ``affine_atol``, in mm); with ``num_classes``, every label value is
-    an integer in ``[0, num_classes)``. Volumes smaller than ``roi_size`` are reported in
-    ``padded_axes`` (they are padded by the transforms, not rejected).
+    an integer in ``[0, num_classes)``; with ``check_values``, every image voxel is finite and readable
+    (:func:`check_finite_volume`). Volumes smaller than ``roi_size`` are reported in ``padded_axes`` (they
+    are padded by the transforms, not rejected).
 
     Raises:
         VolumeError: with the case id, both shapes/affines or the offending label values, and the fix.
@@ -343,6 +368,9 @@ def validate_case(
                 f"{case.images[0].name} (shape {shapes[0]}); resample every channel to one grid"
             )
     channels = sum(s[3] if len(s) == 4 else 1 for s in shapes)
+    if check_values:
+        for p in case.images:
+            check_finite_volume(p)
     values: tuple[int, ...] = ()
     if case.label is not None:
         ls, la = _header(case.label)
@@ -363,16 +391,24 @@ def validate_case(
         if num_classes is not None:
             import nibabel as nib
 
-            data = np.asarray(nib.load(str(case.label)).dataobj)
+            try:
+                data = np.asarray(nib.load(str(case.label)).dataobj)
+            except Exception as e:  # a truncated .nii.gz fails only when the voxels are read
+                raise VolumeError(f"cannot read the voxels of {case.label} (truncated or corrupt file?): {e}") from e
             uniq = np.unique(data)
             if not np.all(np.isfinite(uniq)) or not np.all(uniq == np.round(uniq)):
                 raise VolumeError(f"case {case.case_id}: label {case.label.name} holds non-integer values")
             bad = uniq[(uniq < 0) | (uniq >= num_classes)]
             if bad.size:
+                advice = []
+                if (bad < 0).any():  # no num_classes fixes a negative value
+                    advice.append("negative values are not classes: remap them (e.g. an ignore label -1 to 0, "
+                                  "background)")
+                if (bad >= num_classes).any():
+                    advice.append(f"set --num-classes to max label + 1 ({int(uniq.max()) + 1}) or remap the labels")
                 raise VolumeError(
                     f"case {case.case_id}: label {case.label.name} has values {bad[:10].astype(int).tolist()} "
-                    f"outside [0, {num_classes}) (num_classes={num_classes}). Set num_classes to max label + 1 "
-                    f"({int(uniq.max()) + 1}) or remap the labels"
+                    f"outside [0, {num_classes}) (num_classes={num_classes}); " + "; ".join(advice)
                 )
             values = tuple(int(v) for v in uniq)
     zooms = np.sqrt((affines[0][:3, :3] ** 2).sum(axis=0))
@@ -387,10 +423,12 @@ def validate_cases(
     num_classes: int | None = None,
     roi_size: Sequence[int] | None = None,
     in_channels: int | None = None,
+    check_values: bool = False,
 ) -> list[CaseReport]:
     """:func:`validate_case` for every case, plus: all cases have the same channel count (and it equals
-    ``in_channels`` when given). Volumes smaller than the ROI are logged (they will be padded)."""
-    reports = [validate_case(c, num_classes, roi_size) for c in cases]
+    ``in_channels`` when given). Volumes smaller than the ROI are reported with a warning naming them (they
+    will be padded)."""
+    reports = [validate_case(c, num_classes, roi_size, check_values=check_values) for c in cases]
     channels = {r.channels for r in reports}
     if len(channels) > 1:
         raise VolumeError(f"cases have different channel counts {sorted(channels)}; every case needs the same")
@@ -400,9 +438,10 @@ def validate_cases(
         )
     small = [r for r in reports if r.padded_axes]
     if small:
-        logger.info(
-            "%d case(s) are smaller than the ROI %s along some axis and will be zero-padded (e.g. %s %s)",
-            len(small), tuple(roi_size or ()), small[0].case_id, small[0].shape,
+        named = ", ".join(f"{r.case_id} {r.shape}" for r in small[:5]) + (" ..." if len(small) > 5 else "")
+        logger.warning(
+            "%d case(s) are smaller than the ROI %s along some axis and will be zero-padded to it: %s",
+            len(small), tuple(int(r) for r in roi_size or ()), named,
         )
     return reports
 

@@ -4,6 +4,8 @@
 seed and reports mean ± std of the test metrics over all folds × seeds. Folder layout::
 
     out_dir/
+      manifest.json         written first: model, data identity, k, seeds, split hashes, settings, the
+                            fold folders (see :mod:`medmoe.engine.runs`); ``resume`` is checked against it
       results.json          every run's val/test metrics, the summaries, the split hashes
       summary.md            mean ± std table
       seed<s>/splits.json   the folds used with seed s (bag ids + indices, with their hash)
@@ -36,8 +38,9 @@ from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_summary, summarize
 from .multilabel import MULTILABEL_METRIC_NAMES
+from .runs import MANIFEST_NAME, RunManifest, data_identity, start_run_folder, write_manifest, writing
 from .survival import SURVIVAL_METRIC_NAMES
-from .trainer import TEST_PREDICTIONS_CSV, make_fabric
+from .trainer import RESUME_NEUTRAL_SETTINGS, TEST_PREDICTIONS_CSV, make_fabric
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -130,6 +133,7 @@ def run_cross_validation(
     split_seed: int | None = None,
     splits: Sequence[Split] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     fabric: Fabric | None = None,
     progress: GridProgress | None = None,
     label: str | None = None,
@@ -150,7 +154,11 @@ def run_cross_validation(
         split_seed: use the same folds (from this seed) for every seed.
         splits: explicit splits (e.g. :func:`medmoe.data.load_splits`) used for every seed; ``k`` and
             ``val_folds`` are then ignored.
-        resume: resume / skip runs whose ``trainer_state.pt`` exists (see :func:`train_one_fold`).
+        resume: continue the run in ``out_dir``: its ``manifest.json`` must match this run (model, data,
+            k, seeds, split hashes, settings), checked before anything is written; then finished folds are
+            re-evaluated and interrupted ones continue (see :func:`train_one_fold`).
+        overwrite: ``out_dir`` holds an earlier run: delete it first. Without ``resume`` or ``overwrite``
+            a non-empty ``out_dir`` is refused (:class:`~medmoe.engine.runs.RunFolderError`).
         fabric: a launched Fabric (default: built from ``cfg``; only with ``jobs=1``).
         progress: counts the runs and logs one line per finished run with the time left (default: a
             new one for this model's seeds x folds; :func:`compare` passes one for its whole grid).
@@ -165,10 +173,16 @@ def run_cross_validation(
     out_dir = Path(out_dir)
     is_zero = fabric.is_global_zero if fabric is not None else _is_global_zero(cfg, jobs)
     model_overrides = dict(model_overrides or {})
-    tasks, hashes = _plan_folds(
+    check_model(model_name, model_overrides, dataset, cfg)  # a wrong name or --set fails before any file
+    tasks, hashes, plans = _plan_folds(
         model_name, model_overrides, "data", dataset, out_dir, label or model_name, k=k, seeds=seeds,
-        val_folds=val_folds, split_seed=split_seed, splits=splits, write=is_zero, multilabel=cfg.task == "multilabel",
+        val_folds=val_folds, split_seed=split_seed, splits=splits, multilabel=cfg.task == "multilabel",
     )
+    if is_zero:
+        manifest = _cv_manifest(model_name, model_overrides, dataset, cfg, tasks, hashes, out_dir, k=k,
+                                seeds=seeds, val_folds=val_folds, split_seed=split_seed, explicit=splits is not None)
+        start_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite)
+        _save_plans(plans)
     if progress is None:
         progress = GridProgress(len(tasks), is_zero)
     results = run_folds(tasks, {"data": dataset}, cfg, resume=resume, fabric=fabric, progress=progress, jobs=jobs)
@@ -182,6 +196,68 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     return seeds
+
+
+def check_model(model_name: str, model_overrides: dict[str, Any], dataset: Any, cfg: TrainConfig) -> None:
+    """Validate the model name and its overrides against the data (config only, no weights), so that a
+    typo fails before a run folder is touched."""
+    from ..registry import get_config
+
+    if cfg.task == "survival":
+        outputs = cfg.survival_bins
+    elif cfg.task == "multilabel":
+        outputs = len(getattr(dataset, "label_names", []) or [0, 1])
+    else:
+        outputs = max(int(getattr(dataset, "num_classes", 2)), 2)
+    overrides = {k: v for k, v in model_overrides.items() if k not in ("in_dim", "num_classes")}
+    try:
+        get_config(model_name, num_classes=outputs, in_dim=getattr(dataset, "feature_dim", None), **overrides)
+    except TypeError as err:  # a dataclass given a value it cannot take
+        raise ValueError(f"{model_name}: invalid settings {overrides}: {err}") from err
+
+
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The training settings a resume must match (those that cannot change a result left out)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS}
+
+
+def _cv_identity(
+    model_name: str, model_overrides: dict[str, Any], dataset: Any, cfg: TrainConfig, hashes: dict[int, str], *,
+    k: int, seeds: list[int], val_folds: int, split_seed: int | None, explicit: bool,
+) -> dict[str, Any]:
+    return {
+        "model_name": model_name,
+        "model_overrides": model_overrides,
+        "data": data_identity(dataset),
+        "k": None if explicit else k,
+        "val_folds": None if explicit else val_folds,
+        "split_seed": split_seed,
+        "explicit_splits": explicit,
+        "seeds": seeds,
+        "split_hashes": {str(s): h for s, h in hashes.items()},
+        "train_config": _settings(cfg),
+    }
+
+
+def _cv_manifest(
+    model_name: str, model_overrides: dict[str, Any], dataset: Any, cfg: TrainConfig, tasks: Sequence[FoldTask],
+    hashes: dict[int, str], out_dir: Path, **plan: Any,
+) -> RunManifest:
+    identity = _cv_identity(model_name, model_overrides, dataset, cfg, hashes, **plan)
+    members = [t.out_dir.relative_to(out_dir).as_posix() for t in tasks]
+    return RunManifest("mil-cv", identity, members)
+
+
+def _save_plans(plans: Sequence[tuple[Path, list[Split], list[str]]]) -> None:
+    """Write each seed's ``splits.json`` (after the run folder was accepted); an existing one is the same
+    folds (the manifest's split hashes matched) and is left as it is."""
+    for seed_dir, seed_splits, bag_ids in plans:
+        path = seed_dir / "splits.json"
+        if path.is_file():
+            continue
+        with writing(path):
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            save_splits(seed_splits, path, bag_ids=bag_ids)
 
 
 def _is_global_zero(cfg: TrainConfig, jobs: int) -> bool:
@@ -202,14 +278,15 @@ def _plan_folds(
     val_folds: int,
     split_seed: int | None = None,
     splits: Sequence[Split] | None = None,
-    write: bool = True,
     multilabel: bool = False,
-) -> tuple[list[FoldTask], dict[int, str]]:
-    """The runs of one model on one dataset (seeds x folds); writes ``seed<s>/splits.json`` if ``write``.
+) -> tuple[list[FoldTask], dict[int, str], list[tuple[Path, list[Split], list[str]]]]:
+    """The runs of one model on one dataset (seeds x folds), their split hashes and, per seed, what
+    ``seed<s>/splits.json`` will hold (written by :func:`_save_plans`; nothing is written here).
     Folds are stratified by label, or on all labels at once (``multilabel``: iterative stratification)."""
     labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
     tasks: list[FoldTask] = []
     hashes: dict[int, str] = {}
+    plans: list[tuple[Path, list[Split], list[str]]] = []
     for seed in seeds:
         if splits is not None:
             seed_splits = list(splits)
@@ -225,9 +302,7 @@ def _plan_folds(
             raise ValueError("no splits to run: pass k >= 2 or a non-empty list of splits")
         h = hashes[seed] = split_hash(seed_splits, bag_ids)
         seed_dir = out_dir / f"seed{seed}"
-        if write:
-            seed_dir.mkdir(parents=True, exist_ok=True)
-            save_splits(seed_splits, seed_dir / "splits.json", bag_ids=bag_ids)
+        plans.append((seed_dir, list(seed_splits), bag_ids))
         for fold, split in enumerate(seed_splits):
             if not split.train:
                 raise ValueError(f"fold {fold} (seed {seed}) has no training bags; use fewer folds")
@@ -235,7 +310,7 @@ def _plan_folds(
                 FoldTask(model_name, model_overrides, dataset_key, seed, fold, split, h, seed_dir / f"fold{fold}",
                          f"{label} seed {seed} fold {fold}")
             )
-    return tasks, hashes
+    return tasks, hashes, plans
 
 
 def _write_cv_result(
@@ -276,13 +351,15 @@ def _write_cv_result(
         train_config=cfg.to_dict(),
     )
     if write:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
-        )
-        atomic_write_text(out_dir / "summary.md", result_cv.to_markdown())
-        survival = cfg.task == "survival"
-        _pool_test_predictions(tasks, out_dir / (TEST_RISKS_CSV if survival else TEST_PREDICTIONS_CSV), survival)
+        with writing(out_dir / "results.json", keep="every finished fold is intact"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
+            )
+            atomic_write_text(out_dir / "summary.md", result_cv.to_markdown())
+            survival = cfg.task == "survival"
+            _pool_test_predictions(tasks, out_dir / (TEST_RISKS_CSV if survival else TEST_PREDICTIONS_CSV),
+                                   survival)
         logger.info("%s: %d runs\n%s", model_name, len(runs), format_summary(summary, title="test"))
     return result_cv
 
@@ -418,6 +495,7 @@ def compare(
     metrics: Sequence[str] | None = None,
     val_folds: int = 1,
     resume: bool = False,
+    overwrite: bool = False,
     fabric: Fabric | None = None,
     jobs: int = 1,
 ) -> ComparisonResult:
@@ -429,9 +507,13 @@ def compare(
         patch_embeds: e.g. ``('linear', 'mammoth')``; see :func:`resolve_variant` for how each maps to a
             config.
         k, seeds, cfg, val_folds, resume, fabric: as :func:`run_cross_validation`; splits depend only on
-            the dataset and seed, so every variant sees the same folds (a fair comparison).
-        out_dir: runs go to ``out_dir/<dataset>/<model>/<patch_embed>``; ``comparison.json`` and
-            ``comparison.md`` are written at the top.
+            the dataset and seed, so every variant sees the same folds (a fair comparison). ``resume``
+            requires the same grid (models, patch embeddings, datasets, k, seeds, settings) as the
+            ``manifest.json`` at the top of ``out_dir``.
+        overwrite: delete the earlier grid in ``out_dir`` first (else a non-empty ``out_dir`` is refused).
+        out_dir: runs go to ``out_dir/<dataset>/<model>/<patch_embed>`` (each with its own manifest, so
+            ``mil predict`` takes it); ``manifest.json``, ``comparison.json`` and ``comparison.md`` are
+            written at the top.
         model_overrides: overrides for every model (e.g. ``{'embed_dim': 128}``).
         patch_embed_args: per patch embedding extra args, e.g. ``{'mammoth': {'num_experts': 4,
             'num_slots': 4}}`` for small data; the caller decides.
@@ -448,6 +530,7 @@ def compare(
     is_zero = fabric.is_global_zero if fabric is not None else _is_global_zero(cfg, jobs)
     variants: list[dict[str, Any]] = []
     tasks: list[FoldTask] = []
+    plans: list[tuple[Path, list[Split], list[str]]] = []
     for ds_name, dataset in datasets.items():
         for model in models:
             for embed in patch_embeds:
@@ -459,16 +542,30 @@ def compare(
                         **overrides["patch_embed_args"],
                     }  # type: ignore[index]
                 run_dir = out_dir / _safe(ds_name) / _safe(model) / _safe(embed)
-                variant_tasks, hashes = _plan_folds(
+                check_model(name, merged, dataset, cfg)
+                variant_tasks, hashes, variant_plans = _plan_folds(
                     name, merged, ds_name, dataset, run_dir, f"{ds_name} {model} {embed}", k=k, seeds=seeds,
-                    val_folds=val_folds, write=is_zero, multilabel=cfg.task == "multilabel",
+                    val_folds=val_folds, multilabel=cfg.task == "multilabel",
                 )
+                manifest = _cv_manifest(name, merged, dataset, cfg, variant_tasks, hashes, run_dir, k=k, seeds=seeds,
+                                        val_folds=val_folds, split_seed=None, explicit=False)
                 variants.append(
                     {"dataset": ds_name, "model": model, "patch_embed": embed, "model_name": name,
-                     "model_overrides": merged, "out_dir": run_dir, "hashes": hashes,
+                     "model_overrides": merged, "out_dir": run_dir, "hashes": hashes, "manifest": manifest,
                      "tasks": slice(len(tasks), len(tasks) + len(variant_tasks))}
                 )
                 tasks += variant_tasks
+                plans += variant_plans
+    if is_zero:
+        identity = {
+            "variants": {v["out_dir"].relative_to(out_dir).as_posix(): v["manifest"].identity for v in variants},
+        }
+        members = [t.out_dir.relative_to(out_dir).as_posix() for t in tasks]
+        start_run_folder(out_dir, RunManifest("mil-compare", identity, members), resume=resume, overwrite=overwrite)
+        for v in variants:
+            if not (v["out_dir"] / MANIFEST_NAME).is_file():
+                write_manifest(v["out_dir"], v["manifest"])
+        _save_plans(plans)
     progress = GridProgress(len(tasks), is_zero)
     results = run_folds(tasks, datasets, cfg, resume=resume, fabric=fabric, progress=progress, jobs=jobs)
     rows: list[dict[str, Any]] = []
@@ -492,11 +589,12 @@ def compare(
     )
     result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if is_zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            out_dir / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
-        )
-        atomic_write_text(out_dir / "comparison.md", result.to_markdown())
+        with writing(out_dir / "comparison.json", keep="every finished fold is intact"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                out_dir / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+            )
+            atomic_write_text(out_dir / "comparison.md", result.to_markdown())
     return result
 
 

@@ -23,7 +23,8 @@ learning rate: linear warm-up over 5 rounds from factor 0.01, then cosine to ``m
 per round. Early stopping on the student's mean validation ACC (patience 5, min_delta 0.001); the
 best round's student is saved and evaluated on the test split (student and teacher).
 
-Outputs in ``out_dir``: ``checkpoint/`` (``model.safetensors`` + ``config.json``, self-describing,
+Outputs in ``out_dir`` (a new or empty folder, or ``overwrite=True``; ``manifest.json`` is written first,
+see :mod:`medmoe.engine.runs`): ``checkpoint/`` (``model.safetensors`` + ``config.json``, self-describing,
 written atomically; ``teacher.safetensors`` with the teacher's trainable tensors), ``metrics.csv`` (one
 row per round), ``results.json`` and ``report.md`` (per-dataset tables, means, parameter report).
 """
@@ -55,11 +56,13 @@ from .checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
+from .divergence import check_finite_loss, check_finite_model
 from .medmnist_metrics import TaskMetrics, evaluate_scores
 from .mosaic_report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
 from .optim import make_adamw
 from .precision import resolve_precision
 from .run_logging import training_progress, write_history_csv
+from .runs import RunManifest, start_run_folder, writing
 
 __all__ = [
     "SAMPLERS",
@@ -505,6 +508,8 @@ def train_mosaic(
     weights: str | Path | None = None,
     data_note: str = "",
     fabric: Any = None,
+    overwrite: bool = False,
+    allow: Sequence[str] = (),
 ) -> MosaicResult:
     """Train a :class:`MosaicModel` on several MedMNIST datasets, keep the best round, test it.
 
@@ -513,15 +518,16 @@ def train_mosaic(
         train_config: a :class:`MosaicTrainConfig`.
         data: ``{"train": {flag: split}, "val": {...}, "test": {...}}`` (:func:`load_medmnist_data`);
             ``train`` and ``val`` are required, ``test`` is optional.
-        out_dir: run folder (created).
+        out_dir: run folder (created; a non-empty one is refused unless ``overwrite``).
         weights: ViT ImageNet weights (``.npz`` / ``.safetensors`` / ``.pth``); ``None`` or ``"none"`` =
             random backbone (a warning is logged).
         data_note: a line written into the reports (e.g. "SYNTHETIC data, not MedMNIST").
         fabric: a launched ``lightning_fabric.Fabric`` (default: one device from ``train_config``).
+        overwrite: delete the earlier run in ``out_dir`` first.
+        allow: entries of ``out_dir`` that are not part of a run and are kept (the demo's data folder).
     """
     cfg = train_config
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
         if split not in data:
             raise ValueError(f"train_mosaic needs a {split!r} split for every dataset; got splits {sorted(data)}")
@@ -530,6 +536,12 @@ def train_mosaic(
         missing = [f for f in flags if f not in by_flag]
         if missing:
             raise ValueError(f"the {split!r} split lacks datasets {missing} that the model config lists")
+    identity = {
+        "model_config": _plain(model_config), "train_config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "data": {split: {f: len(by_flag[f]) for f in flags} for split, by_flag in data.items()},
+        "weights": None if weights is None else str(weights), "data_note": data_note,
+    }
+    start_run_folder(out_dir, RunManifest("mosaic", identity), overwrite=overwrite, allow=allow)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
 
@@ -568,6 +580,7 @@ def train_mosaic(
     history: list[dict[str, Any]] = []
     best_score: float | None = None
     best_round, bad_rounds, stopped_early = -1, 0, False
+    saved_round = -1  # the round of the checkpoint on disk
     progress = training_progress(cfg.progress and fabric.is_global_zero)
     if progress is not None:
         progress.start()
@@ -598,8 +611,7 @@ def train_mosaic(
                             target = teacher(clean, flag).features
                         cons = F.mse_loss(out.features.float(), target.float())
                         loss = loss + cfg.consistency_weight * cons
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss on {flag} in round {rnd + 1}, step {step}")
+                check_finite_loss(loss, f"round {rnd + 1}, step {step + 1} (a batch of {flag})", _MOSAIC_HINT.format(lr=lr))
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 if cfg.grad_clip:
@@ -613,6 +625,7 @@ def train_mosaic(
                     progress.update(task_id, advance=1, info=f"{flag} loss {float(loss):.3f}")
             if progress is not None:
                 progress.remove_task(task_id)
+            check_finite_model(model, f"the end of round {rnd + 1}", _MOSAIC_HINT.format(lr=lr))  # never saved
             steps = max(1, len(schedule))
             val = evaluate_mosaic(model, data["val"], batch_size=eval_bs, device=fabric.device, autocast=fabric.autocast)
             val_means = mean_accuracies(val, dims)
@@ -629,17 +642,20 @@ def train_mosaic(
             if improved:
                 best_score, best_round, bad_rounds = score, rnd, 0
                 if fabric.is_global_zero:
-                    save_mosaic_checkpoint(ckpt_dir, model, {
-                        "seed": cfg.seed, "round": rnd + 1, "train_config": asdict(cfg),
-                        "val_metrics": _metrics_json(val), "weights": weights_info, "data_note": data_note,
-                    }, teacher=teacher)
+                    with writing(ckpt_dir, keep=_mosaic_kept(saved_round)):
+                        save_mosaic_checkpoint(ckpt_dir, model, {
+                            "seed": cfg.seed, "round": rnd + 1, "train_config": asdict(cfg),
+                            "val_metrics": _metrics_json(val), "weights": weights_info, "data_note": data_note,
+                        }, teacher=teacher)
+                    saved_round = rnd
             else:
                 bad_rounds += 1
             row["best"] = bool(improved)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             if fabric.is_global_zero:
-                write_history_csv(out_dir / METRICS_CSV, history)
+                with writing(out_dir / METRICS_CSV, keep=_mosaic_kept(saved_round)):
+                    write_history_csv(out_dir / METRICS_CSV, history)
             logger.info("round %d: loss %.4f, val mean ACC %.4f%s", rnd + 1, row["loss"], score,
                         " (best)" if improved else "")
             if cfg.patience is not None and bad_rounds >= cfg.patience:
@@ -661,8 +677,26 @@ def train_mosaic(
                           test_metrics=test, test_metrics_teacher=test_teacher, history=history,
                           parameters=params.to_dict())
     if fabric.is_global_zero:
-        _write_reports(result, dims, data_note, weights_info, params)
+        with writing(out_dir / "results.json", keep=_mosaic_kept(saved_round)):
+            _write_reports(result, dims, data_note, weights_info, params)
     return result
+
+
+_MOSAIC_HINT = ("the learning rate {lr:g} is likely too high (lower --lr), or mixed precision overflowed (use "
+                "--precision 32-true)")
+
+
+def _mosaic_kept(saved_round: int) -> str:
+    if saved_round < 0:
+        return "no checkpoint had been saved yet"
+    return f"the best checkpoint (round {saved_round + 1}) is intact"
+
+
+def _plain(value: Any) -> Any:
+    """A (nested) dataclass as plain JSON-able values."""
+    from dataclasses import is_dataclass
+
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 def _write_reports(result: MosaicResult, dims: Mapping[str, int], note: str, weights_info: str, params: Any) -> None:

@@ -164,11 +164,17 @@ def predict(
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The checkpoints of a cross-validation run folder (``seed*/fold*/checkpoint``), in seed and fold
-    order; ``[run_dir]`` when ``run_dir`` is itself a checkpoint."""
+    """The checkpoints of a cross-validation run folder (the folds its ``manifest.json`` lists; older runs
+    without one: every ``seed*/fold*/checkpoint``), in seed and fold order; ``[run_dir]`` when ``run_dir``
+    is itself a checkpoint."""
     root = Path(run_dir)
     if (root / "config.json").is_file():
         return [root]
+    from .runs import manifest_checkpoints
+
+    listed = manifest_checkpoints(root)  # a run with a manifest: exactly its folds, never a stale one
+    if listed is not None:
+        return listed
     found = [p.parent for p in root.glob("seed*/fold*/checkpoint/config.json")]
 
     def order(p: Path) -> tuple[int, int]:

@@ -244,12 +244,18 @@ def predict_volumes(
 
     Returns:
         The written label-map paths, in input order.
+
+    Raises:
+        VolumeError: an input is not a readable 3-D NIfTI volume, has the wrong number of channels, or holds
+            NaN/inf voxels (checked for every input before anything is written, naming the file).
     """
     import nibabel as nib
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
     roi = check_roi(model, roi_size or transform_config.roi_size)
+    items = [_as_case(c) for c in cases]
+    _check_inputs(items, getattr(model, "in_channels", None))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pre = build_inference_transforms(transform_config)
@@ -258,7 +264,6 @@ def predict_volumes(
     device = _model_device(model)
     model.eval()
     written: list[Path] = []
-    items = [_as_case(c) for c in cases]
     bar = _progress_bar(progress, len(items))
     for case in items:
         data = pre({"image": [str(p) for p in case.images]})
@@ -292,6 +297,22 @@ def predict_volumes(
     if bar is not None:
         bar.stop()
     return written
+
+
+def _check_inputs(cases: Sequence[VolumeCase], in_channels: int | None) -> None:
+    """Every input is a readable 3-D (or 4-D multi-channel) NIfTI volume with finite voxels and the model's
+    channel count; the error names the file."""
+    from ..data.volumes import VolumeError, validate_case
+
+    for case in cases:
+        for p in case.images:
+            if not p.name.lower().endswith((".nii", ".nii.gz")):
+                raise VolumeError(f"{p} is not a NIfTI file (.nii or .nii.gz); seg infer segments 3-D NIfTI volumes "
+                                  "(convert it first, e.g. with nibabel or SimpleITK)")
+        report = validate_case(case, check_values=True)
+        if in_channels is not None and report.channels != int(in_channels):
+            raise VolumeError(f"{case.images[0]} has {report.channels} channel(s) but the model takes "
+                              f"{int(in_channels)}; give one file per case with the training channels")
 
 
 def _as_case(item: Any) -> VolumeCase:

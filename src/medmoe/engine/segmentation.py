@@ -18,7 +18,12 @@
 * ``out_dir/metrics.csv`` one row per epoch; a rich progress bar on a terminal;
 * resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, history) after every
   epoch, ``resume=True`` continues from it (the crop sampler is re-seeded from ``(seed, epoch)``, so a
-  resumed run sees the same crops as an uninterrupted one; bit-exactness is not promised).
+  resumed run sees the same crops as an uninterrupted one; bit-exactness is not promised);
+* a run folder with ``manifest.json`` written first (model, cases, transforms, settings): a non-empty
+  ``out_dir`` needs ``resume`` (checked against the manifest before anything is written) or ``overwrite``
+  (:mod:`medmoe.engine.runs`);
+* images are checked for NaN/inf voxels before training; a non-finite loss or model stops the run with
+  :class:`~medmoe.engine.divergence.TrainingDivergedError` (a non-finite model is never saved).
 
 :func:`evaluate_segmentation` scores a model on labelled cases; :func:`load_seg_checkpoint` reloads a
 checkpoint with the preprocessing it was trained with.
@@ -51,8 +56,10 @@ from .checkpoint import (
     save_trainer_state,
     unwrap_model,
 )
+from .divergence import check_finite_loss, check_finite_model
 from .optim import make_adamw
 from .run_logging import training_progress, write_history_csv
+from .runs import RunManifest, fingerprint, start_run_folder, writing
 from .seg_inference import SLIDING_WINDOW_MODES, check_roi, plain_tensor, sliding_window_labels
 
 __all__ = [
@@ -359,6 +366,7 @@ def train_segmentation(
     class_names: Sequence[str] | None = None,
     resume: bool = False,
     validate_data: bool = True,
+    overwrite: bool = False,
 ) -> SegTrainResult:
     """Train ``model`` on ``train_cases`` and keep the best validation-Dice checkpoint.
 
@@ -370,8 +378,11 @@ def train_segmentation(
         cfg: training settings.
         out_dir: run folder (``checkpoint/``, ``metrics.csv``, ``trainer_state.pt``).
         class_names: names for the metrics (index 0 = background).
-        resume: continue from ``out_dir/trainer_state.pt``.
-        validate_data: check shapes, affines and label range of every case first (:func:`validate_cases`).
+        resume: continue from ``out_dir/trainer_state.pt``; the run in ``out_dir`` must be this one (its
+            ``manifest.json``: model, cases, transforms, settings), checked before anything is written.
+        validate_data: check shapes, affines, label range and finite voxels of every case first
+            (:func:`validate_cases`).
+        overwrite: delete the earlier run in ``out_dir`` first (else a non-empty ``out_dir`` is refused).
     """
     from monai.losses import DiceCELoss
 
@@ -386,8 +397,11 @@ def train_segmentation(
     num_classes, in_channels = int(module.num_classes), int(module.in_channels)
     roi = check_roi(module, transform_config.roi_size)
     if validate_data:
-        validate_cases([*train_cases, *val_cases], num_classes=num_classes, roi_size=roi, in_channels=in_channels)
+        validate_cases([*train_cases, *val_cases], num_classes=num_classes, roi_size=roi, in_channels=in_channels,
+                       check_values=True)
     names = _class_names(num_classes, class_names)
+    start_run_folder(out_dir, _seg_manifest(module, train_cases, val_cases, transform_config, cfg),
+                     resume=resume, overwrite=overwrite)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -436,6 +450,7 @@ def train_segmentation(
     val_result: SegEvalResult | None = None
     epochs_run = start_epoch
     out_of_time = False
+    saved_epoch = best_epoch  # the epoch of the checkpoint on disk (-1: none yet)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
@@ -455,6 +470,7 @@ def train_segmentation(
                 image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])
                 logits = model(image)
                 loss = loss_fn(logits, label)
+                check_finite_loss(loss, f"epoch {epoch + 1}, step {step + 1}", _SEG_HINT.format(lr=cfg.lr))
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 if cfg.grad_clip:
@@ -469,6 +485,7 @@ def train_segmentation(
                     out_of_time = True
                     break
             epochs_run = epoch + 1
+            check_finite_model(model, f"the end of epoch {epoch + 1} (step {step})", _SEG_HINT.format(lr=cfg.lr))
             row: dict[str, Any] = {
                 "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -490,15 +507,17 @@ def train_segmentation(
             row["seconds"] = round(time.perf_counter() - t_epoch, 3)
             history.append(row)
             if fabric.is_global_zero:
-                if improved:
-                    save_checkpoint(ckpt_dir, model, {**extra, "epoch": epoch, "step": step,
-                                                      "metrics": {k: v for k, v in row.items() if k.startswith("val_")}})
-                write_history_csv(out_dir / METRICS_CSV, history)
-                save_trainer_state(state_path, {
-                    "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best": best,
-                    "best_epoch": best_epoch, "history": history,
-                })
+                with writing(out_dir, keep=_seg_kept(saved_epoch, epoch)):
+                    if improved:
+                        save_checkpoint(ckpt_dir, model, {**extra, "epoch": epoch, "step": step, "metrics": {
+                            k: v for k, v in row.items() if k.startswith("val_")}})
+                        saved_epoch = epoch
+                    write_history_csv(out_dir / METRICS_CSV, history)
+                    save_trainer_state(state_path, {
+                        "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best": best,
+                        "best_epoch": best_epoch, "history": history,
+                    })
             if out_of_time:
                 logger.info("stopping after %.1f s (max_seconds=%s)", time.perf_counter() - t_start, cfg.max_seconds)
                 break
@@ -507,6 +526,41 @@ def train_segmentation(
             bar.stop()
     return SegTrainResult(out_dir, ckpt_dir, best_epoch, epochs_run, step, time.perf_counter() - t_start,
                           val_result, history)
+
+
+_SEG_HINT = ("the learning rate {lr:g} is likely too high (lower --lr), or mixed precision overflowed (use "
+             "--precision 32-true); the images were checked for NaN/inf voxels")
+
+#: settings that may differ on resume: those that cannot change the result, and ``epochs`` / ``max_seconds``
+#: (a resume may train a run for longer, as before)
+_SEG_RESUME_NEUTRAL = ("progress", "num_workers", "max_seconds", "epochs")
+
+
+def _seg_manifest(
+    module: nn.Module, train_cases: Sequence[VolumeCase], val_cases: Sequence[VolumeCase],
+    transform_config: SegTransformConfig, cfg: SegTrainConfig,
+) -> RunManifest:
+    """The identity of a segmentation run: model and its config, the cases (ids and files), the transforms
+    and the training settings (class names are labels only and may differ)."""
+    config = getattr(module, "config", None)
+    files = [[str(p) for p in c.images] + [str(c.label)] for c in [*train_cases, *val_cases]]
+    identity = {
+        "model_name": getattr(module, "model_name", type(module).__name__),
+        "model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "train_cases": [c.case_id for c in train_cases],
+        "val_cases": [c.case_id for c in val_cases],
+        "files": fingerprint(files),
+        "transform_config": dataclasses.asdict(transform_config),
+        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SEG_RESUME_NEUTRAL},
+    }
+    return RunManifest("seg", identity)
+
+
+def _seg_kept(saved_epoch: int, epoch: int) -> str:
+    if saved_epoch < 0:
+        return "no checkpoint had been saved yet"
+    state = f"; the trainer state of epoch {epoch} is intact" if epoch > 0 else ""
+    return f"the best checkpoint (epoch {saved_epoch + 1}) is intact{state}"
 
 
 def _set_transform_seed(loader: Any, seed: int) -> None:

@@ -80,7 +80,7 @@ from .checkpoint import (
 from .config import TrainConfig, resolve_monitor
 from .metrics import compute_metrics
 from .multilabel import check_multilabel_set, multilabel_loss, multilabel_metrics, positive_weights
-from .optim import make_adamw
+from .optim import make_optimizer
 from .precision import resolve_precision
 from .run_logging import training_progress, write_history_csv
 from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
@@ -768,7 +768,7 @@ def train_one_fold(
             "pick a model without one (abmil, transmil, dsmil, ...)"
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels = list(train_set.labels)
     per_rank = math.ceil(len(labels) / world)
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from .common import config_keys, fail, parse_overrides, read_config_file, unknown_config_keys_text
+from .run_configs import resolve_run_config
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
@@ -222,6 +223,7 @@ def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Pat
     ``time-col: months``, ``set: [embed_dim=128]``) used as defaults; options on the command line win."""
     if not value:
         return value
+    value = resolve_run_config(value)  # a packaged name (e.g. ilse2018) or a file
     data = read_config_file(value)
     names = config_keys(ctx.command)
     unknown = [str(k) for k in data if str(k).replace("-", "_") not in names]
@@ -232,8 +234,9 @@ def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Pat
     return value
 
 
-CONFIG_HELP = ("YAML file of this command's options (e.g. 'epochs: 30', 'seed: [0, 1]', 'set: [embed_dim=128]'); "
-               "options given on the command line override it.")
+CONFIG_HELP = ("YAML file of this command's options (e.g. 'epochs: 30', 'seed: [0, 1]', 'set: [embed_dim=128]'), "
+               "or the name of a packaged run configuration (ilse2018: the attention-MIL protocol of Ilse et al. "
+               "2018); options given on the command line override it.")
 
 
 def _train_config(**kwargs: Any):
@@ -280,6 +283,11 @@ def train(
     epochs: int = typer.Option(20, min=1),
     lr: float = typer.Option(1e-4),
     weight_decay: float = typer.Option(1e-5),
+    optimizer: str = typer.Option("adamw", help="adamw (decoupled weight decay) | adam (L2 weight decay in the "
+                                  "gradient, as Ilse et al. 2018)."),
+    min_lr: float = typer.Option(1e-6, min=0.0, help="Final learning rate of the cosine schedule (= --lr for a "
+                                 "constant learning rate)."),
+    grad_clip: float = typer.Option(1.0, min=0.0, help="Maximum gradient norm (0 = no clipping)."),
     batch_size: int = typer.Option(1, min=1),
     patience: int = typer.Option(5, min=1),
     early_stopping: str = typer.Option("auto", help="auto | auroc | kappa | balanced_accuracy | accuracy | f1 | "
@@ -305,12 +313,15 @@ def train(
     from ..engine import run_cross_validation
 
     try:
+        if optimizer not in ("adamw", "adam"):
+            raise ValueError(f"--optimizer must be 'adamw' or 'adam', got {optimizer!r}")
         task, cols = resolve_task(task, label_cols)
         survival = task == "survival"
         _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=survival, time_col=time_col,
                                  event_col=event_col, label_cols=cols)
         cfg = _train_config(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
+            optimizer=optimizer, min_lr=min_lr, grad_clip=grad_clip,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
             strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins, survival_alpha=survival_alpha,

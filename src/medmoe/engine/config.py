@@ -60,8 +60,10 @@ class TrainConfig:
             class probabilities, or survival hazard logits, of a patient's bags are averaged first; for
             several slides per patient kept as separate bags). Training is per bag either way.
         epochs: maximum number of epochs (MIL-Lab recipe: 20).
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
+        lr: peak learning rate.
+        weight_decay: weight decay (decoupled for ``'adamw'``, an L2 term in the gradient for ``'adam'``).
+        optimizer: ``'adamw'`` (MIL-Lab recipe) or ``'adam'`` (``torch.optim.Adam`` with L2 weight decay,
+            betas (0.9, 0.999): the optimiser of Ilse et al. 2018, used by the ``ilse2018`` run config).
         warmup_epochs: linear warm-up length in epochs (0 = none). Fractions are allowed.
         min_lr: final learning rate of the cosine schedule.
         scheduler_interval: ``'step'`` (default: the learning rate changes after every optimiser step,
@@ -110,6 +112,7 @@ class TrainConfig:
     max_instances: int | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-5
+    optimizer: str = "adamw"
     warmup_epochs: float = 0.0
     min_lr: float = 1e-6
     scheduler_interval: str = "step"
@@ -171,6 +174,8 @@ class TrainConfig:
                 f"TrainConfig.warmup_epochs ({self.warmup_epochs}) must be smaller than "
                 f"epochs ({self.epochs})"
             )
+        if self.optimizer not in ("adamw", "adam"):
+            raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'adam', got {self.optimizer!r}")
         if self.scheduler_interval not in ("step", "epoch"):
             raise ValueError(
                 f"TrainConfig.scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}"

@@ -5,6 +5,10 @@ CUDA) instead of the default loop's five to six elementwise passes. Same update 
 by float rounding. Measured on 2 CPU cores, one training step on a 6-instance Musk1 bag: Lin-MIL (12.7M
 parameters) 67 -> 41 ms, ABMIL (0.5M) 1.8 -> 1.2 ms. Falls back to the default implementation where fused
 is not available (other devices, non-float parameters, older PyTorch).
+
+:func:`make_optimizer` picks between it and ``torch.optim.Adam`` with coupled L2 weight decay
+(``TrainConfig.optimizer='adam'``: the gradient gets ``weight_decay * p`` before Adam's moments, as in
+the original attention-MIL experiments of Ilse et al. 2018), fused the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["make_adamw"]
+__all__ = ["OPTIMIZERS", "make_adamw", "make_optimizer"]
 
 _FUSED_DEVICES = ("cpu", "cuda")
+
+#: Optimisers ``TrainConfig.optimizer`` accepts.
+OPTIMIZERS = ("adamw", "adam")
 
 
 def make_adamw(
@@ -33,3 +40,25 @@ def make_adamw(
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - depends on the torch build
             pass
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps)
+
+
+def make_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, eps: float = 1e-8
+) -> torch.optim.Optimizer:
+    """``'adamw'`` (decoupled weight decay, :func:`make_adamw`) or ``'adam'`` (``torch.optim.Adam``: L2
+    weight decay added to the gradient, betas (0.9, 0.999)), fused when every parameter allows it."""
+    if name == "adamw":
+        return make_adamw(params, lr, weight_decay, eps)
+    if name != "adam":
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    params = list(params)
+    fusable = bool(params) and all(
+        p.device.type in _FUSED_DEVICES and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        for p in params
+    )
+    if fusable:
+        try:
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # pragma: no cover - depends on the torch build
+            pass
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=eps)

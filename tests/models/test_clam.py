@@ -168,11 +168,6 @@ def test_label_without_return_attention_gives_the_instance_loss() -> None:
     assert out.aux_loss is not None and out.attention is None
 
 
-def test_old_clam_name_says_what_it_became() -> None:
-    with pytest.raises(ValueError, match="clam.base_svm was renamed.*now clam.base"):
-        medmoe.create_model("clam.base_svm")
-
-
 # ---------------------------------------------------------------------- smooth top-1 SVM
 def test_smooth_top1_svm_by_hand() -> None:
     scores = torch.tensor([[1.0, 2.0, 0.5], [0.2, -0.3, 0.1]])

@@ -176,11 +176,6 @@ def test_the_papers_rrt_has_its_own_names() -> None:
     assert paper_fields == {k: v for k, v in mammoth.config.to_dict().items() if not k.startswith("patch_embed")}
 
 
-def test_old_rrt_name_says_what_it_became() -> None:
-    with pytest.raises(ValueError, match="rrt.base_millab was renamed.*now rrt.base"):
-        create_model("rrt.base_millab")
-
-
 def test_padded_batch_equals_bags_alone() -> None:
     for kw in ({}, {"mil_lab_compat": True}):
         model = _model(**kw)

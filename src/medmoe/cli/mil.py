@@ -104,7 +104,7 @@ def check_benchmark_classes(ds: Any, info: dict[str, Any], name: str) -> None:
         raise ValueError(f"the benchmark {name!r} has one class label per bag, but the checkpoint is a "
                          f"{info.get('task')} model; give --features and --labels with its columns")
     ours, theirs = checkpoint_classes(info), [str(c) for c in ds.class_names]
-    if ours != theirs:
+    if info.get("class_names") and ours != theirs:
         raise ValueError(f"the benchmark {name!r} has classes {theirs} but the checkpoint predicts {ours}; it was "
                          "trained on other data: give --features and --labels of a cohort with its classes")
 
@@ -167,7 +167,7 @@ def _check_predictions_out(out: Path, features: Path, labels: Path | None, check
     if kind == "a folder":
         raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
     if kind not in ("missing", "a regular file"):
-        raise ValueError(f"--out {out} is {kind}, not a file; give a CSV file name")
+        raise ValueError(f"--out {out} is {kind}; give the name of a file to write")
     inputs: list[tuple[Path, str]] = []
     if labels is not None:
         inputs.append((Path(labels), "the --labels CSV"))

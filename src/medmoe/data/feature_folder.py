@@ -151,33 +151,36 @@ def max_feature_bytes() -> int:
         return 16 * 10**9
 
 
-def _check_declared_size(path: Path, shape: tuple[int, ...], stored: int | None, compressed: bool) -> None:
+def _check_declared_size(
+    path: Path, shape: tuple[int, ...], stored: int | None, compressed: bool, itemsize: int = 4
+) -> None:
     """Refuse a feature array that is too large to read, or a (forged or truncated) HDF5 dataset whose
     declared size its stored bytes cannot back, before anything is read.
 
     Args:
         shape: the declared shape; ``stored``: bytes the file really holds for it (``None``: unknown);
-        ``compressed``: the dataset is filtered (then ``stored`` may legitimately be smaller).
+        ``compressed``: the dataset is filtered (then ``stored`` may legitimately be smaller);
+        ``itemsize``: bytes per stored value.
     """
     count = 1
     for s in shape:
         count *= int(s)
     need = count * 4  # read as float32
+    if stored is not None and count > 0:
+        # Uncompressed data must be stored in full; real patch features never compress 100-fold.
+        declared = count * int(itemsize)
+        backed = stored >= declared if not compressed else stored * 100 >= declared
+        if stored == 0 or not backed:
+            raise FeatureFileError(
+                f"{path}: 'features' declares {' x '.join(map(str, shape))} values ({need / 1e9:.3g} GB) but the "
+                f"file stores only {stored} bytes of them (truncated, unwritten or forged); re-extract it"
+            )
     limit = max_feature_bytes()
     if need > limit:
         raise FeatureFileError(
             f"{path}: 'features' declares {' x '.join(map(str, shape))} values ({need / 1e9:.1f} GB as float32), "
             f"more than the {limit / 1e9:.1f} GB limit (a quarter of this machine's memory); if the file is "
             f"genuine, raise the limit with the environment variable {MAX_FEATURE_GB_ENV}=GB"
-        )
-    if stored is None or count == 0:
-        return
-    # Uncompressed data must be stored in full; real patch features never compress 100-fold.
-    backed = stored >= need // 2 if not compressed else stored * 100 >= need
-    if stored == 0 or not backed:
-        raise FeatureFileError(
-            f"{path}: 'features' declares {' x '.join(map(str, shape))} values ({need / 1e9:.3g} GB) but the file "
-            f"stores only {stored} bytes of them (truncated, unwritten or forged); re-extract it"
         )
 
 
@@ -203,7 +206,7 @@ def _h5_features(path: Path, f: Any) -> Any:
     if ds.is_virtual or ds.external:
         stored = None
     compressed = ds.compression is not None or bool(getattr(ds, "_filters", {}))
-    _check_declared_size(path, shape, stored, compressed)
+    _check_declared_size(path, shape, stored, compressed, ds.dtype.itemsize)
     return ds
 
 

@@ -32,6 +32,11 @@ def describe_path(path: str | os.PathLike) -> str:
             return f"a broken symlink (to {target})"
         if err.errno == errno.ENOENT:
             return "missing"
+        if err.errno == errno.ENOTDIR:
+            parent = p.parent
+            while parent != parent.parent and not parent.is_file():
+                parent = parent.parent
+            return f"below {parent}, which is a file, not a folder"
         if err.errno == errno.EACCES:
             return "not accessible (permission denied)"
         return f"unreadable ({err.strerror})"

@@ -132,7 +132,8 @@ def check_embedding_path(path: str | Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SLIDE_EMBEDDING_FORMATS:
         raise ValueError(
-            f"unknown slide-embedding format {path.name!r}; end the file name with one of {SLIDE_EMBEDDING_FORMATS}"
+            f"unknown slide-embedding format {path.name!r}; end the file name with one of "
+            f"{', '.join(SLIDE_EMBEDDING_FORMATS)} (--out)"
         )
     return suffix
 

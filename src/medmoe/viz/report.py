@@ -12,6 +12,10 @@ nothing else; every image is inlined as a base64 PNG (JPEG where that is less th
 * **heatmaps and expert plots** — every other ``.png`` below ``RUN_DIR`` (e.g. the output of
   ``medmoe mil heatmap --out RUN_DIR/heatmaps``), grouped by folder, with ``heatmaps.json`` and
   ``expert_stats.json`` summaries.
+
+A run folder may come from someone else: every value read from it is HTML-escaped, malformed JSON parts
+are left out, and an image larger than :data:`MAX_IMAGE_PIXELS` (its size is read from the file header,
+before anything is decoded) is skipped with a note in the report.
 """
 
 from __future__ import annotations
@@ -21,14 +25,22 @@ import csv
 import html
 import io
 import json
+import logging
 import math
 import os
+import struct
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_report", "find_runs"]
+__all__ = ["MAX_IMAGE_PIXELS", "build_report", "find_runs"]
+
+logger = logging.getLogger(__name__)
+
+#: Images with more pixels are not decoded (a 400-megapixel PNG of a few kB would take gigabytes).
+MAX_IMAGE_PIXELS = 64_000_000
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
@@ -48,6 +60,44 @@ def _esc(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` of an image from its header alone (PNG: the IHDR chunk; other formats: Pillow's
+    lazy open, which decodes nothing); ``None`` when it cannot be read."""
+    with path.open("rb") as fh:
+        head = fh.read(33)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return int(w), int(h)
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _load_image(path: Path, notes: list[str], root: Path) -> bytes | None:
+    """The bytes of an image to inline, or ``None`` (with a note) when it is unreadable or too large."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        size = _header_size(path)
+    except OSError as err:
+        notes.append(f"skipped {rel}: cannot read it ({err.strerror or err})")
+        return None
+    if size is None:
+        notes.append(f"skipped {rel}: not a readable image")
+        return None
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        notes.append(f"skipped {rel}: {size[0]} x {size[1]} px ({size[0] * size[1] / 1e6:.0f} megapixels) is over "
+                     f"the {MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit of the report")
+        logger.warning(notes[-1])
+        return None
+    return path.read_bytes()
+
+
 def _data_uri(data: bytes) -> str:
     mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
@@ -61,7 +111,7 @@ def _shrink(data: bytes, max_side: int) -> bytes:
     try:
         with Image.open(io.BytesIO(data)) as im:
             img = im.convert("RGB")
-    except OSError:
+    except (OSError, ValueError, Image.DecompressionBombError):
         return data
     if max(img.size) > max_side:
         scale = max_side / float(max(img.size))
@@ -108,11 +158,21 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _dict(v: Any) -> dict[str, Any]:
+    """``v`` when it is a mapping, else ``{}`` (a hand-edited or hostile JSON file may hold anything)."""
+    return v if isinstance(v, dict) else {}
+
+
+def _dicts(v: Any) -> list[dict[str, Any]]:
+    """The mappings in ``v`` when it is a list, else ``[]``."""
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     try:
         with path.open(newline="") as fh:
             return list(csv.DictReader(fh))
-    except OSError:
+    except (OSError, UnicodeDecodeError, csv.Error):
         return []
 
 
@@ -140,6 +200,17 @@ def _learning_curves(fold_dirs: Sequence[tuple[str, Path]], title: str) -> bytes
     series = [(n, rows) for n, rows in series if rows]
     if not series:
         return None
+    try:
+        with plt.rc_context({"text.parse_math": False}):
+            return _draw_curves(plt, series, title)
+    except (ValueError, RuntimeError, TypeError) as err:  # e.g. mathtext in a hostile column name
+        plt.close("all")
+        logger.warning("learning curves left out: %s", err)
+        return None
+
+
+def _draw_curves(plt: Any, series: list[tuple[str, list[dict[str, str]]]], title: str) -> bytes:
+    """The learning-curve figure of :func:`_learning_curves` as PNG bytes (text drawn literally)."""
     metric_cols = [c for c in series[0][1][0] if c.startswith("val_") and c != "val_loss"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     cmap = plt.get_cmap("tab10")
@@ -182,25 +253,25 @@ def _config_block(data: Mapping[str, Any]) -> str:
     return f"<pre>{_esc(json.dumps(data, indent=2, default=str))}</pre>"
 
 
-def _cv_section(run: Path, root: Path) -> str:
-    res = _read_json(run / "results.json") or {}
+def _cv_section(run: Path, root: Path, notes: list[str]) -> str:
+    res = _dict(_read_json(run / "results.json"))
     rel = run.relative_to(root).as_posix() or "."
     parts = [f'<h2 id="run-{_esc(rel)}">Run: {_esc(res.get("model_name", "?"))} — <code>{_esc(rel)}</code></h2>']
-    runs = res.get("runs") or []
-    summary = res.get("summary") or {}
-    val_summary = res.get("val_summary") or {}
-    seeds = sorted({r.get("seed") for r in runs})
-    parts.append(f'<p class="meta">{len(runs)} runs, seeds {seeds}; split hashes '
-                 f'{_esc(", ".join(f"{k}: {str(v)[:12]}" for k, v in (res.get("split_hashes") or {}).items()))}</p>')
+    runs = _dicts(res.get("runs"))
+    summary = _dict(res.get("summary"))
+    val_summary = _dict(res.get("val_summary"))
+    seeds = sorted({str(r.get("seed")) for r in runs}, key=lambda s: (len(s), s))
+    hashes = ", ".join(f"{k}: {str(v)[:12]}" for k, v in _dict(res.get("split_hashes")).items())
+    parts.append(f'<p class="meta">{len(runs)} runs, seeds {_esc(", ".join(seeds))}; split hashes {_esc(hashes)}</p>')
     if summary:
         parts.append("<h3>Metrics (mean ± std over folds × seeds)</h3>")
         parts.append(_table(["metric", "test", "val"],
                             [[m, summary.get(m), val_summary.get(m)] for m in summary]))
     if runs:
-        metrics = list((runs[0].get("test") or runs[0].get("val") or {}).keys())
+        metrics = list(_dict(runs[0].get("test") or runs[0].get("val")).keys())
         rows = []
         for r in runs:
-            t = r.get("test") or {}
+            t = _dict(r.get("test"))
             rows.append([f"seed {r.get('seed')} fold {r.get('fold')}", r.get("best_epoch"), r.get("epochs_run"),
                          *[t.get(m) for m in metrics]])
         parts.append("<h3>Fold results (test)</h3>")
@@ -213,7 +284,7 @@ def _cv_section(run: Path, root: Path) -> str:
     ckpt = next((d / "checkpoint" / "config.json" for _, d in _fold_dirs(run)
                  if (d / "checkpoint" / "config.json").is_file()), None)
     if ckpt is not None:
-        info = _read_json(ckpt) or {}
+        info = _dict(_read_json(ckpt))
         cfg["model_config"] = info.get("model_config")
         cfg["class_names"] = info.get("class_names")
         cfg["medmoe_version"] = info.get("medmoe_version")
@@ -223,9 +294,9 @@ def _cv_section(run: Path, root: Path) -> str:
 
 def _single_run_section(run: Path, root: Path) -> str:
     rel = run.relative_to(root).as_posix() or "."
-    info = _read_json(run / "checkpoint" / "config.json") or {}
+    info = _dict(_read_json(run / "checkpoint" / "config.json"))
     parts = [f"<h2>Training run — <code>{_esc(rel)}</code></h2>"]
-    fold = _read_json(run / "fold_result.json") or {}
+    fold = _dict(_read_json(run / "fold_result.json"))
     for split in ("val", "test"):
         m = fold.get(f"{split}_metrics") or fold.get(split)
         if isinstance(m, dict) and m:
@@ -239,22 +310,24 @@ def _single_run_section(run: Path, root: Path) -> str:
     return "\n".join(parts)
 
 
-def _comparison_section(root: Path) -> str:
-    comp = _read_json(root / "comparison.json")
+def _comparison_section(root: Path, notes: list[str]) -> str:
+    comp = _dict(_read_json(root / "comparison.json"))
     if not comp:
         return ""
-    metrics = comp.get("metrics") or []
-    rows = [[r.get("dataset"), r.get("model"), r.get("patch_embed"), *[(r.get("summary") or {}).get(m)
+    metrics = [str(m) for m in comp.get("metrics") or []] if isinstance(comp.get("metrics"), list) else []
+    rows = [[r.get("dataset"), r.get("model"), r.get("patch_embed"), *[_dict(r.get("summary")).get(m)
                                                                        for m in metrics]]
-            for r in comp.get("rows", [])]
+            for r in _dicts(comp.get("rows"))]
     parts = ["<h2>Comparison</h2>", _table(["dataset", "model", "patch_embed", *metrics], rows, left=3)]
     png = root / "comparison.png"
     if png.is_file():
-        parts.append(_img(png.read_bytes(), "comparison.png"))
+        data = _load_image(png, notes, root)
+        if data is not None:
+            parts.append(_img(data, "comparison.png"))
     return "\n".join(parts)
 
 
-def _image_sections(root: Path, max_images: int, max_side: int) -> tuple[str, int]:
+def _image_sections(root: Path, max_images: int, max_side: int, notes: list[str]) -> tuple[str, int]:
     skip = {root / "comparison.png"}
     pngs = [p for p in sorted(root.rglob("*.png")) if p not in skip and p.is_file()]
     if not pngs:
@@ -263,6 +336,7 @@ def _image_sections(root: Path, max_images: int, max_side: int) -> tuple[str, in
     for p in pngs[:max_images]:
         groups.setdefault(p.parent.relative_to(root).as_posix() or ".", []).append(p)
     parts = ["<h2>Heatmaps and expert plots</h2>"]
+    shown = 0
     if len(pngs) > max_images:
         parts.append(f'<p class="meta">showing {max_images} of {len(pngs)} images</p>')
     for folder, files in groups.items():
@@ -272,8 +346,11 @@ def _image_sections(root: Path, max_images: int, max_side: int) -> tuple[str, in
             if isinstance(data, dict):
                 keep = {k: v for k, v in data.items() if k not in ("files",)}
                 parts.append(f"<details><summary>{_esc(name)}</summary>{_config_block(keep)}</details>")
-        parts.append('<div class="grid">' + "".join(_img(_shrink(p.read_bytes(), max_side), p.name) for p in files) + "</div>")
-    return "\n".join(parts), min(len(pngs), max_images)
+        loaded = [(p, data) for p in files if (data := _load_image(p, notes, root)) is not None]
+        shown += len(loaded)
+        parts.append('<div class="grid">' + "".join(_img(_shrink(data, max_side), p.name) for p, data in loaded)
+                     + "</div>")
+    return "\n".join(parts), shown
 
 
 def build_report(
@@ -291,17 +368,18 @@ def build_report(
     if not root.is_dir():
         raise ValueError(f"run folder {root} does not exist or is not a folder")
     sections: list[str] = []
-    comparison = _comparison_section(root)
+    notes: list[str] = []
+    comparison = _comparison_section(root, notes)
     if comparison:
         sections.append(comparison)
     runs = find_runs(root)
     for run in runs:
-        sections.append(_cv_section(run, root))
+        sections.append(_cv_section(run, root, notes))
     covered = {d for run in runs for _, d in _fold_dirs(run)}
     for csv_path in sorted(root.rglob("metrics.csv")):
         if csv_path.parent not in covered:
             sections.append(_single_run_section(csv_path.parent, root))
-    images, n_images = _image_sections(root, max_images, max_image_side)
+    images, n_images = _image_sections(root, max_images, max_image_side, notes)
     if images:
         sections.append(images)
     if not sections:
@@ -322,6 +400,7 @@ def build_report(
         f"<h1>{_esc(name)}</h1><p class=\"meta\">{_esc(root.resolve())} — generated {stamp} by medmoe "
         f"{_esc(__version__)}; {len(runs)} cross-validation run(s), {n_images} image(s)</p>"
         + (f"<ul>{toc}</ul>" if len(runs) > 1 else "")
+        + "".join(f'<p class="meta">{_esc(n)}</p>' for n in notes)
         + "\n".join(sections)
         + "</body></html>\n"
     )

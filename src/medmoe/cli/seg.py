@@ -64,25 +64,35 @@ def models() -> None:
 def train(
     data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
     dataset: str | None = typer.Option(None, "--dataset", help=SAMPLE_HELP),
-    model: str = typer.Option("mamba_home.tiny", "--model", "-m", help="mamba_home.tiny|paper, unet[.small], "
-                              "segresnet[.small], swinunetr."),
+    preset: str = typer.Option("medmoe-cpu", help="Protocol every unset flag comes from: medmoe-cpu (the CPU-friendly "
+                               "default) | mamba-home-paper (the reference's; docs/segmentation-presets.md)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="mamba_home.tiny|paper, unet[.small], "
+                                     "segresnet[.small], swinunetr (default: the preset's)."),
     num_classes: int | None = typer.Option(None, min=2, help="Classes incl. background (default: dataset.json)."),
-    modality: str | None = typer.Option(None, help="ct | mri | other (default: from dataset.json, else mri)."),
-    ct_window: tuple[float, float] = typer.Option((-175.0, 250.0), help="CT window in HU (CT only)."),
+    modality: str | None = typer.Option(None, help="ct | mri | other (default: the preset's, else dataset.json, "
+                                        "else mri)."),
+    ct_window: tuple[float, float] | None = typer.Option(None, help="CT window in HU (CT only; default -175 250)."),
     spacing: tuple[float, float, float] | None = typer.Option(None, help="Resample to this voxel size."),
-    roi: tuple[int, int, int] = typer.Option((96, 96, 96), help="Crop / sliding-window size, 3 ints."),
-    samples: int = typer.Option(2, min=1, help="Crops per volume per step."),
+    roi: tuple[int, int, int] | None = typer.Option(None, help="Crop / sliding-window size, 3 ints (96^3; paper 128^3)."),
+    samples: int | None = typer.Option(None, min=1, help="Crops per volume per step (2; paper 1)."),
+    mri_stats: str | None = typer.Option(None, help="MRI statistics: foreground (default) | volume."),
+    augmentation: str | None = typer.Option(None, help="medmoe | reference | none."),
+    crop_foreground: bool | None = typer.Option(None, "--crop-foreground/--no-crop-foreground",
+                                                help="Crop to the non-zero box (paper: yes)."),
     val_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="Fraction of cases held out for validation."),
-    epochs: int = typer.Option(10, min=1),
-    steps_per_epoch: int = typer.Option(50, min=1),
-    batch_size: int = typer.Option(1, min=1),
-    lr: float = typer.Option(1e-4),
-    weight_decay: float = typer.Option(1e-4),
-    eps: float = typer.Option(1e-4, help="AdamW eps (the reference uses 1e-4)."),
-    warmup_steps: int = typer.Option(0, min=0),
-    precision: str = typer.Option("32-true", help="32-true (default) | bf16-mixed | 16-mixed."),
-    val_every: int = typer.Option(1, min=0, help="Validate every N epochs (0: never, keep the last)."),
-    overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window overlap."),
+    epochs: int | None = typer.Option(None, min=1, help="Epochs (10; paper 800)."),
+    steps_per_epoch: int | None = typer.Option(None, min=1, help="Steps per epoch (50; paper: one pass over the cases)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Volumes per step (1; paper 2)."),
+    lr: float | None = typer.Option(None, help="AdamW learning rate (1e-4)."),
+    weight_decay: float | None = typer.Option(None, help="AdamW weight decay (1e-4)."),
+    eps: float | None = typer.Option(None, help="AdamW eps (1e-4, as the reference)."),
+    warmup_steps: int | None = typer.Option(None, min=0),
+    precision: str | None = typer.Option(None, help="32-true (default) | bf16-mixed | 16-mixed."),
+    val_every: int | None = typer.Option(None, min=0, help="Validate every N epochs (0: never, keep the last)."),
+    overlap: float | None = typer.Option(None, min=0.0, max=0.95, help="Validation sliding-window overlap "
+                                         "(0.5; paper 0.25)."),
+    blend: str | None = typer.Option(None, help="Validation window blending: gaussian (default) | constant (paper)."),
+    dice_average: str | None = typer.Option(None, help="classes-over-cases (default) | cases-over-classes (paper)."),
     seed: int = typer.Option(0),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     out: Path = typer.Option(Path("runs/seg"), help="Run folder (checkpoint/, metrics.csv); a new or empty folder "
@@ -94,23 +104,38 @@ def train(
     devices: int = typer.Option(1, min=1),
 ) -> None:
     """Train a segmentation network; keeps the best validation-Dice checkpoint in OUT/checkpoint."""
-    from ..data.seg_transforms import SegTransformConfig, modality_from_names
-    from ..engine.segmentation import SegTrainConfig, train_segmentation
+    from ..data.seg_transforms import AUGMENTATIONS, MRI_STATS, modality_from_names
+    from ..engine.seg_inference import SLIDING_WINDOW_MODES
+    from ..engine.seg_presets import list_seg_presets, resolve_seg_preset
+    from ..engine.segmentation import DICE_AVERAGES, train_segmentation
     from ..models.seg import create_seg_model
 
     try:
+        _check_choices({"--preset": (preset.lower().replace("_", "-"), list_seg_presets()),
+                        "--augmentation": (augmentation, AUGMENTATIONS), "--mri-stats": (mri_stats, MRI_STATS),
+                        "--blend": (blend, SLIDING_WINDOW_MODES), "--dice-average": (dice_average, DICE_AVERAGES)})
         info = _load_source(data, dataset)
         k = _infer_num_classes(info, num_classes)
         in_channels = info.in_channels or _channels(info.cases[0])
-        mod = modality or modality_from_names(info.modality)
-        tcfg = SegTransformConfig(modality=mod, ct_window=ct_window, spacing=spacing, roi_size=roi, num_samples=samples)
-        net = create_seg_model(model, in_channels=in_channels, num_classes=k, **parse_overrides(set_))
         train_cases, val_cases = _split(info.cases, val_fraction, seed)
-        cfg = SegTrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
-                             weight_decay=weight_decay, eps=eps, warmup_steps=warmup_steps, precision=precision,
-                             val_every=val_every, sw_overlap=overlap, seed=seed, accelerator=accelerator,
-                             devices=devices)
+        chosen, tcfg, cfg = resolve_seg_preset(
+            preset, len(train_cases), modality_from_names(info.modality),
+            {"modality": modality, "ct_window": ct_window, "spacing": spacing, "roi_size": roi, "num_samples": samples,
+             "mri_stats": mri_stats, "augmentation": augmentation, "crop_foreground": crop_foreground},
+            {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "lr": lr,
+             "weight_decay": weight_decay, "eps": eps, "warmup_steps": warmup_steps, "precision": precision,
+             "val_every": val_every, "sw_overlap": overlap, "sw_mode": blend, "dice_average": dice_average,
+             "seed": seed, "accelerator": accelerator, "devices": devices},
+        )
+        model = model or chosen.model
+        mod = tcfg.modality
+        if modality is None and mod != modality_from_names(info.modality):
+            typer.echo(f"note: preset {chosen.name} uses modality {mod} (the data says "
+                       f"{modality_from_names(info.modality)}); pass --modality to change it")
+        net = create_seg_model(model, in_channels=in_channels, num_classes=k, **parse_overrides(set_))
         names = [info.label_names.get(i, str(i)) for i in range(k)]
+        typer.echo(f"preset {chosen.name}: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps, batch {cfg.batch_size} "
+                   f"x {tcfg.num_samples} crop(s) of {tcfg.roi_size}, augmentation {tcfg.augmentation}")
         typer.echo(f"{model}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, "
                    f"{len(train_cases)} training / {len(val_cases)} validation cases, modality {mod}")
         result = train_segmentation(net, train_cases, val_cases, tcfg, cfg, out, class_names=names, resume=resume,
@@ -121,6 +146,13 @@ def train(
         typer.echo(f"best epoch {result.best_epoch}: mean Dice {result.val.mean_dice:.4f}, "
                    f"HD95 {result.val.mean_hd95:.2f}; per class {json.dumps(_round(result.val.dice))}")
     typer.echo(f"checkpoint: {result.checkpoint_dir}\nmetrics:    {out / 'metrics.csv'}")
+
+
+def _check_choices(flags: dict[str, tuple[str | None, Any]]) -> None:
+    """``ValueError`` naming the flag when a given value is not one of its choices (``None``: not given)."""
+    for flag, (value, choices) in flags.items():
+        if value is not None and str(value) not in {str(c) for c in choices}:
+            raise ValueError(f"{flag} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 def _channels(case) -> int:  # type: ignore[no-untyped-def]
@@ -155,27 +187,50 @@ def _inputs(source: Path) -> list:
 
 @app.command("infer")
 def infer(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (or the run folder holding checkpoint/)."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (or the run folder holding checkpoint/), or a "
+                                      "checkpoint file of the reference Mamba-HoME code (.pth / .safetensors)."),
     source: Path = typer.Argument(..., help="A NIfTI file, a folder of them, an MSD folder (imagesTs) or a list."),
     out: Path = typer.Option(Path("predictions"), help="Output folder for <case>_seg.nii.gz."),
-    overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window overlap."),
-    mode: str = typer.Option("gaussian", help="Window blending: gaussian | constant."),
-    sw_batch_size: int = typer.Option(2, min=1),
-    roi: tuple[int, int, int] | None = typer.Option(None, help="Window size (default: the training ROI)."),
+    overlap: float | None = typer.Option(None, min=0.0, max=0.95, help="Sliding-window overlap (default: the "
+                                         "checkpoint's preset: 0.5)."),
+    mode: str | None = typer.Option(None, help="Window blending: gaussian | constant (default: the preset's: "
+                                    "gaussian for medmoe-cpu, constant for mamba-home-paper)."),
+    sw_batch_size: int | None = typer.Option(None, min=1),
+    roi: tuple[int, int, int] | None = typer.Option(None, help="Window size (default: the preset's; medmoe-cpu: "
+                                                    "the training ROI, mamba-home-paper: 192 192 48)."),
+    group_sizes: tuple[int, int, int, int] | None = typer.Option(
+        None, help="Reference Mamba-HoME checkpoints only: the 4 token group sizes it was trained with "
+        "(default the paper's 2048 1024 512 256)."),
     probabilities: bool = typer.Option(False, help="Also write <case>_prob.nii.gz (softmax, channels last)."),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
 ) -> None:
     """Sliding-window segmentation; label maps are written in each input's original voxel space."""
     import torch
 
-    from ..engine.seg_inference import predict_volumes
+    from ..data.seg_transforms import SegTransformConfig
+    from ..engine.seg_inference import SLIDING_WINDOW_MODES, predict_volumes
+    from ..engine.seg_presets import get_seg_preset, inference_protocol
     from ..engine.segmentation import load_seg_checkpoint, transform_config_from_info
 
     try:
+        _check_choices({"--mode": (mode, SLIDING_WINDOW_MODES)})
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        model, info = load_seg_checkpoint(checkpoint, map_location=dev)
-        paths = predict_volumes(model, _inputs(source), out, transform_config_from_info(info), roi, overlap, mode,
-                                sw_batch_size, save_probabilities=probabilities)
+        if checkpoint.is_file():  # a reference checkpoint: its keys, the paper's preprocessing and inference
+            from ..interop.mamba_home import load_mamba_home_reference
+
+            model, report = load_mamba_home_reference(checkpoint, group_sizes=group_sizes, map_location=dev)
+            typer.echo(report.summary())
+            paper = get_seg_preset("mamba-home-paper")
+            tcfg = SegTransformConfig(**{**paper.transform, "extra": {"preset": paper.name}})
+        else:
+            if group_sizes is not None:
+                raise typer.BadParameter("--group-sizes applies to reference checkpoint files only")
+            model, info = load_seg_checkpoint(checkpoint, map_location=dev)
+            tcfg = transform_config_from_info(info)
+        protocol = inference_protocol(tcfg.extra)
+        paths = predict_volumes(model, _inputs(source), out, tcfg, roi or protocol["roi"],
+                                protocol["overlap"] if overlap is None else overlap, mode or protocol["mode"],
+                                sw_batch_size or protocol["sw_batch_size"], save_probabilities=probabilities)
     except (ValueError, RuntimeError) as err:
         fail(err)
     typer.echo(f"wrote {len(paths)} segmentation(s) to {out}")

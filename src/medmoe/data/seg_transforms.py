@@ -16,10 +16,20 @@ they always agree on orientation, spacing and intensity normalisation:
     volume, background included (medmoe before issue 27: wrong as soon as fields of view differ);
   - ``"other"`` (microscopy, ultrasound, ...): percentile scaling of each channel to ``[0, 1]``.
 
+* **foreground crop** (``crop_foreground=True``, training and validation, not inference):
+  ``CropForegroundd`` to the bounding box of the non-zero image voxels (after the intensity step), as the
+  reference does.
 * **training crops**: ``SpatialPadd`` to ``roi_size`` (a volume smaller than the ROI is zero-padded,
   the label padded with background), then ``RandCropByPosNegLabeld`` (``pos``:``neg`` ratio,
-  ``num_samples`` crops per volume), then light augmentation (flips, 90° rotations when the two
-  in-plane ROI sides are equal, intensity shift/scale, Gaussian noise).
+  ``num_samples`` crops per volume), then augmentation, by ``augmentation``:
+
+  - ``"medmoe"``: flips (p 0.2 per axis), 90° rotations (p 0.1, when the two in-plane ROI sides are
+    equal), intensity scale and shift (0.1, p 0.2), Gaussian noise (std 0.01, p 0.2);
+  - ``"reference"`` (gmum/MambaHoME ``src/data_loader.py``): ``RandZoomd`` (1.3-1.5, area/nearest, p 0.3)
+    *before* the crop, then 90° rotations (p 0.1, max_k 3), intensity shift (0.1, p 0.2),
+    ``RandGaussianSmoothd`` (sigma 0.5-1.15, p 0.2), Gaussian noise (std 0.01, p 0.2); negative crop
+    centres only on voxels with intensity > 0 (``image_threshold=0``);
+  - ``"none"``: no augmentation (same as ``augment=False``).
 
 Every builder returns a :class:`monai.transforms.Compose`. Data dicts have keys ``image`` (a path or a
 list of channel paths) and ``label``.
@@ -33,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AUGMENTATIONS",
     "MODALITIES",
     "MRI_STATS",
     "SegTransformConfig",
@@ -45,6 +56,7 @@ __all__ = [
 
 MODALITIES = ("ct", "mri", "other")
 MRI_STATS = ("foreground", "volume")
+AUGMENTATIONS = ("medmoe", "reference", "none")
 
 
 @dataclass
@@ -63,6 +75,8 @@ class SegTransformConfig:
         augment: random flips/rotations/intensity augmentation during training.
         mri_stats: ``"foreground"`` (statistics over the non-zero voxels, background -> 0; default) or
             ``"volume"`` (statistics over the whole volume) for MRI.
+        augmentation: ``"medmoe"`` (default), ``"reference"`` (Mamba-HoME's) or ``"none"``.
+        crop_foreground: crop training and validation volumes to the non-zero image box (reference: True).
     """
 
     modality: str = "mri"
@@ -76,6 +90,8 @@ class SegTransformConfig:
     num_samples: int = 2
     augment: bool = True
     mri_stats: str = "foreground"
+    augmentation: str = "medmoe"
+    crop_foreground: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +115,8 @@ class SegTransformConfig:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         if self.mri_stats not in MRI_STATS:
             raise ValueError(f"mri_stats must be one of {MRI_STATS}, got {self.mri_stats!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.pos < 0 or self.neg < 0 or self.pos + self.neg == 0:
@@ -163,21 +181,40 @@ def _intensity(cfg: SegTransformConfig) -> list[Any]:
     ]
 
 
+def _nonzero(x: Any) -> Any:
+    """Foreground of ``CropForegroundd``: non-zero voxels (the reference's ``x > 0`` on CT-windowed [0, 1]
+    images; also right for foreground-normalised MRI, whose tissue can be negative)."""
+    return x != 0
+
+
+def _crop_foreground(cfg: SegTransformConfig, keys: tuple[str, ...]) -> list[Any]:
+    from monai import transforms as T
+
+    if not cfg.crop_foreground:
+        return []
+    return [T.CropForegroundd(keys=keys, source_key="image", select_fn=_nonzero, allow_smaller=True)]
+
+
 def build_train_transforms(cfg: SegTransformConfig) -> Any:
-    """Load -> channel-first -> orientation -> spacing -> intensity -> pad to ROI -> pos/neg crops ->
-    augmentation. Each input dict yields ``cfg.num_samples`` crops of ``cfg.roi_size``."""
+    """Load -> channel-first -> orientation -> spacing -> intensity -> [foreground crop] -> pad to ROI ->
+    [reference: zoom] -> pos/neg crops -> augmentation. Each input dict yields ``cfg.num_samples`` crops of
+    ``cfg.roi_size``."""
     from monai import transforms as T
 
     keys = ("image", "label")
-    ops = _load_and_space(cfg, keys) + _intensity(cfg)
-    ops += [
-        T.SpatialPadd(keys=keys, spatial_size=cfg.roi_size, mode="constant"),
+    aug = cfg.augmentation if cfg.augment else "none"
+    ops = _load_and_space(cfg, keys) + _intensity(cfg) + _crop_foreground(cfg, keys)
+    ops.append(T.SpatialPadd(keys=keys, spatial_size=cfg.roi_size, mode="constant"))
+    if aug == "reference":
+        ops.append(T.RandZoomd(keys=keys, min_zoom=1.3, max_zoom=1.5, mode=("area", "nearest"), prob=0.3))
+    ops.append(
         T.RandCropByPosNegLabeld(
             keys=keys, label_key="label", spatial_size=cfg.roi_size, pos=cfg.pos, neg=cfg.neg,
             num_samples=cfg.num_samples, allow_smaller=False,
-        ),
-    ]
-    if cfg.augment:
+            **({"image_key": "image", "image_threshold": 0.0} if aug == "reference" else {}),
+        )
+    )
+    if aug == "medmoe":
         ops += [T.RandFlipd(keys=keys, prob=0.2, spatial_axis=axis) for axis in range(3)]
         if cfg.roi_size[0] == cfg.roi_size[1]:
             ops.append(T.RandRotate90d(keys=keys, prob=0.1, max_k=3, spatial_axes=(0, 1)))
@@ -186,16 +223,26 @@ def build_train_transforms(cfg: SegTransformConfig) -> Any:
             T.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.2),
             T.RandGaussianNoised(keys="image", std=0.01, prob=0.2),
         ]
+    elif aug == "reference":
+        if cfg.roi_size[0] == cfg.roi_size[1]:  # the reference's 128^3 patches are cubes
+            ops.append(T.RandRotate90d(keys=keys, prob=0.1, max_k=3))
+        sigma = (0.5, 1.15)
+        ops += [
+            T.RandShiftIntensityd(keys="image", offsets=0.10, prob=0.20),
+            T.RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
+            T.RandGaussianNoised(keys="image", prob=0.2, mean=0.0, std=0.01),
+        ]
     ops.append(T.EnsureTyped(keys=keys, track_meta=False))
     return T.Compose(ops)
 
 
 def build_val_transforms(cfg: SegTransformConfig) -> Any:
-    """Load -> channel-first -> orientation -> spacing -> intensity (whole volumes, for sliding-window
-    validation; labels kept as float label maps on the same grid)."""
+    """Load -> channel-first -> orientation -> spacing -> intensity -> [foreground crop] (whole volumes, for
+    sliding-window validation; labels kept as float label maps on the same grid)."""
     from monai import transforms as T
 
-    return T.Compose(_load_and_space(cfg, ("image", "label")) + _intensity(cfg))
+    keys = ("image", "label")
+    return T.Compose(_load_and_space(cfg, keys) + _intensity(cfg) + _crop_foreground(cfg, keys))
 
 
 def build_inference_transforms(cfg: SegTransformConfig) -> Any:

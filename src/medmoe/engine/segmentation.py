@@ -79,6 +79,7 @@ logger = logging.getLogger(__name__)
 SEG_CHECKPOINT_DIR = "checkpoint"
 METRICS_CSV = "metrics.csv"
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
+DICE_AVERAGES = ("classes-over-cases", "cases-over-classes")
 
 
 @dataclass
@@ -96,6 +97,10 @@ class SegTrainConfig:
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (AMP).
         val_every: validate every this many epochs (0 = never: the last epoch is kept).
         sw_overlap, sw_mode, sw_batch_size: sliding-window validation settings.
+        dice_average: how the validation mean Dice (which picks the kept checkpoint) is averaged:
+            ``"classes-over-cases"`` (medmoe: each class's mean over cases, then over classes) or
+            ``"cases-over-classes"`` (the reference, MONAI ``DiceMetric(reduction="mean")``: each case's
+            mean over classes, then over cases).
         hd95: compute HD95 (slower than Dice on large volumes).
         seed: seed of weights, crops and augmentation.
         accelerator, devices: Lightning Fabric settings.
@@ -117,6 +122,7 @@ class SegTrainConfig:
     val_every: int = 1
     sw_overlap: float = 0.5
     sw_mode: str = "gaussian"
+    dice_average: str = "classes-over-cases"
     sw_batch_size: int = 1
     hd95: bool = True
     seed: int = 0
@@ -136,6 +142,8 @@ class SegTrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.sw_mode not in SLIDING_WINDOW_MODES:
             raise ValueError(f"sw_mode must be one of {SLIDING_WINDOW_MODES}, got {self.sw_mode!r}")
+        if self.dice_average not in DICE_AVERAGES:
+            raise ValueError(f"dice_average must be one of {DICE_AVERAGES}, got {self.dice_average!r}")
         if not 0.0 <= self.sw_overlap < 1.0:
             raise ValueError(f"sw_overlap must be in [0, 1), got {self.sw_overlap}")
         if self.val_every < 0 or self.warmup_steps < 0:
@@ -203,9 +211,12 @@ def evaluate_segmentation(
     hd95: bool = True,
     class_names: Sequence[str] | None = None,
     device: torch.device | str | None = None,
+    dice_average: str = "classes-over-cases",
 ) -> SegEvalResult:
     """Dice and HD95 per foreground class on whole labelled volumes, after the validation transforms
-    (so in the resampled space), with Gaussian-blended sliding-window inference."""
+    (so in the resampled space), with sliding-window inference (``mode`` blending). ``mean_dice`` is averaged
+    as ``dice_average`` says (see :class:`SegTrainConfig`); the per-class ``dice`` is always each class's
+    mean over cases."""
     if not cases:
         raise ValueError("evaluate_segmentation needs at least one labelled case")
     num_classes = int(getattr(model, "num_classes", 0) or unwrap_model(model).num_classes)
@@ -249,7 +260,13 @@ def evaluate_segmentation(
     if hds:
         hd_mat = torch.stack(hds)
         hd = {n: float(torch.nanmean(hd_mat[:, i])) for i, n in enumerate(names)}
-    return SegEvalResult(dice, hd, _nanmean(dice.values()), _nanmean(hd.values()), per_case)
+    if dice_average not in DICE_AVERAGES:
+        raise ValueError(f"dice_average must be one of {DICE_AVERAGES}, got {dice_average!r}")
+    if dice_average == "cases-over-classes":  # MONAI DiceMetric(reduction="mean"): classes first, then cases
+        mean_dice = _nanmean(_nanmean(d.tolist()) for d in dices)
+    else:
+        mean_dice = _nanmean(dice.values())
+    return SegEvalResult(dice, hd, mean_dice, _nanmean(hd.values()), per_case)
 
 
 def dice_per_class(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -497,7 +514,7 @@ def train_segmentation(
             if val_cases and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or is_last):
                 result = evaluate_segmentation(
                     model, val_cases, transform_config, roi, cfg.sw_overlap, cfg.sw_mode, cfg.sw_batch_size,
-                    cfg.hd95, names, device=fabric.device,
+                    cfg.hd95, names, device=fabric.device, dice_average=cfg.dice_average,
                 )
                 row.update(result.flat("val_"))
                 score = result.mean_dice if not math.isnan(result.mean_dice) else -1.0

@@ -101,6 +101,11 @@ def test_summarize_and_format():
 
 def test_all_metric_names_cover_every_task_once_in_table_order():
     assert len(set(ALL_METRIC_NAMES)) == len(ALL_METRIC_NAMES)
-    assert set(ALL_METRIC_NAMES) == {*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES}
+    from medmoe.engine.thresholds import THRESHOLD_METRIC_NAMES
+
+    assert set(ALL_METRIC_NAMES) == {
+        *METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES, *THRESHOLD_METRIC_NAMES
+    }
     assert ALL_METRIC_NAMES[: len(METRIC_NAMES)] == METRIC_NAMES  # classification columns first
-    assert ALL_METRIC_NAMES[-1] == "subset_accuracy"  # the only multi-label-only name comes last
+    # then the multi-label-only name, then the metrics at the validation-chosen decision thresholds
+    assert ALL_METRIC_NAMES[-len(THRESHOLD_METRIC_NAMES) - 1 :] == ("subset_accuracy", *THRESHOLD_METRIC_NAMES)

@@ -61,6 +61,7 @@ def heatmap(
     --features from the encoder it was trained with.
     """
     from ..engine.heatmap_pipeline import demo_slide_heatmaps, slide_heatmaps
+    from ..engine.thresholds import checkpoint_thresholds
 
     try:
         model, info = None, {}
@@ -69,7 +70,8 @@ def heatmap(
 
             model, info = load_checkpoint(checkpoint, map_location=device)
         common = {"num_expert_maps": experts, "top_k": top_k, "max_size": max_size, "alpha": alpha, "blur": blur, "cmap": cmap,
-                      "normalize": normalize, "device": device, "embedding": embedding}
+                      "normalize": normalize, "device": device, "embedding": embedding,
+                  "thresholds": checkpoint_thresholds(info)}  # the decision thresholds chosen in training
         if cohort is not None:
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")

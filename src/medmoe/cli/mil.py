@@ -415,6 +415,7 @@ def evaluate_checkpoint(
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
     from ..engine import evaluate, load_checkpoint
+    from ..engine.thresholds import checkpoint_thresholds
     from ..engine.prediction import check_feature_dim
 
     try:
@@ -431,7 +432,8 @@ def evaluate_checkpoint(
                           checkpoint)
         result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
                           survival_bin_edges=info.get("survival_bin_edges") if survival else None,
-                          metrics_level=metrics_level, multilabel=multilabel)
+                          metrics_level=metrics_level, multilabel=multilabel,
+                          thresholds=checkpoint_thresholds(info))  # *_tuned: at the checkpoint's thresholds
     except (ValueError, RuntimeError) as err:
         fail(err)
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
@@ -532,11 +534,12 @@ def run_compare(
     out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
     lr: float = 1e-4, patience: int = 5, resume: bool = False, jobs: int = 1, *,
     folders: dict[str, Any] | None = None, task: str = "classification", overwrite: bool = False,
-    **train_settings: Any,
+    columns: list[str] | None = None, **train_settings: Any,
 ) -> Path:
     """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png.
     ``folders`` adds already loaded datasets (feature folders) to the named benchmarks; ``train_settings``
-    are further :class:`~medmoe.engine.TrainConfig` fields (``None`` = default)."""
+    are further :class:`~medmoe.engine.TrainConfig` fields (``None`` = default); ``columns`` are the
+    table's metrics (default: the task's)."""
     from ..engine import compare
     from ..viz.comparison import plot_comparison
 
@@ -548,7 +551,7 @@ def run_compare(
                         standardize_features=True, progress=False, task=task, **train_settings)
     result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                      model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
-                     resume=resume, overwrite=overwrite, jobs=jobs)
+                     resume=resume, overwrite=overwrite, jobs=jobs, metrics=columns)
     table = result.to_markdown()  # compare() wrote it to comparison.md (atomically)
     png = plot_comparison(result.rows, metric, out / "comparison.png",
                           title=f"{k}-fold CV, seeds {list(seeds)}: test {metric}")

@@ -40,6 +40,7 @@ from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_sum
 from .multilabel import MULTILABEL_METRIC_NAMES
 from .runs import MANIFEST_NAME, RunManifest, data_identity, start_run_folder, write_manifest, writing
 from .survival import SURVIVAL_METRIC_NAMES
+from .thresholds import thresholds_note
 from .trainer import RESUME_NEUTRAL_SETTINGS, TEST_PREDICTIONS_CSV, make_fabric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,7 +101,7 @@ class CVResult:
 
     def to_markdown(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
         """Title, run count and a ``| metric | test | val |`` table of mean ± std."""
-        per_label = [m for m in self.summary if m.startswith("auroc_")]  # multi-label runs
+        per_label = [m for m in self.summary if m.startswith(("auroc_", "threshold_"))]  # multi-label runs
         known = [m for m in ALL_METRIC_NAMES if m in self.summary] + per_label
         names = list(metrics) if metrics is not None else known
         seeds = sorted({r["seed"] for r in self.runs})
@@ -117,7 +118,8 @@ class CVResult:
             test = format_mean_std(*self.summary.get(name, (math.nan, math.nan)), digits=digits)
             val = format_mean_std(*self.val_summary.get(name, (math.nan, math.nan)), digits=digits)
             lines.append(f"| {name} | {test} | {val} |")
-        return "\n".join(lines) + "\n"
+        note = thresholds_note([r.get("thresholds") for r in self.runs])
+        return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def run_cross_validation(
@@ -334,6 +336,7 @@ def _write_cv_result(
             "monitor": result.monitor,
             "val": result.val_metrics,
             "test": result.test_metrics,
+            "thresholds": result.thresholds,
             "checkpoint_dir": str(result.checkpoint_dir),
         }
         for task, result in zip(tasks, results)

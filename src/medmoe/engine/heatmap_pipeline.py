@@ -127,6 +127,14 @@ def infer_slide(
     return result
 
 
+def _decide_labels(label_probs: np.ndarray, thresholds: Any) -> list[bool]:
+    """Multi-label: whether each label ``(L,)`` is called present (at its threshold; 0.5 without)."""
+    from .thresholds import apply_thresholds
+
+    cut = thresholds if thresholds is not None else [0.5] * len(label_probs)
+    return apply_thresholds(torch.as_tensor(label_probs).view(1, -1), cut)[0].tolist()
+
+
 def _branch_names(k: int, kind: str, class_names: list[str]) -> list[str]:
     if k == 1:
         return ["attention"]
@@ -155,6 +163,7 @@ def slide_heatmaps(
     normalize: str = "percentile",
     device: str | torch.device = "cpu",
     embedding: str = "pca",
+    thresholds: Any = None,
 ) -> dict[str, Any]:
     """Every heatmap and expert plot for one slide (layout in the module docstring).
 
@@ -173,6 +182,8 @@ def slide_heatmaps(
         top_k: patches per top-k grid (0 = no grids).
         max_size, alpha, blur, cmap, normalize: passed to :func:`medmoe.viz.heatmap.draw_heatmap`.
         embedding: ``pca`` or ``tsne`` for the slot-output map.
+        thresholds: the checkpoint's decision thresholds (two classes: one; multi-label: one per label; see
+            :func:`medmoe.engine.thresholds.checkpoint_thresholds`); ``None`` = arg-max / 0.5.
 
     Returns:
         The summary also written to ``out_dir/heatmaps.json`` (prediction, files, expert statistics).
@@ -181,6 +192,7 @@ def slide_heatmaps(
     from ..viz import expert_stats as es
     from ..viz.heatmap import draw_argmax_expert_map, draw_expert_maps, draw_heatmap, make_canvas
     from ..viz.patch_grid import save_top_k_grids
+    from .thresholds import decide_classes
 
     c = np.asarray(coords.cpu().numpy() if isinstance(coords, Tensor) else coords)
     n_feat = features.shape[0] if features.ndim == 2 else features.shape[-2]
@@ -209,14 +221,17 @@ def slide_heatmaps(
     elif task == "multilabel":  # independent yes/no labels: sigmoid, not softmax
         names = class_names or [str(i) for i in range(len(res.logits))]
         label_probs = 1.0 / (1.0 + np.exp(-np.asarray(res.logits, dtype=np.float64)))
-        present = [n for n, p in zip(names, label_probs) if p >= 0.5]
+        present = [n for n, keep in zip(names, _decide_labels(label_probs, thresholds)) if keep]
         tag = "labels " + (", ".join(present) if present else "none")
         prediction = {"probs": {n: float(p) for n, p in zip(names, label_probs)}, "prediction": present}
     else:
         names = class_names or [str(i) for i in range(len(res.probs))]
-        pred = int(res.probs.argmax())
+        pred = int(decide_classes(torch.as_tensor(res.probs).view(1, -1), thresholds)[0])
         tag = f"pred {names[pred]} (p={res.probs[pred]:.2f})"
         prediction = {"probs": {names[i]: float(p) for i, p in enumerate(res.probs)}, "prediction": names[pred]}
+    if thresholds is not None and not survival:
+        values = thresholds.values if hasattr(thresholds, "values") else list(thresholds)
+        prediction["decision_thresholds"] = [float(v) for v in values]
     score_sets: dict[str, np.ndarray] = {}
 
     if res.attention is not None:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .multilabel import MULTILABEL_METRIC_NAMES
 from .survival import SURVIVAL_METRIC_NAMES
+from .thresholds import THRESHOLD_METRIC_NAMES, decide_classes
 
 __all__ = [
     "ALL_METRIC_NAMES",
@@ -40,9 +41,11 @@ logger = logging.getLogger(__name__)
 METRIC_NAMES: tuple[str, ...] = ("auroc", "balanced_accuracy", "accuracy", "f1", "kappa")
 
 #: Every test metric a fold can report (classification, then survival, then multi-label), without repeats.
-#: Multi-label runs add one ``auroc_<label>`` per label on top of these.
+#: Binary and multi-label runs add the metrics at the validation-chosen decision thresholds
+#: (``balanced_accuracy_tuned``, ..., ``threshold``; :mod:`medmoe.engine.thresholds`).
+#: Multi-label runs add one ``auroc_<label>`` and one ``threshold_<label>`` per label on top of these.
 ALL_METRIC_NAMES: tuple[str, ...] = tuple(
-    dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES))
+    dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES, *THRESHOLD_METRIC_NAMES))
 )
 
 
@@ -78,13 +81,15 @@ def _check(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return probs, labels
 
 
-def compute_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
+def compute_metrics(probs: Tensor, labels: Tensor, threshold: float | None = None) -> dict[str, float]:
     """Classification metrics of bags.
 
     Args:
         probs: ``(n, C)`` class probabilities (rows need not sum exactly to 1; only their order and, for
             AUROC, their ranking matter).
         labels: ``(n,)`` integer class indices in ``[0, C)``.
+        threshold: two classes only: call a bag class 1 when ``probs[:, 1] >= threshold`` (a decision
+            threshold chosen on validation data, :mod:`medmoe.engine.thresholds`); ``None`` = arg-max.
 
     Returns:
         ``{'auroc', 'balanced_accuracy', 'accuracy', 'f1', 'kappa'}`` as Python floats (``nan`` where a
@@ -93,7 +98,9 @@ def compute_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
     probs, labels = _check(probs, labels)
     tm = _tm()
     num_classes = probs.shape[1]
-    preds = probs.argmax(1)
+    if threshold is not None and num_classes != 2:
+        raise ValueError(f"a decision threshold needs two classes, got probabilities for {num_classes}")
+    preds = probs.argmax(1) if threshold is None else decide_classes(probs, [threshold])
     present = torch.bincount(labels, minlength=num_classes) > 0
     predicted = torch.bincount(preds, minlength=num_classes) > 0
 

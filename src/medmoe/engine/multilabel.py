@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .thresholds import apply_thresholds
+
 __all__ = [
     "MULTILABEL_METRIC_NAMES",
     "check_multilabel_set",
@@ -84,11 +86,16 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def multilabel_metrics(
-    logits: Tensor, targets: Tensor, label_names: Sequence[str] | None = None
+    logits: Tensor,
+    targets: Tensor,
+    label_names: Sequence[str] | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``(n, L)`` logits against ``(n, L)`` 0/1 targets (see the module docstring).
 
-    ``label_names`` name the per-label ``auroc_<label>`` entries (default ``0, 1, ...``).
+    ``label_names`` name the per-label ``auroc_<label>`` entries (default ``0, 1, ...``). ``thresholds``:
+    one probability cut-off per label (a label is called present when ``sigmoid(logit) >= t``, see
+    :mod:`medmoe.engine.thresholds`); ``None`` = 0.5 for every label.
     """
     if logits.ndim != 2 or logits.shape != targets.shape:
         raise ValueError(
@@ -102,7 +109,10 @@ def multilabel_metrics(
         raise ValueError(f"{len(names)} label names for {logits.shape[1]} labels")
     z = logits.double()
     y = targets.bool()
-    pred = z >= 0  # sigmoid(z) >= 0.5
+    if thresholds is None:
+        pred = z >= 0  # sigmoid(z) >= 0.5
+    else:
+        pred = apply_thresholds(torch.sigmoid(z), list(thresholds))
     aurocs = [_binary_auroc(z[:, j], y[:, j]) for j in range(z.shape[1])]
     tp = (pred & y).sum(0).double()
     fp = (pred & ~y).sum(0).double()

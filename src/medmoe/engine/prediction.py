@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .checkpoint import load_checkpoint
 from .survival import risk_scores, survival_curves
+from .thresholds import apply_thresholds, checkpoint_thresholds, decide_classes, ensemble_thresholds
 from .trainer import _infer, _with_stats
 
 __all__ = ["check_feature_dim", "load_for_inference", "predict", "predict_ensemble", "run_checkpoints"]
@@ -113,11 +114,15 @@ def _class_names(info: dict[str, Any]) -> list[str]:
     return list(info.get("class_names") or [str(c) for c in range(info["num_outputs"])])
 
 
-def _add_label_probabilities(rows: list[dict[str, Any]], probs: Tensor, names: list[str]) -> None:
-    """Multi-label rows: ``prob_<label>`` and ``pred_labels`` (the labels with probability >= 0.5, ``;``-joined)."""
+def _add_label_probabilities(
+    rows: list[dict[str, Any]], probs: Tensor, names: list[str], thresholds: Any = None
+) -> None:
+    """Multi-label rows: ``prob_<label>`` and ``pred_labels`` (the labels with probability at least their
+    decision threshold, 0.5 without one; ``;``-joined)."""
+    present = apply_thresholds(probs, thresholds if thresholds is not None else [0.5] * len(names))
     for i, row in enumerate(rows):
         row.update({f"prob_{n}": float(probs[i, j]) for j, n in enumerate(names)})
-        row["pred_labels"] = ";".join(n for j, n in enumerate(names) if probs[i, j] >= 0.5)
+        row["pred_labels"] = ";".join(n for j, n in enumerate(names) if present[i, j])
 
 
 def predict(
@@ -142,12 +147,15 @@ def predict(
         surviving past time bin ``k`` (bins end at the checkpoint's ``survival_bin_edges``). For a
         multi-label checkpoint: ``bag_id``, ``target_<label>`` (when the dataset has the targets),
         ``prob_<label>`` (sigmoid) and ``pred_labels`` (those with probability >= 0.5, ``;``-joined).
+        Binary and multi-label decisions use the checkpoint's decision thresholds (chosen on validation
+        data, :mod:`medmoe.engine.thresholds`; 0.5 for checkpoints without them) instead of 0.5: ``pred``
+        is class 1 when its probability is at least ``threshold`` (a column of two-class rows).
     """
     info, logits = _outputs(checkpoint_dir, dataset, batch_size, device)
     task = info.get("task", "classification")
     rows = _base_rows(dataset, task)
     if task == "multilabel":
-        _add_label_probabilities(rows, torch.sigmoid(logits), _class_names(info))
+        _add_label_probabilities(rows, torch.sigmoid(logits), _class_names(info), checkpoint_thresholds(info))
     elif task == "survival":
         curves, risk = survival_curves(logits), risk_scores(logits)
         for i, row in enumerate(rows):
@@ -156,10 +164,14 @@ def predict(
     else:
         names = _class_names(info)
         probs = torch.softmax(logits, dim=-1)
+        thresholds = checkpoint_thresholds(info)  # two classes: the decision threshold chosen in training
+        preds = decide_classes(probs, thresholds)
         for i, row in enumerate(rows):
-            pred = int(probs[i].argmax())
+            pred = int(preds[i])
             row.update({"pred": pred, "pred_name": names[pred] if pred < len(names) else str(pred)})
             row.update({f"prob_{name}": float(probs[i, c]) for c, name in enumerate(names)})
+            if thresholds is not None:
+                row["threshold"] = thresholds.values[0]
     return _frame(rows, as_frame)
 
 
@@ -202,7 +214,9 @@ def predict_ensemble(
     Returns:
         One row per bag (list of dicts, or a DataFrame with ``as_frame=True``): as :func:`predict`, with the
         probabilities averaged over the models, plus ``n_models`` and ``agreement`` (share of the models
-        whose own arg-max is the ensemble's); for survival, ``risk`` (mean), ``risk_std`` (sample std over
+        whose own decision is the ensemble's); for two classes the decision is ``mean(p) >= threshold``,
+        the mean of the models' decision thresholds (the same as the mean margin of each model over its own
+        threshold; multi-label: per label); for survival, ``risk`` (mean), ``risk_std`` (sample std over
         the models) and ``n_models`` (per-bin survival is left out: each fold cuts its own time bins); for
         multi-label, the mean ``prob_<label>``, ``pred_labels`` and ``n_models``.
 
@@ -226,7 +240,8 @@ def predict_ensemble(
     rows = _base_rows(dataset, task)
     n = len(paths)
     if task == "multilabel":
-        _add_label_probabilities(rows, torch.stack([torch.sigmoid(z) for z in outputs]).mean(0), _class_names(infos[0]))
+        _add_label_probabilities(rows, torch.stack([torch.sigmoid(z) for z in outputs]).mean(0), _class_names(infos[0]),
+                                 ensemble_thresholds([checkpoint_thresholds(i) for i in infos]))
         for row in rows:
             row["n_models"] = n
         return _frame(rows, as_frame)
@@ -240,10 +255,15 @@ def predict_ensemble(
     names = _class_names(infos[0])
     probs = torch.stack([torch.softmax(z, dim=-1) for z in outputs])  # (m, bags, C)
     mean = probs.mean(0)
-    votes = probs.argmax(-1)  # (m, bags)
+    members = [checkpoint_thresholds(i) for i in infos]  # two classes: each fold's own threshold
+    thresholds = ensemble_thresholds(members) if members[0] is not None else None
+    preds = decide_classes(mean, thresholds)  # mean(p) >= mean(t): the mean margin over own thresholds
+    votes = torch.stack([decide_classes(p, t) for p, t in zip(probs, members)])  # (m, bags)
     for i, row in enumerate(rows):
-        pred = int(mean[i].argmax())
+        pred = int(preds[i])
         row.update({"pred": pred, "pred_name": names[pred] if pred < len(names) else str(pred)})
         row.update({f"prob_{name}": float(mean[i, c]) for c, name in enumerate(names)})
+        if thresholds is not None:
+            row["threshold"] = thresholds[0]
         row.update({"n_models": n, "agreement": float((votes[:, i] == pred).double().mean())})
     return _frame(rows, as_frame)

@@ -85,6 +85,7 @@ from .precision import resolve_precision
 from .run_logging import training_progress, write_history_csv
 from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
 from .survival import survival_metrics as _survival_metrics
+from .thresholds import THRESHOLDS_KEY, DecisionThresholds, choose_thresholds, tuned_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -129,6 +130,9 @@ class FoldResult:
         val_metrics: validation metrics of the best checkpoint (empty without a validation set).
         test_metrics: test metrics of the best checkpoint (``None`` without a test set).
         history: one dict per epoch (the rows of ``metrics.csv``).
+        thresholds: the decision thresholds saved in the checkpoint (binary and multi-label tasks; chosen
+            on the validation set, see :mod:`medmoe.engine.thresholds`), as their ``config.json`` record;
+            ``None`` for multi-class and survival.
     """
 
     out_dir: Path
@@ -140,6 +144,7 @@ class FoldResult:
     val_metrics: dict[str, float]
     test_metrics: dict[str, float] | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    thresholds: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -452,14 +457,20 @@ def _task_metrics(
     alpha: float,
     level: str = "bag",
     multilabel: bool = False,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Classification metrics of softmax(logits), survival metrics when ``edges`` is given, multi-label
-    metrics with ``multilabel``; with ``level='group'`` per patient (:func:`_per_group`)."""
+    metrics with ``multilabel``; with ``level='group'`` per patient (:func:`_per_group`). ``thresholds``
+    (binary / multi-label) add the metrics at those decision thresholds (``*_tuned``, ``threshold*``)."""
     if multilabel:
         targets = dataset.multilabel_targets
         if level == "group":
             logits, targets = _per_group_multilabel(logits, targets, dataset)
-        return multilabel_metrics(logits, targets, dataset.label_names)
+        metrics = multilabel_metrics(logits, targets, dataset.label_names)
+        if thresholds is not None:
+            tuned = multilabel_metrics(logits, targets, dataset.label_names, thresholds)
+            metrics.update(tuned_metrics(tuned, thresholds, dataset.label_names))
+        return metrics
     survival = edges is not None
     times = dataset.survival_times if survival else None
     events = dataset.survival_events if survival else None
@@ -467,8 +478,33 @@ def _task_metrics(
     if level == "group":
         scores, labels, times, events = _per_group(scores, labels, dataset, times, events)
     if not survival:
-        return _metrics_with_loss(scores, labels)
+        metrics = _metrics_with_loss(scores, labels)
+        if thresholds is not None and scores.shape[1] == 2:
+            metrics.update(tuned_metrics(compute_metrics(scores, labels, threshold=thresholds[0]), thresholds))
+        return metrics
     return _survival_metrics(scores, times, events, edges, alpha)
+
+
+def _choose_thresholds(
+    logits: Tensor | None, labels: Tensor | None, dataset: Any, level: str, multilabel: bool, num_classes: int
+) -> DecisionThresholds | None:
+    """Decision thresholds from the validation outputs ``(n, C)`` (at the metrics level, per patient with
+    ``level='group'``); 0.5 without a validation set (``logits`` ``None``); ``None`` for multi-class."""
+    if multilabel:
+        if logits is None:
+            return DecisionThresholds.default(num_classes)
+        targets = dataset.multilabel_targets
+        if level == "group":
+            logits, targets = _per_group_multilabel(logits, targets, dataset)
+        return choose_thresholds(torch.sigmoid(logits.double()), targets)
+    if num_classes != 2:
+        return None
+    if logits is None or labels is None:
+        return DecisionThresholds.default(1)
+    probs = torch.softmax(logits, dim=-1)
+    if level == "group":
+        probs, labels, _, _ = _per_group(probs, labels, dataset, None, None)
+    return choose_thresholds(probs[:, 1:].double(), (labels == 1).view(-1, 1))
 
 
 def _per_group(
@@ -540,6 +576,7 @@ def evaluate(
     survival_bin_edges: Sequence[float] | None = None,
     metrics_level: str = "bag",
     multilabel: bool = False,
+    thresholds: DecisionThresholds | Sequence[float] | None = None,
 ) -> EvalResult:
     """Evaluate a MIL model on a bag dataset.
 
@@ -559,6 +596,9 @@ def evaluate(
             returned ``probs`` stay per bag.
         multilabel: evaluate a multi-label model (checkpoint ``task='multilabel'``); the dataset must carry
             the same labels.
+        thresholds: decision thresholds of a binary or multi-label model (a checkpoint's, see
+            :func:`medmoe.engine.thresholds.checkpoint_thresholds`): the metrics then also hold the
+            threshold-dependent ones at these thresholds (``balanced_accuracy_tuned``, ...) and ``threshold``.
 
     Returns:
         :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
@@ -584,7 +624,8 @@ def evaluate(
     logits, labels = _infer(
         raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
     )
-    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0, metrics_level, multilabel)
+    values = thresholds.values if isinstance(thresholds, DecisionThresholds) else thresholds
+    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0, metrics_level, multilabel, values)
     if multilabel:
         probs = torch.sigmoid(logits)
     else:
@@ -1023,18 +1064,28 @@ def train_one_fold(
         model.load_state_dict(best_model.state_dict())
 
         test_logits: Tensor | None = None
+        val_outputs: tuple[Tensor | None, Tensor | None] = (None, None)
 
-        def best_metrics(ds: Any) -> dict[str, float]:
-            nonlocal test_logits
+        def best_metrics(ds: Any, thresholds: DecisionThresholds | None = None) -> dict[str, float]:
+            nonlocal test_logits, val_outputs
             logits, labels = _infer(
                 model, ds, batch_size=cfg.eval_bs, device=device, num_workers=cfg.num_workers, fabric=fabric
             )
             if ds is test_ds:
                 test_logits = logits
-            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha, cfg.metrics_level, multilabel)
+            if ds is val_ds:
+                val_outputs = (logits, labels)
+            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha, cfg.metrics_level, multilabel,
+                                 thresholds.values if thresholds is not None else None)
 
         final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
-        final_test: dict[str, float] | None = best_metrics(test_ds) if test_ds is not None else None
+        # decision thresholds: chosen on the validation outputs only, then applied to the test set
+        thresholds = None if survival else _choose_thresholds(
+            *val_outputs, val_ds, cfg.metrics_level, multilabel, len(label_names) if multilabel else num_classes
+        )
+        if thresholds is not None and is_zero:
+            logger.info("%s", thresholds.describe())
+        final_test: dict[str, float] | None = best_metrics(test_ds, thresholds) if test_ds is not None else None
         result = FoldResult(
             out_dir=out_dir,
             checkpoint_dir=ckpt_dir,
@@ -1045,6 +1096,7 @@ def train_one_fold(
             val_metrics=final_val,
             test_metrics=final_test,
             history=history,
+            thresholds=thresholds.to_record() if thresholds is not None else None,
         )
         if is_zero:
             info = read_checkpoint_info(ckpt_dir)
@@ -1055,6 +1107,7 @@ def train_one_fold(
                     **extra_base,
                     "epoch": info.get("epoch", best_epoch),
                     "metrics": {"val": final_val, "test": final_test},
+                    **({THRESHOLDS_KEY: thresholds.to_record()} if thresholds is not None else {}),
                 },
             )
             if test_logits is not None:

@@ -428,7 +428,7 @@ def evaluate_checkpoint(
         else:
             ds, _ = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
         check_feature_dim(model.config.in_dim, ds.feature_dim,
-                          f"the slides of {features}" if features is not None else f"the benchmark {dataset}",
+                          f"the slides in {features}" if features is not None else f"the benchmark {dataset}",
                           checkpoint)
         result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
                           survival_bin_edges=info.get("survival_bin_edges") if survival else None,

@@ -397,7 +397,10 @@ def open_slide(path: str | os.PathLike | Slide, backend: str = "auto") -> Slide:
         raise ValueError(f"unknown slide backend {backend!r}; choose one of {BACKENDS}")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise SlideError(f"slide {p} does not exist" if not p.exists() else f"slide {p} is not a file")
+        from .file_checks import describe_path
+
+        kind = describe_path(p)
+        raise SlideError(f"slide {p} does not exist" if kind == "missing" else f"slide {p} is {kind}, not a file")
     order = [backend] if backend != "auto" else (
         ["pillow", "openslide", "tifffile"] if p.suffix.lower() in _PIL_SUFFIXES
         else ["openslide", "tifffile", "pillow"]

@@ -29,7 +29,7 @@ def check_feature_dim(expected: int, got: int, source: str, checkpoint: str | Pa
 
     Args:
         expected: the model's ``in_dim``; ``got``: the features' ``d``.
-        source: what holds the features (``'the slides of DIR'``, ``'slide.h5'``).
+        source: what holds the features (``'the slides in DIR'``, ``'the slide'``).
         checkpoint: named in the message when given.
 
     Raises:
@@ -39,7 +39,7 @@ def check_feature_dim(expected: int, got: int, source: str, checkpoint: str | Pa
         return
     model = f"the checkpoint {checkpoint}" if checkpoint is not None else "the model"
     raise ValueError(
-        f"{model} expects {expected}-d features but {source} has {got}-d ones: use features from the encoder "
+        f"{model} expects {expected}-d features, but those of {source} are {got}-d: use features from the encoder "
         "the model was trained with (the built-in extractor gives 128-d)"
     )
 
@@ -58,7 +58,7 @@ def _outputs(
 def _source(dataset: Any) -> str:
     """How the messages name a dataset's features: its feature folder, else ``'the dataset'``."""
     folder = getattr(dataset, "features_dir", None)
-    return f"the slides of {folder}" if folder is not None else "the dataset"
+    return f"the slides in {folder}" if folder is not None else "the dataset"
 
 
     checkpoint_dir: str | Path, dataset: Any, batch_size: int, device: str | torch.device

@@ -67,7 +67,7 @@ def _fit(mapping: KeyMapping, model_keys: set[str], scope: str | None) -> tuple[
 
 def _restrict(mapping: KeyMapping, scope: str, why: str) -> None:
     for key in [k for k in mapping.state if not k.startswith(scope)]:
-        original = next((a for a, b in mapping.renamed.items() if b == key), key)
+        original = mapping.file_key(key)
         mapping.renamed.pop(original, None)
         mapping.ignored[original] = why
         del mapping.state[key]
@@ -145,7 +145,7 @@ def load_weights(
     state = dict(mapping.state)
     if reinit_head:
         for key in sorted(heads & set(state)):
-            original = next((a for a, b in mapping.renamed.items() if b == key), key)
+            original = mapping.file_key(key)
             report.ignored[original] = "classification head replaced (reinit_head)"
             report.renamed.pop(original, None)
             del state[key]
@@ -171,8 +171,12 @@ def load_weights(
             parts.append(f"Tensors in the file that the model does not have: {sorted(unknown)}.")
         if missing:
             parts.append(f"Model tensors the file lacks: {sorted(missing)}.")
-        parts.append("Check the model name and config (e.g. '<model>.base_mammoth' for a Mammoth checkpoint); "
-                     "nothing is dropped silently.")
+        if mapping.layout == "mammoth-layer":
+            parts.append("To load only its Mammoth layer into the patch embedding, pass patch_embed_only=True "
+                         "(--patch-embed-only).")
+        else:
+            parts.append("Check the model name and config (e.g. '<model>.base_mammoth' for a Mammoth "
+                         "checkpoint); nothing is dropped silently.")
         raise CheckpointMismatchError(" ".join(parts))
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
@@ -206,14 +210,17 @@ def _infer_num_classes(state: dict[str, Tensor], heads: set[str], model: nn.Modu
 
 
 def reference_config_overrides(config: dict[str, Any], short: str, medmoe_fields: set[str]) -> dict[str, Any]:
-    """medmoe config overrides from a MIL-Lab Hugging Face ``config.json`` (fields with the same meaning and
-    name; ``moe_args`` -> Mammoth patch embedding; ``num_fc_layers > 1`` -> MLP patch embedding)."""
+    """medmoe config overrides from a MIL-Lab Hugging Face ``config.json``: fields with the same name and
+    meaning; ``moe_args`` -> Mammoth patch embedding; ``num_fc_layers > 1`` -> MLP patch embedding;
+    TransMIL's landmarks (MIL-Lab derives them: ``embed_dim // 2``)."""
     renames = {**_FIELD_RENAMES["*"], **_FIELD_RENAMES.get(short, {})}
     out: dict[str, Any] = {}
     for key, value in config.items():
         key = renames.get(key, key)
         if key in medmoe_fields and key not in ("patch_embed", "patch_embed_args"):
             out[key] = value
+    if short == "transmil" and "embed_dim" in config and "num_landmarks" in medmoe_fields:
+        out["num_landmarks"] = int(config["embed_dim"]) // 2  # MIL-Lab's TransMIL: landmarks = dim // 2
     layers = int(config.get("num_fc_layers", config.get("n_fc_layers", 1)) or 1)
     moe = config.get("moe_args") or {}
     if isinstance(moe, dict) and moe.get("num_experts", 0) > 0:
@@ -261,7 +268,9 @@ def load_model(
         return model.eval(), dict(src.config), report
     hf = src.config if src.file_format == "huggingface-folder" else None
     if name is None and hf is not None and hf.get("model_type") in MIL_LAB_MODEL_TYPES:
-        name = MIL_LAB_MODEL_TYPES[hf["model_type"]]
+        moe = hf.get("moe_args") or {}
+        mammoth = isinstance(moe, dict) and moe.get("num_experts", 0) > 0
+        name = MIL_LAB_MODEL_TYPES[hf["model_type"]] + (".base_mammoth" if mammoth else ".base")
     if name is None:
         raise ValueError(
             f"{path} is not a medmoe checkpoint and names no model: pass the model name "

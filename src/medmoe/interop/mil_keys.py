@@ -54,6 +54,7 @@ class KeyMapping:
         ignored: checkpoint key -> reason, tensors deliberately not loaded.
         notes: remarks for the report.
         patch_embed_only: the file holds only a patch embedding (the rest of the model stays initialised).
+        origin: model key -> the key in the file, for keys that differ (prefix strips included).
     """
 
     layout: str
@@ -62,6 +63,11 @@ class KeyMapping:
     ignored: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     patch_embed_only: bool = False
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def file_key(self, key: str) -> str:
+        """The file's name of the mapped ``key``."""
+        return self.origin.get(key, key)
 
 
 def _medmoe(state: dict[str, Tensor], model: str) -> KeyMapping:
@@ -69,7 +75,9 @@ def _medmoe(state: dict[str, Tensor], model: str) -> KeyMapping:
 
 
 def _rename(state: dict[str, Tensor], rules: list[tuple[str, str | Callable[[re.Match[str]], str]]],
-            layout: str) -> KeyMapping:
+            layout: str, origin: dict[str, str] | None = None) -> KeyMapping:
+    """Apply the first matching rule to every key; ``origin`` maps ``state``'s keys to the file's."""
+    origin = origin or {}
     out = KeyMapping(layout, {})
     for key, value in state.items():
         new = key
@@ -77,8 +85,11 @@ def _rename(state: dict[str, Tensor], rules: list[tuple[str, str | Callable[[re.
             new, n = re.subn(pattern, repl, new, count=1)
             if n:
                 break
+        file_key = origin.get(key, key)
         if new != key:
-            out.renamed[key] = new
+            out.renamed[file_key] = new
+        if new != file_key:
+            out.origin[new] = file_key
         out.state[new] = value
     return out
 
@@ -108,8 +119,10 @@ _LOSS_BUFFERS = ("instance_loss_fn.",)
 
 def _mil_lab(state: dict[str, Tensor], model: str) -> KeyMapping:
     notes = []
+    origin: dict[str, str] = {}
     if state and all(k.startswith("model.") for k in state):
         double = sum(k.startswith("model..") for k in state)
+        origin = {re.sub(r"^model\.\.?", "", k): k for k in state}
         state = {re.sub(r"^model\.\.?", "", k): v for k, v in state.items()}
         notes.append("stripped the 'model.' prefix of MIL-Lab's Hugging Face wrapper"
                      + (f" (and the double dot of {double} keys)" if double else ""))
@@ -118,12 +131,12 @@ def _mil_lab(state: dict[str, Tensor], model: str) -> KeyMapping:
     kept = {}
     for k, v in state.items():
         if k.startswith(unused):
-            ignored[k] = f"MIL-Lab's {model}: {UNUSED_BY_REFERENCE}"
+            ignored[origin.get(k, k)] = f"MIL-Lab's {model}: {UNUSED_BY_REFERENCE}"
         elif k.startswith(_LOSS_BUFFERS):
-            ignored[k] = "a loss function's constant buffer (not a model weight)"
+            ignored[origin.get(k, k)] = "a loss function's constant buffer (not a model weight)"
         else:
             kept[k] = v
-    out = _rename(kept, _MIL_LAB_RULES.get(model, []), "mil-lab")
+    out = _rename(kept, _MIL_LAB_RULES.get(model, []), "mil-lab", origin)
     out.ignored.update(ignored)
     out.notes += notes
     return out
@@ -132,16 +145,17 @@ def _mil_lab(state: dict[str, Tensor], model: str) -> KeyMapping:
 def _clam_repository(state: dict[str, Tensor], model: str) -> KeyMapping:
     if model != "clam" or not any(k.startswith("attention_net.") for k in state):
         return KeyMapping("clam-repository", {}, notes=["not a CLAM-repository checkpoint"])
+    origin = {k.replace(".module", ""): k for k in state}
     state = {k.replace(".module", ""): v for k, v in state.items()}
-    ignored = {k: "a loss function's buffer (dropped by CLAM's own evaluation code)"
+    ignored = {origin[k]: "a loss function's buffer (dropped by CLAM's own evaluation code)"
                for k in state if k.startswith(_LOSS_BUFFERS)}
-    kept = {k: v for k, v in state.items() if k not in ignored}
+    kept = {k: v for k, v in state.items() if not k.startswith(_LOSS_BUFFERS)}
     rules: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
         (r"^attention_net\.0\.", "patch_embed.0."),
         (r"^attention_net\.[23]\.(attention_[abc])", r"global_attn.\1"),
         (r"^classifiers\.(weight|bias)$", r"classifier.\1"),
     ]
-    out = _rename(kept, rules, "clam-repository")
+    out = _rename(kept, rules, "clam-repository", origin)
     out.ignored.update(ignored)
     return out
 
@@ -168,9 +182,10 @@ def _mammoth_layer(state: dict[str, Tensor], model: str) -> KeyMapping:
             new = "patch_embed." + key[len(prefix):]
             if new != key:
                 out.renamed[key] = new
+                out.origin[new] = key
             out.state[new] = value
-        else:
-            out.ignored[key] = "outside the Mammoth layer (only the patch embedding was asked for)"
+        else:  # left as is: unknown to the model unless only the patch embedding is asked for
+            out.state[key] = value
     out.notes.append(f"Mammoth layer found under the prefix {prefix!r}" if prefix else "bare Mammoth layer")
     return out
 

@@ -9,8 +9,9 @@ saved as
   Hugging Face wrapper's ``model.`` keys; CLAM: ``attention_net.*``);
 * ``<id>.io.safetensors``: the input bag ``x`` (1, 48, 64), the label, and the reference's ``logits``,
   ``attention`` (raw, in the reference's own shape) and ``instance_loss`` where the model has one;
-* ``<id>.json``: the reference, its commit, the name and keyword arguments it was built with, and the
-  medmoe name + settings that must reproduce it.
+* ``<id>.json``: the reference, its commit, the name and keyword arguments it was built with, the
+  medmoe name + settings that must reproduce it and, for MIL-Lab, the model's Hugging Face config (what
+  ``save_pretrained`` writes to ``config.json``).
 
 ``tests/parity/test_golden_millab.py`` loads each state dict through ``medmoe.create_model(...,
 checkpoint_path=...)`` (i.e. :mod:`medmoe.interop`) and compares outputs (rtol 1e-5), without network or
@@ -104,7 +105,7 @@ def _git_commit(path: Path) -> str:
 
 
 def _stub_timm() -> None:
-    import torch.nn as nn
+    from torch import nn
 
     class DropPath(nn.Identity):
         def __init__(self, p: float = 0.0, *args: Any, **kwargs: Any) -> None:
@@ -148,9 +149,8 @@ def run_millab(root: Path, fork: bool, mammoth_root: Path | None, topk: Path | N
     import random
 
     import torch
-    import torch.nn as nn
-
     import transformers  # noqa: F401 - imported before the timm stub (it probes for timm)
+    from torch import nn
 
     _stub_timm()
     sys.path.insert(0, str(root))
@@ -217,7 +217,8 @@ def run_millab(root: Path, fork: bool, mammoth_root: Path | None, topk: Path | N
                 "reference_kwargs": {k: v for k, v in kwargs.items()},
                 "medmoe_name": f"{MEDMOE_NAMES.get(name, name)}.{config}",
                 "medmoe_overrides": {"in_dim": IN_DIM, "embed_dim": EMBED, **ours}, "num_classes": 2,
-                "attention_shape": list(attention.shape) if isinstance(attention, torch.Tensor) else None}
+                "attention_shape": list(attention.shape) if isinstance(attention, torch.Tensor) else None,
+                "reference_config": json.loads(model.config.to_json_string())}  # its Hugging Face config.json
         _save(out, f"millab_{name}_{config}", state, io, meta)
 
 
@@ -225,7 +226,7 @@ def run_clam(root: Path, out: Path) -> None:
     """The original CLAM repository's CLAM-SB and CLAM-MB, ``size_arg='small'`` (CLAM fixes the widths at
     512 and 256; only the input is 64-d)."""
     import torch
-    import torch.nn as nn
+    from torch import nn
 
     spec = importlib.util.spec_from_file_location("clam_model_clam", root / "models/model_clam.py")
     module = importlib.util.module_from_spec(spec)  # the file alone: models/__init__ imports the encoders

@@ -105,8 +105,8 @@ def _seg_folder(kind, tmp_path, seg_run):
     ("kind", "extra", "contains"),
     [
         pytest.param("run", [], ["already holds a seg run", "--resume", "--overwrite"], id="seg-train-into-existing-run"),
-        pytest.param("run", ["--resume", "--lr", "0.5"], ["--resume", "train_config"], id="seg-resume-other-lr"),
-        pytest.param("run", ["--resume", "--roi", "16", "16", "24"], ["--resume", "transform_config"],
+        pytest.param("run", ["--resume", "--lr", "0.5"], ["--resume", "--lr:", "0.5 now"], id="seg-resume-other-lr"),
+        pytest.param("run", ["--resume", "--roi", "16", "16", "24"], ["--resume", "--roi"],
                      id="seg-resume-other-roi"),
         pytest.param("legacy", ["--resume"], ["older medmoe", "--overwrite"], id="seg-resume-run-without-manifest"),
         pytest.param("file", [], ["--out", "is a file"], id="seg-out-is-a-file"),
@@ -263,3 +263,27 @@ def test_mosaic_divergence_is_an_error(medmnist, tmp_path):
     assert_clear_error([*MOSAIC_TRAIN, "--data", str(medmnist), "--out", str(out), "--lr", "1e30"],
                        ["diverged", "--lr", "round 1"])
     assert not (out / "checkpoint" / "model.safetensors").exists(), "a non-finite model was saved"
+
+
+def test_seg_full_disk_keeps_the_last_good_checkpoint(msd, tmp_path, monkeypatch):
+    import errno
+
+    from medmoe.engine import segmentation
+
+    real, calls = segmentation.save_trainer_state, {"n": 0}
+
+    def full_after_one_epoch(path, state):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, state)
+
+    monkeypatch.setattr(segmentation, "save_trainer_state", full_after_one_epoch)
+    out = tmp_path / "run"
+    args = [*SEG_TRAIN, "--data", str(msd), "--out", str(out)]
+    args[args.index("--epochs") + 1] = "3"
+    assert_clear_error(args, ["disk is full", "the best checkpoint (epoch", "intact", "--resume"])
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+    monkeypatch.setattr(segmentation, "save_trainer_state", real)
+    result = run_cli([*args, "--resume"])  # space freed: the run continues from its last state
+    assert result.exit_code == 0, result.output

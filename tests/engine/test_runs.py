@@ -48,7 +48,7 @@ def test_non_empty_folder_needs_resume_or_overwrite(tmp_path):
     assert start_run_folder(tmp_path, _manifest(), resume=True).action == "resume"
     assert (tmp_path / MANIFEST_NAME).read_text() == before
     # resume with another identity: every difference named
-    with pytest.raises(RunFolderError, match=r"k: 3 in the folder, 5 now"):
+    with pytest.raises(RunFolderError, match=r"--k: 3 in the folder, 5 now"):
         start_run_folder(tmp_path, _manifest(k=5), resume=True)
     # overwrite: the old run's entries are gone, the new manifest is there
     assert start_run_folder(tmp_path, _manifest(k=5), overwrite=True).action == "overwrite"

@@ -118,15 +118,47 @@ class RunManifest:
         ) + "\n"
 
     def differences(self, other: RunManifest) -> list[str]:
-        """Human-readable differences of ``other``'s identity from this one (empty: the same run)."""
+        """Human-readable differences of ``other``'s identity from this one (empty: the same run), one per
+        setting, named by its command-line flag where it has one (``--lr: 0.0001 in the folder, 0.01 now``)."""
         if self.kind != other.kind:
             return [f"kind: {self.kind} here, {other.kind} asked"]
-        out = []
-        for key in sorted(set(self.identity) | set(other.identity)):
-            old, new = self.identity.get(key, "<absent>"), other.identity.get(key, "<absent>")
-            if old != new:
-                out.append(f"{key}: {_short(old)} in the folder, {_short(new)} now")
-        return out
+        return _differences(self.identity, other.identity, "")
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k not in _FIRST, str(k))):
+        a, b = old.get(key, "not set"), new.get(key, "not set")
+        if a == b:
+            continue
+        name = f"{prefix}{key}"
+        if key in ("split_hashes", "files"):  # fingerprints: say what differs, not the hashes
+            out.append(f"{_FLAGS[key]} differ")
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and key not in ("data",):
+            inner = {"train_config": "", "model_config": "", "model_overrides": "--set "}.get(key, f"{name}.")
+            out += _differences(a, b, inner)
+        else:
+            out.append(f"{_FLAGS.get(name, name)}: {_short(a)} in the folder, {_short(b)} now")
+    return out
+
+
+#: identity keys shown first (the usual reasons), and their command-line flags
+_FIRST = ("model_name", "data", "k", "seeds", "model_overrides")
+_FLAGS = {
+    "model_name": "--model", "model_overrides": "--set", "k": "--k", "seeds": "--seed", "split_seed": "split seed",
+    "data": "the data (--features/--labels or --dataset)", "split_hashes": "the folds (split hashes)", "lr": "--lr",
+    "epochs": "--epochs", "weight_decay": "--weight-decay", "batch_size": "--batch-size", "patience": "--patience",
+    "early_stopping": "--early-stopping", "standardize_features": "--standardize", "class_weights": "--class-weights",
+    "task": "--task", "survival_bins": "--bins", "survival_alpha": "--survival-alpha", "devices": "--devices",
+    "metrics_level": "--metrics-level", "max_instances": "--max-instances", "seed": "--seed", "eps": "--eps",
+    "steps_per_epoch": "--steps-per-epoch", "warmup_steps": "--warmup-steps", "precision": "--precision",
+    "val_every": "--val-every", "sw_overlap": "--overlap", "accelerator": "--accelerator",
+    "transform_config.roi_size": "--roi", "transform_config.spacing": "--spacing",
+    "transform_config.modality": "--modality", "transform_config.num_samples": "--samples",
+    "train_cases": "the training cases (--data)", "val_cases": "the validation cases (--data, --val-fraction)",
+    "files": "the image/label files (--data)",
+}
 
 
 def _jsonable(value: Any) -> Any:
@@ -134,8 +166,8 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) and len(value) < 30 else json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -234,8 +266,8 @@ def _unwritable(folder: Path, err: OSError) -> str:
 
 @dataclass(frozen=True)
 class FolderPlan:
-    """What :func:`check_run_folder` decided: ``"new"``, ``"resume"`` or ``"overwrite"``, and the manifest
-    already in the folder (for ``"resume"``)."""
+    """What :func:`check_run_folder` decided: ``"new"``, ``"resume"`` or ``"overwrite"`` (``"child"``: a
+    worker of a multi-device run, left to rank 0), and the manifest already in the folder (for ``"resume"``)."""
 
     action: str
     existing: RunManifest | None = None
@@ -329,6 +361,8 @@ def start_run_folder(
     """
     out_dir = Path(out_dir)
     allow = tuple(allow)
+    if _distributed_child():  # DDP re-runs the command in each worker: rank 0 checked and wrote the folder
+        return FolderPlan("child")
     plan = check_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite, allow=allow)
     if plan.action == "resume":
         return plan
@@ -349,6 +383,12 @@ def start_run_folder(
     with writing(out_dir / MANIFEST_NAME):
         atomic_write_text(out_dir / MANIFEST_NAME, manifest.to_json())
     return plan
+
+
+def _distributed_child() -> bool:
+    """True in a worker process of a multi-device launch (rank > 0), which must not check or write the
+    folder that rank 0 already prepared."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def write_manifest(out_dir: str | Path, manifest: RunManifest) -> None:

@@ -164,9 +164,9 @@ def test_record_round_trip_and_legacy_checkpoints():
     assert checkpoint_thresholds({"task": "multilabel", "class_names": ["x", "y", "z"]}).values == [0.5] * 3
     assert checkpoint_thresholds({"class_names": ["a", "b", "c"]}) is None  # multi-class: arg-max
     assert checkpoint_thresholds({"task": "survival", "class_names": []}) is None
-    with pytest.raises(ValueError, match="expected 1"):
+    with pytest.raises(ValueError, match="has 1 binary decision"):
         checkpoint_thresholds({**info, THRESHOLDS_KEY: {"values": [0.1, 0.2]}})
-    with pytest.raises(ValueError, match="must be numbers"):
+    with pytest.raises(ValueError, match="must be finite numbers"):
         checkpoint_thresholds({**info, THRESHOLDS_KEY: {"values": ["x"]}})
 
 

@@ -9,7 +9,9 @@ A model checkpoint is a directory::
 ``config.json`` holds ``model_name`` (``'abmil.base_mammoth'``), ``model_config`` (every field of the
 model's config dataclass), ``medmoe_version``, ``seed``, ``split_hash``, ``class_names``,
 ``feature_stats`` (``{'mean': [...], 'std': [...]}`` or ``None``), ``train_config``, ``epoch`` and
-``metrics``, plus ``checkpoint_id`` (random, identifies one save).
+``metrics``, plus ``checkpoint_id`` (random, identifies one save). Binary and multi-label MIL checkpoints
+also hold ``decision_thresholds`` (chosen on the validation set; read with
+:func:`medmoe.engine.thresholds.checkpoint_thresholds`, which gives 0.5 to checkpoints saved without them).
 
 Atomicity: each file is written to a temporary file in the same directory, flushed and fsynced, then
 moved over the old one with :func:`os.replace`. The weights file, which carries its own copy of the

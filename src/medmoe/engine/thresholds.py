@@ -139,11 +139,13 @@ class DecisionThresholds:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> DecisionThresholds:
         """The inverse of :meth:`to_record` (a ``ValueError`` names what is wrong with a bad record)."""
+        fix = "save the checkpoint again with medmoe (or without the key: thresholds 0.5)"
         if not isinstance(record, Mapping) or not isinstance(record.get("values"), list):
-            raise ValueError(f"{THRESHOLDS_KEY} must be a mapping with a 'values' list, got {record!r}")
+            raise ValueError(f"the checkpoint's {THRESHOLDS_KEY} must be a mapping with a 'values' list, got "
+                             f"{record!r}; {fix}")
         values = record["values"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"{THRESHOLDS_KEY}.values must be numbers, got {values!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"the checkpoint's {THRESHOLDS_KEY}.values must be finite numbers, got {values!r}; {fix}")
         sources = record.get("sources") or [SOURCE_VALIDATION] * len(values)
         return cls(list(values), list(sources), str(record.get("criterion", "balanced_accuracy")))
 
@@ -263,7 +265,10 @@ def checkpoint_thresholds(info: Mapping[str, Any]) -> DecisionThresholds | None:
     found = DecisionThresholds.from_record(record)
     expected = 1 if task == "classification" else count
     if len(found.values) != expected:
-        raise ValueError(f"the checkpoint holds {len(found.values)} decision thresholds, expected {expected}")
+        raise ValueError(
+            f"the checkpoint holds {len(found.values)} decision thresholds but its {task} task has {expected} "
+            f"binary decision{'s' if expected > 1 else ''}; save the checkpoint again with medmoe"
+        )
     return found
 
 

@@ -66,9 +66,9 @@ def heatmap(
     try:
         model, info = None, {}
         if checkpoint is not None:
-            from ..engine import load_checkpoint
+            from ..interop import load_any_checkpoint
 
-            model, info = load_checkpoint(checkpoint, map_location=device)
+            model, info = load_any_checkpoint(checkpoint, map_location=device)
         common = {"num_expert_maps": experts, "top_k": top_k, "max_size": max_size, "alpha": alpha, "blur": blur, "cmap": cmap,
                       "normalize": normalize, "device": device, "embedding": embedding,
                   "thresholds": checkpoint_thresholds(info)}  # the decision thresholds chosen in training

@@ -414,12 +414,13 @@ def evaluate_checkpoint(
     metrics_level: str = typer.Option("bag", help="bag | group (per patient: a patient's slides averaged)."),
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
-    from ..engine import evaluate, load_checkpoint
+    from ..engine import evaluate
     from ..engine.thresholds import checkpoint_thresholds
     from ..engine.prediction import check_feature_dim
+    from ..interop import load_any_checkpoint
 
     try:
-        model, info = load_checkpoint(checkpoint)
+        model, info = load_any_checkpoint(checkpoint)
         survival = info.get("task") == "survival"
         multilabel = info.get("task") == "multilabel"
         if dataset is not None:
@@ -458,11 +459,11 @@ def predict_checkpoint(
 ) -> None:
     """Write a CSV of class probabilities per slide (survival checkpoints: risk and survival per time bin)."""
     from ..engine import predict, predict_ensemble, run_checkpoints
-    from ..engine.checkpoint import read_checkpoint_info
+    from ..interop import read_any_checkpoint_info
 
     try:
         checkpoints = run_checkpoints(checkpoint)
-        info = read_checkpoint_info(checkpoints[0])
+        info = read_any_checkpoint_info(checkpoints[0])
         ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
         if len(checkpoints) == 1:
             frame = predict(checkpoints[0], ds, as_frame=True)
@@ -679,3 +680,62 @@ def summarize_cmd(
 from .heatmap import heatmap as _heatmap
 
 app.command("heatmap")(_heatmap)
+
+@app.command("convert")
+def convert_cmd(
+    source: Path = typer.Argument(..., help="Weights to convert: a MIL-Lab / MAMMOTH-fork / FEATHER state dict "
+                                  "(.safetensors, .bin, .pth or a Hugging Face folder), a CLAM-repository "
+                                  "checkpoint, a bare Mammoth layer, or a medmoe checkpoint."),
+    model: str = typer.Option(None, "--model", "-m", help="medmoe model name, e.g. abmil.base_mammoth.uni "
+                              "(optional for a Hugging Face folder whose config.json names it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the medmoe checkpoint (model.safetensors + "
+                             "config.json)."),
+    num_classes: int = typer.Option(None, "--num-classes", help="Classes (default: the checkpoint's head)."),
+    in_dim: int = typer.Option(None, "--in-dim", help="Feature size (default: the encoder in --model)."),
+    class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in the order of "
+                                    "the head's outputs (default: 0, 1, ...)."),
+    reinit_head: bool = typer.Option(False, "--reinit-head", help="Do not load the checkpoint's classification "
+                                     "head; start from a fresh one (fine-tuning on other classes)."),
+    patch_embed_only: bool = typer.Option(False, "--patch-embed-only", help="Load only the patch embedding "
+                                          "(a Mammoth layer inside another code base's checkpoint)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a checkpoint already in --out."),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Convert a reference checkpoint into a medmoe checkpoint folder, printing what was mapped.
+
+    The result is what `medmoe mil train` writes: `eval`, `predict`, `heatmap` and `create_model(...,
+    checkpoint_path=DIR)` take it without further options. Nothing is dropped silently: tensors the model
+    does not have, or lacks, are listed in the error.
+    """
+    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
+    from ..interop import load_model
+
+    try:
+        overrides = parse_overrides(set_)
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"--num-classes must be a positive integer, got {num_classes}")
+        if in_dim is not None and in_dim < 1:
+            raise ValueError(f"--in-dim must be a positive integer, got {in_dim}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; give a folder for the checkpoint")
+        if out.is_dir() and any((out / n).exists() for n in (WEIGHTS_NAME, CONFIG_NAME)) and not overwrite:
+            raise ValueError(f"--out {out} already holds a checkpoint; pass --overwrite to replace it")
+        if out.resolve() == source.resolve():
+            raise ValueError("--out must differ from the source checkpoint")
+        net, info, report = load_model(source, model, num_classes=num_classes, in_dim=in_dim,
+                                       reinit_head=reinit_head, patch_embed_only=patch_embed_only, **overrides)
+        names = info.get("class_names") or [str(i) for i in range(net.config.num_classes)]
+        if class_names is not None:
+            names = [c.strip() for c in class_names.split(",")]
+            if len(names) != net.config.num_classes or not all(names) or len(set(names)) != len(names):
+                raise ValueError(f"--class-names needs {net.config.num_classes} distinct non-empty names "
+                                 f"(the head's outputs), got {class_names!r}")
+        reserved = {"format_version", "checkpoint_id", "model_name", "model_class", "model_config",
+                    "medmoe_version", "source", "load_report", "class_names"}
+        keep = {k: v for k, v in info.items() if k not in reserved}  # a medmoe source's task, stats, ...
+        save_checkpoint(out, net, {**keep, "class_names": names, "converted_from": str(source),
+                                   "conversion_report": report.summary()})
+    except (ValueError, RuntimeError, OSError) as err:
+        fail(err)
+    typer.echo(report.summary())
+    typer.echo(f"checkpoint: {out} ({net.model_name}, {net.config.num_classes} classes: {', '.join(names)})")

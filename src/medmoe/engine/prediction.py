@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import load_checkpoint
 from .survival import risk_scores, survival_curves
 from .thresholds import apply_thresholds, checkpoint_thresholds, decide_classes, ensemble_thresholds
 from .trainer import _infer, _with_stats
@@ -48,7 +47,10 @@ def load_for_inference(
     checkpoint_dir: str | Path, dataset: Any, device: str | torch.device = "cpu"
 ) -> tuple[Any, dict[str, Any]]:
     """``(model, info)`` of a checkpoint, after checking that ``dataset`` has the feature size it expects."""
-    model, info = load_checkpoint(checkpoint_dir, map_location=device)
+    # medmoe folders as load_checkpoint loads them; MIL-Lab/FEATHER Hugging Face folders too
+    from ..interop import load_any_checkpoint
+
+    model, info = load_any_checkpoint(checkpoint_dir, map_location=device)
     in_dim = model.config.in_dim
     check_feature_dim(in_dim, getattr(dataset, "feature_dim", in_dim), _source(dataset), checkpoint_dir)
     return model, info

@@ -15,7 +15,7 @@ Supported key layouts live in :mod:`medmoe.interop.mil_keys` (``KEY_LAYOUTS``, a
 reference adds a function there, or a module of its own for another model family).
 """
 
-from .loader import head_keys, load_model, load_weights
+from .loader import head_keys, load_any_checkpoint, load_model, load_weights, read_any_checkpoint_info
 from .mil_keys import KEY_LAYOUTS, KeyMapping, find_mammoth_prefixes
 from .report import CheckpointMismatchError, LoadReport
 from .sources import WeightSource, read_source
@@ -28,7 +28,9 @@ __all__ = [
     "WeightSource",
     "find_mammoth_prefixes",
     "head_keys",
+    "load_any_checkpoint",
     "load_model",
     "load_weights",
+    "read_any_checkpoint_info",
     "read_source",
 ]

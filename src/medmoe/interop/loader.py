@@ -28,7 +28,14 @@ from .mil_keys import KEY_LAYOUTS, KeyMapping
 from .report import CheckpointMismatchError, LoadReport
 from .sources import WeightSource, read_source
 
-__all__ = ["head_keys", "load_model", "load_weights", "reference_config_overrides"]
+__all__ = [
+    "head_keys",
+    "load_any_checkpoint",
+    "load_model",
+    "load_weights",
+    "read_any_checkpoint_info",
+    "reference_config_overrides",
+]
 
 #: MIL-Lab's Hugging Face ``model_type`` -> medmoe model name.
 MIL_LAB_MODEL_TYPES = {
@@ -101,7 +108,7 @@ def _choose(
 
 
 def _shape_hint(key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...], heads: set[str]) -> str:
-    if key in heads:
+    if key in heads and file_shape[:1] != model_shape[:1]:
         return " (a different number of classes: pass num_classes / --num-classes, or reinit_head / --reinit-head)"
     if key.startswith("patch_embed.") and len(file_shape) == 2 and file_shape[0] == model_shape[0]:
         return f" (the file expects {file_shape[1]}-d features: pass in_dim={file_shape[1]} / --in-dim)"
@@ -181,9 +188,12 @@ def load_weights(
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
         lines = [f"{k}: file {fs} vs model {ms}{_shape_hint(k, fs, ms, heads)}" for k, fs, ms in bad[:12]]
+        widths = any(not _shape_hint(k, fs, ms, heads) for k, fs, ms in bad)
         raise CheckpointMismatchError(
             f"{src.path}: {len(bad)} tensors have another shape than in {getattr(model, 'model_name', short)}: "
             + "; ".join(lines) + (" ..." if len(bad) > 12 else "")
+            + (". The checkpoint was built with other widths: give the same settings (e.g. embed_dim=..., "
+               "--set embed_dim=...)" if widths else "")
         )
     result = model.load_state_dict(state, strict=False)
     left = set(result.missing_keys) - fresh
@@ -265,7 +275,7 @@ def load_model(
 
         model = build_model_from_info(src.config or {})
         report = load_weights(model, src, reinit_head=reinit_head, patch_embed_only=patch_embed_only)
-        return model.eval(), dict(src.config), report
+        return model.eval(), dict(src.config or {}), report
     hf = src.config if src.file_format == "huggingface-folder" else None
     if name is None and hf is not None and hf.get("model_type") in MIL_LAB_MODEL_TYPES:
         moe = hf.get("moe_args") or {}
@@ -273,8 +283,8 @@ def load_model(
         name = MIL_LAB_MODEL_TYPES[hf["model_type"]] + (".base_mammoth" if mammoth else ".base")
     if name is None:
         raise ValueError(
-            f"{path} is not a medmoe checkpoint and names no model: pass the model name "
-            "(--model NAME, e.g. abmil.base_mammoth.uni)"
+            f"{path} is not a medmoe checkpoint and names no model: give the model name (e.g. "
+            f"abmil.base_mammoth.uni), or convert it once: medmoe mil convert {path} --model NAME --out DIR"
         )
     parsed = parse_model_name(name)
     entry = get_entry(parsed.model)
@@ -313,3 +323,46 @@ def load_model(
     if src.file_format == "medmoe" and src.config:
         info = {**src.config, **info, "class_names": src.config.get("class_names") or info["class_names"]}
     return model.eval(), info, report
+
+
+def load_any_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, info)`` for ``medmoe mil eval`` / ``predict`` / ``heatmap``: a medmoe checkpoint folder
+    exactly as :func:`medmoe.engine.load_checkpoint` loads it, or any reference checkpoint that names its
+    model (a MIL-Lab / FEATHER Hugging Face folder with ``config.json``) through :func:`load_model`
+    (``info['load_report']`` holds the report). Other files need the model name once:
+    ``medmoe mil convert PATH --model NAME --out DIR``.
+    """
+    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+
+    p = Path(path)
+    folder = p.parent if p.is_file() and p.name in (WEIGHTS_NAME, CONFIG_NAME) else p
+    if folder.is_dir() and (folder / WEIGHTS_NAME).is_file() and _is_medmoe_folder(folder):
+        return load_checkpoint(folder, map_location=map_location)
+    if not p.exists():
+        return load_checkpoint(p, map_location=map_location)  # its own "does not exist" error
+    model, info, report = load_model(p)
+    info["load_report"] = report.summary()
+    return model.to(map_location), info
+
+
+def read_any_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The info dict :func:`load_any_checkpoint` would return (medmoe folders: read without the weights)."""
+    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
+
+    p = Path(path)
+    folder = p.parent if p.is_file() and p.name in (WEIGHTS_NAME, CONFIG_NAME) else p
+    if not p.exists() or (folder.is_dir() and (folder / WEIGHTS_NAME).is_file() and _is_medmoe_folder(folder)):
+        return read_checkpoint_info(folder)
+    return load_any_checkpoint(p)[1]
+
+
+def _is_medmoe_folder(folder: Path) -> bool:
+    import json
+
+    from .sources import is_medmoe_folder as is_medmoe
+
+    try:
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else None
+    except (OSError, ValueError):
+        config = None
+    return is_medmoe(folder, config if isinstance(config, dict) else None)

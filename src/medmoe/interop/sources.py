@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["WeightSource", "read_source"]
+__all__ = ["WeightSource", "is_medmoe_folder", "read_source"]
 
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -119,7 +119,7 @@ def read_source(path: str | Path) -> WeightSource:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 config = None
                 notes.append(f"config.json is unreadable ({err}); ignored")
-        if (p / "model.safetensors").is_file() and _is_medmoe_folder(p, config):
+        if (p / "model.safetensors").is_file() and is_medmoe_folder(p, config):
             from ..engine.checkpoint import load_checkpoint_state
 
             info, state = load_checkpoint_state(p)
@@ -145,7 +145,8 @@ def read_source(path: str | Path) -> WeightSource:
     return WeightSource(str(path), "torch", _strip_ddp(state, notes), None, notes)
 
 
-def _is_medmoe_folder(folder: Path, config: dict[str, Any] | None) -> bool:
+def is_medmoe_folder(folder: Path, config: dict[str, Any] | None) -> bool:
+    """True when ``folder`` holds a medmoe checkpoint (its config names the model, or the weights embed it)."""
     if config is not None and "model_name" in config and "model_config" in config:
         return True
     from safetensors import safe_open

@@ -41,14 +41,15 @@ def test_new_folder_gets_the_manifest_first(tmp_path):
 def test_non_empty_folder_needs_resume_or_overwrite(tmp_path):
     start_run_folder(tmp_path, _manifest())
     (tmp_path / "seed0").mkdir()
-    with pytest.raises(RunFolderError, match="already holds a mil-cv run; pass --resume"):
+    with pytest.raises(RunFolderError, match="already holds a mil-cv run; pass resume=True to continue it, "
+                                             "overwrite=True to delete it"):  # a Python caller's keywords
         start_run_folder(tmp_path, _manifest())
     # resume with the same identity: accepted, nothing written
     before = (tmp_path / MANIFEST_NAME).read_text()
     assert start_run_folder(tmp_path, _manifest(), resume=True).action == "resume"
     assert (tmp_path / MANIFEST_NAME).read_text() == before
     # resume with another identity: every difference named
-    with pytest.raises(RunFolderError, match=r"--k: 3 in the folder, 5 now"):
+    with pytest.raises(RunFolderError, match=r"; k: 3 in the folder, 5 now"):
         start_run_folder(tmp_path, _manifest(k=5), resume=True)
     # overwrite: the old run's entries are gone, the new manifest is there
     assert start_run_folder(tmp_path, _manifest(k=5), overwrite=True).action == "overwrite"

@@ -111,7 +111,7 @@ def train(
             seed=seed, accelerator=accelerator, precision=precision,
         )
         if demo:  # every argument is checked first: a refused demo writes nothing
-            check_run_folder(out, overwrite=overwrite, allow=demo_data)
+            check_run_folder(out, overwrite=overwrite, allow=demo_data, resumable=False)
             data = out / "synthetic_data"
             write_fake_medmnist(data, flags, size, n_per_split, seed=seed)
             note = SYNTHETIC_NOTE

@@ -2,7 +2,8 @@
 
 A NaN or infinite loss, or a model whose weights became NaN/inf, stops the run with
 :class:`TrainingDivergedError`: a ``FloatingPointError`` (what the loops raised before) that is also a
-``RuntimeError``, so the command line prints it as one ``error:`` line. The message names the step and the
+``RuntimeError`` and a :class:`~medmoe.errors.MedmoeError`, so the command line prints it as one ``error:``
+line. The message names the step and the
 likely causes; a non-finite model is never saved as the best checkpoint (:func:`check_finite_model`).
 """
 
@@ -13,10 +14,12 @@ import math
 import torch
 from torch import nn
 
+from ..errors import MedmoeError
+
 __all__ = ["TrainingDivergedError", "check_finite_loss", "check_finite_model", "non_finite_parameters"]
 
 
-class TrainingDivergedError(FloatingPointError, RuntimeError):
+class TrainingDivergedError(MedmoeError, FloatingPointError, RuntimeError):
     """Training produced a non-finite loss or non-finite weights; the run was stopped."""
 
 

@@ -543,7 +543,7 @@ def train_mosaic(
         "data": {split: {f: len(by_flag[f]) for f in flags} for split, by_flag in data.items()},
         "weights": None if weights is None else str(weights), "data_note": data_note,
     }
-    start_run_folder(out_dir, RunManifest("mosaic", identity), overwrite=overwrite, allow=allow)
+    start_run_folder(out_dir, RunManifest("mosaic", identity), overwrite=overwrite, allow=allow, resumable=False)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
 
@@ -644,7 +644,7 @@ def train_mosaic(
             if improved:
                 best_score, best_round, bad_rounds = score, rnd, 0
                 if fabric.is_global_zero:
-                    with writing(ckpt_dir, keep=_mosaic_kept(saved_round)):
+                    with writing(ckpt_dir, keep=_mosaic_kept(saved_round), resumable=False):
                         save_mosaic_checkpoint(ckpt_dir, model, {
                             "seed": cfg.seed, "round": rnd + 1, "train_config": asdict(cfg),
                             "val_metrics": _metrics_json(val), "weights": weights_info, "data_note": data_note,
@@ -656,7 +656,7 @@ def train_mosaic(
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             if fabric.is_global_zero:
-                with writing(out_dir / METRICS_CSV, keep=_mosaic_kept(saved_round)):
+                with writing(out_dir / METRICS_CSV, keep=_mosaic_kept(saved_round), resumable=False):
                     write_history_csv(out_dir / METRICS_CSV, history)
             logger.info("round %d: loss %.4f, val mean ACC %.4f%s", rnd + 1, row["loss"], score,
                         " (best)" if improved else "")
@@ -679,7 +679,7 @@ def train_mosaic(
                           test_metrics=test, test_metrics_teacher=test_teacher, history=history,
                           parameters=params.to_dict())
     if fabric.is_global_zero:
-        with writing(out_dir / "results.json", keep=_mosaic_kept(saved_round)):
+        with writing(out_dir / "results.json", keep=_mosaic_kept(saved_round), resumable=False):
             _write_reports(result, dims, data_note, weights_info, params)
     return result
 

@@ -45,6 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..errors import SETTING, InputError, MedmoeError
+
 __all__ = [
     "MANIFEST_NAME",
     "FolderPlan",
@@ -75,11 +77,18 @@ _SEED_DIR = re.compile(r"^seed-?\d+$")
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
-class RunFolderError(ValueError):
-    """The run folder cannot be used as asked (not empty, another run, unwritable, a file, ...)."""
+class RunFolderError(InputError):
+    """The run folder cannot be used as asked (not empty, another run, unwritable, a file, ...).
+
+    Its message names the settings as placeholders (``{out_dir}``, ``{resume}``, ``{overwrite}``, ``{lr}``):
+    a Python caller reads ``out_dir``/``resume=True``, the command line ``--out``/``--resume``."""
 
 
-class RunWriteError(RuntimeError):
+def _folder_error(template: str, **settings: Any) -> RunFolderError:
+    return RunFolderError(template, **{"out_dir": SETTING, **settings})
+
+
+class RunWriteError(MedmoeError, RuntimeError):
     """Saving into the run folder failed (disk full, read-only, no permission); earlier files are intact."""
 
 
@@ -117,48 +126,49 @@ class RunManifest:
             indent=2, sort_keys=False,
         ) + "\n"
 
-    def differences(self, other: RunManifest) -> list[str]:
-        """Human-readable differences of ``other``'s identity from this one (empty: the same run), one per
-        setting, named by its command-line flag where it has one (``--lr: 0.0001 in the folder, 0.01 now``)."""
+    def differences(self, other: RunManifest) -> tuple[list[str], dict[str, Any]]:
+        """Differences of ``other``'s identity from this one (empty: the same run), one per setting, and the
+        settings they name: ``(["{lr}: 0.0001 in the folder, 0.01 now"], {"lr": SETTING})`` (rendered
+        as ``lr``/``--lr`` by :class:`~medmoe.errors.InputError`)."""
         if self.kind != other.kind:
-            return [f"kind: {self.kind} here, {other.kind} asked"]
-        return _differences(self.identity, other.identity, "")
+            return [f"kind: {self.kind} here, {other.kind} asked"], {}
+        settings: dict[str, Any] = {}
+        return _differences(self.identity, other.identity, "", settings), settings
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str) -> list[str]:
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, settings: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(old) | set(new), key=lambda k: (k not in _FIRST, str(k))):
         a, b = old.get(key, "not set"), new.get(key, "not set")
         if a == b:
             continue
-        name = f"{prefix}{key}"
-        if key in ("split_hashes", "files"):  # fingerprints: say what differs, not the hashes
-            out.append(f"{_FLAGS[key]} differ")
+        if key in _PLAIN:  # data identities and fingerprints: say what differs, not the hashes
+            out.append(_PLAIN[key])
             continue
-        if isinstance(a, dict) and isinstance(b, dict) and key not in ("data",):
-            inner = {"train_config": "", "model_config": "", "model_overrides": "--set "}.get(key, f"{name}.")
-            out += _differences(a, b, inner)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = ""
+            if key == "model_overrides":
+                inner, settings["model_overrides"] = "{model_overrides} ", SETTING
+            out += _differences(a, b, inner, settings)
+            continue
+        keyword = _KEYWORDS.get(str(key), str(key))
+        if prefix:
+            name = f"{prefix}{key}"
         else:
-            out.append(f"{_FLAGS.get(name, name)}: {_short(a)} in the folder, {_short(b)} now")
+            settings[keyword] = SETTING
+            name = "{" + keyword + "}"
+        out.append(f"{name}: {_short(a)} in the folder, {_short(b)} now")
     return out
 
 
-#: identity keys shown first (the usual reasons), and their command-line flags
+#: identity keys shown first (the usual reasons); keys described in words; keys named as another setting
 _FIRST = ("model_name", "data", "k", "seeds", "model_overrides")
-_FLAGS = {
-    "model_name": "--model", "model_overrides": "--set", "k": "--k", "seeds": "--seed", "split_seed": "split seed",
-    "data": "the data (--features/--labels or --dataset)", "split_hashes": "the folds (split hashes)", "lr": "--lr",
-    "epochs": "--epochs", "weight_decay": "--weight-decay", "batch_size": "--batch-size", "patience": "--patience",
-    "early_stopping": "--early-stopping", "standardize_features": "--standardize", "class_weights": "--class-weights",
-    "task": "--task", "survival_bins": "--bins", "survival_alpha": "--survival-alpha", "devices": "--devices",
-    "metrics_level": "--metrics-level", "max_instances": "--max-instances", "seed": "--seed", "eps": "--eps",
-    "steps_per_epoch": "--steps-per-epoch", "warmup_steps": "--warmup-steps", "precision": "--precision",
-    "val_every": "--val-every", "sw_overlap": "--overlap", "accelerator": "--accelerator",
-    "transform_config.roi_size": "--roi", "transform_config.spacing": "--spacing",
-    "transform_config.modality": "--modality", "transform_config.num_samples": "--samples",
-    "train_cases": "the training cases (--data)", "val_cases": "the validation cases (--data, --val-fraction)",
-    "files": "the image/label files (--data)",
+_PLAIN = {
+    "data": "the data differ (bag ids, labels or features)", "split_hashes": "the folds (split hashes) differ",
+    "files": "the image/label files differ", "train_cases": "the training cases differ",
+    "val_cases": "the validation cases differ",
 }
+_KEYWORDS = {"roi_size": "roi", "num_samples": "samples", "sw_overlap": "overlap", "survival_bins": "bins"}
 
 
 def _jsonable(value: Any) -> Any:
@@ -203,8 +213,8 @@ def read_manifest(run_dir: str | Path) -> RunManifest | None:
         return RunManifest(kind=str(raw["kind"]), identity=dict(raw["identity"]), members=list(raw.get("members", [])),
                            medmoe_version=str(raw.get("medmoe_version", "")), created=str(raw.get("created", "")))
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RunFolderError(f"{path} is unreadable or not a medmoe manifest ({err}); the run folder cannot be "
-                             "checked: use --overwrite to start it over or another --out") from err
+        raise _folder_error(f"{path} is unreadable or not a medmoe manifest ({err}); the run folder cannot be "
+                            "checked: use {overwrite} to start it over, or another {out_dir}", overwrite=True) from err
 
 
 def manifest_checkpoints(run_dir: str | Path) -> list[Path] | None:
@@ -240,11 +250,11 @@ def _is_run_folder(entries: Sequence[Path]) -> bool:
 
 def _check_target(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise RunFolderError(f"--out {out_dir} is a file, not a folder; give a folder path for the run")
+        raise _folder_error(f"{{out_dir}} {out_dir} is a file, not a folder; give a folder path for the run")
     for parent in out_dir.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise RunFolderError(f"--out {out_dir}: {parent} is a file, not a folder")
+                raise _folder_error(f"{{out_dir}} {out_dir}: {parent} is a file, not a folder")
             break
 
 
@@ -253,15 +263,15 @@ def _probe_writable(folder: Path) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=".medmoe-write-test.", dir=folder)
     except OSError as err:
-        raise RunFolderError(_unwritable(folder, err)) from err
+        raise _unwritable(folder, err) from err
     os.close(fd)
     os.unlink(tmp)
 
 
-def _unwritable(folder: Path, err: OSError) -> str:
+def _unwritable(folder: Path, err: OSError) -> RunFolderError:
     reason = os.strerror(err.errno) if err.errno else str(err)
-    return (f"cannot write into the run folder --out {folder} ({reason.lower()}); choose a folder you can write "
-            "to with --out, or fix its permissions")
+    return _folder_error(f"cannot write into the run folder {{out_dir}} {folder} ({reason.lower()}); choose a folder "
+                         "you can write to with {out_dir}, or fix its permissions")
 
 
 @dataclass(frozen=True)
@@ -280,6 +290,7 @@ def check_run_folder(
     resume: bool = False,
     overwrite: bool = False,
     allow: Iterable[str] = (),
+    resumable: bool = True,
 ) -> FolderPlan:
     """Decide whether ``out_dir`` may take this run; writes and deletes nothing.
 
@@ -291,6 +302,7 @@ def check_run_folder(
         overwrite: delete the run already there and start over.
         allow: entry names that do not make the folder "non-empty" and are kept by ``overwrite`` (e.g. the
             demo data a command wrote into the folder itself).
+        resumable: whether the caller can resume (MOSAIC cannot: its refusal then suggests only overwrite).
 
     Raises:
         RunFolderError: the folder is a file, not writable, holds another run (or other files), or
@@ -298,7 +310,8 @@ def check_run_folder(
     """
     out_dir = Path(out_dir)
     if resume and overwrite:
-        raise RunFolderError("--resume continues the run in --out and --overwrite deletes it: give only one")
+        raise _folder_error("{resume} continues the run in {out_dir} and {overwrite} deletes it: give only one",
+                            resume=True, overwrite=True)
     _check_target(out_dir)
     entries = _entries(out_dir, allow) if out_dir.is_dir() else []
     if not entries:
@@ -311,35 +324,39 @@ def check_run_folder(
     names = ", ".join(p.name for p in entries[:4]) + (", ..." if len(entries) > 4 else "")
     if overwrite:
         if existing is None and not _is_run_folder(entries):
-            raise RunFolderError(
-                f"--out {out_dir} holds files that are not a medmoe run ({names}); --overwrite deletes only run "
-                "folders: choose an empty or new folder with --out"
+            raise _folder_error(
+                f"{{out_dir}} {out_dir} holds files that are not a medmoe run ({names}); {{overwrite}} deletes only "
+                "run folders: choose an empty or new folder with {out_dir}", overwrite=True
             )
         _probe_writable(out_dir)
         return FolderPlan("overwrite", existing)
     if not resume:
         what = f"a {existing.kind} run" if existing is not None else (
             "a run" if _is_run_folder(entries) else f"other files ({names})")
-        raise RunFolderError(
-            f"--out {out_dir} already holds {what}; pass --resume to continue it, --overwrite to delete it and "
-            "start over, or choose another --out"
+        cont = "{resume} to continue it, " if resumable else ""
+        raise _folder_error(
+            f"{{out_dir}} {out_dir} already holds {what}; pass {cont}{{overwrite}} to delete it and start over, or "
+            "choose another {out_dir}", overwrite=True, **({"resume": True} if resumable else {})
         )
     if existing is None:
         if not _is_run_folder(entries):
-            raise RunFolderError(f"--out {out_dir} holds files that are not a medmoe run ({names}); there is "
-                                 "nothing to resume: choose an empty or new folder with --out")
-        raise RunFolderError(
-            f"--out {out_dir} was written by an older medmoe (no {MANIFEST_NAME}), so it does not record the "
+            raise _folder_error(f"{{out_dir}} {out_dir} holds files that are not a medmoe run ({names}); there is "
+                                "nothing to resume: choose an empty or new folder with {out_dir}")
+        raise _folder_error(
+            f"{{out_dir}} {out_dir} was written by an older medmoe (no {MANIFEST_NAME}), so it does not record the "
             "model, data, folds and seeds it was trained with and cannot be resumed safely; predict and eval "
-            "still read it. Use --overwrite to train it again, or another --out"
+            "still read it. Use {overwrite} to train it again, or another {out_dir}", overwrite=True
         )
     if manifest is not None:
-        diffs = existing.differences(manifest)
+        diffs, named = existing.differences(manifest)
         if diffs:
-            raise RunFolderError(
-                f"--resume: --out {out_dir} holds another run; " + "; ".join(diffs[:4])
+            shown = diffs[:4]
+            used = {k: v for k, v in named.items() if any("{" + k + "}" in d for d in shown)}
+            raise _folder_error(
+                f"{{resume}}: {{out_dir}} {out_dir} holds another run; " + "; ".join(shown)
                 + ("; ..." if len(diffs) > 4 else "")
-                + ". Resume with the same settings, or use --overwrite / another --out"
+                + ". Resume with the same settings, or use {overwrite} or another {out_dir}",
+                resume=True, overwrite=True, **used,
             )
     _probe_writable(out_dir)
     return FolderPlan("resume", existing)
@@ -352,6 +369,7 @@ def start_run_folder(
     resume: bool = False,
     overwrite: bool = False,
     allow: Iterable[str] = (),
+    resumable: bool = True,
 ) -> FolderPlan:
     """:func:`check_run_folder`, then act: ``overwrite`` deletes the old run's entries, a new run creates
     the folder and writes ``manifest.json`` first (a resume writes nothing here).
@@ -363,7 +381,7 @@ def start_run_folder(
     allow = tuple(allow)
     if _distributed_child():  # DDP re-runs the command in each worker: rank 0 checked and wrote the folder
         return FolderPlan("child")
-    plan = check_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite, allow=allow)
+    plan = check_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite, allow=allow, resumable=resumable)
     if plan.action == "resume":
         return plan
     if plan.action == "overwrite":
@@ -377,7 +395,7 @@ def start_run_folder(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RunFolderError(_unwritable(out_dir, err)) from err
+        raise _unwritable(out_dir, err) from err
     from .checkpoint import atomic_write_text
 
     with writing(out_dir / MANIFEST_NAME):
@@ -402,7 +420,7 @@ def write_manifest(out_dir: str | Path, manifest: RunManifest) -> None:
 
 
 @contextlib.contextmanager
-def writing(path: str | Path, *, keep: str = "") -> Iterator[None]:
+def writing(path: str | Path, *, keep: str = "", resumable: bool = True) -> Iterator[None]:
     """Turn a write fault inside the block into :class:`RunWriteError` naming ``path``.
 
     A full disk (``ENOSPC``/``EDQUOT``), a read-only file system or a missing permission become one
@@ -416,10 +434,11 @@ def writing(path: str | Path, *, keep: str = "") -> Iterator[None]:
             raise
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             what = "the disk is full"
-            todo = "free some space, then rerun the same command with --resume"
+            todo = "free some space, then rerun the same command" + (" with --resume" if resumable else "")
         else:
             what = "the folder is read-only or not yours" if err.errno == errno.EROFS else "permission denied"
-            todo = "fix the permissions or choose another --out, then rerun (with --resume to continue)"
+            todo = "fix the permissions or choose another --out, then rerun" + (
+                " (with --resume to continue)" if resumable else "")
         kept = keep or "the files written before (the last good checkpoint) are intact"
         raise RunWriteError(f"cannot write {path}: {what}; {kept}; {todo}") from err
 

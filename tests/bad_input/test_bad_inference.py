@@ -104,6 +104,12 @@ CASES = [
                  ["names", "class numbers"], id="eval-names-against-numbered-classes"),
     pytest.param(nothing, ["mil", "eval", "{ckpt}", "--features", "{feats}"], ["--labels"],
                  id="eval-features-without-labels"),
+    pytest.param(nothing, ["mil", "eval", "{ckpt}", "-d", "musk1"], ["musk1", "'negative', 'positive'", "'normal'"],
+                 id="eval-benchmark-with-other-classes"),
+    pytest.param(nothing, ["mil", "predict", "{ckpt}", "musk1", "--out", "{tmp}/pred.csv"], ["musk1", "'normal'"],
+                 id="predict-benchmark-with-other-classes"),
+    pytest.param(nothing, [*EVAL, "-d", "musk1"], ["either --dataset", "--features"],
+                 id="eval-benchmark-and-features"),
     # the same feature-width message everywhere
     pytest.param(wide_features, EVAL, ["expects 8-d features", "16-d"], id="eval-features-of-another-width"),
     pytest.param(wide_features, PREDICT, ["expects 8-d features", "16-d"], id="predict-features-of-another-width"),

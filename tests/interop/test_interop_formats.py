@@ -195,3 +195,12 @@ def test_folder_without_weights_is_named(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="does not exist"):
             read_source(tmp_path / "nope.bin")
+
+
+def test_clam_repository_widths_are_read_from_the_file() -> None:
+    """The CLAM repository's 512/256 CLAM-MB loads by name alone: widths and branches come off the shapes."""
+    _, _, io = _fixture("clam_mb")
+    model, _, report = load_model(GOLDEN / "clam_mb.safetensors", "clam.base_ce")
+    assert model.config.attention_dim == 256 and model.config.in_dim == 64 and model.config.multi_branch
+    assert any("settings from the file's shapes" in n for n in report.notes)
+    torch.testing.assert_close(_logits(model, io), io["logits"], rtol=1e-5, atol=1e-6)

@@ -219,6 +219,34 @@ def _infer_num_classes(state: dict[str, Tensor], heads: set[str], model: nn.Modu
     return None
 
 
+#: state-dict key -> (config field, axis of the tensor's shape) for settings read off a file's shapes.
+_SHAPE_SETTINGS: dict[str, dict[str, tuple[tuple[str, int], ...]]] = {
+    "*": {"patch_embed.0.weight": (("embed_dim", 0), ("in_dim", 1)), "patch_embed.wq.weight": (("in_dim", 1),)},
+    "abmil": {"global_attn.attention_a.0.weight": (("attn_dim", 0),)},
+    "clam": {"global_attn.attention_a.0.weight": (("attention_dim", 0),)},
+}
+
+
+def _infer_settings(state: dict[str, Tensor], short: str, probe: nn.Module, given: set[str]) -> dict[str, Any]:
+    """Widths the file was built with where they differ from ``probe``'s (settings the caller gave win):
+    feature size and embedding width from the patch embedding, attention width (ABMIL, CLAM), CLAM-MB
+    from per-class bag classifiers (the CLAM repository's 256-wide attention, other encoders)."""
+    config = probe.config
+    out: dict[str, Any] = {}
+    rules = {**_SHAPE_SETTINGS["*"], **_SHAPE_SETTINGS.get(short, {})}
+    for key, pairs in rules.items():
+        if key not in state:
+            continue
+        for field_name, axis in pairs:
+            value = int(state[key].shape[axis])
+            if field_name not in given and hasattr(config, field_name) and getattr(config, field_name) != value:
+                out[field_name] = value
+    if (short == "clam" and "multi_branch" not in given and not getattr(config, "multi_branch", True)
+            and any(k.startswith("classifiers.0.") for k in state)):
+        out["multi_branch"] = True
+    return out
+
+
 def reference_config_overrides(config: dict[str, Any], short: str, medmoe_fields: set[str]) -> dict[str, Any]:
     """medmoe config overrides from a MIL-Lab Hugging Face ``config.json``: fields with the same name and
     meaning; ``moe_args`` -> Mammoth patch embedding; ``num_fc_layers > 1`` -> MLP patch embedding;
@@ -301,10 +329,16 @@ def load_model(
     settings.pop("in_dim", None)
     classes = num_classes if num_classes is not None else settings.pop("num_classes", None)
     settings.pop("num_classes", None)
+    probe = create_model(name, num_classes=int(classes or 2), in_dim=in_dim, **settings)
+    probe_heads = head_keys(probe)
+    mapping = _choose(src.state, parsed.model, set(probe.state_dict()), patch_embed_only, probe_heads)
+    given = set(settings) | ({"in_dim"} if in_dim is not None else set())
+    inferred = _infer_settings(mapping.state, parsed.model, probe, given)
+    if inferred:
+        notes.append("settings from the file's shapes: " + ", ".join(f"{k}={v}" for k, v in sorted(inferred.items())))
+        in_dim = inferred.pop("in_dim", in_dim)
+        settings.update(inferred)
     if classes is None:
-        probe = create_model(name, num_classes=2, in_dim=in_dim, **settings)
-        probe_heads = head_keys(probe)
-        mapping = _choose(src.state, parsed.model, set(probe.state_dict()), patch_embed_only, probe_heads)
         found = _infer_num_classes(mapping.state, probe_heads, probe)
         if found is None and probe_heads & set(mapping.state):
             found = probe.config.num_classes  # the head is there and has the probe's size

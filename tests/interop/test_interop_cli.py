@@ -41,7 +41,7 @@ def _hf_folder(root: Path, fid: str, drop_head: bool = False) -> Path:
 
 
 def test_convert_millab_file_then_everything_takes_the_checkpoint(tmp_path: Path) -> None:
-    meta, _, io = _fixture("millab_wikg_base_mammoth")
+    _, _, io = _fixture("millab_wikg_base_mammoth")
     out = _run("mil", "convert", GOLDEN / "millab_wikg_base_mammoth.safetensors", "--model", "wikg.base_mammoth",
                "--in-dim", "64", "--set", "embed_dim=64", "--set", "patch_embed_args={num_experts: 8, num_slots: 4, "
                "slot_dim: 32}", "--class-names", "luad,lusc", "--out", tmp_path / "ck")

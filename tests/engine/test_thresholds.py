@@ -371,3 +371,72 @@ def test_heatmap_prediction_uses_the_threshold(tmp_path):
     above = slide_heatmaps(model, feats, coords, 64, tmp_path / "c", thresholds=[p_pos + 0.01], **common)
     assert (below["prediction"], above["prediction"]) == ("pos", "neg")
     assert below["decision_thresholds"] == [pytest.approx(p_pos - 0.01)]
+
+
+def test_per_patient_metrics_choose_on_patient_scores(tmp_path, monkeypatch):
+    """With ``metrics_level='group'`` the threshold is chosen on, and applied to, a patient's mean probability."""
+    from medmoe.data import InMemoryBags
+    from medmoe.engine.trainer import _choose_thresholds, _task_metrics
+
+    def two_slides(n_patients, seed):
+        first, second = synthetic_bags(n_patients, seed=seed), synthetic_bags(n_patients, seed=seed + 100)
+        feats = [bags[p].features for p in range(n_patients) for bags in (first, second)]
+        return InMemoryBags(feats, [p % 2 for p in range(n_patients) for _ in range(2)],
+                            bag_ids=[f"s{seed}_{i}" for i in range(2 * n_patients)],
+                            groups=[f"p{seed}_{p}" for p in range(n_patients) for _ in range(2)],
+                            class_names=["neg", "pos"])
+
+    val = two_slides(6, seed=1)
+    logits = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor(val.labels)
+    patient_probs = torch.softmax(logits, -1).view(6, 2, 2).mean(1)  # slides 2i, 2i+1 = patient i
+    chosen = _choose_thresholds(logits, labels, val, "group", False, 2)
+    assert chosen.values == [choose_threshold(patient_probs[:, 1], labels[::2] == 1)[0]]
+    got = _task_metrics(logits, labels, val, None, 0.0, "group", thresholds=chosen.values)
+    expected = compute_metrics(patient_probs, labels[::2], threshold=chosen.values[0])
+    assert got["balanced_accuracy_tuned"] == pytest.approx(expected["balanced_accuracy"])
+
+    seen = []
+    real = th.choose_thresholds
+    monkeypatch.setattr("medmoe.engine.trainer.choose_thresholds",
+                        lambda s, t: seen.append(s.shape[0]) or real(s, t))
+    train_one_fold("abmil.base", two_slides(10, seed=0), val, two_slides(6, seed=2),
+                   CFG.replace(metrics_level="group"), tmp_path, TINY_ABMIL)
+    assert seen == [6]  # the validation patients, not their 12 slides
+
+
+def test_multilabel_ensemble_uses_the_mean_threshold_per_label(tmp_path):
+    data = multilabel_bags(24, seed=0), multilabel_bags(10, seed=1), None
+    result = train_one_fold("abmil.base", *data, CFG.replace(task="multilabel", epochs=1), tmp_path / "a",
+                            TINY_ABMIL)
+    names = data[0].label_names
+    model, info = load_checkpoint(result.checkpoint_dir)
+    extra = {k: info[k] for k in ("class_names", "task", "feature_stats")}
+    shifted = [min(1.0, t + 0.2) for t in result.thresholds["values"]]
+    other = save_checkpoint(tmp_path / "b", model, {**extra, THRESHOLDS_KEY: DecisionThresholds(
+        shifted, [SOURCE_VALIDATION] * len(names)).to_record()})
+    test = multilabel_bags(8, seed=5)
+    rows = predict_ensemble([result.checkpoint_dir, other], test)
+    mean = [(a + b) / 2 for a, b in zip(result.thresholds["values"], shifted)]
+    for row in rows:  # same model twice: the mean probability is its own, the cut-off the mean threshold
+        assert row["pred_labels"] == ";".join(n for n, t in zip(names, mean) if row[f"prob_{n}"] >= t)
+
+
+def test_cli_train_reports_both_and_stores_the_threshold(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bad_input"))
+    try:
+        from inference_inputs import feature_folder
+    finally:
+        sys.path.pop(0)
+    labels = {f"slide_{i:02d}": ("tumor" if i % 2 else "normal") for i in range(15)}
+    features, csv_path = feature_folder(tmp_path, labels, dim=8, n_patches=5)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["mil", "train", "-m", "meanmil.base", "--features", str(features), "--labels",
+                                   str(csv_path), "--k", "3", "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "| balanced_accuracy_tuned |" in res.output and "Decision thresholds:" in res.output
+    for ckpt in sorted(out.glob("seed0/fold*/checkpoint")):
+        assert checkpoint_thresholds(read_checkpoint_info(ckpt)).sources in ([SOURCE_VALIDATION], [SOURCE_ONE_CLASS])

@@ -236,3 +236,26 @@ def test_divergent_learning_rate_is_an_error(data, tmp_path):
     out = assert_clear_error(args, ["diverged", "--lr", "step"])
     assert not list((tmp_path / "run").rglob("model.safetensors")), "a diverged model was saved"
     assert out.exit_code == 2
+
+
+def test_compare_processes_fill_one_folder_and_resume_checks_each_run(data, tmp_path):
+    """Two `compare` processes may fill one --out (one dataset each); a resume must match each run there."""
+    other = tmp_path / "cohort2"
+    shutil.copytree(data[1].features_dir, other)
+    grid = tmp_path / "grid"
+
+    def compare(features, labels, *extra):
+        return ["mil", "compare", "-m", "abmil", "--patch-embed", "linear", "--features", str(features), "--labels",
+                str(labels), "--k", "3", "--epochs", "1", "--set", "embed_dim=8", "--set", "attn_dim=8",
+                "--out", str(grid), *extra]
+
+    first = run_cli(compare(data[0].features_dir, data[0].labels_csv))
+    assert first.exit_code == 0, first.output
+    second = run_cli(compare(other, data[1].labels_csv, "--resume"))  # another dataset joins the folder
+    assert second.exit_code == 0, second.output
+    assert (grid / "features" / "abmil" / "linear" / "manifest.json").is_file()
+    assert (grid / "cohort2" / "abmil" / "linear" / "manifest.json").is_file()
+    assert_clear_error(compare(other, data[1].labels_csv, "--resume", "--k", "4"), ["--k: 3 in the folder, 4 now"],
+                       watch=[grid])
+    assert_clear_error(["mil", "predict", str(grid), str(data[0].features_dir), "--out", str(tmp_path / "p.csv")],
+                       ["comparison grid of 2 runs", "cohort2/abmil/linear"], watch=[grid])

@@ -104,9 +104,10 @@ def test_manifest_checkpoints_are_the_members(tmp_path):
 
 
 def test_a_comparison_grid_is_not_one_ensemble(tmp_path):
-    start_run_folder(tmp_path, RunManifest("mil-compare", {}, ["musk1/abmil/linear/seed0/fold0",
-                                                                "musk1/abmil/mammoth/seed0/fold0"]))
-    with pytest.raises(RunFolderError, match="comparison grid of 2 models.*musk1/abmil/linear"):
+    start_run_folder(tmp_path, RunManifest("mil-compare", {}))
+    for embed in ("linear", "mammoth"):
+        start_run_folder(tmp_path / "musk1" / "abmil" / embed, _manifest())
+    with pytest.raises(RunFolderError, match="comparison grid of 2 runs.*musk1/abmil/linear"):
         manifest_checkpoints(tmp_path)
 
 

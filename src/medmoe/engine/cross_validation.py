@@ -38,7 +38,15 @@ from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_summary, summarize
 from .multilabel import MULTILABEL_METRIC_NAMES
-from .runs import MANIFEST_NAME, RunManifest, data_identity, start_run_folder, write_manifest, writing
+from .runs import (
+    MANIFEST_NAME,
+    RunManifest,
+    check_run_folder,
+    data_identity,
+    start_run_folder,
+    write_manifest,
+    writing,
+)
 from .survival import SURVIVAL_METRIC_NAMES
 from .thresholds import thresholds_note
 from .trainer import RESUME_NEUTRAL_SETTINGS, TEST_PREDICTIONS_CSV, make_fabric
@@ -511,8 +519,8 @@ def compare(
             config.
         k, seeds, cfg, val_folds, resume, fabric: as :func:`run_cross_validation`; splits depend only on
             the dataset and seed, so every variant sees the same folds (a fair comparison). ``resume``
-            requires the same grid (models, patch embeddings, datasets, k, seeds, settings) as the
-            ``manifest.json`` at the top of ``out_dir``.
+            requires every variant already in ``out_dir`` to match its own ``manifest.json`` (model, data,
+            k, seeds, settings); new variants may be added (several processes can fill one folder).
         overwrite: delete the earlier grid in ``out_dir`` first (else a non-empty ``out_dir`` is refused).
         out_dir: runs go to ``out_dir/<dataset>/<model>/<patch_embed>`` (each with its own manifest, so
             ``mil predict`` takes it); ``manifest.json``, ``comparison.json`` and ``comparison.md`` are
@@ -560,11 +568,13 @@ def compare(
                 tasks += variant_tasks
                 plans += variant_plans
     if is_zero:
-        identity = {
-            "variants": {v["out_dir"].relative_to(out_dir).as_posix(): v["manifest"].identity for v in variants},
-        }
-        members = [t.out_dir.relative_to(out_dir).as_posix() for t in tasks]
-        start_run_folder(out_dir, RunManifest("mil-compare", identity, members), resume=resume, overwrite=overwrite)
+        # the top folder holds variant runs (several compare processes may fill it, one per dataset, say):
+        # each variant's own manifest is what a resume must match; everything is checked before writing
+        top = RunManifest("mil-compare", {})
+        if check_run_folder(out_dir, top, resume=resume, overwrite=overwrite).action == "resume":
+            for v in variants:
+                check_run_folder(v["out_dir"], v["manifest"], resume=True)
+        start_run_folder(out_dir, top, resume=resume, overwrite=overwrite)
         for v in variants:
             if not (v["out_dir"] / MANIFEST_NAME).is_file():
                 write_manifest(v["out_dir"], v["manifest"])

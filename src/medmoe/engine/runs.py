@@ -221,13 +221,14 @@ def manifest_checkpoints(run_dir: str | Path) -> list[Path] | None:
     """The checkpoints of the manifest's members (``member/checkpoint``), in order; ``None`` without a
     manifest. A member without a finished checkpoint is an error naming it (an interrupted run)."""
     manifest = read_manifest(run_dir)
+    root = Path(run_dir)
+    if manifest is not None and manifest.kind == "mil-compare":
+        variants = sorted(p.parent for p in root.glob(f"*/*/*/{MANIFEST_NAME}"))
+        example = f", e.g. {variants[0]}" if variants else ""
+        raise RunFolderError(f"{root} is a comparison grid of {len(variants)} runs; give one of its run folders "
+                             f"(<dataset>/<model>/<patch embedding>){example}")
     if manifest is None or not manifest.members:
         return None
-    root = Path(run_dir)
-    if manifest.kind == "mil-compare":
-        variants = sorted({m.rsplit("/", 2)[0] for m in manifest.members})
-        raise RunFolderError(f"{root} is a comparison grid of {len(variants)} models; give one of its run folders, "
-                             f"e.g. {root / variants[0]}")
     paths = [root / m / "checkpoint" for m in manifest.members]
     missing = [str(p.relative_to(root)) for p in paths if not (p / "config.json").is_file()]
     if missing:

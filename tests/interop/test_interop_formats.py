@@ -77,10 +77,10 @@ def test_feather_without_classifier_gets_a_fresh_head_and_says_so(tmp_path: Path
 def test_torch_file_nested_and_ddp_prefix(tmp_path: Path) -> None:
     meta, state, io = _fixture("millab_dsmil_base_mammoth")
     path = tmp_path / "ckpt.pth"
-    torch.save({"epoch": 3, "model": {f"module.{k}": v for k, v in state.items()}}, path)
+    torch.save({"epoch": 3, "model": {f"module._orig_mod.{k}": v for k, v in state.items()}}, path)
     model = _build(meta, checkpoint_path=str(path))
     notes = " ".join(model.load_report.notes)
-    assert "'model' entry" in notes and "module." in notes and "'model.' prefix" in notes
+    assert "'model' entry" in notes and "module." in notes and "_orig_mod." in notes and "'model.' prefix" in notes
     assert "model.b_classifier.fcc.weight" in model.load_report.ignored  # unused by MIL-Lab, said
     torch.testing.assert_close(_logits(model, io), io["logits"], rtol=1e-5, atol=1e-6)
 

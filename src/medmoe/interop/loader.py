@@ -17,6 +17,7 @@ through the same rules:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -27,6 +28,8 @@ from torch import Tensor, nn
 from .mil_keys import KEY_LAYOUTS, KeyMapping
 from .report import CheckpointMismatchError, LoadReport
 from .sources import WeightSource, read_source
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "head_keys",
@@ -201,6 +204,7 @@ def load_weights(
         raise CheckpointMismatchError(f"internal: unexpected load result {result}")
     report.loaded = len(state)
     report.fresh = sorted(fresh)
+    logger.info("%s", report.summary())
     return report
 
 

@@ -10,7 +10,7 @@
   tensors and plain containers are accepted, no code is executed. A training checkpoint's weights are
   found under ``state_dict_ema`` > ``model_ema`` > ``state_dict`` > ``model`` (MIL-Lab's order).
 
-Distributed-training prefixes (``module.``, repeated) are stripped and noted.
+Wrapper prefixes on every key (``module.`` of DDP, ``_orig_mod.`` of torch.compile) are stripped and noted.
 """
 
 from __future__ import annotations
@@ -88,13 +88,19 @@ def _is_state_dict(obj: dict[Any, Any]) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
+_WRAPPER_PREFIXES = {"module.": "distributed training (DDP / DataParallel)", "_orig_mod.": "torch.compile"}
+
+
 def _strip_ddp(state: dict[str, Tensor], notes: list[str]) -> dict[str, Tensor]:
-    stripped = 0
-    while state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-        stripped += 1
-    if stripped:
-        notes.append("stripped the distributed-training prefix 'module.'" + (f" x{stripped}" if stripped > 1 else ""))
+    """Strip the prefixes wrappers add to every key (``module.`` of DDP, ``_orig_mod.`` of torch.compile)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix, what in _WRAPPER_PREFIXES.items():
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                notes.append(f"stripped the prefix {prefix!r} of {what}")
+                changed = True
     return state
 
 

@@ -145,7 +145,7 @@ CASES = [
     pytest.param(lambda w: (with_checkpoint(w), labels_is_folder(w)), PREDICT, ["--labels", "is a folder"],
                  id="predict-labels-is-a-folder"),
     pytest.param(lambda w: (with_checkpoint(w), set_label("s5", "7")(w)), PREDICT, ["'7'", "s5", "'0', '1'"],
-                 id="predict-label-the-checkpoint-does-not-know"),
+                 id="predict-stray-number-the-checkpoint-does-not-know"),
     # feature files that are not what they are called (before: "does not exist")
     pytest.param(replace_h5(_fifo), TRAIN, ["s3.h5", "fifo"], id="feature-file-is-a-fifo"),
     pytest.param(replace_h5(_folder), TRAIN, ["s3.h5", "is a folder"], id="feature-file-is-a-folder"),

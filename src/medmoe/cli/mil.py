@@ -88,7 +88,6 @@ def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | No
     return task, cols
 
 
-def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
 def checkpoint_classes(info: dict[str, Any]) -> list[str]:
     """The classes a classification checkpoint (its ``info``) predicts: its ``class_names``, else ``'0'``,
     ``'1'``, ... up to its number of outputs."""
@@ -109,6 +108,7 @@ def check_benchmark_classes(ds: Any, info: dict[str, Any], name: str) -> None:
                          "trained on other data: give --features and --labels of a cohort with its classes")
 
 
+def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
                       event_col: str = "event"):
     """``(bags, labelled)``: the bags of a feature folder for a checkpoint (its ``info``) to score: with a
     labels CSV as in training (survival columns for a survival checkpoint, 0/1 columns for a multi-label one;
@@ -415,11 +415,18 @@ def evaluate_checkpoint(
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
     from ..engine import evaluate
-    from ..engine.thresholds import checkpoint_thresholds
     from ..engine.prediction import check_feature_dim
+    from ..engine.thresholds import checkpoint_thresholds
     from ..interop import load_any_checkpoint
 
     try:
+        if metrics_level not in ("bag", "group"):
+            raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
+        if (dataset is None) == (features is None):
+            raise ValueError("give either --dataset NAME or --features DIR (with --labels CSV)")
+        if features is not None and labels is None:
+            raise ValueError("--features needs --labels CSV to evaluate against (`medmoe mil predict` scores "
+                             "slides without labels)")
         model, info = load_any_checkpoint(checkpoint)
         survival = info.get("task") == "survival"
         multilabel = info.get("task") == "multilabel"
@@ -440,13 +447,6 @@ def evaluate_checkpoint(
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
 
 
-        if metrics_level not in ("bag", "group"):
-            raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
-        if (dataset is None) == (features is None):
-            raise ValueError("give either --dataset NAME or --features DIR (with --labels CSV)")
-        if features is not None and labels is None:
-            raise ValueError("--features needs --labels CSV to evaluate against (`medmoe mil predict` scores "
-                             "slides without labels)")
 @app.command("predict")
 def predict_checkpoint(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a `mil train` run folder: the ensemble "
@@ -463,6 +463,7 @@ def predict_checkpoint(
 
     try:
         checkpoints = run_checkpoints(checkpoint)
+        _check_predictions_out(out, features, labels, checkpoints)
         info = read_any_checkpoint_info(checkpoints[0])
         ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
         if len(checkpoints) == 1:
@@ -482,7 +483,6 @@ def predict_checkpoint(
     typer.echo(f"wrote {len(frame)} predictions to {out}{models}")
 
 
-        _check_predictions_out(out, features, labels, checkpoints)
 @app.command("embed")
 def embed_checkpoint(
     checkpoint: Path = typer.Argument(..., help="One checkpoint folder (e.g. RUN/seed0/fold0/checkpoint)."),
@@ -505,6 +505,7 @@ def embed_checkpoint(
     try:
         check_embedding_path(out)
         checkpoints = run_checkpoints(checkpoint)
+        _check_predictions_out(out, features, labels, checkpoints)
         if len(checkpoints) > 1:
             raise ValueError(
                 f"{checkpoint} holds {len(checkpoints)} checkpoints; every fold learns its own vector space, so "
@@ -521,11 +522,12 @@ def embed_checkpoint(
         if plot is not None:
             from ..viz.slide_embedding_map import plot_slide_embeddings
 
-        _check_predictions_out(out, features, labels, checkpoints)
             plot_slide_embeddings(emb.features, emb.labels, emb.class_names, plot, method=method,
                                   title=f"{emb.meta['model']}: {len(emb.bag_ids)} slides, {emb.dim}-d")
     except (ValueError, RuntimeError) as err:
         fail(err)
+    except OSError as err:
+        fail(ValueError(f"cannot write --out {out}: {err.strerror or err}"))
     extra = f" and the map {plot}" if plot is not None else ""
     typer.echo(f"wrote {len(emb.bag_ids)} slide embeddings ({emb.dim}-d) to {out}{extra}")
 
@@ -544,8 +546,6 @@ def run_compare(
     from ..engine import compare
     from ..viz.comparison import plot_comparison
 
-    except OSError as err:
-        fail(ValueError(f"cannot write --out {out}: {err.strerror or err}"))
     loaded = dict(load_dataset(d, None, None) for d in datasets)
     loaded.update(folders or {})
     cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),
@@ -680,6 +680,7 @@ def summarize_cmd(
 from .heatmap import heatmap as _heatmap
 
 app.command("heatmap")(_heatmap)
+
 
 @app.command("convert")
 def convert_cmd(

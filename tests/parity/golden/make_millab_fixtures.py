@@ -55,6 +55,10 @@ target, never the project's venv):
         --site-packages /tmp/refpkgs --out tests/parity/golden/millab
 
 Each reference runs in its own subprocess (MIL-Lab and the fork both name their package ``src``).
+``--full-size`` writes the same fixtures at the configs' own sizes (1024-d bag of 500 patches, Mammoth
+30 x 10, ILRA+Mammoth skipped: the fork crashes there) into another ``--out`` folder, for a one-off check
+with ``tests/parity/test_golden_millab.py``'s logic (``MEDMOE_GOLDEN_DIR=folder pytest ...``); they are
+tens of MB and are not committed.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 IN_DIM, EMBED, SMALL_ATTN, BAG = 64, 64, 32, 48
+FULL = False  # --full-size: the configs' own sizes (not committed; a one-off check at real sizes)
 MOE_ARGS = {"num_experts": 8, "num_slots": 4, "num_heads": 16, "slot_dim": 32, "share_lora_weights": True,
             "dropout": 0.1, "auto_rank": True, "keep_slots": True}
 #: what medmoe's base_mammoth configs must be told (they hold 30 experts x 10 slots, slot_dim 256 / 128)
@@ -188,8 +193,14 @@ def run_millab(root: Path, fork: bool, mammoth_root: Path | None, topk: Path | N
     label = torch.tensor([1])
     for name, (ref_kwargs, our_overrides) in MODELS.items():
         kwargs = {"in_dim": IN_DIM, "embed_dim": EMBED, **ref_kwargs}
-        ours = dict(our_overrides)
-        if fork:
+        ours = {"in_dim": IN_DIM, "embed_dim": EMBED, **our_overrides}
+        if FULL:  # the YAML's sizes (and moe_args); DTFD keeps the settings that make it comparable
+            kwargs = {"in_dim": IN_DIM, **{k: v for k, v in ref_kwargs.items() if k == "total_instance"}}
+            ours = {"in_dim": IN_DIM, **{k: v for k, v in our_overrides.items() if k in ("total_instance", "eval_split")}}
+            if fork and name == "ilra":
+                print("  ilra.base_mammoth: skipped at full size (the fork's slot_dim 256 == embed_dim 256 crashes)")
+                continue
+        elif fork:
             moe = dict(MOE_ARGS)
             if kwargs["embed_dim"] == moe["slot_dim"]:  # ILRA at 32: Mammoth needs dim != slot_dim
                 moe["slot_dim"] //= 2
@@ -216,7 +227,7 @@ def run_millab(root: Path, fork: bool, mammoth_root: Path | None, topk: Path | N
         meta = {"reference": reference, "commit": commit, "reference_name": f"{name}.{config}.uni",
                 "reference_kwargs": {k: v for k, v in kwargs.items()},
                 "medmoe_name": f"{MEDMOE_NAMES.get(name, name)}.{config}",
-                "medmoe_overrides": {"in_dim": IN_DIM, "embed_dim": EMBED, **ours}, "num_classes": 2,
+                "medmoe_overrides": ours, "num_classes": 2,
                 "attention_shape": list(attention.shape) if isinstance(attention, torch.Tensor) else None,
                 "reference_config": json.loads(model.config.to_json_string())}  # its Hugging Face config.json
         _save(out, f"millab_{name}_{config}", state, io, meta)
@@ -262,11 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "millab")
     ap.add_argument("--commit", action="append", default=[], metavar="NAME=SHA",
                     help="commit of a checkout without .git (NAME: a part of its path, e.g. MIL-Lab)")
+    ap.add_argument("--full-size", action="store_true",
+                    help="build at the configs' own sizes (1024-d bag of 500 patches); for a one-off check, "
+                    "not for committing (tens of MB)")
     ap.add_argument("--part", choices=["millab", "fork", "clam"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.site_packages:
         sys.path.insert(0, str(args.site_packages))
     COMMITS.update(item.split("=", 1) for item in args.commit)
+    if args.full_size:
+        global FULL, IN_DIM, BAG
+        FULL, IN_DIM, BAG = True, 1024, 500
     if args.part == "millab":
         run_millab(args.millab, False, None, args.topk, args.out)
     elif args.part == "fork":
@@ -285,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                     cmd += [f"--{flag.replace('_', '-')}", str(value)]
             for item in args.commit:
                 cmd += ["--commit", item]
+            if args.full_size:
+                cmd.append("--full-size")
             subprocess.run(cmd, check=True)
 
 

@@ -96,3 +96,20 @@ def test_predict_and_eval_take_a_hugging_face_folder(tmp_path: Path) -> None:
     labels.write_text("slide_id,label\ns0,1\ns1,0\n")
     out = _run("mil", "eval", folder, "--features", feats, "--labels", labels)
     assert "auroc" in out or "accuracy" in out
+
+
+def test_heatmap_takes_a_mammoth_fork_hugging_face_folder(tmp_path: Path) -> None:
+    """The fork's ABMIL+Mammoth, saved as a Hugging Face folder, draws attention and expert maps as is."""
+    import h5py
+
+    folder = _hf_folder(tmp_path / "hf", "millab_abmil_base_mammoth")
+    _, _, io = _fixture("millab_abmil_base_mammoth")
+    coords = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(6), indexing="ij"), -1).reshape(-1, 2) * 256
+    with h5py.File(tmp_path / "slide.h5", "w") as fh:
+        fh["features"] = io["x"][0].numpy()
+        fh["coords"] = coords.numpy()
+        fh["coords"].attrs["patch_size_level0"] = 256
+    _run("mil", "heatmap", folder, "--features", tmp_path / "slide.h5", "--out", tmp_path / "maps",
+         "--max-size", "128", "--experts", "2")
+    summary = json.loads((tmp_path / "maps" / "heatmaps.json").read_text())
+    assert (tmp_path / "maps" / "attention.png").is_file() and summary["slide"] is None

@@ -120,10 +120,10 @@ def heatmap(
         if isinstance(err, typer.BadParameter):
             raise
         fail(err)
-    files = summary["files"]
-    n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
     except OSError as err:  # e.g. --out is a file, or a read-only folder
         fail(ValueError(f"cannot write the heatmaps to --out {out}: {err.strerror or err}"))
+    files = summary["files"]
+    n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
     if "risk" in summary:  # a survival model
         curve = ", ".join(f"{v:.3f}" for v in summary["survival"])
         typer.echo(f"{summary['num_patches']} patches; predicted risk {summary['risk']:.3f} (survival per time bin: "
@@ -140,13 +140,13 @@ def heatmap(
     typer.echo(f"wrote {n} images to {out} (summary: {out / 'heatmaps.json'})")
 
 
-def _slide_for(slides: Path | None, stem: str) -> Path | None:
-    """The slide in folder ``slides`` whose file stem is ``stem`` (None without a folder or a match); feature
-    files and tables are never taken for slides, so ``--slide`` may be the ``--features`` folder itself."""
 #: Files beside the slides that are never a slide image (feature files, tables, our own outputs).
 NOT_SLIDES = (".h5", ".pt", ".pth", ".csv", ".json", ".txt", ".md", ".npz", ".npy", ".yaml", ".yml")
 
 
+def _slide_for(slides: Path | None, stem: str) -> Path | None:
+    """The slide in folder ``slides`` whose file stem is ``stem`` (None without a folder or a match); feature
+    files and tables are never taken for slides, so ``--slide`` may be the ``--features`` folder itself."""
     if slides is None:
         return None
     matches = sorted(p for p in slides.iterdir()
@@ -164,9 +164,9 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
     from rich.progress import track
 
     from ..data import read_feature_file
+    from ..data.feature_folder import feature_files
     from ..engine.heatmap_pipeline import slide_heatmaps
 
-    from ..data.feature_folder import feature_files
     files = sorted(feature_files(features).values())  # refuses slide.h5 + slide.pt
     if not files:
         raise ValueError(f"no .h5 or .pt feature files in {features}")

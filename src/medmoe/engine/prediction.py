@@ -56,13 +56,13 @@ def load_for_inference(
     return model, info
 
 
-def _outputs(
 def _source(dataset: Any) -> str:
     """How the messages name a dataset's features: its feature folder, else ``'the dataset'``."""
     folder = getattr(dataset, "features_dir", None)
     return f"the slides in {folder}" if folder is not None else "the dataset"
 
 
+def _outputs(
     checkpoint_dir: str | Path, dataset: Any, batch_size: int, device: str | torch.device
 ) -> tuple[dict[str, Any], Tensor]:
     """The checkpoint's info and its float32 logits ``(n, C)`` on ``dataset`` (standardised with the

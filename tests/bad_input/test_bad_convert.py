@@ -55,3 +55,16 @@ def test_convert(setup, args, contains, tmp_path):
         _setup(setup, tmp_path)
     args = ["mil", "convert", *[a.replace("{tmp}", str(tmp_path)) for a in args]]
     assert_clear_error(args, contains, watch=[tmp_path, GOLDEN])
+
+
+@pytest.mark.parametrize(
+    ("args", "contains"),
+    [
+        pytest.param(["mil", "eval", ABMIL, "--dataset", "musk1"], ["medmoe mil convert", "--model"],
+                     id="eval-reference-file-without-model-name"),
+        pytest.param(["mil", "predict", ABMIL, "musk1", "--out", "{tmp}/p.csv"], ["medmoe mil convert"],
+                     id="predict-reference-file-without-model-name"),
+    ],
+)
+def test_inference_on_a_reference_file_points_to_convert(args, contains, tmp_path):
+    assert_clear_error([a.replace("{tmp}", str(tmp_path)) for a in args], contains, watch=[tmp_path, GOLDEN])

@@ -199,6 +199,8 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
         raise ValueError(
             f"{root} is neither a checkpoint (config.json + model.safetensors) nor a run folder with "
             "seed*/fold*/checkpoint/ inside"
+            + (f" (a reference checkpoint file: convert it once with `medmoe mil convert {root} --model NAME "
+               "--out DIR`)" if root.is_file() else "")
         )
     return sorted(found, key=order)
 

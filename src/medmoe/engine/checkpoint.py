@@ -297,6 +297,12 @@ def build_model_from_info(info: dict[str, Any]) -> nn.Module:
     from ..registry import get_entry
 
     name = info["model_name"]
+    if "transform_config" in info:  # written by `seg train`: another family, loaded by load_seg_checkpoint
+        raise CheckpointError(f"this is a segmentation checkpoint ({name}), not a MIL one: apply it to volumes "
+                              "with `medmoe seg infer CHECKPOINT ...`")
+    if name == "mosaic":
+        raise CheckpointError("this is a MOSAIC checkpoint, not a MIL one: use `medmoe mosaic eval` or "
+                              "`medmoe mosaic predict`")
     short = name.split(".")[0]
     entry = get_entry(short)
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
@@ -307,12 +313,6 @@ def build_model_from_info(info: dict[str, Any]) -> nn.Module:
             f"checkpoint config has settings {unknown} that {entry.config_cls.__name__} does not know; "
             f"was it written by a newer medmoe (checkpoint: {info.get('medmoe_version')})?"
         )
-    if "transform_config" in info:  # written by `seg train`: another family, loaded by load_seg_checkpoint
-        raise CheckpointError(f"this is a segmentation checkpoint ({name}), not a MIL one: apply it to volumes "
-                              "with `medmoe seg infer CHECKPOINT ...`")
-    if name == "mosaic":
-        raise CheckpointError("this is a MOSAIC checkpoint, not a MIL one: use `medmoe mosaic eval` or "
-                              "`medmoe mosaic predict`")
     config = entry.config_cls(**cfg_dict)
     model = build_within_limit(lambda: entry.model_cls(config), f"the checkpoint's model {name}")
     model.model_name = name

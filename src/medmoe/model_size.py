@@ -26,6 +26,7 @@ __all__ = [
     "MAX_MODEL_GB_ENV",
     "available_memory_bytes",
     "build_within_limit",
+    "check_model_size",
     "format_bytes",
     "max_model_bytes",
     "meta_model_bytes",
@@ -90,17 +91,14 @@ def format_bytes(n: int) -> str:
     return f"{n / 1e3:,.1f} kB"
 
 
-def build_within_limit(build: Callable[[], M], what: str) -> M:
-    """``build()``, after checking on the ``meta`` device that its weights fit :func:`max_model_bytes`.
+def check_model_size(build: Callable[[], nn.Module], what: str) -> int | None:
+    """Raise :class:`~medmoe.errors.SizeLimitError` when the network ``build()`` makes would not fit
+    :func:`max_model_bytes`, measured on the ``meta`` device (nothing is allocated). Returns the estimate in
+    bytes (``None`` when the network cannot be built on ``meta``).
 
     Args:
-        build: makes the network (called twice: on ``meta``, then for real).
-        what: names the network and where its size comes from, for the message (``"abmil.base from
-            run/checkpoint"``).
-
-    Raises:
-        SizeLimitError: the weights alone would exceed the limit (the message gives both sizes and how to
-            raise the limit).
+        build: makes the network.
+        what: names the network and where its size comes from, for the message (``"model abmil.base"``).
     """
     need = meta_model_bytes(build)
     if need is not None:
@@ -113,4 +111,15 @@ def build_within_limit(build: Callable[[], M], what: str) -> M:
                 f"({format_bytes(limit)}); check the config's dimensions, or if they are genuine raise the "
                 f"limit with {MAX_MODEL_GB_ENV}=GB (or medmoe --max-model-gb GB)"
             )
+    return need
+
+
+def build_within_limit(build: Callable[[], M], what: str) -> M:
+    """``build()``, after :func:`check_model_size` found on the ``meta`` device that its weights fit.
+
+    Raises:
+        SizeLimitError: the weights alone would exceed the limit (the message gives both sizes and how to
+            raise the limit).
+    """
+    check_model_size(build, what)
     return build()

@@ -39,12 +39,13 @@ from typing import Any
 import yaml
 
 from .errors import InputError, did_you_mean
-from .model_size import build_within_limit
+from .model_size import build_within_limit, check_model_size
 
 __all__ = [
     "ENCODER_DIMS",
     "ModelEntry",
     "ModelName",
+    "check_model_fits",
     "create_model",
     "get_config",
     "list_models",
@@ -359,6 +360,14 @@ def create_model(
 
         model.load_report = load_weights(model, checkpoint_path, reinit_head=reinit_head)
     return model
+
+
+def check_model_fits(name: str, num_classes: int = 2, in_dim: int | None = None, **overrides: Any) -> None:
+    """Validate a model name and its overrides and check, without allocating (on the ``meta`` device), that
+    its weights fit the memory limit (:mod:`medmoe.model_size`); raises ``ValueError``s as :func:`create_model`."""
+    config = get_config(name, num_classes=num_classes, in_dim=in_dim, **overrides)
+    model_cls = _REGISTRY[parse_model_name(name).model].model_cls
+    check_model_size(lambda: model_cls(config), f"model {name}")
 
 
 def list_models(pattern: str = "*") -> list[str]:

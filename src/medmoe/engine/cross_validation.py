@@ -211,7 +211,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 def check_model(model_name: str, model_overrides: dict[str, Any], dataset: Any, cfg: TrainConfig) -> None:
     """Validate the model name and its overrides against the data (config only, no weights), so that a
     typo fails before a run folder is touched."""
-    from ..registry import get_config
+    from ..registry import check_model_fits
 
     if cfg.task == "survival":
         outputs = cfg.survival_bins
@@ -221,7 +221,7 @@ def check_model(model_name: str, model_overrides: dict[str, Any], dataset: Any, 
         outputs = max(int(getattr(dataset, "num_classes", 2)), 2)
     overrides = {k: v for k, v in model_overrides.items() if k not in ("in_dim", "num_classes")}
     try:
-        get_config(model_name, num_classes=outputs, in_dim=getattr(dataset, "feature_dim", None), **overrides)
+        check_model_fits(model_name, num_classes=outputs, in_dim=getattr(dataset, "feature_dim", None), **overrides)
     except TypeError as err:  # a dataclass given a value it cannot take
         raise ValueError(f"{model_name}: invalid settings {overrides}: {err}") from err
 

@@ -120,9 +120,37 @@ def test_vit_b16_trainable_share_is_about_8_percent():
     assert g["adapter:A"][0] == 12 * 100_672 and g["adapter:B"][0] == 12 * 149_856 and g["adapter:C"][0] == 12 * 297_408
     assert g["head"][0] == 114 * 768 + 114
     assert g["tokenizer_3d"][0] == 393_984 + 1_536 + 393_984
-    assert g["backbone"] == (85_798_656, 0)
-    assert report.total == 93_251_058 and report.trainable == 7_452_402
+    # the backbone includes the 2-D tokenizer LayerNorm (1,536, frozen): the reference's total, 93,252,594
+    assert g["backbone"] == (85_798_656 + 1_536, 0)
+    assert report.total == 93_252_594 and report.trainable == 7_452_402
     assert 0.07 < report.trainable_share < 0.08
     frozen3d = parameter_report(MosaicModel(build_mosaic_config("all", 224, train_tokenizer_3d=False), device="meta"))
     assert frozen3d.trainable == 6_575_232 + 87_666  # the reference code's 6.66M
     assert "7,452,402" in format_parameter_report(report)
+
+
+def test_tokenizer_layernorm_is_the_default_and_old_configs_load_as_built(model):
+    """New configs carry the reference's 2-D tokenizer LayerNorm; a saved config without the setting
+    (written before it existed) rebuilds the model without it, so its weights load strictly."""
+    assert model.config.patch_norm_2d and isinstance(model.vit.patch_embed.norm, torch.nn.LayerNorm)
+    assert "vit.patch_embed.norm.weight" in model.state_dict()
+    old = model.config.to_dict()
+    del old["patch_norm_2d"]
+    legacy = MosaicModel(MosaicConfig.from_dict(old))
+    assert isinstance(legacy.vit.patch_embed.norm, torch.nn.Identity)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("vit.patch_embed.norm.")}
+    legacy.load_state_dict(state, strict=True)
+    # the LayerNorm changes the frozen ViT's input: the outputs differ
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        assert not torch.allclose(model(x, "pathmnist").features, legacy(x, "pathmnist").features)
+
+
+def test_no_adapter_baseline_trains_only_the_heads():
+    cfg = build_mosaic_config(FLAGS, 28, vit=VisionTransformerConfig.tiny_test(), use_adapters=False,
+                              train_tokenizer_3d=False)
+    m = MosaicModel(cfg)
+    assert not any(".adapter." in n for n, _ in m.named_parameters())
+    assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"heads"}
+    out = m(torch.rand(2, 1, 28, 28, 28), "organmnist3d")
+    assert out.logits.shape == (2, 11)

@@ -128,3 +128,12 @@ def test_strict_errors(tmp_path):
         load_vit_weights(_tiny(), tmp_path / "odd.npz")
     with pytest.raises(ViTWeightsError, match="does not exist.*ViT-B_16.npz"):
         load_vit_weights(_tiny(), tmp_path / "nowhere.npz")
+
+
+def test_npz_loads_into_a_vit_with_a_patch_layernorm_kept_at_init(tmp_path):
+    """MOSAIC's 2-D tokenizer LayerNorm is not in an ImageNet file: it keeps weight 1, bias 0 (as the reference)."""
+    np.savez(tmp_path / "ViT-B_16.npz", **_jax_arrays())
+    vit = VisionTransformer(VisionTransformerConfig.tiny_test(img_size=32, patch_size=P, patch_norm=True)).eval()
+    report = load_vit_weights(vit, tmp_path / "ViT-B_16.npz")
+    assert "patch_embed.norm.weight" not in report.loaded
+    torch.testing.assert_close(vit.patch_embed.norm.weight, torch.ones_like(vit.patch_embed.norm.weight))

@@ -4,7 +4,9 @@ Notation: ``b`` batch, ``c`` channels, ``h, w`` image size, ``z`` depth, ``t`` t
 
 * **Modality-aware tokenizer.** 2-D images ``(b, c, h, w)`` go through the ViT's own (pretrained)
   ``patch_embed`` + ``pos_embed`` (grayscale is repeated to 3 channels, ImageNet-style normalisation
-  inside the model); 3-D volumes ``(b, 1, z, h, w)`` through :class:`PatchEmbed3d` (8^3 patches at 64^3,
+  inside the model), followed, as in the reference (``model/patch_embed.py``), by a LayerNorm over the
+  patch tokens (``vit.patch_embed.norm``, ``MosaicConfig.patch_norm_2d``; checkpoints written before that
+  setting existed load without it, as they were built); 3-D volumes ``(b, 1, z, h, w)`` through :class:`PatchEmbed3d` (8^3 patches at 64^3,
   LayerNorm) with its own position embedding ``pos_embed_3d``. Both share the ViT's cls token. The input
   rank picks the path. Unlike the reference code (which leaves them frozen at random initialisation)
   the 3-D tokenizer and ``pos_embed_3d`` are **trainable** (``MosaicConfig.train_tokenizer_3d``).
@@ -119,6 +121,11 @@ class MosaicConfig:
         freeze_backbone: freeze the ViT (everything but adapters, heads and the 3-D tokenizer).
         train_tokenizer_3d: train the 3-D patch embedding and ``pos_embed_3d`` (the reference freezes
             them at random initialisation).
+        patch_norm_2d: LayerNorm over the 2-D patch tokens (the reference's tokenizer: yes; frozen with
+            the backbone, so it stays the identity affine map of its initialisation). Overrides
+            ``vit.patch_norm``.
+        use_adapters: attach the specialist adapters (``False``: the reference's ``--no_adapter`` baseline,
+            frozen ViT + heads only).
     """
 
     tasks: list[TaskSpec] = field(default_factory=list)
@@ -133,6 +140,8 @@ class MosaicConfig:
     image_size_2d: int | None = None
     freeze_backbone: bool = True
     train_tokenizer_3d: bool = True
+    patch_norm_2d: bool = True
+    use_adapters: bool = True
 
     def __post_init__(self) -> None:
         self.tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
@@ -158,11 +167,16 @@ class MosaicConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MosaicConfig:
+        """Rebuild a saved config. Settings added after a checkpoint was written take the value that
+        reproduces the model as it was built: no ``patch_norm_2d`` -> ``False`` (no 2-D tokenizer LayerNorm),
+        no ``use_adapters`` -> ``True``."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"MosaicConfig does not know the settings {unknown}")
-        return cls(**dict(data))
+        data = dict(data)
+        data.setdefault("patch_norm_2d", False)
+        return cls(**data)
 
 
 class MosaicOutput(NamedTuple):
@@ -232,11 +246,12 @@ class MosaicModel(nn.Module):
         self.config = cfg = config
         dd = {"device": device, "dtype": dtype}
         self.table: RoutingTable = get_routing_table(cfg.routing)
-        self.vit = VisionTransformer(cfg.vit, **dd)
-        self.vit.add_adapters(self.table, scale=cfg.adapter_scale, dropout=cfg.adapter_dropout,
-                              layer_norm=cfg.adapter_layer_norm)
+        self.vit = VisionTransformer(dataclasses.replace(cfg.vit, patch_norm=cfg.patch_norm_2d), **dd)
+        if cfg.use_adapters:
+            self.vit.add_adapters(self.table, scale=cfg.adapter_scale, dropout=cfg.adapter_dropout,
+                                  layer_norm=cfg.adapter_layer_norm)
         d = cfg.vit.embed_dim
-        self.patch_embed_3d = PatchEmbed3d(cfg.vol_size_3d, cfg.patch_size_3d, 1, d, **dd)
+        self.patch_embed_3d = PatchEmbed3d(cfg.vol_size_3d, cfg.patch_size_3d, 1, d, norm_eps=cfg.vit.norm_eps, **dd)
         g = self.patch_embed_3d.grid
         self.pos_embed_3d = nn.Parameter(torch.zeros(1, 1 + g[0] * g[1] * g[2], d, **dd))
         self.heads = nn.ModuleDict({t.name: nn.Linear(d, t.num_outputs, **dd) for t in cfg.tasks})

@@ -43,6 +43,7 @@ class PatchEmbed2d(nn.Module):
         in_chans: input channels ``c``.
         embed_dim: token features ``d``.
         norm: LayerNorm over the tokens (timm ViT-B/16: no; MOSAIC's 2-D tokenizer: yes).
+        norm_eps: that LayerNorm's epsilon (1e-6 as timm; the MOSAIC reference uses PyTorch's 1e-5).
 
     Shapes:
         ``x: (b, c, h, w)`` -> ``(b, gh * gw, d)``; :meth:`forward` also returns the grid ``(gh, gw)``.
@@ -56,6 +57,7 @@ class PatchEmbed2d(nn.Module):
         embed_dim: int = 768,
         *,
         norm: bool = False,
+        norm_eps: float = 1e-6,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -65,7 +67,7 @@ class PatchEmbed2d(nn.Module):
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.grid = (grid_size(img_size, patch_size),) * 2
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, device=device, dtype=dtype) if norm else nn.Identity()
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps, device=device, dtype=dtype) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         if x.ndim != 4:
@@ -90,6 +92,7 @@ class PatchEmbed3d(nn.Module):
         in_chans: input channels (1).
         embed_dim: token features ``d``.
         norm: LayerNorm over the tokens (default: yes, as MOSAIC).
+        norm_eps: that LayerNorm's epsilon (1e-6; the MOSAIC reference uses PyTorch's 1e-5).
 
     Shapes:
         ``x: (b, c, z, h, w)`` -> ``(b, gz * gh * gw, d)``; :meth:`forward` also returns the grid.
@@ -103,6 +106,7 @@ class PatchEmbed3d(nn.Module):
         embed_dim: int = 768,
         *,
         norm: bool = True,
+        norm_eps: float = 1e-6,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -112,7 +116,7 @@ class PatchEmbed3d(nn.Module):
         self.vol_size, self.patch_size, self.in_chans = vol_size, patch_size, in_chans
         self.grid = (grid_size(vol_size, patch_size),) * 3
         self.proj = nn.Conv3d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, device=device, dtype=dtype) if norm else nn.Identity()
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps, device=device, dtype=dtype) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
         if x.ndim != 5:

@@ -49,7 +49,9 @@ class VisionTransformerConfig:
         mlp_ratio: MLP hidden size ``/ d`` (B: 4).
         qkv_bias: bias in the qkv projection (B: True).
         num_classes: classifier outputs (0 = ``head`` is an identity).
-        norm_eps: LayerNorm epsilon (timm / JAX ViT: 1e-6).
+        norm_eps: LayerNorm epsilon (timm / JAX ViT: 1e-6; the MOSAIC reference's PyTorch ViT: 1e-5).
+        patch_norm: LayerNorm over the patch tokens after the patch convolution (``patch_embed.norm``;
+            timm ViT-B/16: no; MOSAIC's 2-D tokenizer: yes). Uses ``norm_eps``.
     """
 
     img_size: int = 224
@@ -62,6 +64,7 @@ class VisionTransformerConfig:
     qkv_bias: bool = True
     num_classes: int = 0
     norm_eps: float = 1e-6
+    patch_norm: bool = False
 
     def __post_init__(self) -> None:
         check_positive_fields(self, "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
@@ -172,7 +175,8 @@ class VisionTransformer(nn.Module):
         dd = {"device": device, "dtype": dtype}
         d = cfg.embed_dim
         self.num_prefix_tokens = 1
-        self.patch_embed = PatchEmbed2d(cfg.img_size, cfg.patch_size, cfg.in_chans, d, **dd)
+        self.patch_embed = PatchEmbed2d(cfg.img_size, cfg.patch_size, cfg.in_chans, d, norm=cfg.patch_norm,
+                                        norm_eps=cfg.norm_eps, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d, **dd))
         grid = self.patch_embed.grid
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], d, **dd))

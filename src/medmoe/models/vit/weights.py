@@ -205,6 +205,11 @@ def load_vit_weights(vit: nn.Module, path: str | Path, *, load_head: bool = Fals
     state, fmt = read_vit_state_dict(path)
     report = WeightsReport(path=str(path), format=fmt)
     own = {k: v for k, v in vit.state_dict().items() if _is_backbone_key(k) or (load_head and k.startswith("head."))}
+    # the 2-D tokenizer LayerNorm (MOSAIC's patch_norm) is not part of an ImageNet ViT: when the file lacks it
+    # it keeps its initialisation (weight 1, bias 0), as the MOSAIC reference's npz loader leaves it
+    kept_at_init = sorted(k for k in own if k.startswith("patch_embed.norm.") and k not in state)
+    for k in kept_at_init:
+        own.pop(k)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(k for k in state if k not in own and not _CLASSIFIER.match(k))
     if missing or unexpected:
@@ -237,6 +242,8 @@ def load_vit_weights(vit: nn.Module, path: str | Path, *, load_head: bool = Fals
     if leftover or result.unexpected_keys:  # pragma: no cover - guarded above
         raise ViTWeightsError(f"internal mapping error: {leftover} {result.unexpected_keys}")
     report.loaded = sorted(new_state)
+    if kept_at_init:
+        logger.info("%s: %s not in the file, kept at initialisation (LayerNorm weight 1, bias 0)", path, kept_at_init)
     logger.info(report.summary())
     return report
 

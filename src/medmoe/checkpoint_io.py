@@ -25,7 +25,7 @@ def refused_by_safe_loader(err: BaseException) -> bool:
     """True when ``torch.load(weights_only=True)`` refused a file for the Python objects it holds (not
     because it is damaged)."""
     text = str(err).lower()
-    return "weights only load failed" in text and ("unsupported" in text or "blocked" in text)
+    return "weights only load failed" in text and ("global" in text or "blocked" in text)
 
 
 def describe_torch_load_error(err: BaseException) -> str:

@@ -92,3 +92,30 @@ def test_mask_and_fallback() -> None:
         foreground_normalize(torch.ones(1, 3, 3, 3), mask=torch.ones(2, 2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="mri_stats"):
         SegTransformConfig(mri_stats="whole")
+
+
+def test_dataset_stats_survive_a_change_of_tissue_mix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A slab holding mostly one tissue: per-volume statistics move it, training-set statistics do not."""
+    from medmoe.data.foreground_intensity import fit_foreground_stats
+    from medmoe.data.seg_transforms import with_dataset_stats
+    from medmoe.data.volumes import VolumeCase
+
+    image, label = _head(np.random.default_rng(2))
+    slab_i, slab_l = image[:, :, :10], label[:, :, :10]  # the top of the ball: mostly 'grey matter'
+    assert (slab_l == 1).sum() > 3 * (slab_l == 2).sum()
+    full_t = torch.from_numpy(image)[None]
+    per_volume = foreground_normalize(torch.from_numpy(slab_i)[None]).numpy()[0]
+    reference = foreground_normalize(full_t).numpy()[0][:, :, :10]
+    assert abs(per_volume[slab_l == 1].mean() - reference[slab_l == 1].mean()) > 0.2
+    stats = fit_foreground_stats([full_t])
+    fixed = foreground_normalize(torch.from_numpy(slab_i)[None], stats=stats).numpy()[0]
+    np.testing.assert_allclose(fixed, reference, atol=1e-5)
+
+    ip, lp = tmp_path / "full.nii.gz", tmp_path / "full_seg.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(ip))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(lp))
+    cfg = with_dataset_stats(SegTransformConfig(mri_stats="dataset", orientation=None), [VolumeCase("full", [ip], lp)])
+    np.testing.assert_allclose(np.asarray(cfg.intensity_stats), np.asarray(stats), rtol=1e-5)
+    assert with_dataset_stats(SegTransformConfig(), []).intensity_stats is None  # per-volume: nothing to fit
+    with pytest.raises(ValueError, match="with_dataset_stats"):
+        build_val_transforms(SegTransformConfig(mri_stats="dataset", orientation=None))

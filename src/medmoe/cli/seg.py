@@ -75,7 +75,8 @@ def train(
     spacing: tuple[float, float, float] | None = typer.Option(None, help="Resample to this voxel size."),
     roi: tuple[int, int, int] | None = typer.Option(None, help="Crop / sliding-window size, 3 ints (96^3; paper 128^3)."),
     samples: int | None = typer.Option(None, min=1, help="Crops per volume per step (2; paper 1)."),
-    mri_stats: str | None = typer.Option(None, help="MRI statistics: foreground (default) | volume."),
+    mri_stats: str | None = typer.Option(None, help="MRI statistics: foreground (each volume's, default) | dataset "
+                                         "(the training volumes') | volume (background included)."),
     augmentation: str | None = typer.Option(None, help="medmoe | reference | none."),
     crop_foreground: bool | None = typer.Option(None, "--crop-foreground/--no-crop-foreground",
                                                 help="Crop to the non-zero box (paper: yes)."),
@@ -104,7 +105,7 @@ def train(
     devices: int = typer.Option(1, min=1),
 ) -> None:
     """Train a segmentation network; keeps the best validation-Dice checkpoint in OUT/checkpoint."""
-    from ..data.seg_transforms import AUGMENTATIONS, MRI_STATS, modality_from_names
+    from ..data.seg_transforms import AUGMENTATIONS, MRI_STATS, modality_from_names, with_dataset_stats
     from ..engine.seg_inference import SLIDING_WINDOW_MODES
     from ..engine.seg_presets import list_seg_presets, resolve_seg_preset
     from ..engine.segmentation import DICE_AVERAGES, train_segmentation
@@ -128,6 +129,7 @@ def train(
              "seed": seed, "accelerator": accelerator, "devices": devices},
         )
         model = model or chosen.model
+        tcfg = with_dataset_stats(tcfg, train_cases)  # mri_stats=dataset: statistics of the training volumes
         mod = tcfg.modality
         if modality is None and mod != modality_from_names(info.modality):
             typer.echo(f"note: preset {chosen.name} uses modality {mod} (the data says "
@@ -294,6 +296,7 @@ def run_seg_demo(
     models_: tuple[str, ...] = ("mamba_home.tiny", "unet.small"),
     lr: float = 1e-3,
     seed: int = 0,
+    mri_stats: str = "foreground",
 ) -> list[dict[str, Any]]:
     """Train each model for the same number of steps on the first 75 % of a real volume (along one axis)
     and report Dice/HD95 on the held-out last 25 % (Gaussian sliding window, overlap 0.25), with a last
@@ -302,7 +305,7 @@ def run_seg_demo(
     import torch
 
     from ..data.seg_samples import fetch_seg_sample
-    from ..data.seg_transforms import SegTransformConfig
+    from ..data.seg_transforms import SegTransformConfig, with_dataset_stats
     from ..data.volumes import crop_case, load_volume_cases, validate_case
     from ..engine.seg_inference import predict_volumes
     from ..engine.segmentation import SegTrainConfig, evaluate_segmentation, train_segmentation
@@ -327,7 +330,8 @@ def run_seg_demo(
     roi = spec["quick_roi"] if quick else spec["roi"]
     steps = max(5, steps // 5) if quick else steps
     tcfg = SegTransformConfig(modality=spec["modality"], spacing=spec["spacing"], roi_size=roi, num_samples=2,
-                              pos=2.0, neg=1.0)
+                              pos=2.0, neg=1.0, mri_stats=mri_stats)
+    tcfg = with_dataset_stats(tcfg, [train_case])
     typer.echo(f"demo on {dataset}: volume {shape}, train {train_box[axis]} / test {test_box[axis]} along axis "
                f"{axis}; ROI {roi}, {steps} steps x 2 crops per model, lr {lr}")
     rows: list[dict[str, Any]] = []
@@ -426,9 +430,12 @@ def demo(
                                     help="Models to compare (repeat)."),
     lr: float = typer.Option(1e-3, help="Learning rate (short CPU budget: higher than the paper's 1e-4)."),
     seed: int = typer.Option(0),
+    mri_stats: str = typer.Option("foreground", help="MRI intensity statistics (mni152): foreground (each volume's) "
+                                  "| dataset (the training part's) | volume."),
 ) -> None:
     """Tiny Mamba-HoME vs a MONAI baseline on a real volume, same step budget, Dice on a held-out region."""
     try:
-        run_seg_demo(dataset, out, steps, quick, tuple(model), lr, seed)
+        _check_choices({"--mri-stats": (mri_stats, ("foreground", "dataset", "volume"))})
+        run_seg_demo(dataset, out, steps, quick, tuple(model), lr, seed, mri_stats)
     except (ValueError, RuntimeError) as err:
         fail(err)

@@ -12,8 +12,11 @@ they always agree on orientation, spacing and intensity normalisation:
   - ``"mri"``: clip each channel to its ``percentiles`` then z-score it. With ``mri_stats="foreground"``
     (default, nnU-Net's rule) percentiles, mean and std are computed over the foreground (voxels non-zero
     in any channel) and the background is set to 0, so a crop with more background gets the same values
-    for the same tissue (:mod:`medmoe.data.foreground_intensity`); ``mri_stats="volume"`` uses the whole
-    volume, background included (medmoe before issue 27: wrong as soon as fields of view differ);
+    for the same tissue (:mod:`medmoe.data.foreground_intensity`); ``mri_stats="dataset"`` uses one set of
+    foreground statistics fitted on the training volumes (:func:`with_dataset_stats`, stored in
+    ``intensity_stats`` and so in checkpoints), which also survives a change of tissue mix (a slab of mostly
+    cortex) but assumes one scanner and protocol; ``mri_stats="volume"`` uses the whole volume, background
+    included (medmoe before issue 27: wrong as soon as fields of view differ);
   - ``"other"`` (microscopy, ultrasound, ...): percentile scaling of each channel to ``[0, 1]``.
 
 * **foreground crop** (``crop_foreground=True``, training and validation, not inference):
@@ -52,10 +55,11 @@ __all__ = [
     "build_val_transforms",
     "modality_from_names",
     "resample_volume",
+    "with_dataset_stats",
 ]
 
 MODALITIES = ("ct", "mri", "other")
-MRI_STATS = ("foreground", "volume")
+MRI_STATS = ("foreground", "dataset", "volume")
 AUGMENTATIONS = ("medmoe", "reference", "none")
 
 
@@ -73,8 +77,11 @@ class SegTransformConfig:
         pos, neg: foreground:background ratio of crop centres.
         num_samples: crops drawn per loaded volume.
         augment: random flips/rotations/intensity augmentation during training.
-        mri_stats: ``"foreground"`` (statistics over the non-zero voxels, background -> 0; default) or
+        mri_stats: ``"foreground"`` (each volume's statistics over its non-zero voxels, background -> 0;
+            default), ``"dataset"`` (foreground statistics of the training set, ``intensity_stats``) or
             ``"volume"`` (statistics over the whole volume) for MRI.
+        intensity_stats: ``[(low, high, mean, std)]`` per channel for ``mri_stats="dataset"``
+            (:func:`with_dataset_stats` fills it).
         augmentation: ``"medmoe"`` (default), ``"reference"`` (Mamba-HoME's) or ``"none"``.
         crop_foreground: crop training and validation volumes to the non-zero image box (reference: True).
     """
@@ -90,6 +97,7 @@ class SegTransformConfig:
     num_samples: int = 2
     augment: bool = True
     mri_stats: str = "foreground"
+    intensity_stats: list[list[float]] | None = None
     augmentation: str = "medmoe"
     crop_foreground: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +123,10 @@ class SegTransformConfig:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         if self.mri_stats not in MRI_STATS:
             raise ValueError(f"mri_stats must be one of {MRI_STATS}, got {self.mri_stats!r}")
+        if self.intensity_stats is not None:
+            self.intensity_stats = [[float(v) for v in ch] for ch in self.intensity_stats]
+            if any(len(ch) != 4 for ch in self.intensity_stats):
+                raise ValueError("intensity_stats needs (low, high, mean, std) per channel")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.num_samples < 1:
@@ -162,10 +174,14 @@ def _intensity(cfg: SegTransformConfig) -> list[Any]:
     if cfg.modality == "ct":
         a_min, a_max = cfg.ct_window
         return [T.ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
-    if cfg.modality == "mri" and cfg.mri_stats == "foreground":
+    if cfg.modality == "mri" and cfg.mri_stats in ("foreground", "dataset"):
         from .foreground_intensity import ForegroundNormalized
 
-        return [ForegroundNormalized(keys="image", percentiles=(lo, hi))]
+        if cfg.mri_stats == "dataset" and cfg.intensity_stats is None:
+            raise ValueError("mri_stats='dataset' needs intensity_stats fitted on the training volumes: "
+                             "use with_dataset_stats(config, training cases)")
+        stats = cfg.intensity_stats if cfg.mri_stats == "dataset" else None
+        return [ForegroundNormalized(keys="image", percentiles=(lo, hi), stats=stats)]
     if cfg.modality == "mri":
         return [
             T.ScaleIntensityRangePercentilesd(
@@ -193,6 +209,26 @@ def _crop_foreground(cfg: SegTransformConfig, keys: tuple[str, ...]) -> list[Any
     if not cfg.crop_foreground:
         return []
     return [T.CropForegroundd(keys=keys, source_key="image", select_fn=_nonzero, allow_smaller=True)]
+
+
+def with_dataset_stats(cfg: SegTransformConfig, cases: Sequence[Any]) -> SegTransformConfig:
+    """``cfg`` with ``intensity_stats`` fitted on the foreground of ``cases`` (after orientation and spacing)
+    when it asks for them (MRI, ``mri_stats="dataset"``, none yet); otherwise ``cfg`` unchanged."""
+    import dataclasses
+
+    from monai import transforms as T
+
+    from .foreground_intensity import fit_foreground_stats
+
+    if cfg.modality != "mri" or cfg.mri_stats != "dataset" or cfg.intensity_stats is not None:
+        return cfg
+    if not cases:
+        raise ValueError("mri_stats='dataset' needs at least one training case to fit the statistics on")
+    load = T.Compose(_load_and_space(cfg, ("image",)))
+    images = [load({"image": c.as_dict()["image"] if hasattr(c, "as_dict") else c["image"]})["image"] for c in cases]
+    stats = fit_foreground_stats([im.as_tensor() if hasattr(im, "as_tensor") else im for im in images],
+                                 cfg.percentiles)
+    return dataclasses.replace(cfg, intensity_stats=[list(s) for s in stats])
 
 
 def build_train_transforms(cfg: SegTransformConfig) -> Any:

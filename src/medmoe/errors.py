@@ -62,10 +62,12 @@ def render_message(template: str, settings: dict[str, Any], render: SettingRende
     """``template`` with each ``{keyword}`` placeholder replaced by ``render(keyword, settings[keyword])``.
 
     Only the named placeholders are touched, so braces elsewhere in a message (a dict, a set) stay as they are.
+    A placeholder ``{keyword__anything}`` names ``keyword`` too: one setting can appear with two values
+    (``{patient_mode}`` = ``'concat'``, ``{patient_mode__other}`` = ``'separate'``).
     """
     out = template
     for keyword, value in settings.items():
-        out = out.replace("{" + keyword + "}", render(keyword, value))
+        out = out.replace("{" + keyword + "}", render(keyword.split("__")[0], value))
     return out
 
 

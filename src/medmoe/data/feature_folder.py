@@ -788,9 +788,10 @@ class FeatureFolderBags(BagDataset):
                     )
                 )
             if conflicts:
-                raise ValueError(
-                    f"patient_mode='concat': cases whose slides have different labels, survival times or splits "
-                    f"{_fmt_ids(conflicts)}; fix {self.labels_csv} or use patient_mode='separate'"
+                raise InputError(
+                    f"{{patient_mode}}: cases whose slides have different labels, survival times or splits "
+                    f"{_fmt_ids(conflicts)}; fix {self.labels_csv} or use {{patient_mode__other}}",
+                    patient_mode="concat", patient_mode__other="separate",
                 )
         if not entries:
             raise ValueError(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.splits import Split
+from ..errors import SETTING, InputError
 from .config import TrainConfig
 from .grid_progress import GridProgress
 from .trainer import FOLD_RESULT_JSON, FoldResult, make_fabric, train_one_fold
@@ -163,9 +164,9 @@ def _run_in_pool(
     import torch
 
     if fabric is not None or cfg.devices not in (1, "1"):
-        raise ValueError(
-            "jobs > 1 runs folds in separate processes: it cannot share a Fabric or use several devices per "
-            "run (DDP); use jobs=1 with devices > 1, or devices=1 with jobs > 1"
+        raise InputError(
+            "{jobs} > 1 runs folds in separate processes: it cannot share a Fabric or use several devices per "
+            "run (DDP); use {jobs} 1 with {devices} > 1, or {devices} 1 with {jobs} > 1", jobs=SETTING, devices=SETTING
         )
     try:
         blob = pickle.dumps({t.dataset: datasets[t.dataset] for t in tasks})

@@ -522,9 +522,9 @@ def _per_group(
     for i, g in enumerate(groups):
         target = (int(labels[i]),) + ((times[i], events[i]) if times is not None and events is not None else ())
         if targets.setdefault(g, target) != target:
-            raise ValueError(
+            raise InputError(
                 f"metrics per patient: the bags of {g!r} have different labels or survival targets "
-                f"({targets[g]} and {target}); use metrics_level='bag'"
+                f"({targets[g]} and {target}); use {{metrics_level}}", metrics_level="bag"
             )
     first = [targets[g] for g in order]
     group_labels = torch.tensor([t[0] for t in first], dtype=torch.long)
@@ -544,8 +544,9 @@ def _per_group_multilabel(logits: Tensor, targets: Tensor, dataset: Any) -> tupl
             index[g] = len(first)
             first.append(targets[i])
         elif not torch.equal(first[index[g]], targets[i]):
-            raise ValueError(
-                f"metrics per patient: the bags of {g!r} have different multi-label targets; use metrics_level='bag'"
+            raise InputError(
+                f"metrics per patient: the bags of {g!r} have different multi-label targets; use {{metrics_level}}",
+                metrics_level="bag",
             )
     gid = torch.tensor([index[g] for g in groups])
     probs = torch.sigmoid(logits.double())

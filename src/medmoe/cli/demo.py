@@ -41,5 +41,6 @@ def demo(
         run_compare(DEMO_MODELS, datasets, ["linear", "mammoth"], k=k, seeds=[0], epochs=epochs, out=out,
                     metric="auroc", columns=DEMO_COLUMNS, overwrite=True)  # the demo's own folder: a second demo replaces the first
     except (ValueError, RuntimeError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(code=2) from None
+        from .common import fail
+
+        fail(err)  # one line for bad input; an internal error says so

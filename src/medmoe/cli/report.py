@@ -23,6 +23,7 @@ def report(
     try:
         path = build_report(run_dir, out, title=title, max_images=max_images)
     except (ValueError, OSError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(code=2) from None
+        from .common import fail
+
+        fail(err)  # one line for bad input; an internal error says so
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

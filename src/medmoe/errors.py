@@ -45,6 +45,9 @@ class _SettingName:
     def __repr__(self) -> str:
         return "SETTING"
 
+    def __reduce__(self) -> str:
+        return "SETTING"  # one sentinel, also after pickling (by reference to medmoe.errors.SETTING)
+
 
 #: Placeholder value meaning "name this setting, suggest no value" (``lower {lr}``).
 SETTING: Any = _SettingName()
@@ -92,9 +95,17 @@ class InputError(MedmoeError, ValueError):
         self.settings = dict(settings)
         super().__init__(render_message(template, self.settings))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the template and settings across processes (a worker's error is pickled to the parent)
+        return (_rebuild_input_error, (type(self), self.template, self.settings))
+
     def render(self, render: SettingRenderer) -> str:
         """The message with every named setting spelled by ``render`` (the CLI passes its flag renderer)."""
         return render_message(self.template, self.settings, render)
+
+
+def _rebuild_input_error(cls: type[InputError], template: str, settings: dict[str, Any]) -> InputError:
+    return cls(template, **settings)
 
 
 class SizeLimitError(InputError):

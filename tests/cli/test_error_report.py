@@ -76,3 +76,15 @@ def test_errors_from_worker_processes_keep_their_kind():
 def test_did_you_mean():
     assert did_you_mean("abmill", ["abmil", "clam"]) == "did you mean 'abmil'?"
     assert did_you_mean("zzz", ["abmil", "clam"]) == ""
+
+
+def test_an_input_error_keeps_its_settings_across_processes():
+    """A worker's error is pickled to the parent: the command line must still spell its flags."""
+    import pickle
+
+    from medmoe.engine.checkpoint import CheckpointError
+
+    err = pickle.loads(pickle.dumps(InputError("lower {lr}; {resume}", lr=SETTING, resume=False)))
+    assert err.render(cli_setting_renderer(_command())).startswith("lower lr (a Python API") is True
+    assert err.render(cli_setting_renderer(_command())).endswith("; --no-resume")
+    assert type(pickle.loads(pickle.dumps(CheckpointError("bad")))) is CheckpointError

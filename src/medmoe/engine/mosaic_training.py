@@ -613,7 +613,7 @@ def train_mosaic(
                             target = teacher(clean, flag).features
                         cons = F.mse_loss(out.features.float(), target.float())
                         loss = loss + cfg.consistency_weight * cons
-                check_finite_loss(loss, f"round {rnd + 1}, step {step + 1} (a batch of {flag})", _MOSAIC_HINT.format(lr=lr))
+                check_finite_loss(loss, f"round {rnd + 1}, step {step + 1} (a batch of {flag})", _MOSAIC_HINT.format(lr=cfg.lr))
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 if cfg.grad_clip:
@@ -627,7 +627,7 @@ def train_mosaic(
                     progress.update(task_id, advance=1, info=f"{flag} loss {float(loss):.3f}")
             if progress is not None:
                 progress.remove_task(task_id)
-            check_finite_model(model, f"the end of round {rnd + 1}", _MOSAIC_HINT.format(lr=lr))  # never saved
+            check_finite_model(model, f"the end of round {rnd + 1}", _MOSAIC_HINT.format(lr=cfg.lr))  # never saved
             steps = max(1, len(schedule))
             val = evaluate_mosaic(model, data["val"], batch_size=eval_bs, device=fabric.device, autocast=fabric.autocast)
             val_means = mean_accuracies(val, dims)

@@ -40,11 +40,48 @@ def test_round_robin_is_a_full_epoch_per_dataset_in_order():
     assert not np.array_equal(sched[0][1], other[0][1])
 
 
-def test_interleaved_alternates_2d_and_3d():
-    sched = round_schedule(SIZES, DIMS, MosaicTrainConfig(batch_size=16, sampler="interleaved"), 0)
+def test_alternating_alternates_2d_and_3d_batch_by_batch():
+    sched = round_schedule(SIZES, DIMS, MosaicTrainConfig(batch_size=16, sampler="alternating"), 0)
     kinds = [DIMS[n] for n, _ in sched]
     assert kinds[:10] == [2, 3] * 5
     assert sorted(n for n, _ in sched) == sorted(n for n, _ in round_schedule(SIZES, DIMS, MosaicTrainConfig(batch_size=16), 0))
+
+
+def test_interleaved_is_the_reference_one_whole_dataset_at_a_time():
+    """The reference's --use_interleaved: whole epochs in INTERLEAVED_DATASETS order (Path, Organ3D, ..., Chest, ...)."""
+    sched = round_schedule(SIZES, DIMS, MosaicTrainConfig(batch_size=16, sampler="interleaved"), 0)
+    names = [n for n, _ in sched]
+    assert names == ["pathmnist"] * 6 + ["organmnist3d"] * 4 + ["nodulemnist3d"] + ["chestmnist"] * 2
+
+
+def test_early_stopping_rules():
+    from medmoe.engine.mosaic_training import early_stopping_step
+
+    ours, ref = MosaicTrainConfig(min_delta=0.01), MosaicTrainConfig(min_delta=0.01, early_stopping="reference")
+    assert early_stopping_step(0.5, None, 0, ours) == (True, 0) == early_stopping_step(0.5, None, 0, ref)
+    # a small gain: the reference saves it, medmoe counts a round without improvement
+    assert early_stopping_step(0.505, 0.5, 2, ref) == (True, 0)
+    assert early_stopping_step(0.505, 0.5, 2, ours) == (False, 3)
+    # a small drop within min_delta resets the reference's patience
+    assert early_stopping_step(0.495, 0.5, 2, ref) == (False, 0)
+    assert early_stopping_step(0.48, 0.5, 2, ref) == (False, 3)
+    assert early_stopping_step(0.52, 0.5, 2, ours) == (True, 0)
+    with pytest.raises(ValueError, match="early_stopping"):
+        MosaicTrainConfig(early_stopping="keras")
+
+
+def test_reference_augmentation_rotates_nearest_with_mean_colour_corners():
+    from medmoe.engine.mosaic_training import augment_2d_reference
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 28, 28).round()  # binary images: nearest interpolation keeps the values binary
+    y = augment_2d_reference(x, g)
+    assert y.shape == (16, 3, 28, 28)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1)
+    values = y.permute(1, 0, 2, 3).reshape(3, -1)
+    is_pixel = (values - values.round()).abs() < 1e-6
+    is_fill = (values - mean).abs() < 1e-6
+    assert bool((is_pixel | is_fill).all()) and bool(is_fill.any())  # no interpolated values, mean-colour corners
 
 
 def test_balanced_gives_every_dataset_the_same_steps():

@@ -32,6 +32,8 @@ __all__ = [
     "MEDMNIST_2D",
     "MEDMNIST_3D",
     "MEDMNIST_FLAGS",
+    "MOSAIC_REFERENCE_INTERLEAVED",
+    "MOSAIC_REFERENCE_ORDER",
     "SPLITS",
     "ZENODO_RECORD",
     "MedMNISTFileError",
@@ -41,6 +43,7 @@ __all__ = [
     "medmnist_filename",
     "medmnist_info",
     "medmnist_status",
+    "order_medmnist_flags",
     "resolve_medmnist_flags",
     "write_fake_medmnist",
 ]
@@ -161,6 +164,35 @@ def resolve_medmnist_flags(flags: str | Iterable[str]) -> list[str]:
     if len(set(out)) != len(out):
         raise ValueError(f"a dataset is listed twice: {out}")
     return out
+
+
+#: The MOSAIC reference's dataset order (``config/datasets.py``, ``ALL_DATASETS``: its round-robin order and
+#: head numbering): Path, Derma, OCT, Pneumonia, Chest, Breast, Blood, Tissue, Retina, OrganA/C/S, then the 3-D six.
+MOSAIC_REFERENCE_ORDER: tuple[str, ...] = (
+    "pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "chestmnist", "breastmnist", "bloodmnist",
+    "tissuemnist", "retinamnist", "organamnist", "organcmnist", "organsmnist",
+    "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "vesselmnist3d", "fracturemnist3d", "synapsemnist3d",
+)
+#: The reference's ``INTERLEAVED_DATASETS`` (``main.py --use_interleaved``): 2-D and 3-D datasets alternate,
+#: one whole dataset epoch each.
+MOSAIC_REFERENCE_INTERLEAVED: tuple[str, ...] = (
+    "pathmnist", "organmnist3d", "dermamnist", "nodulemnist3d", "octmnist", "adrenalmnist3d",
+    "pneumoniamnist", "vesselmnist3d", "chestmnist", "fracturemnist3d", "breastmnist", "synapsemnist3d",
+    "bloodmnist", "tissuemnist", "retinamnist", "organamnist", "organcmnist", "organsmnist",
+)
+_ORDERS = {"reference": MOSAIC_REFERENCE_ORDER, "reference-interleaved": MOSAIC_REFERENCE_INTERLEAVED}
+
+
+def order_medmnist_flags(flags: Sequence[str], order: str) -> list[str]:
+    """``flags`` in a named order: ``"medmnist"`` (MedMNIST's INFO order, medmoe's default), ``"given"`` (as
+    listed), ``"reference"`` (the MOSAIC reference's ``ALL_DATASETS``) or ``"reference-interleaved"``."""
+    if order in ("medmnist", "given"):
+        if order == "given":
+            return list(flags)
+        return sorted(flags, key=MEDMNIST_FLAGS.index)
+    if order not in _ORDERS:
+        raise ValueError(f"unknown dataset order {order!r}; choose medmnist, given, reference or reference-interleaved")
+    return sorted(flags, key=_ORDERS[order].index)
 
 
 def medmnist_filename(flag: str, size: int = 28) -> str:

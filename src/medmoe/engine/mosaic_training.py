@@ -5,22 +5,30 @@ One **round** visits every dataset (reference ``systems.md`` §4.3). Samplers (:
 
 * ``"round_robin"`` (Ark-style, the reference): a full epoch of each dataset, one dataset after the
   other in list order;
-* ``"interleaved"``: the same batches, but one batch at a time, alternating a 2-D and a 3-D dataset
-  (cycling within each kind) until every dataset finished its epoch;
+* ``"interleaved"`` (the reference's ``--use_interleaved``): the same, whole dataset epochs one after the
+  other, in the reference's ``INTERLEAVED_DATASETS`` order (Path, Organ3D, Derma, Nodule3D, ...: 2-D and
+  3-D datasets alternate dataset by dataset);
+* ``"alternating"`` (medmoe's; before issue 27 it was called ``"interleaved"``): the same batches, but one
+  batch at a time, alternating a 2-D and a 3-D dataset (cycling within each kind) until every dataset
+  finished its epoch;
 * ``"balanced"`` (size-balanced): every dataset gets the same number of batches per round
   (``steps_per_dataset``, default the median epoch length), drawn without replacement and repeated
   for small datasets, in a random order across datasets, so TissueMNIST's 165k images no longer
   dominate the steps.
 
-Each step: the **student** sees an augmented view (2-D: horizontal flip p 0.5, rotation +-15 degrees;
-3-D: brightness +-0.1 p 0.5, contrast x[0.9, 1.1] p 0.5, clamped to [0, 1]); the **teacher** (a copy of
+Each step: the **student** sees an augmented view (2-D: horizontal flip p 0.5, rotation +-15 degrees,
+``augmentation="medmoe"``: bilinear with black corners, i.e. before normalisation; ``"reference"``: nearest
+interpolation with mean-colour corners, i.e. the reference's rotation after normalisation; 3-D: brightness +-0.1 p 0.5, contrast x[0.9, 1.1] p 0.5, clamped to [0, 1]); the **teacher** (a copy of
 the student, never trained by gradients) sees the clean view. Loss = task loss + ``lambda`` *
 MSE(student cls feature, teacher cls feature), ``lambda = 0.1``. After each optimiser step the
 **expert-aware EMA** (:class:`ExpertAwareEMA`) moves the teacher's trainable parameters towards the
 student's with momentum 0.9 (step on a 2-D specialist) or 0.95 (3-D specialist), skipping the adapters
 of the specialists that were inactive in the step. AdamW (lr 1e-4, wd 0.01), gradient clipping 1.0;
 learning rate: linear warm-up over 5 rounds from factor 0.01, then cosine to ``min_lr``, stepped once
-per round. Early stopping on the student's mean validation ACC (patience 5, min_delta 0.001); the
+per round. Early stopping on the student's mean validation ACC (``selection_metric="acc"``: the official
+MedMNIST ACC; ``"acc_pm1"``: the reference's mean, RetinaMNIST counted with its +-1 tolerance), patience 5,
+min_delta 0.001: ``early_stopping="medmoe"`` saves and resets patience only on a gain above ``min_delta``;
+``"reference"`` saves on any gain and lets a round within ``min_delta`` of the best reset patience. The
 best round's student is saved and evaluated on the test split (student and teacher).
 
 Outputs in ``out_dir`` (a new or empty folder, or ``overwrite=True``; ``manifest.json`` is written first,
@@ -46,7 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.medmnist import MedMNISTSplit, load_medmnist_split, medmnist_info, resolve_medmnist_flags
+from ..data.medmnist import (
+    MOSAIC_REFERENCE_INTERLEAVED,
+    MedMNISTSplit,
+    load_medmnist_split,
+    medmnist_info,
+    resolve_medmnist_flags,
+)
 from ..model_size import build_within_limit
 from ..models.vit import MosaicConfig, MosaicModel, VisionTransformerConfig, task_loss, task_scores
 from .checkpoint import (
@@ -71,8 +85,10 @@ __all__ = [
     "MosaicResult",
     "MosaicTrainConfig",
     "augment_2d",
+    "augment_2d_reference",
     "augment_3d",
     "build_mosaic_config",
+    "early_stopping_step",
     "evaluate_mosaic",
     "load_medmnist_data",
     "load_mosaic_checkpoint",
@@ -84,7 +100,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("round_robin", "interleaved", "balanced")
+SAMPLERS = ("round_robin", "interleaved", "alternating", "balanced")
+EARLY_STOPPING = ("medmoe", "reference")
+SELECTION_METRICS = ("acc", "acc_pm1")
+AUGMENTATIONS = ("medmoe", "reference")
 CHECKPOINT_DIR = "checkpoint"
 TEACHER_NAME = "teacher.safetensors"
 METRICS_CSV = "metrics.csv"
@@ -105,11 +124,16 @@ class MosaicTrainConfig:
         eval_batch_size: batch size for validation / test (default ``2 * batch_size``).
         consistency_weight: ``lambda`` of the feature MSE (0 = no teacher forward during training).
         ema_2d, ema_3d: teacher momentum for steps on a 2-D / 3-D specialist.
-        sampler: ``"round_robin"``, ``"interleaved"`` or ``"balanced"``.
+        sampler: ``"round_robin"``, ``"interleaved"`` (the reference's), ``"alternating"`` or ``"balanced"``.
         steps_per_dataset: batches per dataset and round for ``"balanced"`` (default: median epoch length).
         max_steps_per_dataset: cap on batches per dataset and round (quick runs; ``None`` = full epochs).
         patience, min_delta: early stopping on the student's mean validation ACC (``None`` = never stop).
+        early_stopping: ``"medmoe"`` (only a gain > ``min_delta`` saves and resets patience) or ``"reference"``
+            (any gain saves; a round within ``min_delta`` of the best resets patience).
+        selection_metric: ``"acc"`` (mean official ACC) or ``"acc_pm1"`` (the reference's mean, RetinaMNIST
+            with +-1 tolerance).
         augment: student augmentation on/off.
+        augmentation: ``"medmoe"`` or ``"reference"`` 2-D rotation (see the module docstring).
         seed: seed of everything random.
         precision: Fabric precision (``"auto"``: ``"bf16-mixed"`` on CUDA, else ``"32-true"``).
         accelerator: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -134,7 +158,10 @@ class MosaicTrainConfig:
     max_steps_per_dataset: int | None = None
     patience: int | None = 5
     min_delta: float = 0.001
+    early_stopping: str = "medmoe"
+    selection_metric: str = "acc"
     augment: bool = True
+    augmentation: str = "medmoe"
     seed: int = 42
     precision: str = "auto"
     accelerator: str = "auto"
@@ -148,6 +175,10 @@ class MosaicTrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        for name, allowed in (("early_stopping", EARLY_STOPPING), ("selection_metric", SELECTION_METRICS),
+                              ("augmentation", AUGMENTATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("ema_2d", "ema_3d"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -261,7 +292,11 @@ def round_schedule(
         per[name] = b[: cfg.max_steps_per_dataset] if cfg.max_steps_per_dataset else b
     if cfg.sampler == "round_robin":
         return [(name, idx) for name in names for idx in per[name]]
-    # interleaved: alternate a 2-D and a 3-D dataset, one batch at a time, cycling within each kind
+    if cfg.sampler == "interleaved":  # the reference's: whole epochs, in its INTERLEAVED_DATASETS order
+        rank = {f: i for i, f in enumerate(MOSAIC_REFERENCE_INTERLEAVED)}
+        ordered = sorted(names, key=lambda n: rank.get(n, len(rank)))
+        return [(name, idx) for name in ordered for idx in per[name]]
+    # alternating: alternate a 2-D and a 3-D dataset, one batch at a time, cycling within each kind
     queues = {dims: [n for n in names if spatial_dims[n] == dims] for dims in (2, 3)}
     cursor = {n: 0 for n in names}
     turn = {2: 0, 3: 0}
@@ -309,6 +344,33 @@ def augment_2d(x: Tensor, generator: torch.Generator | None = None, *, max_degre
     theta = theta.to(device=x.device, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_2d_reference(x: Tensor, generator: torch.Generator | None = None, *, max_degrees: float = 15.0,
+                         fill: tuple[float, ...] = (0.485, 0.456, 0.406)) -> Tensor:
+    """The reference's 2-D student view: flip (p 0.5), then rotation in ``[-max_degrees, max_degrees]`` with
+    **nearest** interpolation after ImageNet normalisation, where torchvision fills the corners with 0 =
+    the mean colour. medmoe normalises inside the model, so the same view is made here on ``[0, 1]`` inputs:
+    nearest rotation (it commutes with the per-channel normalisation) and corners filled with ``fill`` (the
+    ImageNet mean). Grayscale batches are repeated to 3 channels first (the reference loads them ``as_rgb``).
+
+    ``x: (b, c, h, w)`` -> ``(b, 3, h, w)``.
+    """
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    b = x.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sign = torch.where(flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    mean = torch.tensor(fill, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    # sample (x - mean) with zero padding, add the mean back: uncovered corners become the mean colour
+    return F.grid_sample(x - mean, grid, mode="nearest", padding_mode="zeros", align_corners=False) + mean
 
 
 def augment_3d(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -602,7 +664,10 @@ def train_mosaic(
                 task = module.task(flag)
                 clean = x
                 if cfg.augment:
-                    x = augment_3d(x, gen) if task.spatial_dims == 3 else augment_2d(x, gen)
+                    if task.spatial_dims == 3:
+                        x = augment_3d(x, gen)
+                    else:
+                        x = augment_2d_reference(x, gen) if cfg.augmentation == "reference" else augment_2d(x, gen)
                 with fabric.autocast():
                     out = model(x, flag)
                     loss_task = task_loss(out.logits, y, task)
@@ -631,7 +696,7 @@ def train_mosaic(
             steps = max(1, len(schedule))
             val = evaluate_mosaic(model, data["val"], batch_size=eval_bs, device=fabric.device, autocast=fabric.autocast)
             val_means = mean_accuracies(val, dims)
-            score = val_means["acc_all"]
+            score = val_means["acc_all"] if cfg.selection_metric == "acc" else _mean_acc_pm1(val)
             row: dict[str, Any] = {"round": rnd + 1, "lr": lr, "steps": len(schedule),
                                    **{k: v / steps for k, v in sums.items()}, "val_acc_mean": score,
                                    "val_auc_mean": val_means["auc_all"]}
@@ -640,9 +705,9 @@ def train_mosaic(
                                        autocast=fabric.autocast)
                 row["teacher_val_acc_mean"] = mean_accuracies(tval, dims)["acc_all"]
             row.update({f"val_acc_{f}": m.acc for f, m in val.items()})
-            improved = best_score is None or (not math.isnan(score) and score > best_score + cfg.min_delta)
+            improved, bad_rounds = early_stopping_step(score, best_score, bad_rounds, cfg)
             if improved:
-                best_score, best_round, bad_rounds = score, rnd, 0
+                best_score, best_round = score, rnd
                 if fabric.is_global_zero:
                     with writing(ckpt_dir, keep=_mosaic_kept(saved_round), resumable=False):
                         save_mosaic_checkpoint(ckpt_dir, model, {
@@ -650,8 +715,6 @@ def train_mosaic(
                             "val_metrics": _metrics_json(val), "weights": weights_info, "data_note": data_note,
                         }, teacher=teacher)
                     saved_round = rnd
-            else:
-                bad_rounds += 1
             row["best"] = bool(improved)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
@@ -682,6 +745,32 @@ def train_mosaic(
         with writing(out_dir / "results.json", keep=_mosaic_kept(saved_round), resumable=False):
             _write_reports(result, dims, data_note, weights_info, params)
     return result
+
+
+def early_stopping_step(score: float, best: float | None, bad_rounds: int, cfg: MosaicTrainConfig) -> tuple[bool, int]:
+    """One round of the early-stopping rule: ``(save this round, rounds without improvement)``.
+
+    ``"medmoe"``: a round saves (and resets the count) when it beats the best by more than ``min_delta``, any
+    other round counts. ``"reference"`` (``engine/trainer.py``): any gain saves; a round within ``min_delta``
+    below the best resets the count; only a larger drop counts. The first round always saves.
+    """
+    if best is None:
+        return True, 0
+    if math.isnan(score):
+        return False, bad_rounds + 1
+    if cfg.early_stopping == "reference":
+        if score > best:
+            return True, 0
+        return False, 0 if score > best - cfg.min_delta else bad_rounds + 1
+    if score > best + cfg.min_delta:
+        return True, 0
+    return False, bad_rounds + 1
+
+
+def _mean_acc_pm1(metrics: Mapping[str, TaskMetrics]) -> float:
+    """The reference's model-selection score: mean ACC over datasets, ordinal ones (RetinaMNIST) with +-1 tolerance."""
+    values = [m.acc_pm1 if m.acc_pm1 is not None else m.acc for m in metrics.values()]
+    return float(np.mean(values)) if values else float("nan")
 
 
 _MOSAIC_HINT = ("the learning rate {lr:g} is likely too high (lower --lr), or mixed precision overflowed (use "

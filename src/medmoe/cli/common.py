@@ -37,10 +37,10 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if not isinstance(pair, str) or "=" not in pair:
-            raise typer.BadParameter(f"{option} expects KEY=VALUE, got {pair!r}", param_hint=option)
+            raise typer.BadParameter(f"expects KEY=VALUE, got {pair!r}", param_hint=option)
         key, value = pair.split("=", 1)
         if not key.strip():
-            raise typer.BadParameter(f"{option} expects KEY=VALUE, got {pair!r} (no KEY)", param_hint=option)
+            raise typer.BadParameter(f"expects KEY=VALUE, got {pair!r} (no KEY)", param_hint=option)
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:

@@ -11,10 +11,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,parity,mil,seg,wsi
+EXTRAS ?= dev,parity,mil,seg,wsi,docs
 PIP := $(PY) -m pip --disable-pip-version-check --no-input
 
-.PHONY: install demo test test-slow lint bench doctor clean
+.PHONY: install demo test test-slow lint docs bench doctor clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q
 
 lint: install
@@ -57,8 +58,12 @@ bench: install
 	$(PY) benchmarks/bench_dropout_attention.py --reps 2
 	$(PY) benchmarks/bench_mosaic_step.py --reps 3
 
+# The documentation site (mkdocs.yml, docs/) into ./site, warnings as errors; part of `make test`.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 doctor: install
 	$(VENV)/bin/medmoe doctor
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

@@ -40,6 +40,14 @@ def set_label(slide: str, value: str):
     return edit
 
 
+def names_with_one_stray(w: dict[str, Path]) -> None:
+    """Names only (normal/tumor), one slide labelled 'banana': a class of one group, too rare for any k."""
+    rows = [["slide_id", "label"]] + [[s, "tumor" if v == "1" else "normal"] for s, v in SLIDES.items()]
+    rows[6][1] = "banana"  # slide s5
+    with w["labels"].open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
 def header_only(w: dict[str, Path]) -> None:
     w["labels"].write_text("slide_id,label\n")
 
@@ -136,6 +144,8 @@ CASES = [
     pytest.param(set_label("s5", "7"), TRAIN, ["'7'", "line 7", "s5", "never occur"], id="train-label-stray-number"),
     pytest.param(set_label("s5", "banana"), TRAIN, ["'banana'", "line 7", "s5", "mixes"],
                  id="train-label-stray-name-among-numbers"),
+    pytest.param(names_with_one_stray, TRAIN, ["'banana'", "1 group(s) (s5)", "typos"],
+                 id="train-label-stray-name-among-names"),
     pytest.param(set_label("s2", "-1"), TRAIN, ["'-1'", "line 4", ">= 0"], id="train-label-negative"),
     pytest.param(set_label("s2", "0.5"), TRAIN, ["'0.5'", "line 4"], id="train-label-fraction"),
     pytest.param(header_only, TRAIN, ["no rows", "labels.csv"], id="train-labels-csv-header-only"),

@@ -73,8 +73,12 @@ def test_val_folds_zero_and_no_groups():
 def test_too_few_groups_error():
     labels = [0] * 10 + [1] * 3
     groups = [f"a{i}" for i in range(10)] + ["b0", "b0", "b1"]  # class 1: 2 patients
-    with pytest.raises(ValueError, match="lower k to at most 2"):
+    # with a validation fold k must be >= 3, so "lower k to 2" would be wrong advice: name the groups instead
+    with pytest.raises(ValueError, match=r"class 1: 2 group\(s\) \(b0, b1\).*no k >= 3 works"):
         stratified_group_kfold(labels, groups, k=5, seed=0)
+    # without one, k = 2 is possible and advised
+    with pytest.raises(ValueError, match="lower k to at most 2"):
+        stratified_group_kfold(labels, groups, k=5, seed=0, val_folds=0)
 
 
 def test_missing_class_warns():

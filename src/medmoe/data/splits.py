@@ -108,6 +108,7 @@ def stratified_group_kfold(
     *,
     val_folds: int = 1,
     bag_ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[Split]:
     """Patient-level stratified k-fold cross-validation splits (see the module docstring).
 
@@ -118,6 +119,7 @@ def stratified_group_kfold(
         seed: shuffling seed; the same seed gives the same splits.
         val_folds: folds used as validation in each split (0 = no validation set).
         bag_ids: optional bag ids, kept in each :class:`Split` for :func:`save_splits`.
+        class_names: optional name of each label value, used only to name rare classes in errors.
 
     Returns:
         ``k`` splits; split ``i`` tests on fold ``i``.
@@ -141,12 +143,7 @@ def stratified_group_kfold(
         holders[int(labels[i])].add(str(g))
     few = {c: len(gs) for c, gs in sorted(holders.items()) if len(gs) < k}
     if few:
-        detail = ", ".join(f"class {c}: {m} group(s)" for c, m in few.items())
-        raise ValueError(
-            f"cannot make {k} stratified folds: {detail} (groups = patients/cases). Every fold needs at "
-            f"least one group of each class; lower k to at most {min(few.values())}, or merge/drop the "
-            "rare class"
-        )
+        raise ValueError(_too_few_groups_message(few, holders, k, val_folds, class_names))
 
     rng = random.Random(seed)
     fold_of: dict[str, int] = {}
@@ -170,6 +167,31 @@ def stratified_group_kfold(
     for i, split in enumerate(splits):
         _warn_missing_classes(split, labels, num_classes, i)
     return splits
+
+
+def _too_few_groups_message(
+    few: dict[int, int], holders: dict[int, set[str]], k: int, val_folds: int,
+    class_names: Sequence[str] | None = None,
+) -> str:
+    """Why ``k`` stratified folds cannot be made, naming the rare classes and (some of) their groups.
+
+    Lowering ``k`` is advised only when a usable ``k`` exists (at least ``2 + val_folds``); a class with
+    fewer groups than that is more often a stray label value (a typo) than a real class."""
+    floor = 2 + max(val_folds, 0)
+    parts = []
+    for c, m in few.items():
+        names = sorted(holders[c])
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        label = f"class {c}" if not class_names or c >= len(class_names) else f"class {class_names[c]!r}"
+        parts.append(f"{label}: {m} group(s) ({shown})")
+    detail = "; ".join(parts)
+    smallest = min(few.values())
+    head = (f"cannot make {k} stratified folds: {detail} (groups = patients/cases). Every fold needs at "
+            "least one group of each class; ")
+    if smallest >= floor:
+        return head + f"lower k to at most {smallest}, or merge/drop the rare class"
+    return head + (f"no k >= {floor} works with so few: check those label values for typos, or merge/drop "
+                   "the rare class")
 
 
 def _check_fold_args(

@@ -307,7 +307,8 @@ def _plan_folds(
                     dataset.multilabel_targets, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids
                 )
             else:
-                seed_splits = stratified_group_kfold(labels, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids)
+                seed_splits = stratified_group_kfold(labels, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids,
+                                                     class_names=getattr(dataset, "class_names", None))
         if not seed_splits:
             raise ValueError("no splits to run: pass k >= 2 or a non-empty list of splits")
         h = hashes[seed] = split_hash(seed_splits, bag_ids)

@@ -85,7 +85,7 @@ def test_eval_and_predict_take_a_reference_checkpoint_file(tmp_path):
     path, data, flags = _reference_file(tmp_path)
     # three heads with 9, 7, 11 classes: no reference list matches and no args.json: the user names them
     result = runner.invoke(app, ["mosaic", "eval", str(path), "--data", str(data), "--split", "val"])
-    assert result.exit_code == 2 and "--datasets" in result.output
+    assert result.exit_code == 2 and "--reference-datasets" in result.output
     args = ["mosaic", "eval", str(path), "--data", str(data), "--split", "val", "--reference-datasets", ",".join(flags)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -159,3 +159,14 @@ def test_pickle_code_is_not_run(tmp_path) -> None:
     torch.save({"student_state_dict": {"x": torch.zeros(1)}, "obj": Evil()}, tmp_path / "best_model.pth")
     with pytest.raises(ValueError, match="without running pickle code"):
         load_mosaic_reference(tmp_path / "best_model.pth")
+
+
+def test_reference_names_round_trip(student) -> None:  # type: ignore[no-untyped-def]
+    """medmoe -> reference names (used in error messages and for export) invert the loader's mapping exactly."""
+    from medmoe.interop.mosaic import mosaic_key_to_reference, mosaic_state_to_reference
+
+    state, _, _ = read_mosaic_reference(CKPT)
+    names = list(REFERENCE_ALL)
+    assert all(mosaic_key_to_reference(mosaic_key_from_reference(k, names), names) == k for k in state)
+    exported = mosaic_state_to_reference(student[0])
+    assert set(exported) == set(state) and all(torch.equal(exported[k], state[k]) for k in state)

@@ -54,6 +54,7 @@ __all__ = [
     "is_mosaic_reference",
     "load_mosaic_reference",
     "mosaic_key_from_reference",
+    "mosaic_key_to_reference",
     "mosaic_state_to_reference",
     "read_mosaic_reference",
     "reference_dataset_order",
@@ -120,6 +121,23 @@ _INVERSE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _INV_ADAPTER = re.compile(r"^vit\.blocks\.(\d+)\.adapter\.specialists\.(\w+)\.(norm|down|up)\.(weight|bias)$")
 
 
+def mosaic_key_to_reference(key: str, datasets: Sequence[str]) -> str | None:
+    """The reference's key for one medmoe key (heads numbered by their place in ``datasets``), or ``None``."""
+    for pattern, repl in _INVERSE:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    m = _INV_ADAPTER.match(key)
+    spec_name = {v: k for k, v in _SPECIALIST.items()}
+    if m and m.group(2) in spec_name:
+        part_name = {v: k for k, v in _ADAPTER_PART.items()}
+        block, spec, part, kind = m.groups()
+        return f"encoder.blocks.{block}.adapter.{spec_name[spec]}.{part_name[part]}.{kind}"
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "heads" and parts[1] in datasets:
+        return f"heads.{list(datasets).index(parts[1])}.{parts[2]}"
+    return None
+
+
 def mosaic_state_to_reference(model: MosaicModel) -> dict[str, Tensor]:
     """``model``'s weights under the reference's keys (heads numbered in ``model.config.tasks`` order): what
     :func:`load_mosaic_reference` reads back. Only for models the reference can express (A/B/C or 2d/3d
@@ -130,18 +148,10 @@ def mosaic_state_to_reference(model: MosaicModel) -> dict[str, Tensor]:
     """
     if not model.config.patch_norm_2d:
         raise ValueError("the reference's 2-D tokenizer has a LayerNorm; this model has none (patch_norm_2d=False)")
-    spec_name = {v: k for k, v in _SPECIALIST.items()}
-    part_name = {v: k for k, v in _ADAPTER_PART.items()}
-    index = {t.name: i for i, t in enumerate(model.config.tasks)}
+    names = [t.name for t in model.config.tasks]
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
-        new = next((pattern.sub(repl, key) for pattern, repl in _INVERSE if pattern.match(key)), None)
-        if new is None and (m := _INV_ADAPTER.match(key)) and m.group(2) in spec_name:
-            block, spec, part, kind = m.groups()
-            new = f"encoder.blocks.{block}.adapter.{spec_name[spec]}.{part_name[part]}.{kind}"
-        if new is None and key.startswith("heads."):
-            _, flag, kind = key.split(".")
-            new = f"heads.{index[flag]}.{kind}"
+        new = mosaic_key_to_reference(key, names)
         if new is None:
             raise ValueError(f"{key!r} has no name in the reference's MOSAIC model")
         out[new] = value.detach().clone()
@@ -187,7 +197,8 @@ def read_mosaic_reference(source: str | Path, *, teacher: bool = False) -> tuple
         notes.append(f"weights taken from the file's {key!r} entry" + (f" ({extra})" if extra else ""))
         obj = obj[key]
     elif teacher:
-        raise ValueError(f"{p} has no 'teacher_state_dict' entry (keys: {sorted(map(str, obj))[:8]})")
+        raise ValueError(f"{p} has no 'teacher_state_dict' entry (keys: {sorted(map(str, obj))[:8]}): it holds no EMA "
+                         "teacher to load (--teacher / teacher=True)")
     if not obj or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         raise ValueError(f"{p} does not hold a state dict (keys: {sorted(map(str, obj))[:8]})")
     return dict(obj), "torch", notes
@@ -210,7 +221,15 @@ def reference_dataset_order(
         CheckpointMismatchError: no candidate list matches the heads (pass ``datasets``).
     """
     if args_json is not None and Path(args_json).is_file():
-        args = json.loads(Path(args_json).read_text())
+        try:
+            args = json.loads(Path(args_json).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointMismatchError(
+                f"{args_json} (the reference run's arguments, read for the head order) is not valid JSON ({err}); "
+                "fix or remove it, or give the datasets in head order (--reference-datasets)"
+            ) from err
+        if not isinstance(args, dict):
+            raise CheckpointMismatchError(f"{args_json} does not hold the reference's argument dict")
         if args.get("dataset_list"):
             names = [str(n).lower() for n in args["dataset_list"]]
             how = "args.json dataset_list"
@@ -220,7 +239,8 @@ def reference_dataset_order(
             names, how = list(_REFERENCE_LISTS[key]), f"args.json -> {key}"
         if [_classes(n) for n in names] != list(head_sizes):
             raise CheckpointMismatchError(
-                f"{args_json} gives the datasets {names}, whose class counts do not match the heads {list(head_sizes)}"
+                f"{args_json} gives the datasets {names}, whose class counts do not match the heads {list(head_sizes)}; "
+                "give the datasets in head order (--reference-datasets)"
             )
         return names, how
     for key, names in _REFERENCE_LISTS.items():
@@ -228,7 +248,7 @@ def reference_dataset_order(
             return list(names), f"the reference's {key} (matched by the heads' class counts; no args.json)"
     raise CheckpointMismatchError(
         f"cannot tell which datasets the {len(head_sizes)} heads (outputs {list(head_sizes)}) belong to: give the "
-        "dataset list in the reference's order (datasets=[...], or --datasets on the command line)"
+        "dataset list in the reference's head order (--reference-datasets on the command line, datasets=[...] in Python)"
     )
 
 
@@ -339,8 +359,8 @@ def load_mosaic_reference(
         names = [str(n).lower() for n in datasets]
         if [_classes(n) for n in names] != head_sizes:
             raise CheckpointMismatchError(
-                f"the datasets {names} have {[_classes(n) for n in names]} classes, the file's heads "
-                f"{head_sizes} outputs (heads are numbered in the reference's dataset order)"
+                f"the datasets {names} (--reference-datasets) have {[_classes(n) for n in names]} classes, the "
+                f"file's heads {head_sizes} outputs (heads are numbered in the reference's dataset order)"
             )
         how = "given"
     else:
@@ -377,8 +397,11 @@ def load_mosaic_reference(
     except RuntimeError as err:  # shape mismatches
         raise CheckpointMismatchError(f"{where}: {str(err).splitlines()[0]} ...") from err
     if result.missing_keys or result.unexpected_keys:
+        missing = [mosaic_key_to_reference(k, names) or k for k in result.missing_keys]
         raise CheckpointMismatchError(
-            f"{where}: missing from the file {result.missing_keys[:10]}, not in the model {result.unexpected_keys[:10]}"
+            f"{where}: {len(missing)} tensor(s) missing from the file: {missing[:10]} (reference names; the model "
+            f"built from the file's shapes needs them)"
+            + (f", not in the model {result.unexpected_keys[:10]}" if result.unexpected_keys else "")
         )
     report = LoadReport(source=where, file_format=fmt, key_format="mosaic-reference", loaded=len(converted),
                         renamed={k: v for k, v in renamed.items() if k != v}, notes=notes)

@@ -31,14 +31,13 @@ def _hook(name: str) -> ModuleType:
 def _all_commands() -> list[tuple[tuple[str, ...], object, object]]:
     """Every visible command of the typer app with its click context, walked here (not by the hook)."""
     import typer
-    from typer._click import Context
 
     from medmoe.cli.main import app
 
     found = []
 
     def walk(command, parent, path):  # type: ignore[no-untyped-def]
-        ctx = Context(command, info_name=path[-1], parent=parent)
+        ctx = command.context_class(command, info_name=path[-1], parent=parent)
         found.append((path, command, ctx))
         for name, sub in getattr(command, "commands", {}).items():
             if not sub.hidden:

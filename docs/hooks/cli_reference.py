@@ -23,9 +23,7 @@ def iter_commands(command: Any, ctx: Any = None, path: tuple[str, ...] = ("medmo
         ctx: the parent click context (``None`` for the root).
         path: the words that invoke ``command``, e.g. ``("medmoe", "mil", "train")``.
     """
-    from typer._click import Context
-
-    ctx = Context(command, info_name=path[-1], parent=ctx)
+    ctx = command.context_class(command, info_name=path[-1], parent=ctx)
     yield path, command, ctx
     for name, sub in sorted(getattr(command, "commands", {}).items()):
         if not getattr(sub, "hidden", False):

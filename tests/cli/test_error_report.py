@@ -88,3 +88,15 @@ def test_an_input_error_keeps_its_settings_across_processes():
     assert err.render(cli_setting_renderer(_command())).startswith("lower lr (a Python API") is True
     assert err.render(cli_setting_renderer(_command())).endswith("; --no-resume")
     assert type(pickle.loads(pickle.dumps(CheckpointError("bad")))) is CheckpointError
+
+
+def test_typer_exit_caught_by_a_command_passes_through():
+    """``typer.Exit`` is a RuntimeError: a command's ``except RuntimeError: fail(err)`` must not turn it into an error."""
+    from medmoe.cli.common import fail
+
+    with pytest.raises(typer.Exit) as info:
+        try:
+            raise typer.Exit(code=0)
+        except RuntimeError as err:
+            fail(err)
+    assert info.value.exit_code == 0

@@ -29,7 +29,15 @@ import typer
 
 from ..errors import SETTING, InputError, MedmoeError, python_setting
 
-__all__ = ["ISSUES_URL", "cli_setting_renderer", "current_context", "is_expected", "report_error", "verbosity"]
+__all__ = [
+    "ISSUES_URL",
+    "cli_setting_renderer",
+    "current_context",
+    "is_cli_signal",
+    "is_expected",
+    "report_error",
+    "verbosity",
+]
 
 ISSUES_URL = "https://github.com/medmoe/medmoe/issues"
 
@@ -166,8 +174,19 @@ def _message(err: BaseException, command: Any | None) -> str:
     return _one_line(text)
 
 
+def is_cli_signal(err: BaseException) -> bool:
+    """typer/click's own control flow (exit, abort, usage errors): left to the command-line machinery.
+    (``typer.Exit`` is a ``RuntimeError``, so ``except RuntimeError`` blocks in commands can catch it.)"""
+    from typer.exceptions import TyperException
+
+    return isinstance(err, (typer.Exit, typer.Abort, TyperException))
+
+
 def report_error(err: BaseException, ctx: Any | None = None) -> NoReturn:
-    """Print ``err`` as the user should see it and exit: 2 for an expected error, 1 for an internal one."""
+    """Print ``err`` as the user should see it and exit: 2 for an expected error, 1 for an internal one
+    (typer's own exit and usage signals pass through unchanged)."""
+    if is_cli_signal(err):
+        raise err
     ctx = ctx if ctx is not None else current_context()
     command = getattr(ctx, "command", None)
     if is_expected(err):

@@ -12,14 +12,7 @@ from . import bench, demo, doctor, mil
 from . import mosaic as mosaic_cli
 from . import report as report_cli
 from . import seg as seg_cli
-from .error_report import leaf_context, report_error
-
-
-def _is_cli_signal(err: BaseException) -> bool:
-    """typer/click's own control flow (exit, abort, usage errors): left to the command-line machinery."""
-    from typer.exceptions import TyperException
-
-    return isinstance(err, (typer.Exit, typer.Abort, TyperException))
+from .error_report import is_cli_signal, leaf_context, report_error
 
 
 class MedmoeGroup(TyperGroup):
@@ -35,7 +28,7 @@ class MedmoeGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except Exception as err:
-            if _is_cli_signal(err):
+            if is_cli_signal(err):
                 raise
             report_error(err, leaf_context(err.__traceback__) or ctx)
 

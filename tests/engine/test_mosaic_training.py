@@ -208,3 +208,24 @@ def test_missing_split_and_dataset_mismatch(run):
         train_mosaic(cfg, MosaicTrainConfig(rounds=1), data, "/tmp/unused")
     with pytest.raises(ValueError, match="sampler"):
         MosaicTrainConfig(sampler="random")
+
+
+def test_checkpoint_saved_before_the_tokenizer_layernorm_loads_as_built(tmp_path):
+    """config.json of a checkpoint written before patch_norm_2d existed lacks it: the model loads without the
+    LayerNorm, strictly, and gives the outputs it gave when saved."""
+    from medmoe.engine.mosaic_training import save_mosaic_checkpoint
+
+    cfg = build_mosaic_config(["pathmnist", "organmnist3d"], 28, vit=VisionTransformerConfig.tiny_test(),
+                              patch_norm_2d=False)
+    torch.manual_seed(0)
+    old = MosaicModel(cfg).eval()
+    folder = save_mosaic_checkpoint(tmp_path / "ckpt", old)
+    config_path = folder / "config.json"
+    info = json.loads(config_path.read_text())
+    del info["model_config"]["patch_norm_2d"]
+    config_path.write_text(json.dumps(info))
+    loaded, _ = load_mosaic_checkpoint(folder)
+    assert not loaded.config.patch_norm_2d and isinstance(loaded.vit.patch_embed.norm, torch.nn.Identity)
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, "pathmnist").logits, old(x, "pathmnist").logits)

@@ -594,8 +594,19 @@ def compare_cmd(
     overwrite: bool = typer.Option(False, help="--out holds an earlier grid: delete it first and start over."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Folds trained at a time in worker processes, each "
                              "with threads/jobs torch threads: small bags train fastest with one process per core."),
+    tune: bool = typer.Option(False, "--tune", help="Tune every model x patch embedding inside the cross-validation "
+                              "(nested CV with Optuna, the same --trials budget each); see `medmoe mil tune`."),
+    trials: int = typer.Option(20, "--trials", min=1, help="With --tune: Optuna trials per outer fold and variant."),
+    inner_k: int = typer.Option(3, "--inner-k", min=3, help="With --tune: inner folds of each outer training set."),
+    space: Path = typer.Option(None, "--space", help="With --tune: search-space YAML (default: docs/tuning.md)."),
+    storage: str = typer.Option(None, "--storage", help="With --tune: Optuna storage URL (default: SQLite files in "
+                                "--out)."),
+    study_name: str = typer.Option(None, "--study-name", help="With --tune: prefix of the Optuna study names."),
+    search_only: bool = typer.Option(False, "--search-only", help="With --tune: only add trials (helper processes "
+                                     "sharing --storage); train nothing."),
 ) -> None:
-    """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot."""
+    """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot
+    (with --tune: every variant tuned by nested cross-validation with the same budget)."""
     try:
         task, cols = resolve_task(task, label_cols)
         survival = task == "survival"
@@ -611,6 +622,16 @@ def compare_cmd(
         if task != "classification" and datasets:
             raise ValueError(f"--task {task} needs a feature folder; the benchmarks {datasets} have one class label "
                              "per bag")
+        if tune:
+            _run_compare_tuned(models, datasets, patch_embeds, folders, out, metric or ("c_index" if survival else
+                               "auroc"), k=k, seeds=seeds, trials=trials, inner_k=inner_k, space=space,
+                               storage=storage, study_name=study_name, search_only=search_only,
+                               overrides=parse_overrides(set_), moe_args=parse_overrides(moe, "--moe"),
+                               resume=resume, overwrite=overwrite,
+                               cfg=_train_config(epochs=epochs, lr=lr, min_epochs=min(epochs, 5),
+                                                 standardize_features=True, progress=False, task=task,
+                                                 metrics_level=metrics_level, max_instances=max_instances))
+            return
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
                     metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
                     moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume, overwrite=overwrite, jobs=jobs,
@@ -618,6 +639,113 @@ def compare_cmd(
                     metrics_level=metrics_level, max_instances=max_instances)
     except (ValueError, RuntimeError) as err:
         fail(err)
+
+
+def _run_compare_tuned(models: list[str], datasets: list[str], patch_embeds: list[str], folders: dict[str, Any],
+                       out: Path, metric: str, *, space: Path | None, overrides: dict[str, Any],
+                       moe_args: dict[str, Any], search_only: bool, **kwargs: Any) -> None:
+    """``compare --tune``: :func:`~medmoe.engine.tuning.compare_tuned`, then the table and the bar plot."""
+    from ..engine.search_space import load_space
+    from ..engine.tuning import compare_tuned
+    from ..viz.comparison import plot_comparison
+
+    the_space = load_space(space)  # a bad --space fails before any data is loaded
+    loaded = dict(load_dataset(d, None, None) for d in datasets)
+    loaded.update(folders)
+    result = compare_tuned(models, loaded, patch_embeds, out_dir=out, model_overrides=overrides,
+                           patch_embed_args={"mammoth": moe_args} if moe_args else None, space=the_space,
+                           search_only=search_only, **kwargs)
+    if search_only:
+        typer.echo(f"trials added to the studies of {out}; run again without --search-only (with --resume) to "
+                   "train the outer folds")
+        return
+    png = plot_comparison(result.rows, metric, out / "comparison.png",
+                          title=f"nested CV, {kwargs['trials']} trials per outer fold: test {metric}")
+    typer.echo((out / "comparison.md").read_text())
+    typer.echo(f"table: {out / 'comparison.md'}\nplot:  {png}\nchosen settings: {out}/<dataset>/<model>/"
+               "<patch_embed>/best_params.csv")
+
+
+SPACE_HELP = ("Search-space YAML ({name: {type: float|int|categorical, low, high, log, choices, target: "
+              "train|model|mammoth}}); default: lr, weight_decay, epochs, patience, dropout and Mammoth's "
+              "num_experts and num_slots (docs/tuning.md).")
+
+
+@app.command("tune")
+def tune_cmd(
+    config: Path = typer.Option(None, "--config", is_eager=True, callback=_load_config_file, help=CONFIG_HELP),
+    model: str = typer.Option("abmil.base_mammoth", "--model", "-m", help="Registry name, e.g. abmil.base_mammoth."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+    features: Path = typer.Option(None, help="Folder of TRIDENT/CLAM .h5 (or .pt) feature files."),
+    labels: Path = typer.Option(None, help="Labels CSV: slide_id, label[, case_id]."),
+    patient_mode: str = typer.Option("separate", help="Several slides per case: 'separate' bags or 'concat'."),
+    task: str = typer.Option("classification", help="classification | survival | multilabel (--features only)."),
+    label_cols: str = typer.Option(None, help="Multilabel CSVs: the 0/1 label columns, comma-separated."),
+    time_col: str = typer.Option(None, help=SURVIVAL_HELP),
+    event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
+    k: int = typer.Option(5, min=3, help="Outer folds (the same folds as `mil train` with the same --k and --seed)."),
+    inner_k: int = typer.Option(3, "--inner-k", min=3, help="Inner folds of each outer training set (inner train, "
+                                "validation for early stopping, test for the score)."),
+    seeds: list[int] = typer.Option([0], "--seed", help="Repeat for several seeds (repeat the option)."),
+    trials: int = typer.Option(20, "--trials", min=1, help="Optuna trials per outer fold (complete or pruned)."),
+    space: Path = typer.Option(None, "--space", help=SPACE_HELP),
+    metric: str = typer.Option("auto", "--metric", help="Inner score maximised: auto (the early-stopping metric: "
+                               "auroc for two classes, kappa for more, c_index for survival) | auroc | "
+                               "balanced_accuracy | ... | loss (minimised)."),
+    pruner: str = typer.Option("median", "--pruner", help="median (stop trials that trail after an inner fold) | "
+                               "none."),
+    storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite:///OUT/optuna.db); a "
+                                "shared database (postgresql://..., mysql://...) lets several processes or "
+                                "machines add trials at once."),
+    study_name: str = typer.Option(None, "--study-name", help="Prefix of the Optuna study names (default: the model "
+                                   "and a fingerprint of the run, the same for the same command everywhere)."),
+    search_only: bool = typer.Option(False, "--search-only", help="Only add trials to the studies (helper "
+                                     "processes); train no outer fold. Then run once without it, with --resume."),
+    timeout: float = typer.Option(None, "--timeout", min=1.0, help="Stop each outer fold's search after this many "
+                                  "seconds."),
+    epochs: int = typer.Option(20, min=1, help="Epochs when the space does not search them."),
+    lr: float = typer.Option(1e-4, help="Learning rate when the space does not search it."),
+    weight_decay: float = typer.Option(1e-5, help="Weight decay when the space does not search it."),
+    patience: int = typer.Option(5, min=1, help="Early-stopping patience when the space does not search it."),
+    batch_size: int = typer.Option(1, min=1),
+    standardize: bool = typer.Option(True, help="z-score features with train-fold statistics."),
+    class_weights: str = typer.Option("none", help="none | balanced"),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    out: Path = typer.Option(Path("runs/tune"), help="Output folder (a new or empty folder, unless --resume or "
+                             "--overwrite)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out: trials in the storage are kept, the budget "
+                                "is filled up, finished outer folds are re-evaluated."),
+    overwrite: bool = typer.Option(False, help="--out holds an earlier run: delete it first and start over (an "
+                                   "external --storage keeps its studies: give another --study-name)."),
+    accelerator: str = typer.Option("auto"),
+) -> None:
+    """Nested cross-validation with Optuna: for each outer fold, search settings on inner folds of its
+    training data only (TPE sampler, median pruning), train the best once, test once on the outer fold.
+    Writes summary.md, best_params.csv/.json, each study's trials.csv and plots (docs/tuning.md)."""
+    from ..engine.search_space import load_space
+    from ..engine.tuning import run_nested_cv
+
+    try:
+        the_space = load_space(space)
+        task, cols = resolve_task(task, label_cols)
+        _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=task == "survival",
+                                 time_col=time_col, event_col=event_col, label_cols=cols)
+        cfg = _train_config(epochs=epochs, lr=lr, weight_decay=weight_decay, patience=patience,
+                            batch_size=batch_size, min_epochs=min(epochs, 10), standardize_features=standardize,
+                            class_weights=class_weights, accelerator=accelerator, task=task, progress=False)
+        result = run_nested_cv(model, ds, k=k, inner_k=inner_k, seeds=seeds, trials=trials, cfg=cfg,
+                               space=the_space, out_dir=out, model_overrides=parse_overrides(set_), metric=metric,
+                               storage=storage, study_name=study_name, pruner=pruner, search_only=search_only,
+                               timeout=timeout, resume=resume, overwrite=overwrite)
+    except (ValueError, RuntimeError) as err:
+        fail(err)
+    if search_only:
+        typer.echo(result.chosen_markdown())
+        typer.echo(f"trials added to the studies of {out}; run again without --search-only (with --resume) to "
+                   "train the outer folds")
+        return
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"results: {out} (chosen settings: {out / 'best_params.csv'}; plots: {out / 'studies'})")
 
 
 @app.command("summarize")

@@ -71,6 +71,10 @@ def _check_outputs(res, tmp_path):
     assert len(json.loads(rows[0]["inner_scores"])) == 3  # one score per inner fold
     best = max(rows, key=lambda r: float(r["value"]))
     assert float(best["lr"]) == pytest.approx(res.chosen[0]["params"]["lr"])
+    from medmoe.viz.report import build_report
+
+    html = build_report(tmp_path).read_text()
+    assert "Chosen settings per outer fold" in html and "optimization_history.png" in html
 
 
 def test_inner_folds_never_hold_an_outer_test_bag():

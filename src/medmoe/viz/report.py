@@ -8,6 +8,7 @@ nothing else; every image is inlined as a base64 PNG (JPEG where that is less th
 * per cross-validation run (every ``results.json`` below ``RUN_DIR``): model, overrides and training
   config, the test/val summary table, one row per fold (seed, fold, best epoch, test metrics) and
   learning curves drawn from each fold's ``metrics.csv`` (train/val loss and the validation metrics);
+  a ``medmoe mil tune`` run adds its chosen settings per outer fold (its Optuna plots are images below);
 * a lone training run (``metrics.csv`` + ``checkpoint/config.json``) is reported the same way;
 * **heatmaps and expert plots** — every other ``.png`` below ``RUN_DIR`` (e.g. the output of
   ``medmoe mil heatmap --out RUN_DIR/heatmaps``), grouped by folder, with ``heatmaps.json`` and
@@ -276,6 +277,14 @@ def _cv_section(run: Path, root: Path, notes: list[str]) -> str:
                          *[t.get(m) for m in metrics]])
         parts.append("<h3>Fold results (test)</h3>")
         parts.append(_table(["run", "best epoch", "epochs", *metrics], rows))
+    tuned = _dicts(_dict(res.get("tuning")).get("folds"))  # `medmoe mil tune`: chosen settings per outer fold
+    if tuned:
+        names = list(dict.fromkeys(str(k) for t in tuned for k in _dict(t.get("params"))))
+        parts.append(f"<h3>Chosen settings per outer fold (nested CV; inner {_esc(_dict(res.get('tuning')).get('metric'))}"
+                     "; plots under <code>studies/</code>)</h3>")
+        parts.append(_table(["outer fold", "inner score", *names],
+                            [[f"seed {t.get('seed')} fold {t.get('fold')}", t.get("inner_score"),
+                              *[_dict(t.get("params")).get(n) for n in names]] for t in tuned]))
     curves = _learning_curves(_fold_dirs(run), f"learning curves: {res.get('model_name', rel)}")
     if curves:
         parts.append("<h3>Learning curves</h3>" + _img(curves, f"learning curves ({rel})"))

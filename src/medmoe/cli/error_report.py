@@ -196,7 +196,7 @@ def report_error(err: BaseException, ctx: Any | None = None) -> NoReturn:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
     summary = _one_line(f"{type(err).__name__}: {err}") if str(err) else type(err).__name__
     typer.secho(f"error: internal error in medmoe (a bug, not your input): {summary}", fg="red", err=True)
-    hint = "the traceback is above" if verbosity(ctx) >= 2 else "run again with -vv for the traceback"
+    hint = "the traceback is above" if verbosity(ctx) >= 2 else "run again as `medmoe -vv ...` for the traceback"
     typer.secho(f"  {hint}, and please report it at {ISSUES_URL} with the command you ran", err=True)
     raise typer.Exit(code=EXIT_INTERNAL)
 

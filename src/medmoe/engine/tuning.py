@@ -308,7 +308,9 @@ def _make_study(storage: Any, name: str, maximize: bool, trials: int, sampler_se
 
     startup = max(1, min(10, trials // 3))
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=startup)
-    prune = (optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0) if pruner == "median"
+    # pruning starts once two trials finished, and looks at the mean of two inner folds or more (one inner
+    # fold alone is too noisy to stop a trial on)
+    prune = (optuna.pruners.MedianPruner(n_startup_trials=max(2, startup), n_warmup_steps=1) if pruner == "median"
              else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, sampler=sampler,
                                 pruner=prune, direction="maximize" if maximize else "minimize")

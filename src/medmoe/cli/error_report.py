@@ -164,8 +164,8 @@ def _one_line(text: str) -> str:
 
 
 def _message(err: BaseException, command: Any | None) -> str:
-    if isinstance(err, InputError):
-        return _one_line(err.render(cli_setting_renderer(command)))
+    if isinstance(err, InputError) or (isinstance(err, MedmoeError) and callable(getattr(err, "render", None))):
+        return _one_line(err.render(cli_setting_renderer(command)))  # type: ignore[attr-defined]
     if isinstance(err, MemoryError) and not str(err):
         return "out of memory; use smaller inputs or a machine with more memory"
     text = str(err) or type(err).__name__

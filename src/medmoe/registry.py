@@ -347,13 +347,12 @@ def create_model(
             "Fetch them yourself and pass checkpoint_path=..."
         )
     config = get_config(name, num_classes=num_classes, in_dim=in_dim, **overrides)
-    from .nn.dropout import use_fast_dropout
-    from .nn.onednn_linear import use_fast_linear
+    from .nn.backend import apply_backend
 
-    # oneDNN products for CPU float32 linear layers (same weights and results; 1.2-1.9x on AMD CPUs) and
-    # counter-based CPU dropout masks (same distribution, ~10x faster than bernoulli_)
+    # the layer classes of the backend in force (medmoe.nn.backend), fixed here at construction: under "native"
+    # plain nn.Linear / nn.Dropout become FastLinear / FastDropout holding the same parameters
     model_cls = _REGISTRY[parsed.model].model_cls
-    model = use_fast_dropout(use_fast_linear(build_within_limit(lambda: model_cls(config), f"model {name}")))
+    model = apply_backend(build_within_limit(lambda: model_cls(config), f"model {name}"))
     model.model_name = f"{parsed.model}.{parsed.config}"
     if checkpoint_path is not None:
         from .interop import load_weights

@@ -221,7 +221,7 @@ def test_expert_epilogue(p: float) -> None:
         out = F.relu(l2norm((t + bias).reshape(3, 6, 32)) * scale * gamma).reshape(t.shape)
         return fast_dropout(out, p)
 
-    assert_second_order_matches(fused, modules, [t, bias, gamma], "_ExpertEpilogueBackward")
+    assert_second_order_matches(fused, modules, [t, bias, gamma], "GeneratedBackwardFor_medmoe_expert_epilogue_defaultBackward")
 
 
 @_needs(native_slot_dispatch_available)
@@ -261,7 +261,7 @@ def test_seeded_dropout_differentiates_its_own_backward() -> None:
     keep = fast_dropout(torch.ones(40, 30), 0.3)  # the same mask, scaled by 1 / (1 - p)
     assert (keep == 0).any() and (keep != 0).any()
     assert_second_order_matches(
-        lambda x: dropped(x).pow(2), lambda x: (torch.tanh(x) * keep).pow(2), [x], "_SeededDropoutBackward"
+        lambda x: dropped(x).pow(2), lambda x: (torch.tanh(x) * keep).pow(2), [x], "GeneratedBackwardFor_medmoe_counter_dropout_defaultBackward"
     )
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .backend import make_dropout, make_linear
 from .checks import check_positive_ints
 
 __all__ = [
@@ -82,10 +83,10 @@ class Adapter(nn.Module):
         dd = {"device": device, "dtype": dtype}
         self.dim, self.bottleneck, self.scale = dim, bottleneck, float(scale)
         self.norm = nn.LayerNorm(dim, **dd) if layer_norm else nn.Identity()
-        self.down = nn.Linear(dim, bottleneck, **dd)
+        self.down = make_linear(dim, bottleneck, **dd)
         self.act = nn.ReLU()
-        self.up = nn.Linear(bottleneck, dim, **dd)
-        self.dropout = nn.Dropout(dropout)
+        self.up = make_linear(bottleneck, dim, **dd)
+        self.dropout = make_dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -1,19 +1,19 @@
-"""Fast dropout on CPU: a counter-based mask from a compiled kernel instead of Bernoulli sampling.
+"""Counter-based dropout: the mask of element ``i`` is a pure function of a per-call seed and ``i``.
 
-PyTorch draws CPU dropout masks with ``bernoulli_`` (Mersenne Twister, about 5 ns per element on a
-2-core AMD EPYC), which made dropout 17 % of a Transformer+Mammoth training step and 15 % of DTFD+Mammoth.
-:func:`fast_dropout` keeps element ``i`` when the ``i``-th word of the SplitMix64 stream of a per-call seed
-is at least ``p * 2**32`` (``kernels/dropout.cpp``): about 10x faster, with no mask stored for the backward
-pass (it is the same call on the gradient with the same seed) and the same result for any thread count.
+Element ``i`` is kept when the ``i``-th word of the SplitMix64 stream of a per-call seed is at least
+``round(p * 2**32)`` (``kernels/splitmix64.h``); kept values are scaled by ``1 / (1 - p)`` as
+:func:`torch.nn.functional.dropout` does. No mask is stored for the backward pass (it is the same operation on
+the gradient with the same seed) and the result does not depend on the number of threads.
 
-The seed is drawn from PyTorch's default CPU generator, so ``torch.manual_seed`` makes training repeatable
-and activation checkpointing (which restores the generator before recomputing) sees the same mask. The
-keep probability is ``1 - p`` to within ``2**-32`` and kept values are scaled by ``1 / (1 - p)``, as
-:func:`torch.nn.functional.dropout`.
+The operation is the custom operator ``torch.ops.medmoe.counter_dropout``. On CPU float32/float64 with the
+native backend it runs on a compiled kernel (``kernels/dropout.cpp``, much faster than ``bernoulli_``);
+everywhere else (no C++ compiler, GPU, other dtypes) it computes the very same words with PyTorch integer ops,
+so **a seeded run draws the same masks with and without a compiler**. The seed is drawn from PyTorch's
+default CPU generator (:func:`draw_seed`), so ``torch.manual_seed`` makes training repeatable and activation
+checkpointing (which restores the generator before recomputing) sees the same mask.
 
-Where the kernel does not apply (GPU, dtypes other than float32/float64, no C++ compiler,
-``MEDMOE_NATIVE_KERNELS=0``) it is :func:`torch.nn.functional.dropout` itself: same distribution, a
-different random stream, so a seeded run on such a machine draws other masks than one with the kernel.
+Under the ``"torch"`` backend (:mod:`medmoe.nn.backend`) :func:`fast_dropout` is
+:func:`torch.nn.functional.dropout` itself.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import apply_backend, native_enabled
 from .native_kernels import load_kernel
 
 __all__ = [
     "FastDropout",
+    "counter_dropout",
     "draw_seed",
     "drop_threshold",
+    "dropout_words",
     "fast_dropout",
     "native_dropout_available",
     "use_fast_dropout",
@@ -72,12 +75,45 @@ def draw_seed() -> int:
 
 
 def drop_threshold(p: float) -> int:
-    """The kernels drop element ``i`` when its 32-bit word is below this: ``round(p * 2**32)``."""
+    """Element ``i`` is dropped when its 32-bit word is below this: ``round(p * 2**32)``."""
     return min(round(p * 2.0**32), 2**32 - 1)
 
 
+def _signed(c: int) -> int:
+    """A 64-bit unsigned constant as the int64 with the same bits."""
+    return c - (1 << 64) if c >= (1 << 63) else c
+
+
+_GAMMA, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(z: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def dropout_words(seed: int, numel: int, device: torch.device | str = "cpu") -> Tensor:
+    """The 32-bit words ``dropout_word(seed, i)`` of ``kernels/splitmix64.h`` for ``i < numel``, as int64.
+
+    PyTorch integer ops with wrapping int64 products: bit for bit the compiled kernels' words.
+    """
+    z = torch.arange(1, numel + 1, dtype=torch.int64, device=device)
+    z.mul_(_GAMMA).add_(_signed(seed % (1 << 64)))
+    z = (z ^ _shift_right(z, 30)).mul_(_MIX1)
+    z = (z ^ _shift_right(z, 27)).mul_(_MIX2)
+    z ^= _shift_right(z, 31)
+    return _shift_right(z, 32)
+
+
+def _torch_counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
+    """The kernel's result with PyTorch ops: ``x * (keep ? 1 / (1 - p) : 0)`` (NaN stays NaN, as ``x * mask``)."""
+    keep = dropout_words(seed, x.numel(), x.device) >= drop_threshold(p)
+    scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))  # the kernel's factor: exactly 0 or 1 / (1 - p) in x's dtype
+    return (x.contiguous().reshape(-1) * scale).reshape(x.shape)
+
+
 def _masked(x: Tensor, p: float, seed: int) -> Tensor:
-    """``x * keep(seed) / (1 - p)`` on the kernel; ``x`` contiguous CPU float32/float64."""
+    """``x * keep(seed) / (1 - p)`` on the kernel; ``x`` contiguous CPU float32/float64, the kernel built."""
     name, _ = _FUNCTIONS[x.dtype]
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     getattr(_lib(), name)(
@@ -92,41 +128,70 @@ def _masked(x: Tensor, p: float, seed: int) -> Tensor:
     return out
 
 
-class _SeededDropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, p: float, seed: int) -> Tensor:  # type: ignore[override]
-        ctx.p, ctx.seed = p, seed
-        return _masked(x.contiguous(), p, seed)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        # The same mask and scale on the gradient; through apply, so double backward works too.
-        return _SeededDropout.apply(grad.contiguous(), ctx.p, ctx.seed), None, None
-
-
 def _kernel_applies(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _FUNCTIONS and x.numel() > 0 and native_dropout_available()
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _FUNCTIONS
+        and x.numel() > 0
+        and native_enabled()
+        and native_dropout_available()
+    )
+
+
+@torch.library.custom_op("medmoe::counter_dropout", mutates_args=())
+def counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
+    """``x * keep(seed, i) / (1 - p)``, ``keep(seed, i) = word(seed, i) >= round(p * 2**32)``; any shape and device.
+
+    Args:
+        x: any shape; ``i`` counts its elements in row-major order.
+        p: drop probability in ``[0, 1)``.
+        seed: the stream's key, ``0 <= seed < 2**63``.
+
+    Returns:
+        a contiguous tensor of ``x``'s shape. The same on the compiled kernel and on PyTorch ops.
+    """
+    if _kernel_applies(x):
+        return _masked(x.contiguous(), p, seed)
+    return _torch_counter_dropout(x, p, seed)
+
+
+@counter_dropout.register_fake
+def _(x: Tensor, p: float, seed: int) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _dropout_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    ctx.p, ctx.seed = inputs[1], inputs[2]
+
+
+def _dropout_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    # the same mask and scale on the gradient; the operator is linear in x, so this is differentiable again
+    return counter_dropout(grad, ctx.p, ctx.seed), None, None
+
+
+counter_dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
 
 
 def fast_dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
-    """Dropout with the semantics of :func:`torch.nn.functional.dropout`, on the fast CPU kernel when it applies.
+    """Dropout with the semantics of :func:`torch.nn.functional.dropout`, on :func:`counter_dropout` under the
+    native backend.
 
     Args:
         x: any shape.
         p: drop probability in ``[0, 1]``.
         training: identity when False.
-        inplace: honoured on the fallback path only; the kernel path always returns a new tensor.
+        inplace: honoured under the torch backend only; the counter path always returns a new tensor.
 
     Returns:
-        a tensor of ``x``'s shape (contiguous on the kernel path).
+        a tensor of ``x``'s shape.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if p == 1.0 or not _kernel_applies(x):
+    if p == 1.0 or x.numel() == 0 or not native_enabled():
         return F.dropout(x, p, training, inplace)
-    return _SeededDropout.apply(x, float(p), draw_seed())
+    return counter_dropout(x, float(p), draw_seed())
 
 
 class FastDropout(nn.Dropout):
@@ -140,12 +205,10 @@ class FastDropout(nn.Dropout):
 
 
 def use_fast_dropout(module: nn.Module) -> nn.Module:
-    """Turn every plain :class:`torch.nn.Dropout` inside ``module`` into a :class:`FastDropout`, in place.
+    """Replace every plain :class:`torch.nn.Dropout` inside ``module`` by a :class:`FastDropout` (native backend).
 
-    Only the class changes (dropout layers have no parameters or state), subclasses are left alone.
-    Returns ``module``.
+    Dropout layers hold no parameters or state, so the replacement is exact; subclasses are left alone.
+    Returns ``module`` (or its replacement when ``module`` itself is an ``nn.Dropout``); under the torch
+    backend ``module`` unchanged. See :func:`medmoe.nn.backend.apply_backend`.
     """
-    for sub in module.modules():
-        if type(sub) is nn.Dropout:
-            sub.__class__ = FastDropout
-    return module
+    return apply_backend(module, layers=("dropout",))

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .backend import make_dropout
 from .checks import check_positive_ints
 
 __all__ = ["BatchedFeedForward", "FactorizedLinear"]
@@ -156,7 +157,7 @@ class BatchedFeedForward(nn.Module):
         self.b1 = nn.Parameter(torch.empty(num_experts, h_in))
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
         self.b2 = nn.Parameter(torch.empty(num_experts, dim))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = make_dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

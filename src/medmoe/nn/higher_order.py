@@ -1,7 +1,7 @@
 """Higher-order gradients for custom autograd Functions whose fast backward autograd cannot differentiate.
 
 Several :class:`torch.autograd.Function` s in :mod:`medmoe.nn` compute their gradients with operations that
-have no derivative of their own: oneDNN calls (``torch.ops.mkldnn._linear_pointwise``), compiled kernels
+have no derivative of their own: oneDNN calls (:func:`medmoe.nn.backend.onednn_linear`), compiled kernels
 called through ctypes, hand-written in-place formulas. That is right for an ordinary ``backward()``, but
 when the caller asks for ``create_graph=True`` (gradient penalties, MAML, Hessian-vector products) the
 gradients they return would carry no (or a wrong) graph, and second-order gradients through them would

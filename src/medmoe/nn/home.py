@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import make_linear
 from .checks import check_positive_ints
 from .experts import BatchedFeedForward
 from .norms import RMSNorm
@@ -119,7 +120,7 @@ class DynamicSlotsSoftMoE(nn.Module):
         self.dim, self.num_experts = dim, num_experts
         self.norm = RMSNorm(dim)
         self.to_slot_embeds = nn.Sequential(
-            nn.Linear(dim, dim * num_experts, bias=False), _SplitExperts(num_experts), RMSNorm(dim)
+            make_linear(dim, dim * num_experts, bias=False), _SplitExperts(num_experts), RMSNorm(dim)
         )
         self.experts = BatchedFeedForward(num_experts, dim, mult=mult, geglu=geglu, dropout=dropout)
 
@@ -208,13 +209,13 @@ class HoME(nn.Module):
         self.num_slots = num_experts * slots_per_expert
         self.norm = RMSNorm(dim)
         self.to_slot_embeds = nn.Sequential(
-            nn.Linear(dim, dim * self.num_slots, bias=False),
+            make_linear(dim, dim * self.num_slots, bias=False),
             nn.Unflatten(-1, (self.num_slots, dim)),
             RMSNorm(dim),
         )
         self.experts_first = BatchedFeedForward(num_experts, dim, mult=mult, geglu=geglu, dropout=dropout)
         self.expert_gates = nn.Parameter(torch.ones(num_experts))
-        self.group_gate_mlp = nn.Linear(dim, 1)
+        self.group_gate_mlp = make_linear(dim, 1)
         self.dynamic_slots_soft_moe = DynamicSlotsSoftMoE(
             dim, num_experts_second, mult=mult, geglu=geglu, dropout=dropout
         )

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .backend import make_linear
 from .checks import check_positive_ints
 from .selective_scan import DEFAULT_CHUNK_SIZE, selective_scan
 
@@ -156,7 +157,7 @@ class Mamba(nn.Module):
         self.chunk_size = chunk_size
         self.checkpointing = bool(checkpointing)
 
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.in_proj = make_linear(d_model, 2 * self.d_inner, bias=bias)
         self.conv1d = nn.Conv1d(
             self.d_inner,
             self.d_inner,
@@ -165,11 +166,11 @@ class Mamba(nn.Module):
             padding=d_conv - 1,
             bias=conv_bias,
         )
-        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
+        self.x_proj = make_linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = make_linear(dt_rank, self.d_inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self.out_proj = make_linear(self.d_inner, d_model, bias=bias)
         self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
         self.D._no_weight_decay = True  # type: ignore[attr-defined]
         self._init_ssm(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)

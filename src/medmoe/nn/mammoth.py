@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import make_dropout
 from .checks import positive_int
 from .expert_epilogue import expert_epilogue
 from .experts import FactorizedLinear
@@ -82,7 +83,7 @@ class MammothExperts(nn.Module):
             self.in_head_dim, self.out_head_dim, rank, num_experts, num_heads, share_weights
         )
         self.norm = ExpertWiseRMSNorm(self.out_head_dim, num_heads, num_experts)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = make_dropout(dropout)
 
     def forward(self, z: Tensor) -> Tensor:
         t = self.lora_layers.project(z)  # without the expert bias, which the epilogue adds

@@ -1,15 +1,16 @@
 """Optional native CPU kernels, compiled on first use with the system C++ compiler and cached.
 
-Some hot loops (Mammoth's dispatch with head size 16) run 1.5-2x faster as a small fused C++ kernel than
-through PyTorch's generic CPU attention. The sources ship inside the package (``medmoe/nn/kernels/*.cpp``);
+Some hot loops (Mammoth's dispatch with head size 16) run faster as a small fused C++ kernel than through
+PyTorch's generic CPU attention (docs/performance-notes.md). The sources ship inside the package (``medmoe/nn/kernels/*.cpp``);
 :func:`load_kernel` compiles one with ``$CXX`` (default ``g++``, ``-O3 -march=native -fopenmp``) into a
 cache folder the first time it is needed (about 2 s) and loads it with :mod:`ctypes`. Everything here is
-optional: without a compiler, without OpenMP, on another OS or with ``MEDMOE_NATIVE_KERNELS=0`` the callers
-fall back to PyTorch and the results are the same to float32 rounding.
+optional: without a compiler, without OpenMP, on another OS or under the ``"torch"`` backend
+(:mod:`medmoe.nn.backend`) the operators compute the same function with PyTorch ops (to float rounding;
+dropout masks bit for bit). A kernel that fails to build warns once (:class:`RuntimeWarning`).
 
 Environment:
 
-* ``MEDMOE_NATIVE_KERNELS=0`` — never build or use native kernels;
+* ``MEDMOE_BACKEND=torch`` (or the older ``MEDMOE_NATIVE_KERNELS=0``) — never build or use native kernels;
 * ``MEDMOE_KERNEL_CACHE`` — cache folder (default ``$XDG_CACHE_HOME/medmoe/kernels`` or
   ``~/.cache/medmoe/kernels``);
 * ``CXX`` — the compiler.
@@ -34,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+from .backend import native_enabled, warn_once
 
 __all__ = ["kernel_cache_dir", "load_kernel", "native_kernels_enabled"]
 
@@ -44,17 +45,13 @@ _SOURCES = Path(__file__).with_name("kernels")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
+_warned_any: list[str] = []  # the kernel whose failure warned (at most one per process)
 
 
 def native_kernels_enabled() -> bool:
-    """False when ``MEDMOE_NATIVE_KERNELS`` is ``0``/``false``/``no``/``off``, and while ``torch.compile`` traces.
-
-    Compiled graphs cannot call ctypes kernels: under ``torch.compile`` every layer takes its PyTorch path,
-    which the compiler then optimises.
-    """
-    if torch.compiler.is_compiling():
-        return False
-    return os.environ.get("MEDMOE_NATIVE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+    """Whether kernels may be used: the native backend (:mod:`medmoe.nn.backend`), and not while
+    ``torch.compile`` traces (compiled graphs then take the PyTorch path, which the compiler optimises)."""
+    return native_enabled()
 
 
 def kernel_cache_dir() -> Path:
@@ -111,8 +108,8 @@ def load_kernel(name: str, signatures: Mapping[str, Signature] | None = None) ->
     """The compiled kernel library ``name`` (``medmoe/nn/kernels/<name>.cpp``), or ``None`` if unavailable.
 
     Builds it on the first call (cached on disk and in memory) and gives the functions named in
-    ``signatures`` their ctypes ``argtypes`` and ``restype``. Failures are logged once at INFO level and give
-    ``None``; callers then use their PyTorch path.
+    ``signatures`` their ctypes ``argtypes`` and ``restype``. A failure warns once per kernel
+    (:class:`RuntimeWarning` and a WARNING log line) and gives ``None``; callers then use their PyTorch path.
     """
     if not native_kernels_enabled():
         return None
@@ -126,7 +123,7 @@ def load_kernel(name: str, signatures: Mapping[str, Signature] | None = None) ->
                     getattr(lib, function).argtypes = argtypes
                     getattr(lib, function).restype = restype
             except AttributeError as err:
-                logger.info("native kernel %s unavailable, using PyTorch instead: %s", name, err)
+                _warn_unavailable(name, err)
                 lib = _loaded[name] = None
             else:
                 lib._medmoe_signed = True
@@ -146,5 +143,18 @@ def _open(name: str) -> ctypes.CDLL | None:
             raise RuntimeError("no C++ compiler found (set CXX or install g++)")
         return ctypes.CDLL(str(_build(name, source, compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        logger.info("native kernel %s unavailable, using PyTorch instead: %s", name, err)
+        _warn_unavailable(name, err)
         return None
+
+
+def _warn_unavailable(name: str, err: BaseException) -> None:
+    """One warning per process for all kernels (a missing compiler fails them all alike); later ones are logged."""
+    message = (
+        f"medmoe: native kernel {name} unavailable, computing it with PyTorch ops instead (same results, slower; "
+        f"set MEDMOE_BACKEND=torch to silence): {err}"
+    )
+    if _warned_any:
+        logger.warning(message)
+        return
+    _warned_any.append(name)
+    warn_once("native-kernels", message)

@@ -1,9 +1,9 @@
 """A linear layer whose CPU float32 matmuls run on oneDNN.
 
 On x86 CPUs without Intel MKL's fast paths (e.g. AMD EPYC) PyTorch's default ``addmm`` for tall-skinny
-patch matrices (``n`` = 10k-200k patches) is 1.5-2x slower than the oneDNN (mkldnn) matmul that ships
-inside every PyTorch build. :func:`fast_linear` computes ``x @ W.T + b`` and both of its gradients with
-oneDNN when that can help (CPU, float32, no autocast, oneDNN available) and falls back to
+patch matrices (``n`` = 10k-200k patches) is slower than the oneDNN (mkldnn) matmul that ships inside every
+PyTorch build (docs/performance-notes.md). :func:`fast_linear` computes ``x @ W.T + b`` and both of its gradients with
+oneDNN when that can help (native backend, CPU, float32, no autocast, oneDNN available) and falls back to
 :func:`torch.nn.functional.linear` otherwise, so results agree with ``F.linear`` to float32 rounding.
 
 :class:`FastLinear` is a drop-in :class:`torch.nn.Linear` (same parameters and state-dict keys).
@@ -18,41 +18,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import apply_backend, native_enabled, onednn_available, onednn_linear
 from .higher_order import higher_order_requested, reference_gradients
 
 __all__ = ["FastLinear", "fast_linear", "fast_matmul", "matmul_nt", "onednn_linear_available", "use_fast_linear"]
 
+# The size rules below are where oneDNN measured faster than PyTorch's default GEMM on the machines we timed
+# (docs/performance-notes.md): tall products from some rows and work, short inputs only for large weights
+# (PyTorch's weight-gradient GEMM with a short inner dimension is slow on AMD CPUs), never one row (PyTorch's
+# matrix-vector path wins there).
 _MIN_ROWS = 2048  # matmul_nt: the longer side from which oneDNN pays off for its skinny products
-# fast_linear: oneDNN from 64 rows and 2**24 multiply-adds (2 threads, AMD EPYC: 1.2x at 64 x 512 -> 512,
-# 1.7x at 301 x 512 -> 2048, 1.9x at 4000 x 1024 -> 512 for forward + backward); below, the default is as fast.
 _LINEAR_MIN_ROWS = 64
 _LINEAR_MIN_WORK = 2**24
-# ... and for short inputs (a small MIL bag, Mammoth's 300 slot tokens) from 4 rows when the weight has at least
-# 2**18 entries (1 thread: 1.5x at 4 x 512 -> 512, 2x at 7 x 512 -> 2048 and 36 x 2048 -> 512, forward +
-# backward; PyTorch's weight-gradient GEMM with a short inner dimension is slow on AMD CPUs). One row stays on
-# PyTorch's matrix-vector path (oneDNN 0.4-0.8x there).
 _SHORT_MIN_ROWS = 4
 _SHORT_MIN_WEIGHT = 2**18
 
 
 def onednn_linear_available() -> bool:
     """Whether PyTorch was built with oneDNN and exposes its linear kernel."""
-    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return onednn_available()
 
 
 def _onednn_applies(*tensors: Tensor) -> bool:
-    """The guard all oneDNN paths share: CPU float32 operands, no autocast, oneDNN in this build."""
+    """The guard all oneDNN paths share: the native backend, CPU float32 operands, no autocast, oneDNN built in."""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()  # inductor cannot lower these calls; it optimises F.linear itself
-        and onednn_linear_available()
+        and native_enabled()  # also off while torch.compile traces: inductor optimises F.linear itself
+        and onednn_available()
     )
 
 
 def _onednn_linear(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a (m, k) @ b_t (n, k).T (+ bias) -> (m, n)`` on oneDNN."""
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+    return onednn_linear(a, b_t, bias)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -152,9 +151,9 @@ class _OneDNNMatmul(torch.autograd.Function):
 def fast_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for batched matrices of the same batch shape (``(..., m, k) @ (..., k, n)``).
 
-    On CPU in float32 (no autocast) with matrices large enough (``m * k * n >= 64**3``) each product runs
-    on oneDNN, forward and backward: 2.2x PyTorch's default batched GEMM for ``(8, 256, 256)`` products on
-    an AMD EPYC (the Nyström pseudo-inverse of TransMIL). Anything else is :func:`torch.matmul`.
+    On CPU in float32 (no autocast, native backend) with matrices large enough (``m * k * n >= 64**3``) each
+    product runs on oneDNN, forward and backward (faster than PyTorch's default batched GEMM for TransMIL's
+    Nyström products on AMD CPUs, docs/performance-notes.md). Anything else is :func:`torch.matmul`.
     """
     if (
         a.dim() == b.dim() >= 3
@@ -179,14 +178,21 @@ class FastLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         return fast_linear(x, self.weight, self.bias)
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> FastLinear:
+        """A FastLinear holding ``linear``'s own parameter objects (nothing copied or allocated)."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.train(linear.training)
+        return new
+
 
 def use_fast_linear(module: nn.Module) -> nn.Module:
-    """Turn every plain :class:`torch.nn.Linear` inside ``module`` into a :class:`FastLinear`, in place.
+    """Replace every plain :class:`torch.nn.Linear` inside ``module`` by a :class:`FastLinear` (native backend).
 
-    Only the class changes (same parameters, buffers, hooks and state-dict keys), so weights load and save
-    as before and nothing is copied; subclasses of ``nn.Linear`` are left alone. Returns ``module``.
+    The replacement holds the same parameter objects (same state-dict keys, nothing copied); subclasses of
+    ``nn.Linear`` are left alone. Returns ``module`` (or its replacement when ``module`` itself is an
+    ``nn.Linear``); under the torch backend ``module`` unchanged. See :func:`medmoe.nn.backend.apply_backend`.
     """
-    for sub in module.modules():
-        if type(sub) is nn.Linear:
-            sub.__class__ = FastLinear
-    return module
+    return apply_backend(module, layers=("linear",))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .backend import make_dropout, make_linear
 from .checks import check_positive_ints
 from .routing import Routing, check_mask
 
@@ -105,9 +106,9 @@ class MLPEmbed(nn.Sequential, PatchEmbedding):
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         for i in range(num_layers):
-            layers += [nn.Linear(dims[i], dims[i + 1]), make_activation(act)]
+            layers += [make_linear(dims[i], dims[i + 1]), make_activation(act)]
             if i < num_layers - 1 or final_dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(make_dropout(dropout))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 

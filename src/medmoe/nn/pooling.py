@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .backend import make_dropout, make_linear
 from .checks import check_positive_ints
 
 __all__ = ["AttentionPool", "AttentionPoolOutput", "masked_max", "masked_mean", "masked_softmax"]
@@ -104,11 +105,11 @@ class AttentionPool(nn.Module):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"AttentionPool: dropout must be in [0, 1), got {dropout}")
         self.dim, self.attn_dim, self.num_branches, self.gated = dim, attn_dim, num_branches, bool(gated)
-        self.attention_a = nn.Sequential(nn.Linear(dim, attn_dim), nn.Tanh(), nn.Dropout(dropout))
+        self.attention_a = nn.Sequential(make_linear(dim, attn_dim), nn.Tanh(), make_dropout(dropout))
         self.attention_b: nn.Module | None = (
-            nn.Sequential(nn.Linear(dim, attn_dim), nn.Sigmoid(), nn.Dropout(dropout)) if self.gated else None
+            nn.Sequential(make_linear(dim, attn_dim), nn.Sigmoid(), make_dropout(dropout)) if self.gated else None
         )
-        self.attention_c = nn.Linear(attn_dim, num_branches)
+        self.attention_c = make_linear(attn_dim, num_branches)
 
     def scores(self, h: Tensor) -> Tensor:
         """Pre-softmax attention logits: ``(b, t, dim) -> (b, k, t)``."""

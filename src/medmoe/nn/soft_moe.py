@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import make_linear
 from .checks import check_positive_ints, positive_int
 from .experts import BatchedFeedForward
 from .higher_order import higher_order_requested, reference_gradients
@@ -468,7 +469,7 @@ class SoftMoEEmbed(PatchEmbedding):
         super().__init__()
         check_positive_ints("SoftMoEEmbed", in_dim=in_dim, out_dim=out_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.proj = nn.Linear(in_dim, out_dim)
+        self.proj = make_linear(in_dim, out_dim)
         self.moe = SoftMoE(
             out_dim,
             num_experts=num_experts,

@@ -38,7 +38,7 @@ from ...nn.attention.dropout_attention import (
     dropout_attention,
     dropout_attention_applies,
 )
-from ...nn.dropout import fast_dropout, native_dropout_available
+from ...nn.dropout import fast_dropout
 from ...nn.onednn_linear import fast_linear, fast_matmul
 from ...registry import register_model
 from ._init import initialize_weights
@@ -94,7 +94,7 @@ def _dropout_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dro
     """
     if (
         q.device.type != "cpu"
-        or not native_dropout_available()
+        or not dropout_attention_applies(q)  # the native backend (compiled kernel or not: the same masks)
         or q.dtype not in (torch.float32, torch.float64)
     ):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

@@ -7,7 +7,7 @@ layer, and every element-wise pass over it (mask, softmax, dropout, their gradie
 :func:`dropout_attention` computes the same thing block by block, in the manner of flash attention: for one
 ``(bag, head)`` and a block of queries it forms the logits against all keys (oneDNN, the queries scaled
 once beforehand), their softmax (PyTorch's fused kernel), the dropout mask (the compiled counter-based
-generator of :mod:`medmoe.nn.dropout`, one seed per block) and the block's output, and keeps only the output.
+stream of :mod:`medmoe.nn.dropout`, one seed per block) and the block's output, and keeps only the output.
 The backward pass recomputes each block's weights the same way, draws its mask once from the seed (``dS =
 kept * dP - P * (dO . O)`` needs no second masking), and accumulates ``dk`` and ``dv`` transposed, so oneDNN
 reads the long block as a transposed weight view instead of copying it. Memory is ``O(t d)`` plus one block;
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..dropout import _masked, _SeededDropout, draw_seed, native_dropout_available
+from ..backend import native_enabled
+from ..dropout import counter_dropout, draw_seed
 from ..higher_order import higher_order_requested, reference_gradients
 from ..onednn_linear import _onednn_linear, onednn_linear_available
 
@@ -59,18 +60,18 @@ _BLOCKS_BEAT_SDPA_TOKENS = (3000, 12000)
 
 
 def _blocks_apply(q: Tensor) -> bool:
-    """CPU, float32/float64, outside autocast and outside torch.compile's tracing."""
+    """The native backend, CPU, float32/float64, outside autocast and outside torch.compile's tracing."""
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and native_enabled()
     )
 
 
 def dropout_attention_applies(q: Tensor) -> bool:
     """Whether :func:`dropout_attention` runs its blocked CPU path with dropout for queries like ``q``."""
-    return _blocks_apply(q) and native_dropout_available()
+    return _blocks_apply(q)
 
 
 def blocked_attention_preferred(q: Tensor, k: Tensor) -> bool:
@@ -121,8 +122,8 @@ def dropout_attention(
         raise ValueError(f"dropout_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if not (dropout_attention_applies(q) if dropout_p > 0 else _blocks_apply(q)):
         raise ValueError(
-            "dropout_attention runs on CPU float32/float64 (outside autocast and torch.compile), and with "
-            "dropout_p > 0 only with the native dropout kernel"
+            "dropout_attention runs on CPU float32/float64 under the native backend (outside autocast and "
+            "torch.compile)"
         )
     if block_rows is None:
         cache_rows = max(1, _BLOCK_ELEMENTS // max(k.shape[2], 1))
@@ -194,7 +195,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
         out = torch.empty_like(qs)
         for index, bag, head, sl in _blocks(qs, rows):
             probs = _probabilities(qs[bag, head, sl], kc[bag, head], None if bias is None else bias[bag])
-            weights = _masked(probs, p, seeds[index]) if p > 0 else probs
+            weights = counter_dropout(probs, p, seeds[index]) if p > 0 else probs
             out[bag, head, sl] = _block_product(weights, vc[bag, head].t())
         ctx.save_for_backward(q, k, v, key_mask, out)
         ctx.p, ctx.rows, ctx.seeds = p, backward_rows, seeds  # without dropout the blocks may differ
@@ -225,7 +226,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
             d_probs = _block_product(do_blk, vc[bag, head])  # (rows, tk): dO v^T
             row_delta = delta[bag, head, sl, None]
             if p > 0:  # dS = P (M / (1 - p) dP - delta) = kept dP - P delta: the mask is drawn once
-                kept = _masked(probs, p, seeds[index])
+                kept = counter_dropout(probs, p, seeds[index])
                 d_logits = d_probs.mul_(kept).sub_(probs.mul_(row_delta))
             else:
                 kept = probs
@@ -249,7 +250,7 @@ def _reference(
             logits = logits + bias[bag]
         weights = logits.softmax(dim=-1)
         if p > 0:
-            weights = _SeededDropout.apply(weights, p, seeds[index])
+            weights = counter_dropout(weights, p, seeds[index])
         per_head.setdefault((bag, head), []).append(weights @ v[bag, head])
     b, h = q.shape[:2]
     return torch.stack(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..backend import make_dropout, make_linear
 from ..onednn_linear import fast_linear
 
 __all__ = ["FEATURE_MAPS", "LinearAttention", "make_feature_map"]
@@ -102,9 +103,9 @@ class LinearAttention(nn.Module):
         self.scale = qk_scale or head_dim**-0.5
         self.denominator_floor = float(denominator_floor)
         self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), float(self.scale)))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.qkv = make_linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = make_linear(dim, dim)
+        self.proj_drop = make_dropout(proj_drop)
         self.act = make_feature_map(feature_map)
 
     def extra_repr(self) -> str:

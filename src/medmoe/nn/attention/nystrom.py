@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backend import make_dropout, make_linear
 from ..checks import check_positive_ints
 from ..depthwise_conv import head_sequence_conv
 from ..onednn_linear import fast_matmul
@@ -123,8 +124,8 @@ class NystromAttention(nn.Module):
         #: :meth:`_forward_padded`); ``False`` always runs the full padded computation
         self.exploit_padding = True
         inner = heads * dim_head
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.to_qkv = make_linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(make_linear(inner, dim), make_dropout(dropout))
         self.residual = bool(residual)
         if self.residual:
             k = residual_conv_kernel

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backend import make_dropout, make_linear
 from ..checks import check_positive_ints
 from ..onednn_linear import fast_linear
 from .dropout_attention import blocked_attention_preferred, dropout_attention
@@ -59,9 +60,9 @@ class SoftmaxAttention(nn.Module):
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
         self.scale = dim_head**-0.5
         inner = heads * dim_head
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.to_qkv = make_linear(dim, inner * 3, bias=qkv_bias)
         project_out = not (heads == 1 and dim_head == dim)
-        self.to_out: nn.Module = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout)) if project_out else nn.Identity()
+        self.to_out: nn.Module = nn.Sequential(make_linear(inner, dim), make_dropout(dropout)) if project_out else nn.Identity()
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}"

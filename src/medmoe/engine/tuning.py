@@ -56,6 +56,7 @@ from .config import EARLY_STOPPING_METRICS, TrainConfig, resolve_monitor
 from .cross_validation import ComparisonResult, CVResult, check_model, resolve_variant
 from .fold_runner import FoldTask, run_folds
 from .metrics import METRIC_NAMES, summarize
+from .multilabel import MULTILABEL_METRIC_NAMES
 from .runs import (
     MANIFEST_NAME,
     RunFolderError,
@@ -67,6 +68,7 @@ from .runs import (
     writing,
 )
 from .search_space import ParamSpec, SearchSpace, load_space
+from .survival import SURVIVAL_METRIC_NAMES
 
 __all__ = [
     "TuneResult",
@@ -640,8 +642,9 @@ def compare_tuned(
                 rows.append({"dataset": ds_name, "model": model, "patch_embed": embed, "model_name": name,
                              "model_overrides": merged, "runs": len(tuned.cv.runs), "summary": tuned.cv.summary,
                              "out_dir": str(run_dir), "trials": trials})
-    result = ComparisonResult(rows, list(metrics) if metrics is not None else list(
-        METRIC_NAMES if cfg.task == "classification" else ["c_index" if cfg.task == "survival" else "auroc"]))
+    default_metrics = {"survival": SURVIVAL_METRIC_NAMES, "multilabel": MULTILABEL_METRIC_NAMES}.get(
+        cfg.task, METRIC_NAMES)
+    result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if rows:
         with writing(out_dir / "comparison.json"):
             atomic_write_text(out_dir / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")

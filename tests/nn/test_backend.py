@@ -21,6 +21,7 @@ from torch import nn
 from medmoe import create_model
 from medmoe.nn import backend, native_kernels
 from medmoe.nn.backend import apply_backend, get_backend, make_dropout, make_linear, set_backend
+from medmoe.nn.depthwise_conv import _conv_backward_op, _conv_op
 from medmoe.nn.dropout import FastDropout, counter_dropout, dropout_words, fast_dropout
 from medmoe.nn.expert_epilogue import _epilogue_backward_op, _epilogue_op
 from medmoe.nn.onednn_linear import FastLinear
@@ -188,6 +189,26 @@ def test_build_failure_warns_once(no_compiler: None) -> None:
     assert "native kernel dropout unavailable" in messages[0] and "no C++ compiler" in messages[0]
 
 
+def test_depthwise_conv_fallback_gradients_match_the_kernel(no_compiler: None) -> None:
+    """The operator's PyTorch backward (no compiler) gives the kernel's gradients."""
+    grid = torch.randn(2, 5, 6, 3, dtype=torch.float64)
+    taps = torch.randn(3, 3, 3, dtype=torch.float64)
+    dy = torch.randn_like(grid)
+    without = _conv_backward_op(dy, grid, taps)
+    y_without = _conv_op(grid, taps, None)
+    import os
+
+    os.environ.pop("CXX")
+    native_kernels._loaded.clear()
+    from medmoe.nn.depthwise_conv import native_depthwise_conv_available
+
+    if not native_depthwise_conv_available():
+        pytest.skip("no C++ compiler here")
+    torch.testing.assert_close(_conv_op(grid, taps, None), y_without)
+    for a, b in zip(_conv_backward_op(dy, grid, taps), without):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("kernel", ["native", "no compiler"])
 def test_custom_ops_pass_opcheck(kernel: str, request: pytest.FixtureRequest) -> None:
     if kernel == "no compiler":
@@ -203,6 +224,12 @@ def test_custom_ops_pass_opcheck(kernel: str, request: pytest.FixtureRequest) ->
     torch.library.opcheck(
         _epilogue_backward_op, (dout, t.detach(), bias.detach(), gamma.detach(), norms, 8**0.5, 1e-8, 0.2, 5)
     )
+    grid = torch.randn(2, 5, 6, 3, dtype=torch.float64, requires_grad=True)
+    taps = torch.randn(3, 3, 3, dtype=torch.float64, requires_grad=True)
+    conv_bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(_conv_op, (grid, taps, conv_bias))
+    torch.library.opcheck(_conv_op, (grid, taps, None))
+    torch.library.opcheck(_conv_backward_op, (torch.randn_like(grid), grid.detach(), taps.detach()))
 
 
 def test_custom_ops_compile_in_one_graph() -> None:

@@ -200,7 +200,7 @@ def test_depthwise_conv(channels_first_view: bool) -> None:
         lambda x, w, b: torch.tanh(depthwise_conv2d_nhwc(view(x), w, b)),
         lambda x, w, b: torch.tanh(depthwise_conv._conv2d_nhwc(view(x), w, b)),
         [x, w, b],
-        "_DepthwiseConvNHWCBackward",
+        "GeneratedBackwardFor_medmoe_depthwise_conv_nhwc_defaultBackward",
     )
 
 

@@ -2,15 +2,15 @@
 
 TransMIL's and RRT-MIL's PPEG lay the tokens ``(b, t, c)`` on a square grid and add depthwise convolutions
 with 7 x 7, 5 x 5 and 3 x 3 kernels plus the identity. PyTorch's CPU depthwise convolution backward is slow
-for these maps (a PPEG forward + backward on Mammoth's 324-token grid with 512 channels took 18.5 ms of a
-TransMIL training step's ~120 ms, 1 thread). Here:
+for these maps (a large share of a TransMIL training step; docs/performance-notes.md). Here:
 
 * the convolutions and the identity are folded into one 7 x 7 kernel (``w7 + pad(w5) + pad(w3) + delta``,
   biases summed): the same linear map, one convolution instead of three, and the gradients of the three
   kernels follow through the fold by autograd;
 * on CPU in float32/float64 that convolution runs on a compiled channels-last kernel
-  (``kernels/depthwise_conv.cpp``) reading the tokens where they are (no transpose to ``(b, c, h, w)``);
-  elsewhere (GPU, other dtypes, no C++ compiler, ``MEDMOE_NATIVE_KERNELS=0``) it is :func:`F.conv2d`.
+  (``kernels/depthwise_conv.cpp``, the custom operator ``torch.ops.medmoe.depthwise_conv_nhwc``) reading the
+  tokens where they are (no transpose to ``(b, c, h, w)``); elsewhere (GPU, other dtypes, no C++ compiler,
+  the torch backend) it is :func:`F.conv2d`.
 
 Results equal the three separate convolutions up to floating-point summation order.
 """
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import native_enabled
 from .higher_order import higher_order_requested, reference_gradients
 from .native_kernels import Signature, load_kernel
 
@@ -60,64 +61,81 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-class _DepthwiseConvNHWC(torch.autograd.Function):
-    """The compiled kernel on contiguous ``x (b, h, w, c)`` and ``taps (kh, kw, c)``, ``bias (c,)`` or None.
+def _kernel_ready(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _SUFFIX and native_enabled() and native_depthwise_conv_available()
 
-    :func:`depthwise_conv2d_nhwc` lays the operands out with ordinary (tracked) ops, so the tensors saved
-    for backward are this Function's own inputs: under ``create_graph=True`` its gradients are those of
-    :func:`_conv2d_nhwc` on them (:mod:`medmoe.nn.higher_order`), differentiable again.
-    """
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
-        b, h, w, c = x.shape
+@torch.library.custom_op("medmoe::depthwise_conv_nhwc", mutates_args=())
+def _conv_op(x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+    """Depthwise "same" convolution of contiguous ``x (b, h, w, c)`` with ``taps (kh, kw, c)`` (+ ``bias (c,)``)
+    -> ``(b, h, w, c)``: the compiled kernel, else the same with :func:`F.conv2d`."""
+    if not _kernel_ready(x):
+        return _conv2d_taps(x, taps, bias).contiguous()
+    b, h, w, c = x.shape
+    kh, kw = taps.shape[:2]
+    y = torch.empty_like(x)
+    getattr(_lib(), f"dwconv_forward_{_SUFFIX[x.dtype]}")(
+        x.data_ptr(), taps.data_ptr(), _ptr(bias), y.data_ptr(), b, h, w, c, kh, kw, torch.get_num_threads()
+    )
+    return y
+
+
+@_conv_op.register_fake
+def _(x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("medmoe::depthwise_conv_nhwc_backward", mutates_args=())
+def _conv_backward_op(dy: Tensor, x: Tensor, taps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx (b, h, w, c), dtaps (kh, kw, c), dbias (c,))`` of :func:`_conv_op` for a contiguous ``dy``."""
+    if not _kernel_ready(x):
         kh, kw = taps.shape[:2]
-        bias_c = None if bias is None else bias.contiguous()
-        y = torch.empty_like(x)
-        fn = getattr(_lib(), f"dwconv_forward_{_SUFFIX[x.dtype]}")
-        fn(
-            x.data_ptr(),
-            taps.data_ptr(),
-            _ptr(bias_c),
-            y.data_ptr(),
-            b,
-            h,
-            w,
-            c,
-            kh,
-            kw,
-            torch.get_num_threads(),
-        )
-        ctx.save_for_backward(x, taps)
-        ctx.has_bias = bias is not None
-        return y
+        weight = taps.permute(2, 0, 1).unsqueeze(1)  # (c, 1, kh, kw)
+        x_nchw, dy_nchw = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
+        pad, groups = (kh // 2, kw // 2), x.shape[-1]
+        dx = torch.nn.grad.conv2d_input(x_nchw.shape, weight, dy_nchw, padding=pad, groups=groups)
+        dw = torch.nn.grad.conv2d_weight(x_nchw, weight.shape, dy_nchw, padding=pad, groups=groups)
+        return dx.permute(0, 2, 3, 1).contiguous(), dw.squeeze(1).permute(1, 2, 0).contiguous(), dy.sum((0, 1, 2))
+    b, h, w, c = x.shape
+    kh, kw = taps.shape[:2]
+    suffix, threads, lib = _SUFFIX[x.dtype], torch.get_num_threads(), _lib()
+    dx, dtaps, dbias = torch.empty_like(x), torch.empty_like(taps), x.new_empty((c,))
+    getattr(lib, f"dwconv_backward_input_{suffix}")(
+        dy.data_ptr(), taps.data_ptr(), dx.data_ptr(), b, h, w, c, kh, kw, threads
+    )
+    getattr(lib, f"dwconv_backward_weight_{suffix}")(
+        dy.data_ptr(), x.data_ptr(), dtaps.data_ptr(), dbias.data_ptr(), b, h, w, c, kh, kw, threads
+    )
+    return dx, dtaps, dbias
 
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, taps = ctx.saved_tensors
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if higher_order_requested():  # create_graph=True: F.conv2d's gradients, differentiable again
-            dx, dtaps = reference_gradients(_conv2d_taps, (x, taps), ctx.needs_input_grad[:2], dy)
-            return dx, dtaps, dy.sum((0, 1, 2)) if want_b else None
-        b, h, w, c = x.shape
-        kh, kw = taps.shape[:2]
-        dy = dy.contiguous()
-        suffix, threads = _SUFFIX[x.dtype], torch.get_num_threads()
-        lib = _lib()
-        dx = dtaps = dbias = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            getattr(lib, f"dwconv_backward_input_{suffix}")(
-                dy.data_ptr(), taps.data_ptr(), dx.data_ptr(), b, h, w, c, kh, kw, threads
-            )
-        want_w = ctx.needs_input_grad[1]
-        if want_w or want_b:
-            dtaps = torch.empty_like(taps) if want_w else None
-            dbias = x.new_empty((c,)) if want_b else None
-            getattr(lib, f"dwconv_backward_weight_{suffix}")(
-                dy.data_ptr(), x.data_ptr(), _ptr(dtaps), _ptr(dbias), b, h, w, c, kh, kw, threads
-            )
-        return dx, dtaps, dbias
+
+@_conv_backward_op.register_fake
+def _(dy: Tensor, x: Tensor, taps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(taps), x.new_empty((x.shape[-1],))
+
+
+def _conv_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, taps, bias = inputs
+    ctx.save_for_backward(x, taps)
+    ctx.has_bias = bias is not None
+
+
+def _conv_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The kernels' gradients; under ``create_graph=True`` those of :func:`F.conv2d`, differentiable again."""
+    x, taps = ctx.saved_tensors
+    want_b = ctx.has_bias and ctx.needs_input_grad[2]
+    if higher_order_requested():
+        dx, dtaps = reference_gradients(_conv2d_taps, (x, taps), ctx.needs_input_grad[:2], dy)
+        return dx, dtaps, dy.sum((0, 1, 2)) if want_b else None
+    dx, dtaps, dbias = _conv_backward_op(dy.contiguous(), x, taps)
+    return (
+        dx if ctx.needs_input_grad[0] else None,
+        dtaps if ctx.needs_input_grad[1] else None,
+        dbias if want_b else None,
+    )
+
+
+_conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
 def _kernel_applies(*tensors: Tensor | None) -> bool:
@@ -127,6 +145,7 @@ def _kernel_applies(*tensors: Tensor | None) -> bool:
         and present[0].dtype in _SUFFIX
         and present[0].numel() > 0
         and not torch.is_autocast_enabled("cpu")
+        and native_enabled()
         and native_depthwise_conv_available()
     )
 
@@ -156,7 +175,8 @@ def depthwise_conv2d_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None = None)
         )
     if _kernel_applies(x, weight, bias):
         # the kernel's layouts, made here (tracked) so that the Function saves its own inputs
-        return _DepthwiseConvNHWC.apply(x.contiguous(), weight.permute(1, 2, 0).contiguous(), bias)
+        bias_c = None if bias is None else bias.contiguous()
+        return _conv_op(x.contiguous(), weight.permute(1, 2, 0).contiguous(), bias_c)
     return _conv2d_nhwc(x, weight, bias)
 
 
@@ -169,9 +189,9 @@ def _conv2d_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y.permute(0, 2, 3, 1)
 
 
-def _conv2d_taps(x: Tensor, taps: Tensor) -> Tensor:
-    """:func:`_conv2d_nhwc` (no bias) with the kernel's ``taps (kh, kw, c)`` layout."""
-    return _conv2d_nhwc(x, taps.permute(2, 0, 1), None)
+def _conv2d_taps(x: Tensor, taps: Tensor, bias: Tensor | None = None) -> Tensor:
+    """:func:`_conv2d_nhwc` with the kernel's ``taps (kh, kw, c)`` layout."""
+    return _conv2d_nhwc(x, taps.permute(2, 0, 1), bias)
 
 
 def head_sequence_conv(x: Tensor, conv: nn.Conv2d, identity: bool = False, use_bias: bool = True) -> Tensor:

@@ -38,6 +38,7 @@ def _space(tmp_path, text: str) -> str:
         pytest.param([*TUNE, "--space", "{space}"], "- lr\n- epochs\n", ["--space", "mapping"],
                      id="tune-space-not-a-mapping"),
         pytest.param([*COMPARE, "--trials", "0"], None, ["--trials"], id="compare-tune-zero-trials"),
+        pytest.param([*COMPARE, "--jobs", "2"], None, ["--jobs", "--search-only"], id="compare-tune-jobs"),
         pytest.param([*COMPARE, "--storage", "postgres:/nohost"], None, ["--storage"], id="compare-tune-bad-storage"),
         pytest.param([*COMPARE, "--space", "{space}"], "lr: {type: float, hi: 1.0e-3}\n", ["--space", "unknown keys"],
                      id="compare-tune-space-unknown-key"),

@@ -622,6 +622,10 @@ def compare_cmd(
         if task != "classification" and datasets:
             raise ValueError(f"--task {task} needs a feature folder; the benchmarks {datasets} have one class label "
                              "per bag")
+        if tune and jobs > 1:
+            raise ValueError("--jobs does not apply to --tune (trials run one after another); to search in "
+                             "parallel, start helper processes with --search-only and a shared --storage "
+                             "(docs/tuning.md)")
         if tune:
             _run_compare_tuned(models, datasets, patch_embeds, folders, out, metric or ("c_index" if survival else
                                "auroc"), k=k, seeds=seeds, trials=trials, inner_k=inner_k, space=space,

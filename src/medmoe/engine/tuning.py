@@ -649,7 +649,7 @@ def compare_tuned(
         with writing(out_dir / "comparison.json"):
             atomic_write_text(out_dir / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
             atomic_write_text(out_dir / "comparison.md", result.to_markdown()
-                              + f"\nEvery row tuned with the same budget: {trials} Optuna trials per outer fold "
+                              + f"\nEvery row tuned with the same budget: {trials} Optuna trial{'s' * (trials != 1)} per outer fold "
                               "(nested cross-validation).\n")
     return result
 

@@ -52,6 +52,9 @@ def plot_optimization_history(
         ax.plot([], [], "x", color="#999999", label=f"pruned ({sum(1 for _, s, _ in trials if s == 'PRUNED')})")
     if failed:
         ax.plot([], [], " ", label=f"failed ({failed})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"mean inner {metric}")
     ax.set_title(f"optimisation history {title}".strip(), fontsize=9)

@@ -110,6 +110,15 @@ NAME_CASES = [
     pytest.param([*MIL, "-m", "abmil..uni"], ["must look like"], id="mil-model-name-malformed"),
     pytest.param([*MIL, "-m", "abmil.base", "--set", "embed_dim=1000000", "--set", "attn_dim=1000000"],
                  ["TB of weights", "MEDMOE_MAX_MODEL_GB"], id="mil-train-set-hostile-model-size"),
+    pytest.param([*SEG, "-m", "unett.small"], ["unett.small", "did you mean 'unet.small'"],
+                 id="seg-model-misspelt"),
+    pytest.param([*SEG, "--set", "foo=1"], ["no setting 'foo'", "depths"], id="seg-train-set-unknown-setting"),
+    pytest.param([*SEG, "-m", "unet.small", "--set", "chanels=[4, 8]"], ["chanels", "did you mean 'channels'"],
+                 id="seg-train-baseline-setting-misspelt"),
+    pytest.param([*SEG, "--set", "feature_size=48"], ["feature_size", "4 numbers"],
+                 id="seg-train-set-one-number-for-four-stages"),
+    pytest.param([*SEG, "--set", "feature_size=[48000, 96000, 192000, 384000]"],
+                 ["TB of weights", "MEDMOE_MAX_MODEL_GB"], id="seg-train-set-hostile-model-size"),
 ]
 
 

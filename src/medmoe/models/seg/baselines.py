@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ...errors import InputError, did_you_mean
+from ...model_size import build_within_limit
 from .mamba_home import MambaHoME, MambaHoMEConfig
 
 __all__ = ["SEG_MODELS", "MonaiSegNet", "MonaiSegNetConfig", "create_seg_model", "list_seg_models",
@@ -126,16 +128,39 @@ def create_seg_model(name: str, in_channels: int = 1, num_classes: int = 2, **ov
         overrides: config fields (Mamba-HoME) or MONAI constructor arguments (baselines).
     """
     arch, size = _split_name(name)
+    key = f"{arch}.{size}"
+    if key not in SEG_MODELS:
+        hint = did_you_mean(name, list_seg_models())
+        raise InputError(f"unknown segmentation model {name!r}; {hint + ' ' if hint else ''}choose from "
+                         f"{', '.join(list_seg_models())}")
+    _check_overrides(key, overrides)
     if arch == "mamba_home":
-        model: nn.Module = MambaHoME(MambaHoMEConfig.preset(size, in_channels, num_classes, **overrides))
+        config = MambaHoMEConfig.preset(size, in_channels, num_classes, **overrides)
+        model: nn.Module = build_within_limit(lambda: MambaHoME(config), f"model {key}")
         model.model_name = f"mamba_home.{size}"
         return model
-    key = f"{arch}.{size}"
-    if key not in _MONAI_PRESETS:
-        raise ValueError(f"unknown segmentation model {name!r}; choose from {list_seg_models()}")
     cls_name, defaults, divisor = _MONAI_PRESETS[key]
     kwargs = {**defaults, **overrides}
-    return MonaiSegNet(MonaiSegNetConfig(cls_name, in_channels, num_classes, kwargs, divisor), model_name=key)
+    monai_config = MonaiSegNetConfig(cls_name, in_channels, num_classes, kwargs, divisor)
+    return build_within_limit(lambda: MonaiSegNet(monai_config, model_name=key), f"model {key}")
+
+
+def _check_overrides(key: str, overrides: dict[str, Any]) -> None:
+    """Unknown settings (``--set foo=1``) raise ``InputError`` naming the closest valid ones."""
+    import inspect
+
+    if key.startswith("mamba_home"):
+        valid = {f.name for f in dataclasses.fields(MambaHoMEConfig)} - {"in_channels", "num_classes"}
+    else:
+        from monai.networks import nets
+
+        params = inspect.signature(getattr(nets, _MONAI_PRESETS[key][0])).parameters
+        valid = set(params) - {"self", "spatial_dims", "in_channels", "out_channels", "args", "kwargs"}
+    for setting in overrides:
+        if setting not in valid:
+            hint = did_you_mean(setting, valid)
+            raise InputError(f"{key} has no setting {setting!r}; {hint + ' ' if hint else ''}valid settings: "
+                             f"{', '.join(sorted(valid))}")
 
 
 def seg_model_from_config(model_name: str, config: dict[str, Any]) -> nn.Module:

@@ -35,7 +35,10 @@ __all__ = ["MAMBA_HOME_PRESETS", "MambaHoME", "MambaHoMEConfig", "MambaHoMEEncod
 
 
 def _four(name: str, value: Any, cast: type = int) -> tuple:
-    out = tuple(cast(v) for v in value)
+    try:
+        out = tuple(cast(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} needs 4 numbers (one per encoder stage), e.g. [1, 1, 1, 1]; got {value!r}") from None
     if len(out) != 4:
         raise ValueError(f"{name} needs 4 values (one per encoder stage), got {value!r}")
     return out

@@ -25,6 +25,7 @@ from medmoe.nn.depthwise_conv import _conv_backward_op, _conv_op
 from medmoe.nn.dropout import FastDropout, counter_dropout, dropout_words, fast_dropout
 from medmoe.nn.expert_epilogue import _epilogue_backward_op, _epilogue_op
 from medmoe.nn.onednn_linear import FastLinear
+from medmoe.nn.slot_dispatch import _dispatch_backward_op, _dispatch_op
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "medmoe"
 
@@ -189,6 +190,29 @@ def test_build_failure_warns_once(no_compiler: None) -> None:
     assert "native kernel dropout unavailable" in messages[0] and "no C++ compiler" in messages[0]
 
 
+def test_slot_dispatch_fallback_matches_the_kernel(no_compiler: None) -> None:
+    """The operator's PyTorch forward and hand-written backward (no compiler) give the kernel's results."""
+    keys = torch.randn(2, 3, 16)
+    feats = torch.randn(2, 7, 2, 16).transpose(1, 2)
+    mask = torch.tensor([[True] * 7, [True, False, True, True, False, True, True]])
+    z, lse = _dispatch_op(keys, feats, mask)
+    dz = torch.randn_like(z)
+    grads = _dispatch_backward_op(dz, keys, feats, z, lse, mask)
+    import os
+
+    os.environ.pop("CXX")
+    native_kernels._loaded.clear()
+    from medmoe.nn.slot_dispatch import native_slot_dispatch_available
+
+    if not native_slot_dispatch_available():
+        pytest.skip("no C++ compiler here")
+    z2, lse2 = _dispatch_op(keys, feats, mask)
+    torch.testing.assert_close(z2, z)
+    torch.testing.assert_close(lse2, lse)
+    for a, b in zip(_dispatch_backward_op(dz, keys, feats, z2, lse2, mask), grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_depthwise_conv_fallback_gradients_match_the_kernel(no_compiler: None) -> None:
     """The operator's PyTorch backward (no compiler) gives the kernel's gradients."""
     grid = torch.randn(2, 5, 6, 3, dtype=torch.float64)
@@ -230,6 +254,15 @@ def test_custom_ops_pass_opcheck(kernel: str, request: pytest.FixtureRequest) ->
     torch.library.opcheck(_conv_op, (grid, taps, conv_bias))
     torch.library.opcheck(_conv_op, (grid, taps, None))
     torch.library.opcheck(_conv_backward_op, (torch.randn_like(grid), grid.detach(), taps.detach()))
+    keys = torch.randn(2, 3, 16, requires_grad=True)
+    feats = torch.randn(2, 5, 2, 16).transpose(1, 2).requires_grad_()  # (b, h, n, 16) view of (b, n, h, 16)
+    mask = torch.tensor([[True] * 5, [True, True, False, True, False]])
+    for m in (None, mask):
+        torch.library.opcheck(_dispatch_op, (keys, feats, m))
+        z, lse = _dispatch_op(keys, feats, m)
+        torch.library.opcheck(
+            _dispatch_backward_op, (torch.randn_like(z), keys.detach(), feats.detach(), z.detach(), lse.detach(), m)
+        )
 
 
 def test_custom_ops_compile_in_one_graph() -> None:

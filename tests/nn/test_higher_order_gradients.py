@@ -245,7 +245,7 @@ def test_slot_dispatch(masked: bool) -> None:
         lambda keys, feats: slot_dispatch.slot_dispatch(keys, feats.transpose(1, 2), mask),
         reference,
         [keys, feats],
-        "_SlotDispatchBackward",
+        "GeneratedBackwardFor_medmoe_slot_dispatch_defaultBackward",
     )
 
 

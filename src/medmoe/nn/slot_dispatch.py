@@ -8,9 +8,10 @@ which is ``scaled_dot_product_attention(keys, x, x, scale=1)``. On CPU, in float
 (Mammoth's default: slot_dim 256 / 16 heads) it runs the compiled kernel ``kernels/slot_dispatch.cpp``
 (see :mod:`medmoe.nn.native_kernels`): forward as an online softmax with the output block in registers,
 backward without PyTorch's separate key and value gradients (``x`` is both, so one pass gives their sum)
-and without zero-filled ``(b, h, n, 16)`` buffers. Measured on a 2-core AMD EPYC at 50k patches x 300 slots
-x 16 heads, forward + backward: 0.31 s instead of 0.46 s for PyTorch's flash attention. Anywhere else
-(GPU, other dtypes or head sizes, no compiler, ``MEDMOE_NATIVE_KERNELS=0``) it is the SDPA call itself.
+and without zero-filled ``(b, h, n, 16)`` buffers; faster than PyTorch's flash attention at Mammoth's sizes
+(docs/performance-notes.md). The kernel is the custom operator ``torch.ops.medmoe.slot_dispatch`` (its gradient
+``medmoe::slot_dispatch_backward``). Anywhere else (GPU, other dtypes or head sizes, no compiler, the torch
+backend) it is the SDPA call itself.
 
 Shapes: ``keys (h, s, 16)``; ``x (b, h, n, 16)`` (any strides with the last dimension contiguous, e.g. the
 transposed view of ``(b, n, h, 16)`` features); ``mask (b, n)`` bool, True = real patch, or ``None``.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .backend import native_enabled
 from .higher_order import higher_order_requested, reference_gradients
 from .native_kernels import load_kernel
 
@@ -55,7 +57,7 @@ def native_slot_dispatch_available() -> bool:
 def _check(status: int) -> None:
     if status != 0:
         raise MemoryError("slot_dispatch: the native kernel could not allocate its work buffers (about 0.2 MB "
-                          "per thread); free memory or set MEDMOE_NATIVE_KERNELS=0")
+                          "per thread); free memory or set MEDMOE_BACKEND=torch")
 
 
 def _patch_index(mask: Tensor | None, b: int, n: int) -> tuple[Tensor, Tensor]:
@@ -66,65 +68,97 @@ def _patch_index(mask: Tensor | None, b: int, n: int) -> tuple[Tensor, Tensor]:
     return order.to(torch.int64).contiguous(), mask.sum(1).to(torch.int64).contiguous()
 
 
-def _mask_from_index(idx: Tensor, count: Tensor) -> Tensor:
-    """The ``(b, n)`` bool mask that :func:`_patch_index` turned into ``idx, count``."""
-    b, n = idx.shape
-    real = torch.arange(n, device=idx.device).expand(b, n) < count[:, None]  # in idx's order
-    return torch.zeros(b, n, dtype=torch.bool, device=idx.device).scatter_(1, idx, real)
+@torch.library.custom_op("medmoe::slot_dispatch", mutates_args=())
+def _dispatch_op(keys: Tensor, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(z (b, h, s, 16), lse (b, h, s))`` on the kernel: contiguous ``keys (h, s, 16)``, ``x (b, h, n, 16)``
+    dense with a contiguous last dimension (e.g. the transposed view of ``(b, n, h, 16)``)."""
+    b, h, n, d = x.shape
+    s = keys.shape[1]
+    if not _kernel_ready():
+        logits = torch.einsum("hsd,bhnd->bhsn", keys, x)
+        if mask is not None:
+            logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        return _sdpa(keys, x, mask).contiguous(), logits.logsumexp(-1)
+    xt = x.transpose(1, 2)  # (b, n, h, d) view: the kernel's stride convention
+    idx, count = _patch_index(mask, b, n)
+    z = torch.empty(b, h, s, d, dtype=x.dtype)
+    lse = torch.empty(b, h, s, dtype=x.dtype)
+    sb, sn, sh, _ = xt.stride()
+    status = _lib().slot_dispatch_forward(  # type: ignore[union-attr]
+        b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
+        z.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
+    )
+    _check(status)
+    return z, lse
 
 
-class _SlotDispatch(torch.autograd.Function):
-    """The native kernel on contiguous ``keys`` (made so by :func:`slot_dispatch`, so that the tensors saved
-    for backward are this Function's own inputs). Under ``create_graph=True`` the gradients are those of
-    :func:`_reference` (:mod:`medmoe.nn.higher_order`), differentiable again.
-    """
+@_dispatch_op.register_fake
+def _(keys: Tensor, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    b, h = x.shape[:2]
+    s, d = keys.shape[1:]
+    return x.new_empty((b, h, s, d)), x.new_empty((b, h, s))
 
-    @staticmethod
-    def forward(ctx: Any, keys: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
-        lib = _lib()
-        b, h, n, d = x.shape
-        s = keys.shape[1]
-        xt = x.transpose(1, 2)  # (b, n, h, d) view: the kernel's stride convention
-        idx, count = _patch_index(mask, b, n)
-        z = torch.empty(b, h, s, d, dtype=x.dtype)
-        lse = torch.empty(b, h, s, dtype=x.dtype)
-        sb, sn, sh, _ = xt.stride()
-        status = lib.slot_dispatch_forward(  # type: ignore[union-attr]
-            b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
-            z.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
-        )
-        _check(status)
-        ctx.save_for_backward(keys, x, z, lse, idx, count)
-        ctx.masked = mask is not None
-        return z
 
-    @staticmethod
-    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        keys, x, z, lse, idx, count = ctx.saved_tensors
-        if higher_order_requested():  # create_graph=True: the SDPA maths' gradients, differentiable again
-            mask = _mask_from_index(idx, count) if ctx.masked else None  # recomputed: nothing more is saved
-            needs = (*ctx.needs_input_grad[:2], False)
-            dk, dx, _ = reference_gradients(_reference, (keys, x, mask), needs, dz)
-            return dk, dx, None
-        lib = _lib()
-        b, h, n, d = x.shape
-        s = keys.shape[1]
-        dz = dz.contiguous()
-        delta = (dz * z).sum(-1)  # (b, h, s)
-        xt = x.transpose(1, 2)
-        alloc = torch.zeros_like if ctx.masked else torch.empty_like  # padded patches' rows stay zero
-        dxt = alloc(xt)
-        if dxt.stride() != xt.stride():  # x has gaps: the kernel writes dx with x's strides, so make both dense
-            xt = xt.contiguous()
-            dxt = alloc(xt)
-        dk = torch.empty(b, h, s, d, dtype=x.dtype)
-        sb, sn, sh, _ = xt.stride()
-        status = lib.slot_dispatch_backward(  # type: ignore[union-attr]
-            b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
-            dz.data_ptr(), lse.data_ptr(), delta.data_ptr(), dxt.data_ptr(), dk.data_ptr(), torch.get_num_threads(),
-        )
-        _check(status)
-        return dk.sum(0), dxt.transpose(1, 2), None
+@torch.library.custom_op("medmoe::slot_dispatch_backward", mutates_args=())
+def _dispatch_backward_op(
+    dz: Tensor, keys: Tensor, x: Tensor, z: Tensor, lse: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``(dkeys (h, s, 16), dx)`` of :func:`_dispatch_op` for a contiguous ``dz``; ``dx`` has ``x``'s strides."""
+    b, h, n, d = x.shape
+    s = keys.shape[1]
+    if not _kernel_ready():  # softmax attention's gradients by hand (x is both keys and values)
+        logits = torch.einsum("hsd,bhnd->bhsn", keys, x)
+        probs = (logits - lse[..., None]).exp()
+        if mask is not None:
+            probs = probs.masked_fill(~mask[:, None, None, :], 0.0)
+        dp = torch.einsum("bhsd,bhnd->bhsn", dz, x)
+        dlogits = probs * (dp - (dz * z).sum(-1, keepdim=True))
+        dk = torch.einsum("bhsn,bhnd->hsd", dlogits, x)
+        dx = torch.einsum("bhsn,hsd->bhnd", dlogits, keys) + torch.einsum("bhsn,bhsd->bhnd", probs, dz)
+        out = torch.empty_like(x)
+        out.copy_(dx)
+        return dk, out
+    delta = (dz * z).sum(-1)  # (b, h, s)
+    xt = x.transpose(1, 2)
+    idx, count = _patch_index(mask, b, n)
+    alloc = torch.zeros_like if mask is not None else torch.empty_like  # padded patches' rows stay zero
+    dxt = alloc(xt)
+    dk = torch.empty(b, h, s, d, dtype=x.dtype)
+    sb, sn, sh, _ = xt.stride()
+    status = _lib().slot_dispatch_backward(  # type: ignore[union-attr]
+        b, h, s, n, xt.data_ptr(), sb, sn, sh, keys.data_ptr(), idx.data_ptr(), count.data_ptr(),
+        dz.data_ptr(), lse.data_ptr(), delta.data_ptr(), dxt.data_ptr(), dk.data_ptr(), torch.get_num_threads(),
+    )
+    _check(status)
+    return dk.sum(0), dxt.transpose(1, 2)
+
+
+@_dispatch_backward_op.register_fake
+def _(dz: Tensor, keys: Tensor, x: Tensor, z: Tensor, lse: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(keys), torch.empty_like(x)
+
+
+def _dispatch_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    keys, x, mask = inputs
+    ctx.save_for_backward(keys, x, output[0], output[1], mask)
+
+
+def _dispatch_backward(ctx: Any, dz: Tensor, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, None]:
+    """The kernel's gradients; under ``create_graph=True`` those of :func:`_reference`, differentiable again."""
+    keys, x, z, lse, mask = ctx.saved_tensors
+    if higher_order_requested():
+        needs = (*ctx.needs_input_grad[:2], False)
+        dk, dx, _ = reference_gradients(_reference, (keys, x, mask), needs, dz)
+        return dk, dx, None
+    dk, dx = _dispatch_backward_op(dz.contiguous(), keys, x, z, lse, mask)
+    return dk, dx, None
+
+
+_dispatch_op.register_autograd(_dispatch_backward, setup_context=_dispatch_setup_context)
+
+
+def _kernel_ready() -> bool:
+    return native_enabled() and native_slot_dispatch_available()
 
 
 def _use_kernel(keys: Tensor, x: Tensor) -> bool:
@@ -140,7 +174,7 @@ def _use_kernel(keys: Tensor, x: Tensor) -> bool:
         and x.stride(-1) == 1
         and x.shape[2] > 0
         and not torch.is_autocast_enabled("cpu")
-        and native_slot_dispatch_available()
+        and _kernel_ready()
     )
 
 
@@ -151,7 +185,11 @@ def slot_dispatch(keys: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor
     :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``.
     """
     if _use_kernel(keys, x):
-        return _SlotDispatch.apply(keys.contiguous(), x, mask)
+        xt = x.transpose(1, 2)
+        if torch.empty_like(xt).stride() != xt.stride():  # x has gaps; the kernel writes dx with x's strides
+            x = xt.contiguous().transpose(1, 2)
+        mask = None if mask is None else mask.contiguous()
+        return _dispatch_op(keys.contiguous(), x, mask)[0]
     return _sdpa(keys, x, mask)
 
 

@@ -16,6 +16,8 @@ from medmoe.data.volumes import make_synthetic_volumes
 MIL = ["mil", "train", "-d", "musk1", "--out", "{tmp}/run"]
 FEAT = ["mil", "train", "--features", "{features}", "--labels", "{labels}", "--out", "{tmp}/run"]
 SEG = ["seg", "train", "--data", "{vols}", "--out", "{tmp}/run"]
+MOSAIC = ["mosaic", "train", "--demo", "--weights", "none", "--vit", "tiny", "--datasets", "pathmnist", "--out",
+          "{tmp}/run"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,9 @@ ARG_CASES = [
     pytest.param(["--plugin", "no_such_module_xyz", "mil", "models"], ["no_such_module_xyz"],
                  id="plugin-module-missing"),
     pytest.param(["seg", "train", "--out", "{tmp}/run"], ["--data", "--dataset"], id="seg-train-no-data"),
+    pytest.param([*MOSAIC, "--normalize", "foo"], ["--normalize", "foo", "imagenet"],
+                 id="mosaic-train-unknown-normalization"),
+    pytest.param([*MOSAIC, "--routing", "banana"], ["banana", "mosaic"], id="mosaic-train-unknown-routing"),
 ]
 
 # --- model names --------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ KEYWORD_TO_PARAM = {
     "standardize_features": "standardize",
     "model_name": "model",
     "seed": "seeds",
+    "normalize_2d": "normalize",
 }
 
 #: Exit codes: the input is wrong (also what every usage error exits with) / medmoe failed.

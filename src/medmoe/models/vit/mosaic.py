@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import SETTING, InputError
 from ...nn.adapters import RoutingTable, get_routing_table
 from ...nn.dropout import use_fast_dropout
 from ...nn.onednn_linear import use_fast_linear
@@ -153,7 +154,8 @@ class MosaicConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate dataset names in MosaicConfig.tasks: {names}")
         if self.normalize_2d not in _NORMALIZATION:
-            raise ValueError(f"normalize_2d must be one of {sorted(_NORMALIZATION)}, got {self.normalize_2d!r}")
+            raise InputError(f"{{normalize_2d}} must be one of {sorted(_NORMALIZATION)}, got {self.normalize_2d!r}",
+                             normalize_2d=SETTING)
         table = get_routing_table(self.routing)
         for t in self.tasks:  # fail early on an unroutable dataset
             table.route(t.name, spatial_dims=t.spatial_dims, channels=t.channels)

@@ -23,6 +23,8 @@ def _space(tmp_path, text: str) -> str:
         pytest.param([*TUNE, "--storage", "tune.db"], None, ["--storage", "database url"], id="tune-storage-not-url"),
         pytest.param([*TUNE, "--pruner", "hyperband"], None, ["--pruner", "median"], id="tune-bad-pruner"),
         pytest.param([*TUNE, "--metric", "speed"], None, ["--metric", "auroc"], id="tune-bad-metric"),
+        pytest.param([*TUNE, "--metric", "c_index"], None, ["--metric", "c_index", "classification"],
+                     id="tune-metric-of-another-task"),
         pytest.param([*TUNE, "--space", "{tmp}/missing.yaml"], None, ["--space", "missing.yaml"],
                      id="tune-space-missing-file"),
         pytest.param([*TUNE, "--space", "{space}"], "lr: {type: float, low: 1.0e-3\n", ["--space", "yaml"],

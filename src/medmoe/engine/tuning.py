@@ -460,8 +460,10 @@ def run_nested_cv(
     if not specs:
         raise ValueError(f"no parameter of the search space {the_space.names()} applies to {model_name}")
     classes = max(int(getattr(dataset, "num_classes", 2)), 2)
-    metric = resolve_monitor("auto", classes, cfg.task)[0] if metric == "auto" else metric
-    maximize = EARLY_STOPPING_METRICS[metric]
+    try:
+        metric, maximize = resolve_monitor(metric, classes, cfg.task)
+    except ValueError as err:
+        raise InputError(f"{{metric}} {metric!r} does not fit this task: {err}", metric=SETTING) from err
     multilabel = cfg.task == "multilabel"
     plans = []
     for seed in seeds:
@@ -504,7 +506,9 @@ def run_nested_cv(
     for seed, outer, inner, h in plans:
         for i, (split, inner_i) in enumerate(zip(outer, inner)):
             name = f"{prefix}-seed{seed}-fold{i}"
-            study = _make_study(the_storage, name, maximize, trials, seed * 1009 + i, pruner, ident)
+            # helper processes draw their own random start-up trials (the same seed would repeat them)
+            sampler_seed = seed * 1009 + i + (os.getpid() if search_only else 0)
+            study = _make_study(the_storage, name, maximize, trials, sampler_seed, pruner, ident)
             logger.info("%s: searching %d trials on %d inner folds (%d bags, outer test fold of %d bags not used)",
                         name, trials, inner_k, len(split.train) + len(split.val), len(split.test))
             _search_fold(study, trials, specs, model_name, overrides, dataset, inner_i, cfg, metric, seed, fabric,

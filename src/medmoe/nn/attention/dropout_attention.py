@@ -1,8 +1,8 @@
 """Softmax attention with attention dropout on CPU, in cache-sized blocks of queries (no ``(t, t)`` weights).
 
 PyTorch's fused attention kernels skip dropout on CPU: with ``dropout_p > 0`` SDPA forms the whole
-``(b, h, tq, tk)`` weight matrix and samples its mask with ``bernoulli_``. At 10k patches that is 3.2 GB per
-layer, and every element-wise pass over it (mask, softmax, dropout, their gradients) runs from main memory.
+``(b, h, tq, tk)`` weight matrix and samples its mask with ``bernoulli_``: gigabytes per layer at 10k patches,
+and every element-wise pass over it (mask, softmax, dropout, their gradients) runs from main memory.
 
 :func:`dropout_attention` computes the same thing block by block, in the manner of flash attention: for one
 ``(bag, head)`` and a block of queries it forms the logits against all keys (oneDNN, the queries scaled
@@ -11,8 +11,8 @@ stream of :mod:`medmoe.nn.dropout`, one seed per block) and the block's output, 
 The backward pass recomputes each block's weights the same way, draws its mask once from the seed (``dS =
 kept * dP - P * (dO . O)`` needs no second masking), and accumulates ``dk`` and ``dv`` transposed, so oneDNN
 reads the long block as a transposed weight view instead of copying it. Memory is ``O(t d)`` plus one block;
-no autograd graph is built inside. Forward + backward 1.5-1.6x the previous blocked version (log-sum-exp, masks
-drawn twice, 1 MiB blocks) at 4k and 10k tokens, 2 threads.
+no autograd graph is built inside (faster than the previous blocked version with log-sum-exp and masks drawn
+twice; docs/performance-notes.md).
 
 Maths, per query row ``i`` (``s`` = ``d ** -0.5``, ``M`` the keep mask, ``p`` the drop probability)::
 
@@ -41,21 +41,16 @@ __all__ = ["blocked_attention_preferred", "dropout_attention", "dropout_attentio
 
 # Query rows per block: about 2**20 logits (4 MiB in float32), so that a block stays in cache, and in the
 # backward pass at least 64 rows, because with fewer the per-block (d, tk) updates of dk and dv dominate at long
-# sequences. Forward + backward, 2 threads, rows alternated in one process: 4k tokens x 8 heads 262 rows 0.53 s,
-# 64 rows 0.69 s; 10k x 8: 104 rows 3.54 s, 128 rows 3.46 s, 64 rows 3.89 s; 20k x 2: 52 rows 3.48 s, 64 rows
-# 3.31 s, 128 rows 5.11 s; 50k x 1: 20 rows 18.1 s, 64 rows 14.8 s, 128 rows 16.2 s. The forward pass alone
-# (30k x 8, no grad) prefers cache-sized blocks: 34 rows 7.56 s, 64 rows 12.47 s (SDPA 10.02 s). With dropout
-# both passes must cut the same blocks (one mask seed per block), so they use the backward's.
+# sequences (measurements in docs/performance-notes.md). The forward pass alone prefers cache-sized blocks; with
+# dropout both passes must cut the same blocks (one mask seed per block), so they use the backward's.
 _BLOCK_ELEMENTS = 1 << 20
 _MIN_BLOCK_ROWS = 64
 
 
 # Between these sizes (queries and keys) the blocks without dropout beat PyTorch's fused CPU attention in every
-# run here: forward + backward, 8 heads x 64, 2 threads, alternated: 1,500 tokens 133 vs 88 ms, 2,000 166 vs
-# 156 ms, 3,000 231 vs 355 ms, 4,000 445-488 vs 629-657 ms, 10,000 2.86-3.33 vs 3.96-4.11 s; inference 10k
-# (Transformer MIL) 1.47x. Longer sequences won in some runs and lost in others (20k-30k tokens, inference:
-# 0.74-1.3x): the blocks stream through the shared L3 cache where flash attention stays in L1/L2, so they
-# suffer more from other processes on the machine. There the fused kernel is kept.
+# run we measured (docs/performance-notes.md). Longer sequences won in some runs and lost in others: the blocks
+# stream through the shared L3 cache where flash attention stays in L1/L2, so they suffer more from other
+# processes on the machine. There the fused kernel is kept.
 _BLOCKS_BEAT_SDPA_TOKENS = (3000, 12000)
 
 

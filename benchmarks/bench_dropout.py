@@ -24,8 +24,8 @@ def kernel_off() -> contextlib.AbstractContextManager[None]:
     from medmoe.nn import dropout
 
     return patched(
-        (dropout, "_kernel_applies", lambda x: False),
-        (transformer, "native_dropout_available", lambda: False),
+        (dropout, "native_enabled", lambda: False),  # fast_dropout is F.dropout (bernoulli_)
+        (transformer, "dropout_attention_applies", lambda q: False),
     )
 
 

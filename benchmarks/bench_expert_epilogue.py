@@ -20,7 +20,7 @@ def kernel_off() -> contextlib.AbstractContextManager[None]:
     """Mammoth's experts on the module path."""
     from medmoe.nn import expert_epilogue
 
-    return patched((expert_epilogue, "native_expert_epilogue_available", lambda: False))
+    return patched((expert_epilogue, "native_enabled", lambda: False))
 
 
 def main() -> None:

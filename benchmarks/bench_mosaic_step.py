@@ -25,7 +25,7 @@ def main() -> None:
     def plain_layers() -> patched:
         return patched(
             (onednn_linear, "_onednn_applies", lambda *tensors: False),
-            (dropout, "_kernel_applies", lambda x: False),
+            (dropout, "native_enabled", lambda: False),  # fast_dropout is F.dropout (bernoulli_)
         )
 
     torch.manual_seed(0)

@@ -1,8 +1,9 @@
 """Bad-input cases: arguments, YAML in ``--set``/``--config``, flag wording, model names, expected vs internal errors.
 
 Placeholders in the arguments: ``{tmp}`` (the case's empty folder), ``{features}``/``{labels}`` (a tiny
-TRIDENT folder and its labels CSV), ``{vols}`` (a tiny MSD segmentation folder) and ``{cfg}`` (the case's
-config file, written from the case's ``config`` text).
+TRIDENT folder and its labels CSV), ``{ckpt}``/``{h5}`` (a MeanMIL checkpoint and one of the folder's feature
+files), ``{vols}`` (a tiny MSD segmentation folder) and ``{cfg}`` (the case's config file, written from the
+case's ``config`` text).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from medmoe.data.volumes import make_synthetic_volumes
 MIL = ["mil", "train", "-d", "musk1", "--out", "{tmp}/run"]
 FEAT = ["mil", "train", "--features", "{features}", "--labels", "{labels}", "--out", "{tmp}/run"]
 SEG = ["seg", "train", "--data", "{vols}", "--out", "{tmp}/run"]
+HEATMAP = ["mil", "heatmap", "{ckpt}", "--features", "{h5}", "--out", "{tmp}/maps"]
 MOSAIC = ["mosaic", "train", "--demo", "--weights", "none", "--vit", "tiny", "--datasets", "pathmnist", "--out",
           "{tmp}/run"]
 
@@ -25,7 +27,14 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_args_inputs")
     folder = make_synthetic_feature_folder(root / "mil", n_slides=6, n_patches=(4, 8), dim=8, num_classes=2, seed=0)
     make_synthetic_volumes(root / "vols", n_cases=2, shape=(16, 16, 16), num_classes=2)
-    return {"features": str(folder.features_dir), "labels": str(folder.labels_csv), "vols": str(root / "vols")}
+    from medmoe.engine.checkpoint import save_checkpoint
+    from medmoe.registry import create_model
+
+    model = create_model("meanmil.base", in_dim=8, num_classes=2, embed_dim=8)
+    ckpt = save_checkpoint(root / "ckpt", model, {"class_names": ["0", "1"], "task": "classification"})
+    h5 = min(folder.features_dir.glob("*.h5"))
+    return {"features": str(folder.features_dir), "labels": str(folder.labels_csv), "vols": str(root / "vols"),
+            "ckpt": str(ckpt), "h5": str(h5)}
 
 
 def _fill(args, tmp_path, inputs, cfg=None):
@@ -100,6 +109,14 @@ ARG_CASES = [
     pytest.param([*MOSAIC, "--normalize", "foo"], ["--normalize", "foo", "imagenet"],
                  id="mosaic-train-unknown-normalization"),
     pytest.param([*MOSAIC, "--routing", "banana"], ["banana", "mosaic"], id="mosaic-train-unknown-routing"),
+    pytest.param([*HEATMAP, "--cmap", "virdis"], ["--cmap", "colour map", "did you mean 'viridis'"],
+                 id="heatmap-unknown-colour-map"),
+    pytest.param([*HEATMAP, "--normalize", "zscore"], ["--normalize", "percentile"], id="heatmap-unknown-normalize"),
+    pytest.param([*HEATMAP, "--embedding", "umap"], ["--embedding", "tsne"], id="heatmap-unknown-embedding"),
+    pytest.param([*HEATMAP, "--top-k", "-3"], ["--top-k", "at least 0"], id="heatmap-negative-top-k"),
+    pytest.param([*HEATMAP, "--max-size", "0"], ["--max-size", "at least 16"], id="heatmap-max-size-zero"),
+    pytest.param([*HEATMAP, "--device", "banana"], ["--device", "not a device"], id="heatmap-unknown-device"),
+    pytest.param([*HEATMAP, "--device", "cuda:99"], ["--device", "cuda:99"], id="heatmap-missing-cuda-device"),
 ]
 
 # --- model names --------------------------------------------------------------------------------------------

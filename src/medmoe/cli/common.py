@@ -114,3 +114,38 @@ def unknown_config_keys_text(path: Path, unknown: list[str], command: Any) -> st
     if hints:
         text += " (" + "; ".join(hints) + ")"
     return text + f"; valid keys are the command's options without '--': {', '.join(valid)}"
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """``device`` if this machine has it (``cpu``, ``cuda``, ``cuda:N``, ``mps``); ``typer.BadParameter``
+    naming ``flag`` otherwise (a misspelt name, CUDA without a GPU, a GPU index that does not exist)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise typer.BadParameter(f"{device!r} is not a device; use cpu, cuda, cuda:N or mps", param_hint=flag) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise typer.BadParameter(f"{device!r}: CUDA is not available on this machine; use cpu", param_hint=flag)
+        if dev.index is not None and dev.index >= count:
+            raise typer.BadParameter(f"{device!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})",
+                                     param_hint=flag)
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise typer.BadParameter(f"{device!r}: MPS is not available on this machine; use cpu", param_hint=flag)
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise typer.BadParameter(f"{device!r}: medmoe runs on cpu, cuda or mps", param_hint=flag)
+    return device
+
+
+def check_choice(value: str, choices: tuple[str, ...] | list[str], flag: str, what: str | None = None) -> str:
+    """``value`` if it is one of ``choices``; ``typer.BadParameter`` naming ``flag`` and the closest choice
+    otherwise, with all choices (or, for a long list, ``what`` they are, e.g. "a matplotlib colour map")."""
+    if value in choices:
+        return value
+    from ..errors import did_you_mean
+
+    hint = did_you_mean(value, choices)
+    known = f"a {what}" if what else f"one of {', '.join(choices)}"
+    raise typer.BadParameter(f"{value!r} is not {known}{'; ' + hint if hint else ''}", param_hint=flag)

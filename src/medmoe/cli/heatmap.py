@@ -63,6 +63,7 @@ def heatmap(
     from ..engine.heatmap_pipeline import demo_slide_heatmaps, slide_heatmaps
     from ..engine.thresholds import checkpoint_thresholds
 
+    _check_options(cmap, normalize, embedding, top_k, experts, max_size, device)
     try:
         model, info = None, {}
         if checkpoint is not None:
@@ -219,6 +220,23 @@ def _cohort_bags(cohort: Path, labels: Path, info: dict[str, Any]) -> Any:
         if not set(own.class_names) & set(checkpoint_classes(info)):
             return own
     return inference_dataset(cohort, labels, info)[0]
+
+
+def _check_options(cmap: str, normalize: str, embedding: str, top_k: int, experts: int, max_size: int,
+                   device: str) -> None:
+    """Refuse a drawing option medmoe cannot use before any work (``typer.BadParameter`` naming the flag)."""
+    import matplotlib
+
+    from ..viz.heatmap import NORMALIZATIONS
+    from .common import check_choice, check_device
+
+    check_choice(cmap, sorted(matplotlib.colormaps), "--cmap", "matplotlib colour map (e.g. turbo, viridis, magma)")
+    check_choice(normalize, NORMALIZATIONS, "--normalize")
+    check_choice(embedding, ("pca", "tsne"), "--embedding")
+    for flag, value, low in (("--top-k", top_k, 0), ("--experts", experts, -1), ("--max-size", max_size, 16)):
+        if value < low:
+            raise typer.BadParameter(f"must be at least {low}, got {value}", param_hint=flag)
+    check_device(device)
 
 
 def _check_builtin_dim(model: Any, checkpoint: Path | None) -> None:

@@ -117,6 +117,8 @@ ARG_CASES = [
     pytest.param([*HEATMAP, "--max-size", "0"], ["--max-size", "at least 16"], id="heatmap-max-size-zero"),
     pytest.param([*HEATMAP, "--device", "banana"], ["--device", "not a device"], id="heatmap-unknown-device"),
     pytest.param([*HEATMAP, "--device", "cuda:99"], ["--device", "cuda:99"], id="heatmap-missing-cuda-device"),
+    pytest.param([*HEATMAP, "--patch-size-level0", "0"], ["--patch-size-level0", "positive"],
+                 id="heatmap-patch-size-zero"),
 ]
 
 # --- model names --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..data.slides import Slide, open_slide
+from ..errors import SETTING, InputError
 
 __all__ = [
     "Heatmap",
@@ -131,7 +132,8 @@ def _check_inputs(coords: Any, n_scores: int | None, patch_size_level0: float) -
     if not np.isfinite(c).all():
         raise ValueError("coords contain NaN or inf")
     if not (isinstance(patch_size_level0, (int, float, np.integer, np.floating)) and patch_size_level0 > 0):
-        raise ValueError(f"patch_size_level0 must be a positive number of level-0 pixels, got {patch_size_level0!r}")
+        raise InputError(f"{{patch_size_level0}} must be a positive number of level-0 pixels, got {patch_size_level0!r}",
+                         patch_size_level0=SETTING)
     return c.astype(np.float64)
 
 

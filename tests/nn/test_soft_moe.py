@@ -117,9 +117,14 @@ def test_routing_chunks_match_one_chunk_and_dense():
 
 
 def test_auto_backend_rule():
-    assert small(dim=16, num_experts=4, num_slots=4)._dense()  # 16 slots <= dim 16
-    assert not small(dim=16, num_experts=4, num_slots=5)._dense()
-    assert not small(backend="sdpa")._dense() and small(dim=4, backend="dense")._dense()
+    from medmoe.nn.soft_moe import _DENSE_MAX_LOGITS
+
+    tokens = torch.empty(2, 100, 16)
+    long = torch.empty(1, _DENSE_MAX_LOGITS // 20 + 1, 16, device="meta")  # 20 slots: just over the cap
+    assert small(dim=16, num_experts=4, num_slots=4)._dense(long)  # 16 slots <= dim 16: always dense
+    assert small(dim=16, num_experts=4, num_slots=5)._dense(tokens)  # 20 slots, small logits: dense GEMMs
+    assert not small(dim=16, num_experts=4, num_slots=5)._dense(long)  # 20 slots, logits over the cap: SDPA
+    assert not small(backend="sdpa")._dense(tokens) and small(dim=4, backend="dense")._dense(long)
 
 
 def test_seq_len_derives_slots():

@@ -62,6 +62,9 @@ __all__ = ["SoftMoE", "SoftMoEEmbed", "soft_attend"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "sdpa", "dense")
+# "auto": the largest (b, n, e * s) logits tensor for which the dense path is taken with more slots than
+# dimensions; beyond it the dense path's 3-4 such tensors cost more memory than the recomputing attention kernels
+_DENSE_MAX_LOGITS = 2**24
 
 
 def soft_attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
@@ -161,8 +164,11 @@ class SoftMoE(nn.Module):
             * ``"dense"`` — the logits are computed once and both softmaxes read them (the reference's
               algorithm, ``O(n * e * s)`` memory).
             * ``"auto"`` (default) — ``"dense"`` when ``e * s <= dim`` (the logits are then no larger than the
-              input itself, and computing them once beats the attention kernels' recomputation: 1.1-1.4x
-              on CPU), ``"sdpa"`` otherwise (many slots, e.g. ``seq_len``-derived).
+              input itself, and computing them once beats the attention kernels' recomputation) or when the
+              ``(b, n, e * s)`` logits have at most ``2**24`` entries (64 MiB in float32: at many slots the
+              routing products are large dense GEMMs that beat the attention kernels, with the reference's
+              memory), ``"sdpa"`` otherwise (long sequences with many slots, where only it bounds memory).
+              Measurements in docs/performance-notes.md.
 
     Parameters / state dict: ``norm.gamma`` (+ ``norm.beta`` buffer for LayerNorm), ``slot_norm.gamma``
     (+ ``slot_norm.beta``), ``slot_embeds (e, s, d)``, ``experts.w1 (e, d, h_in)``, ``experts.b1 (e, h_in)``,
@@ -324,13 +330,13 @@ class SoftMoE(nn.Module):
 
         phi = self.normalized_slots()  # (t, d)
         combine = None
-        if self._dense() and self._can_fold_norm(tokens):
+        if self._dense(tokens) and self._can_fold_norm(tokens):
             out, logits = self._route_folded(tokens, phi, mask)
             if return_routing:
                 combine = logits.detach().softmax(dim=-1)
         else:
             xn = _apply_norm(self.norm, tokens)  # (b, n, d)
-            if self._dense():
+            if self._dense(tokens):
                 out, combine = self._route_dense(xn, phi, mask)
             else:
                 phi_b = phi.unsqueeze(0).expand(b, e * s, d)
@@ -365,10 +371,11 @@ class SoftMoE(nn.Module):
             and not torch.is_autocast_enabled(tokens.device.type)
         )
 
-    def _dense(self) -> bool:
-        """Whether forward materialises the logits (the ``"dense"`` path; see ``backend``)."""
+    def _dense(self, tokens: Tensor) -> bool:
+        """Whether forward materialises the logits for ``tokens (b, n, d)`` (the ``"dense"`` path; see ``backend``)."""
         if self.backend == "auto":
-            return self.num_experts * self.num_slots <= self.dim
+            slots = self.num_experts * self.num_slots
+            return slots <= self.dim or tokens.shape[0] * tokens.shape[1] * slots <= _DENSE_MAX_LOGITS
         return self.backend == "dense"
 
     def _route_dense(self, xn: Tensor, phi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:

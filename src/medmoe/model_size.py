@@ -73,11 +73,12 @@ def max_model_bytes() -> int:
 def meta_model_bytes(build: Callable[[], nn.Module]) -> int | None:
     """Bytes of the parameters and buffers ``build()`` would allocate, measured by building it on the
     ``meta`` device; ``None`` when the network cannot be built there (it reads tensor values while
-    building), then no estimate is possible."""
+    building), then no estimate is possible. A ``ValueError`` or ``TypeError`` of the config (an unknown
+    ``patch_embed`` kind, a wrong type) is raised as the real build would raise it."""
     try:
         with torch.device("meta"):
             model = build()
-    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+    except (NotImplementedError, RuntimeError):
         return None
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)

@@ -128,6 +128,8 @@ NAME_CASES = [
                  id="mil-model-misspelt-short-name"),
     pytest.param([*MIL, "-m", "zzzz.base"], ["zzzz", "the models are", "abmil", "--plugin"],
                  id="mil-model-nothing-close-lists-models"),
+    pytest.param(["mil", "compare", "-d", "musk1", "--out", "{tmp}/cmp", "--patch-embed", "banana"],
+                 ["unknown patch_embed kind 'banana'", "mammoth"], id="mil-compare-unknown-patch-embed"),
     pytest.param([*MIL, "-m", "abmil.basee"], ["no config 'basee'", "did you mean 'base'"],
                  id="mil-model-config-misspelt"),
     pytest.param([*MIL, "-m", " "], ["non-empty"], id="mil-model-name-empty"),

@@ -12,8 +12,8 @@ so **a seeded run draws the same masks with and without a compiler**. The seed i
 default CPU generator (:func:`draw_seed`), so ``torch.manual_seed`` makes training repeatable and activation
 checkpointing (which restores the generator before recomputing) sees the same mask.
 
-Under the ``"torch"`` backend (:mod:`medmoe.nn.backend`) :func:`fast_dropout` is
-:func:`torch.nn.functional.dropout` itself.
+Under the ``"torch"`` backend (:mod:`medmoe.nn.backend`) and for tensors on other devices (GPUs, whose fused
+dropout is faster than computing the words) :func:`fast_dropout` is :func:`torch.nn.functional.dropout` itself.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ counter_dropout.register_autograd(_dropout_backward, setup_context=_dropout_setu
 
 
 def fast_dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
-    """Dropout with the semantics of :func:`torch.nn.functional.dropout`, on :func:`counter_dropout` under the
-    native backend.
+    """Dropout with the semantics of :func:`torch.nn.functional.dropout`, on :func:`counter_dropout` for CPU
+    tensors under the native backend (:func:`F.dropout` on other devices and under the torch backend).
 
     Args:
         x: any shape.
@@ -189,8 +189,8 @@ def fast_dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if p == 1.0 or x.numel() == 0 or not native_enabled():
-        return F.dropout(x, p, training, inplace)
+    if p == 1.0 or x.numel() == 0 or x.device.type != "cpu" or not native_enabled():
+        return F.dropout(x, p, training, inplace)  # GPUs: their own fused dropout is faster than the words
     return counter_dropout(x, float(p), draw_seed())
 
 

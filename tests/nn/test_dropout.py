@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmoe import create_model
-from medmoe.nn import native_kernels
 from medmoe.nn.dropout import FastDropout, fast_dropout, native_dropout_available, use_fast_dropout
 
 needs_kernel = pytest.mark.skipif(

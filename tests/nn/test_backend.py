@@ -261,7 +261,8 @@ def test_custom_ops_pass_opcheck(kernel: str, request: pytest.FixtureRequest) ->
         torch.library.opcheck(_dispatch_op, (keys, feats, m))
         z, lse = _dispatch_op(keys, feats, m)
         torch.library.opcheck(
-            _dispatch_backward_op, (torch.randn_like(z), keys.detach(), feats.detach(), z.detach(), lse.detach(), m)
+            _dispatch_backward_op,
+            (torch.randn_like(z), keys.detach(), feats.detach(), z.detach(), lse.detach(), m),
         )
 
 

@@ -108,7 +108,8 @@ def dropout_words(seed: int, numel: int, device: torch.device | str = "cpu") -> 
 def _torch_counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
     """The kernel's result with PyTorch ops: ``x * (keep ? 1 / (1 - p) : 0)`` (NaN stays NaN, as ``x * mask``)."""
     keep = dropout_words(seed, x.numel(), x.device) >= drop_threshold(p)
-    scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))  # the kernel's factor: exactly 0 or 1 / (1 - p) in x's dtype
+    # the kernel's factor: exactly 0 or 1 / (1 - p) in x's dtype
+    scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))
     return (x.contiguous().reshape(-1) * scale).reshape(x.shape)
 
 

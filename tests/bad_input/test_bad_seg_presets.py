@@ -11,7 +11,7 @@ from bad_input_harness import assert_clear_error
 from medmoe.data.volumes import make_synthetic_volumes
 
 GOLDEN = Path(__file__).parents[1] / "parity" / "golden" / "mamba_home"
-TRAIN = ["seg", "train", "-m", "unet.small", "--roi", "16", "16", "16", "--epochs", "1", "--steps-per-epoch", "1",
+TRAIN = ["seg", "train", "--preset", "medmoe-cpu", "-m", "unet.small", "--roi", "16", "16", "16", "--epochs", "1", "--steps-per-epoch", "1",
          "--val-fraction", "0"]
 
 

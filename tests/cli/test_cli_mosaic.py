@@ -47,6 +47,12 @@ def test_missing_files_weights_and_bad_options(tmp_path):
     assert "python -m medmnist download --size=64" in result.output
     result = runner.invoke(app, ["mosaic", "train", "--data", str(tmp_path), "--datasets", "path"])
     assert result.exit_code != 0 and "--weights" in result.output
+    # no --preset and no --demo: the authors' protocol (mosaic-paper, 224^2 images) is the default
+    result = runner.invoke(app, ["mosaic", "train", "--data", str(tmp_path), "--datasets", "path", "--weights", "none"])
+    assert result.exit_code == 2 and "pathmnist_224.npz" in result.output, result.output
+    result = runner.invoke(app, ["mosaic", "train", "--data", str(tmp_path), "--datasets", "path", "--weights", "none",
+                                 "--preset", "medmoe-cpu"])
+    assert result.exit_code == 2 and "pathmnist.npz" in result.output, result.output
     result = runner.invoke(app, ["mosaic", "train", "--demo", "--vit", "tiny", "--datasets", "path", "--weights",
                                  str(tmp_path / "ViT-B_16.npz"), "--out", str(tmp_path / "r"), "--rounds", "1"])
     assert result.exit_code == 2 and "does not exist" in result.output and "ViT-B_16.npz" in result.output

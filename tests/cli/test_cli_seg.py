@@ -27,7 +27,7 @@ def test_models_lists_presets():
 
 def test_train_then_infer_in_original_space(folder, tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["seg", "train", "--data", str(folder), "-m", "unet.small", "--roi", "16", "16", "16",
+    result = runner.invoke(app, ["seg", "train", "--data", str(folder), "--preset", "medmoe-cpu", "-m", "unet.small", "--roi", "16", "16", "16",
                                  "--epochs", "1", "--steps-per-epoch", "2", "--val-fraction", "0.34",
                                  "--spacing", "1.5", "1.5", "1.5", "--out", str(run), "--lr", "1e-3"])
     assert result.exit_code == 0, result.output
@@ -46,12 +46,12 @@ def test_train_then_infer_in_original_space(folder, tmp_path):
 
 
 def test_bad_input_gives_a_clear_error(folder, tmp_path):
-    result = runner.invoke(app, ["seg", "train", "--data", str(folder), "-m", "unet.small", "--roi", "16", "16", "16",
+    result = runner.invoke(app, ["seg", "train", "--data", str(folder), "--preset", "medmoe-cpu", "-m", "unet.small", "--roi", "16", "16", "16",
                                  "--num-classes", "2", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "outside [0, 2)" in result.output
     result = runner.invoke(app, ["seg", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "does not exist" in result.output
-    result = runner.invoke(app, ["seg", "train", "--data", str(folder), "-m", "unet.small", "--roi", "12", "16", "16",
+    result = runner.invoke(app, ["seg", "train", "--data", str(folder), "--preset", "medmoe-cpu", "-m", "unet.small", "--roi", "12", "16", "16",
                                  "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "divisible by 8" in result.output
 

@@ -20,11 +20,13 @@ def test_train_with_the_paper_preset_records_it(tmp_path) -> None:  # type: igno
     root = tmp_path / "msd"
     make_synthetic_volumes(root, n_cases=3, shape=(20, 18, 12), num_classes=3)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["seg", "train", "--data", str(root), "--preset", "mamba-home-paper", "-m", "unet.small",
+    # no --preset: the authors' protocol is the default (issue 27), and the first line says so
+    result = runner.invoke(app, ["seg", "train", "--data", str(root), "-m", "unet.small",
                                  "--roi", "16", "16", "16", "--epochs", "1", "--val-fraction", "0.34",
                                  "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert "preset mamba-home-paper: 1 epochs x 1 steps, batch 2 x 1 crop(s)" in result.output
+    assert "the authors' protocol; --preset medmoe-cpu" in result.output
     assert "uses modality ct" in result.output
     info = json.loads((run / "checkpoint" / "config.json").read_text())
     t, r = info["transform_config"], info["train_config"]

@@ -50,8 +50,9 @@ def info(
 def train(
     data: Path = typer.Option(None, help="Folder with the official MedMNIST .npz files."),
     datasets: str = typer.Option("all", help="all | 2d | 3d | comma-separated flags (pathmnist,organmnist3d,...)."),
-    preset: str = typer.Option("medmoe-cpu", help="Protocol every unset flag comes from: medmoe-cpu (the CPU-friendly "
-                               "default) | mosaic-paper (the reference's; docs/mosaic-presets.md)."),
+    preset: str = typer.Option(None, help="Protocol every unset flag comes from: mosaic-paper (the default: the "
+                               "authors' protocol, 224^2 / 64^3, sized for a GPU) | medmoe-cpu (small and CPU-friendly; "
+                               "the default with --demo); docs/mosaic-presets.md."),
     size: int = typer.Option(None, help="2-D image size (28/64/128/224); 3-D datasets use min(size, 64) "
                              "(default: the preset's, 28 or 224)."),
     weights: str = typer.Option(None, help=WEIGHTS_HELP),
@@ -117,7 +118,7 @@ def train(
     demo_data = ("synthetic_data",) if demo else ()
     try:
         try:
-            chosen = get_mosaic_preset(preset)
+            chosen = get_mosaic_preset(preset or ("medmoe-cpu" if demo else "mosaic-paper"))
         except ValueError as err:
             raise typer.BadParameter(f"--preset: {err}") from err
         size = chosen.size if size is None else size
@@ -173,6 +174,9 @@ def train(
             note = SYNTHETIC_NOTE
             typer.secho(f"DEMO: {note}", fg="yellow")
         split_data = load_medmnist_data(data, flags, size)
+        typer.echo(f"preset {chosen.name}, size {size}" + (
+            " (the authors' protocol; --preset medmoe-cpu for small CPU-friendly settings)"
+            if chosen.name == "mosaic-paper" else ""))
         typer.echo(format_parameter_report(parameter_report(MosaicModel(model_cfg, device="meta"))))
         if str(weights).lower() == "none":
             typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)

@@ -64,8 +64,9 @@ def models() -> None:
 def train(
     data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
     dataset: str | None = typer.Option(None, "--dataset", help=SAMPLE_HELP),
-    preset: str = typer.Option("medmoe-cpu", help="Protocol every unset flag comes from: medmoe-cpu (the CPU-friendly "
-                               "default) | mamba-home-paper (the reference's; docs/segmentation-presets.md)."),
+    preset: str = typer.Option("mamba-home-paper", help="Protocol every unset flag comes from: mamba-home-paper (the "
+                               "default: the authors' model and protocol, sized for a GPU) | medmoe-cpu (small and "
+                               "CPU-friendly); docs/segmentation-presets.md."),
     model: str | None = typer.Option(None, "--model", "-m", help="mamba_home.tiny|paper, unet[.small], "
                                      "segresnet[.small], swinunetr (default: the preset's)."),
     num_classes: int | None = typer.Option(None, min=2, help="Classes incl. background (default: dataset.json)."),
@@ -137,7 +138,9 @@ def train(
         net = create_seg_model(model, in_channels=in_channels, num_classes=k, **parse_overrides(set_))
         names = [info.label_names.get(i, str(i)) for i in range(k)]
         typer.echo(f"preset {chosen.name}: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps, batch {cfg.batch_size} "
-                   f"x {tcfg.num_samples} crop(s) of {tcfg.roi_size}, augmentation {tcfg.augmentation}")
+                   f"x {tcfg.num_samples} crop(s) of {tcfg.roi_size}, augmentation {tcfg.augmentation}"
+                   + (" (the authors' protocol; --preset medmoe-cpu for small CPU-friendly settings)"
+                      if chosen.name == "mamba-home-paper" else ""))
         typer.echo(f"{model}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, "
                    f"{len(train_cases)} training / {len(val_cases)} validation cases, modality {mod}")
         result = train_segmentation(net, train_cases, val_cases, tcfg, cfg, out, class_names=names, resume=resume,

@@ -1,6 +1,6 @@
 """Print what each case of the data and inference bad-input tables gives, whatever medmoe is importable.
 
-Not a test: the before/after table of ``docs/bad-input-notes/A.md`` comes from it. Run it with the current
+Not a test: the before/after table of ``docs/bad-input.md`` (data and inference cases) comes from it. Run it with the current
 tree, or with an older one first on the path to see what a case gave before::
 
     .venv/bin/python tests/bad_input/print_case_outcomes.py [CASE_ID ...] > now.tsv

@@ -61,9 +61,10 @@ def _read_torch(path: Path) -> tuple[dict[str, Tensor], list[str]]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
+        from ..checkpoint_io import describe_torch_load_error
+
         raise ValueError(
-            f"{path} cannot be read as a torch state dict without running pickle code "
-            f"(torch.load(weights_only=True) failed: {type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"{path} {describe_torch_load_error(err)}. "
             "Save the weights with torch.save(model.state_dict(), path) or as .safetensors."
         ) from err
     notes: list[str] = []

@@ -50,7 +50,7 @@ def run_train(args):
     return result
 
 
-def test_tiny_run_by_name_then_by_file_with_model_switch(tmp_path):
+def test_tiny_run_by_name(tmp_path):
     """A real dataset (MUSK1), the packaged settings with a few epochs: the run records them."""
     out = tmp_path / "by_name"
     result = run_train(["--config", "ilse2018", "-d", "musk1", "--k", "3", "--seed", "0", "--epochs", "2",
@@ -62,6 +62,11 @@ def test_tiny_run_by_name_then_by_file_with_model_switch(tmp_path):
     assert (tc["optimizer"], tc["lr"], tc["min_lr"], tc["weight_decay"]) == ("adam", 0.0005, 0.0005, 0.005)
     assert (tc["early_stopping"], tc["patience"], tc["epochs"], tc["grad_clip"]) == ("loss", 20, 2, 0)
     assert len(saved["runs"]) == 3
+
+
+@pytest.mark.slow
+def test_tiny_run_by_file_with_model_switch(tmp_path):
+    """The same settings from a copy of the file; ``-m`` switches to the plain-attention network."""
     copy = tmp_path / "protocol.yaml"
     shutil.copy(packaged(), copy)
     out2 = tmp_path / "by_file"

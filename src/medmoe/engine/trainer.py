@@ -78,11 +78,13 @@ from .checkpoint import (
     unwrap_model,
 )
 from .config import TrainConfig, resolve_monitor
+from .divergence import check_finite_loss, check_finite_model
 from .metrics import compute_metrics
 from .multilabel import check_multilabel_set, multilabel_loss, multilabel_metrics, positive_weights
 from .optim import make_optimizer
 from .precision import resolve_precision
 from .run_logging import training_progress, write_history_csv
+from .runs import writing
 from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
 from .survival import survival_metrics as _survival_metrics
 from .thresholds import THRESHOLDS_KEY, DecisionThresholds, choose_thresholds, tuned_metrics
@@ -942,12 +944,11 @@ def train_one_fold(
                     out = model_f(x, batch.mask, label=batch.label)
                     task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
                 loss = out.total_loss(task_loss)
-                loss_value = float(loss.detach())  # one sync per step: a NaN must stop the run
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"non-finite training loss at epoch {epoch}, bags {batch.bag_ids}; lower cfg.lr, "
-                        "use precision='32-true', or enable standardize_features"
-                    )
+                # one sync per step: a NaN must stop the run
+                loss_value = check_finite_loss(
+                    loss, f"epoch {epoch + 1}, step {count // cfg.batch_size + 1} (bags {batch.bag_ids})",
+                    _divergence_hint(cfg),
+                )
                 optimizer_f.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 if cfg.grad_clip:
@@ -963,6 +964,7 @@ def train_one_fold(
                 if task is not None:
                     progress.update(task, advance=1, info=f"loss {loss_value:.4f}")
             train_seconds = time.perf_counter() - t_train
+            check_finite_model(model, f"the end of epoch {epoch + 1}", _divergence_hint(cfg))  # never saved
             if task is not None:
                 progress.remove_task(task)
             if cfg.scheduler_interval == "epoch":
@@ -999,11 +1001,13 @@ def train_one_fold(
                 val_metrics, value = {}, float(epoch)  # no validation: the last epoch is the best
             improved = _is_better(value, best, maximize)
             if improved:
+                kept = _kept(best_epoch, history)  # what a failed save leaves: the previous best
                 best, best_epoch, bad_epochs = value, epoch, 0
                 if is_zero:
-                    save_checkpoint(
-                        ckpt_dir, model, {**extra_base, "epoch": epoch, "metrics": {"val": val_metrics}}
-                    )
+                    with writing(ckpt_dir, keep=kept):
+                        save_checkpoint(
+                            ckpt_dir, model, {**extra_base, "epoch": epoch, "metrics": {"val": val_metrics}}
+                        )
             else:
                 bad_epochs += 1
             row["best"] = bool(improved)
@@ -1042,8 +1046,9 @@ def train_one_fold(
                         "stopped_early": stopped_early,
                         "rng": _rng_state(),
                 }
-                save_trainer_state(state_path, last_state)
-                write_history_csv(out_dir / METRICS_CSV, history)
+                with writing(state_path, keep=_kept(best_epoch, history[:-1])):
+                    save_trainer_state(state_path, last_state)
+                    write_history_csv(out_dir / METRICS_CSV, history)
                 for lg in loggers:
                     lg.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             fabric.barrier()
@@ -1100,24 +1105,25 @@ def train_one_fold(
             thresholds=thresholds.to_record() if thresholds is not None else None,
         )
         if is_zero:
-            info = read_checkpoint_info(ckpt_dir)
-            save_checkpoint(
-                ckpt_dir,
-                model,
-                {
-                    **extra_base,
-                    "epoch": info.get("epoch", best_epoch),
-                    "metrics": {"val": final_val, "test": final_test},
-                    **({THRESHOLDS_KEY: thresholds.to_record()} if thresholds is not None else {}),
-                },
-            )
-            if test_logits is not None:
-                _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, cfg.task)
-            atomic_write_text(
-                out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
-            )
-            if not cfg.keep_last_state and last_state is not None and not last_state.get("complete", False):
-                save_trainer_state(state_path, finished_trainer_state(last_state))
+            with writing(out_dir, keep=_kept(best_epoch, history)):
+                info = read_checkpoint_info(ckpt_dir)
+                save_checkpoint(
+                    ckpt_dir,
+                    model,
+                    {
+                        **extra_base,
+                        "epoch": info.get("epoch", best_epoch),
+                        "metrics": {"val": final_val, "test": final_test},
+                        **({THRESHOLDS_KEY: thresholds.to_record()} if thresholds is not None else {}),
+                    },
+                )
+                if test_logits is not None:
+                    _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, cfg.task)
+                atomic_write_text(
+                    out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
+                )
+                if not cfg.keep_last_state and last_state is not None and not last_state.get("complete", False):
+                    save_trainer_state(state_path, finished_trainer_state(last_state))
         fabric.barrier()
         return result
     except BaseException:
@@ -1155,7 +1161,23 @@ def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, task: str)
     atomic_write_text(path, buffer.getvalue())
 
 
-_RESUME_NEUTRAL = ("progress", "loggers", "num_workers", "keep_last_state")
+def _divergence_hint(cfg: TrainConfig) -> str:
+    """What to change when MIL training diverges (the CLI's flags)."""
+    return (f"the learning rate {cfg.lr:g} is likely too high (lower --lr), or the features hold NaN/inf or "
+            "huge values (check them; keep --standardize on)")
+
+
+def _kept(best_epoch: int, history: Sequence[dict[str, Any]]) -> str:
+    """What survives a failed write: the best checkpoint so far and the last saved trainer state."""
+    if best_epoch < 0:
+        return "no checkpoint had been saved yet"
+    last = f"; the trainer state of epoch {len(history)} is intact" if history else ""
+    return f"the best checkpoint (epoch {best_epoch + 1}) is intact{last}"
+
+
+#: train-config fields that cannot change a run's result: they may differ between a run and its resume
+RESUME_NEUTRAL_SETTINGS = ("progress", "loggers", "num_workers", "keep_last_state")
+_RESUME_NEUTRAL = RESUME_NEUTRAL_SETTINGS
 
 
 def _resume_signature(signature: Any) -> Any:

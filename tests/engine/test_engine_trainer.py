@@ -59,7 +59,9 @@ def test_train_eval_predict_end_to_end(tmp_path):
     assert ids == test.bag_ids and probs.shape == (24, 2) and labels.tolist() == test.labels
     pred = predict(res.checkpoint_dir, test)
     assert [r["bag_id"] for r in pred] == test.bag_ids
-    assert pred[0].keys() == {"bag_id", "label", "pred", "pred_name", "prob_neg", "prob_pos"}
+    # label_name: the label through the checkpoint's classes; threshold: the validation-chosen cut-off
+    assert pred[0].keys() == {"bag_id", "label", "label_name", "pred", "pred_name", "prob_neg", "prob_pos",
+                              "threshold"}
     torch.testing.assert_close(torch.tensor([r["prob_pos"] for r in pred]), probs[:, 1])
 
 

@@ -25,10 +25,10 @@ _FUSED_DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("adamw", "adam")
 
 
-def make_adamw(
-    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, eps: float = 1e-8
-) -> torch.optim.AdamW:
-    """``torch.optim.AdamW(params, lr, weight_decay=..., eps=...)``, fused when every parameter allows it."""
+def _fused_if_possible(
+    cls: type[torch.optim.Optimizer], params: Iterable[torch.nn.Parameter], **kwargs: float
+) -> torch.optim.Optimizer:
+    """``cls(params, **kwargs)``, with ``fused=True`` when every parameter's device and dtype allow it."""
     params = list(params)
     fusable = bool(params) and all(
         p.device.type in _FUSED_DEVICES and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -36,10 +36,17 @@ def make_adamw(
     )
     if fusable:
         try:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=True)
+            return cls(params, **kwargs, fused=True)
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - depends on the torch build
             pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps)
+    return cls(params, **kwargs)
+
+
+def make_adamw(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, eps: float = 1e-8
+) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, lr, weight_decay=..., eps=...)``, fused when every parameter allows it."""
+    return _fused_if_possible(torch.optim.AdamW, params, lr=lr, weight_decay=weight_decay, eps=eps)
 
 
 def make_optimizer(
@@ -51,14 +58,4 @@ def make_optimizer(
         return make_adamw(params, lr, weight_decay, eps)
     if name != "adam":
         raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
-    params = list(params)
-    fusable = bool(params) and all(
-        p.device.type in _FUSED_DEVICES and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-        for p in params
-    )
-    if fusable:
-        try:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # pragma: no cover - depends on the torch build
-            pass
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=eps)
+    return _fused_if_possible(torch.optim.Adam, params, lr=lr, weight_decay=weight_decay, eps=eps)

@@ -63,8 +63,10 @@ TRAIN = ["mil", "train", "-m", "abmil.base", "--features", "{feat}", "--labels",
                      id="mil-train-into-existing-run"),
         pytest.param([*TRAIN, "--out", "{run}", "--resume", "--k", "4"], ["--resume", "--k: 3 in the folder, 4 now"],
                      id="mil-resume-other-k"),
-        pytest.param([*TRAIN, "--out", "{run}", "--resume", "--seed", "1"], ["--resume", "--seed: [0] in the folder, [1] now"],
-                     id="mil-resume-other-seed"),
+        # another seed with the same settings adds that seed (how grids are filled: tests/engine/test_runs.py);
+        # with another setting too it is another run
+        pytest.param([*TRAIN, "--out", "{run}", "--resume", "--seed", "1", "--lr", "0.5"],
+                     ["--resume", "--lr: 0.0001 in the folder, 0.5 now"], id="mil-resume-other-seed-and-lr"),
         pytest.param(["mil", "train", "-m", "abmil.base", "--features", "{feat2}", "--labels", "{labels2}", "--k", "3",
                       "--epochs", "1", *TINY, "--out", "{run}", "--resume"], ["--resume", "the data differ"],
                      id="mil-resume-other-dataset"),

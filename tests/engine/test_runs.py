@@ -17,6 +17,7 @@ from medmoe.engine.runs import (
     RunWriteError,
     check_run_folder,
     data_identity,
+    extend_manifest,
     manifest_checkpoints,
     read_manifest,
     start_run_folder,
@@ -55,6 +56,40 @@ def test_non_empty_folder_needs_resume_or_overwrite(tmp_path):
     assert start_run_folder(tmp_path, _manifest(k=5), overwrite=True).action == "overwrite"
     assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME]
     assert read_manifest(tmp_path).identity["k"] == 5
+
+
+def _seeded(seeds, hashes):
+    members = [f"seed{s}/fold{f}" for s in seeds for f in range(2)]
+    return RunManifest("mil-cv", {"model_name": "abmil.base", "k": 2, "seeds": list(seeds),
+                                  "split_hashes": {str(s): h for s, h in zip(seeds, hashes)}}, members)
+
+
+def test_resume_on_new_seeds_extends_the_run(tmp_path):
+    """One process per seed fills one run folder (benchmarks/full_protocol/run_units.sh): a resume that
+    differs only by new seeds adds them to the manifest; a changed split of a seed already there is refused."""
+    start_run_folder(tmp_path, _seeded([0], ["h0"]))
+    (tmp_path / "seed0").mkdir()
+    plan = start_run_folder(tmp_path, _seeded([1], ["h1"]), resume=True)
+    assert plan.action == "extend"
+    saved = read_manifest(tmp_path)
+    assert saved.identity["seeds"] == [0, 1] and saved.identity["split_hashes"] == {"0": "h0", "1": "h1"}
+    assert saved.members == [f"seed{s}/fold{f}" for s in (0, 1) for f in range(2)]
+    # the same seed again: a plain resume, nothing written
+    before = (tmp_path / MANIFEST_NAME).read_text()
+    assert start_run_folder(tmp_path, _seeded([0, 1], ["h0", "h1"]), resume=True).action == "resume"
+    assert (tmp_path / MANIFEST_NAME).read_text() == before
+    # seed 0 split differently: another run
+    with pytest.raises(RunFolderError, match="split hashes"):
+        start_run_folder(tmp_path, _seeded([0, 2], ["other", "h2"]), resume=True)
+    # another setting besides the new seed: another run
+    other = _seeded([3], ["h3"])
+    other.identity["k"] = 5
+    with pytest.raises(RunFolderError, match="k: 2 in the folder, 5 now"):
+        start_run_folder(tmp_path, other, resume=True)
+    # concurrent extensions merge under the lock: none is lost
+    extend_manifest(tmp_path, _seeded([4], ["h4"]))
+    extend_manifest(tmp_path, _seeded([5], ["h5"]))
+    assert read_manifest(tmp_path).identity["seeds"] == [0, 1, 4, 5]
 
 
 def test_folders_of_other_files_are_never_deleted(tmp_path):

@@ -43,6 +43,7 @@ from .runs import (
     RunManifest,
     check_run_folder,
     data_identity,
+    extend_manifest,
     start_run_folder,
     write_manifest,
     writing,
@@ -572,12 +573,16 @@ def compare(
         # the top folder holds variant runs (several compare processes may fill it, one per dataset, say):
         # each variant's own manifest is what a resume must match; everything is checked before writing
         top = RunManifest("mil-compare", {})
+        extend = []
         if check_run_folder(out_dir, top, resume=resume, overwrite=overwrite).action == "resume":
             for v in variants:
-                check_run_folder(v["out_dir"], v["manifest"], resume=True)
+                if check_run_folder(v["out_dir"], v["manifest"], resume=True).action == "extend":
+                    extend.append(v)  # the same variant run on more seeds (one process per seed fills a grid)
         start_run_folder(out_dir, top, resume=resume, overwrite=overwrite)
         for v in variants:
-            if not (v["out_dir"] / MANIFEST_NAME).is_file():
+            if v in extend:
+                extend_manifest(v["out_dir"], v["manifest"])
+            elif not (v["out_dir"] / MANIFEST_NAME).is_file():
                 write_manifest(v["out_dir"], v["manifest"])
         _save_plans(plans)
     progress = GridProgress(len(tasks), is_zero)

@@ -136,6 +136,30 @@ class RunManifest:
         return _differences(self.identity, other.identity, "", settings), settings
 
 
+    def extended_by(self, other: RunManifest) -> RunManifest | None:
+        """This run with ``other``'s new seeds added, when ``other`` is the same run on more seeds; else ``None``.
+
+        The same run means: the same kind and the same identity except ``seeds`` and ``split_hashes``, and
+        the same split hash for every seed both hold. This is how a grid is filled one seed per process
+        (``mil compare ... --seed S --resume``, ``benchmarks/full_protocol/run_units.sh``)."""
+        if self.kind != other.kind:
+            return None
+        seed_keys = ("seeds", "split_hashes")
+        mine = {k: v for k, v in self.identity.items() if k not in seed_keys}
+        theirs = {k: v for k, v in other.identity.items() if k not in seed_keys}
+        old_h, new_h = self.identity.get("split_hashes"), other.identity.get("split_hashes")
+        old_s, new_s = self.identity.get("seeds"), other.identity.get("seeds")
+        if mine != theirs or not all(isinstance(x, dict) for x in (old_h, new_h)) \
+                or not all(isinstance(x, list) for x in (old_s, new_s)):
+            return None
+        if any(old_h[s] != new_h[s] for s in set(old_h) & set(new_h)):
+            return None
+        identity = {**self.identity, "seeds": [*old_s, *(s for s in new_s if s not in old_s)],
+                    "split_hashes": {**old_h, **new_h}}
+        members = [*self.members, *(m for m in other.members if m not in self.members)]
+        return RunManifest(self.kind, identity, members, self.medmoe_version, self.created)
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, settings: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(old) | set(new), key=lambda k: (k not in _FIRST, str(k))):
@@ -277,8 +301,9 @@ def _unwritable(folder: Path, err: OSError) -> RunFolderError:
 
 @dataclass(frozen=True)
 class FolderPlan:
-    """What :func:`check_run_folder` decided: ``"new"``, ``"resume"`` or ``"overwrite"`` (``"child"``: a
-    worker of a multi-device run, left to rank 0), and the manifest already in the folder (for ``"resume"``)."""
+    """What :func:`check_run_folder` decided: ``"new"``, ``"resume"``, ``"extend"`` (resume, adding seeds the
+    folder does not hold yet: :meth:`RunManifest.extended_by`) or ``"overwrite"`` (``"child"``: a worker of a
+    multi-device run, left to rank 0), and the manifest already in the folder (for ``"resume"``/``"extend"``)."""
 
     action: str
     existing: RunManifest | None = None
@@ -350,6 +375,10 @@ def check_run_folder(
         )
     if manifest is not None:
         diffs, named = existing.differences(manifest)
+        extended = existing.extended_by(manifest) if diffs else None
+        if extended is not None:  # the same run on more seeds: add them
+            _probe_writable(out_dir)
+            return FolderPlan("extend", existing)
         if diffs:
             shown = diffs[:4]
             used = {k: v for k, v in named.items() if any("{" + k + "}" in d for d in shown)}
@@ -385,6 +414,9 @@ def start_run_folder(
     plan = check_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite, allow=allow, resumable=resumable)
     if plan.action == "resume":
         return plan
+    if plan.action == "extend":
+        extend_manifest(out_dir, manifest)
+        return plan
     if plan.action == "overwrite":
         logger.warning("--overwrite: deleting the old run in %s", out_dir)
         for entry in _entries(out_dir, allow):
@@ -408,6 +440,27 @@ def _distributed_child() -> bool:
     """True in a worker process of a multi-device launch (rank > 0), which must not check or write the
     folder that rank 0 already prepared."""
     return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def extend_manifest(out_dir: str | Path, manifest: RunManifest) -> None:
+    """Add ``manifest``'s new seeds to the manifest in ``out_dir`` (see :meth:`RunManifest.extended_by`).
+
+    Several processes may extend one folder at once (one seed each): the read-merge-write runs under an
+    exclusive lock on ``out_dir/.manifest.lock``, so no process drops another's seeds."""
+    import fcntl
+
+    out_dir = Path(out_dir)
+    with open(out_dir / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            existing = read_manifest(out_dir)
+            merged = existing.extended_by(manifest) if existing is not None else manifest
+            if merged is None:  # another process wrote a different run meanwhile: the usual refusal
+                check_run_folder(out_dir, manifest, resume=True)
+                return
+            write_manifest(out_dir, merged)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_manifest(out_dir: str | Path, manifest: RunManifest) -> None:

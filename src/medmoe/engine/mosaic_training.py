@@ -328,11 +328,9 @@ def round_lr_factor(round_index: int, cfg: MosaicTrainConfig) -> float:
 # augmentation (batched, on the device)
 
 
-def augment_2d(x: Tensor, generator: torch.Generator | None = None, *, max_degrees: float = 15.0) -> Tensor:
-    """Random horizontal flip (p 0.5) and rotation in ``[-max_degrees, max_degrees]`` per image.
-
-    ``x: (b, c, h, w)`` in ``[0, 1]`` -> same shape; uncovered corners are 0 (as torchvision's default).
-    """
+def _flip_rotate_grid(x: Tensor, generator: torch.Generator | None, max_degrees: float) -> Tensor:
+    """Sampling grid of a random horizontal flip (p 0.5) and rotation in ``[-max_degrees, max_degrees]`` per
+    image of ``x: (b, c, h, w)``; draws the flips, then the angles, from ``generator``."""
     b = x.shape[0]
     flip = torch.rand(b, generator=generator) < 0.5
     angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
@@ -342,7 +340,15 @@ def augment_2d(x: Tensor, generator: torch.Generator | None = None, *, max_degre
     theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
     theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.affine_grid(theta, list(x.shape), align_corners=False)
+
+
+def augment_2d(x: Tensor, generator: torch.Generator | None = None, *, max_degrees: float = 15.0) -> Tensor:
+    """Random horizontal flip (p 0.5) and rotation in ``[-max_degrees, max_degrees]`` per image.
+
+    ``x: (b, c, h, w)`` in ``[0, 1]`` -> same shape; uncovered corners are 0 (as torchvision's default).
+    """
+    grid = _flip_rotate_grid(x, generator, max_degrees)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -358,16 +364,7 @@ def augment_2d_reference(x: Tensor, generator: torch.Generator | None = None, *,
     """
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    b = x.shape[0]
-    flip = torch.rand(b, generator=generator) < 0.5
-    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    sign = torch.where(flip, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = _flip_rotate_grid(x, generator, max_degrees)
     mean = torch.tensor(fill, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     # sample (x - mean) with zero padding, add the mean back: uncovered corners become the mean colour
     return F.grid_sample(x - mean, grid, mode="nearest", padding_mode="zeros", align_corners=False) + mean

@@ -28,8 +28,10 @@ __all__ = [
     "build_within_limit",
     "check_model_size",
     "format_bytes",
+    "gb_limit_from_env",
     "max_model_bytes",
     "meta_model_bytes",
+    "physical_memory_bytes",
 ]
 
 #: Environment variable: the largest model (weights, in GB = 1e9 bytes) medmoe builds; also ``medmoe
@@ -37,6 +39,14 @@ __all__ = [
 MAX_MODEL_GB_ENV = "MEDMOE_MAX_MODEL_GB"
 
 M = TypeVar("M", bound=nn.Module)
+
+
+def physical_memory_bytes(default: int) -> int:
+    """The machine's physical memory from ``sysconf``, ``default`` where it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platform without sysconf
+        return default
 
 
 def available_memory_bytes() -> int:
@@ -49,25 +59,29 @@ def available_memory_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - platform without sysconf
-        return 64 * 10**9
+    return physical_memory_bytes(64 * 10**9)
 
 
-def max_model_bytes() -> int:
-    """The largest model (bytes of weights) medmoe builds: ``$MEDMOE_MAX_MODEL_GB`` GB when set, else
-    :func:`available_memory_bytes`. A value that is not a positive number raises ``SizeLimitError``."""
-    raw = os.environ.get(MAX_MODEL_GB_ENV, "").strip()
+def gb_limit_from_env(name: str, error: type[Exception] = ValueError) -> int | None:
+    """Bytes of the limit ``$NAME`` gives in GB (1e9 bytes), ``None`` when it is unset or empty; a value that
+    is not a positive number raises ``error`` naming the variable."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return available_memory_bytes()
+        return None
     try:
         gb = float(raw)
     except ValueError:
         gb = float("nan")
     if not gb > 0:
-        raise SizeLimitError(f"{MAX_MODEL_GB_ENV}={raw!r} must be a positive number of GB")
+        raise error(f"{name}={raw!r} must be a positive number of GB")
     return int(gb * 1e9)
+
+
+def max_model_bytes() -> int:
+    """The largest model (bytes of weights) medmoe builds: ``$MEDMOE_MAX_MODEL_GB`` GB when set, else
+    :func:`available_memory_bytes`. A value that is not a positive number raises ``SizeLimitError``."""
+    limit = gb_limit_from_env(MAX_MODEL_GB_ENV, SizeLimitError)
+    return available_memory_bytes() if limit is None else limit
 
 
 def meta_model_bytes(build: Callable[[], nn.Module]) -> int | None:

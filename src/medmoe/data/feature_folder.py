@@ -136,19 +136,10 @@ MAX_FEATURE_GB_ENV = "MEDMOE_MAX_FEATURE_GB"
 def max_feature_bytes() -> int:
     """The largest feature array (float32 bytes) one file may declare: ``$MEDMOE_MAX_FEATURE_GB`` GB when
     set, else a quarter of the machine's physical memory (16 GB where that cannot be read)."""
-    raw = os.environ.get(MAX_FEATURE_GB_ENV, "").strip()
-    if raw:
-        try:
-            gb = float(raw)
-        except ValueError:
-            gb = float("nan")
-        if not gb > 0:
-            raise ValueError(f"{MAX_FEATURE_GB_ENV}={raw!r} must be a positive number of GB")
-        return int(gb * 1e9)
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - platform without sysconf
-        return 16 * 10**9
+    from ..model_size import gb_limit_from_env, physical_memory_bytes
+
+    limit = gb_limit_from_env(MAX_FEATURE_GB_ENV)
+    return physical_memory_bytes(64 * 10**9) // 4 if limit is None else limit
 
 
 def _check_declared_size(

@@ -1,4 +1,4 @@
-"""Named MOSAIC protocols: the reference's (``mosaic-paper``), and medmoe's CPU-friendly default (``medmoe-cpu``).
+"""Named MOSAIC protocols: the reference's (``mosaic-paper``, the default), and medmoe's CPU-friendly one (``medmoe-cpu``).
 
 A :class:`MosaicPreset` fixes what a run's outcome depends on besides the data and the ImageNet weights: the
 model (:class:`~medmoe.models.vit.MosaicConfig` fields and the ViT's LayerNorm epsilon), the image sizes and
@@ -15,7 +15,7 @@ dataset order, and the training protocol (:class:`~medmoe.engine.mosaic_training
   0.1; EMA 0.9 / 0.95; clip 1.0; the reference's early-stopping rule (patience 5, min_delta 0.001); fp32
   everywhere. One deliberate medmoe choice stays: rounds are selected on the official MedMNIST ACC
   (``selection_metric="acc_pm1"`` gives the reference's mean with the +-1 RetinaMNIST accuracy).
-* ``medmoe-cpu`` — what ``mosaic train`` did before presets (and still does without ``--preset``), with the
+* ``medmoe-cpu`` — what ``mosaic train`` did before presets (and what ``--demo`` uses), with the
   reference's 2-D tokenizer LayerNorm now part of the model: 28^2 images (2 x 2 tokens) and 28^3 volumes,
   MedMNIST's dataset order, trainable 3-D tokenizer, medmoe's 2-D augmentation (rotation before
   normalisation, bilinear, black corners), medmoe's early stopping (only gains > min_delta count), bf16 on
@@ -71,7 +71,7 @@ MOSAIC_PRESETS: dict[str, MosaicPreset] = {
     for p in (
         MosaicPreset(
             name="medmoe-cpu",
-            summary="medmoe's CPU-friendly default: 28^2 / 28^3, trainable 3-D tokenizer, bf16 on CUDA",
+            summary="medmoe's CPU-friendly protocol: 28^2 / 28^3, trainable 3-D tokenizer, bf16 on CUDA",
             size=28, dataset_order="medmnist", norm_eps=1e-6,
             model={**_COMMON_MODEL, "train_tokenizer_3d": True},
             train={**_COMMON_TRAIN, "early_stopping": "medmoe", "augmentation": "medmoe", "precision": "auto"},

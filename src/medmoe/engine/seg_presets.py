@@ -1,4 +1,4 @@
-"""Named segmentation protocols: the Mamba-HoME paper's, and medmoe's CPU-friendly default.
+"""Named segmentation protocols: the Mamba-HoME paper's (the default of ``seg train``), and medmoe's CPU-friendly one.
 
 A :class:`SegPreset` fixes everything a run's outcome depends on besides the data: the network, the
 preprocessing and augmentation (:class:`~medmoe.data.seg_transforms.SegTransformConfig` fields), the training
@@ -15,7 +15,7 @@ explicitly still wins. ``docs/segmentation-presets.md`` lists what each preset s
   validation every epoch by sliding window with ROI = patch, overlap 0.25, constant blending, on
   foreground-cropped volumes, Dice averaged over classes then cases; inference ROI 192 x 192 x 48, overlap 0.5,
   constant blending, window batch 4.
-* ``medmoe-cpu`` — what ``seg train`` did before presets existed and still does without ``--preset``: the
+* ``medmoe-cpu`` — what ``seg train`` did before presets existed (and what ``seg demo`` uses): the
   tiny model, per-modality intensity (CT window only for CT; MRI z-scored over the foreground), no
   resampling, 96^3 crops, 2 crops per volume 1:1, medmoe's augmentation (flips, rotations, intensity scale
   and shift, noise), 10 epochs x 50 steps, Gaussian-blended sliding window with overlap 0.5, Dice averaged
@@ -69,7 +69,7 @@ SEG_PRESETS: dict[str, SegPreset] = {
     for p in (
         SegPreset(
             name="medmoe-cpu",
-            summary="medmoe's CPU-friendly default: tiny model, 96^3, 10 x 50 steps, per-modality intensity",
+            summary="medmoe's CPU-friendly protocol: tiny model, 96^3, 10 x 50 steps, per-modality intensity",
             model="mamba_home.tiny",
             transform={"ct_window": (-175.0, 250.0), "spacing": None, "orientation": "RAS", "roi_size": (96, 96, 96),
                        "pos": 1.0, "neg": 1.0, "num_samples": 2, "mri_stats": "foreground",

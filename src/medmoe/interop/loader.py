@@ -370,11 +370,11 @@ def load_any_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn
     (``info['load_report']`` holds the report). Other files need the model name once:
     ``medmoe mil convert PATH --model NAME --out DIR``.
     """
-    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+    from ..engine.checkpoint import load_checkpoint
 
     p = Path(path)
-    folder = p.parent if p.is_file() and p.name in (WEIGHTS_NAME, CONFIG_NAME) else p
-    if folder.is_dir() and (folder / WEIGHTS_NAME).is_file() and _is_medmoe_folder(folder):
+    folder = _medmoe_checkpoint_folder(p)
+    if folder is not None:
         return load_checkpoint(folder, map_location=map_location)
     if not p.exists():
         return load_checkpoint(p, map_location=map_location)  # its own "does not exist" error
@@ -385,13 +385,24 @@ def load_any_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn
 
 def read_any_checkpoint_info(path: str | Path) -> dict[str, Any]:
     """The info dict :func:`load_any_checkpoint` would return (medmoe folders: read without the weights)."""
-    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
+    from ..engine.checkpoint import read_checkpoint_info
 
     p = Path(path)
-    folder = p.parent if p.is_file() and p.name in (WEIGHTS_NAME, CONFIG_NAME) else p
-    if not p.exists() or (folder.is_dir() and (folder / WEIGHTS_NAME).is_file() and _is_medmoe_folder(folder)):
-        return read_checkpoint_info(folder)
+    folder = _medmoe_checkpoint_folder(p)
+    if not p.exists() or folder is not None:
+        return read_checkpoint_info(folder or p)
     return load_any_checkpoint(p)[1]
+
+
+def _medmoe_checkpoint_folder(p: Path) -> Path | None:
+    """The medmoe checkpoint folder ``p`` names (the folder, or its ``model.safetensors`` / ``config.json``),
+    ``None`` when ``p`` is something else (a reference file or folder, or nothing)."""
+    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = p.parent if p.is_file() and p.name in (WEIGHTS_NAME, CONFIG_NAME) else p
+    if folder.is_dir() and (folder / WEIGHTS_NAME).is_file() and _is_medmoe_folder(folder):
+        return folder
+    return None
 
 
 def _is_medmoe_folder(folder: Path) -> bool:

@@ -35,7 +35,7 @@ def _worker(name: str, task: str, patch: int, volume: int, roi: int, reps: int, 
     import torch
 
     from medmoe.bench.device import is_cuda, sync
-    from medmoe.engine.seg_inference import sliding_window_logits
+    from medmoe.engine.seg.inference import sliding_window_logits
     from medmoe.models.seg import create_seg_model
 
     try:

@@ -2,7 +2,7 @@
 
 Both produce the same label map (checked here, and bit for bit in the tests). MONAI's
 ``sliding_window_inference`` holds the blended logits of the whole volume, ``(K, D, H, W)`` float32, plus
-a weight map; :func:`medmoe.engine.seg_inference.sliding_window_labels` holds one ROI-deep slab and reduces
+a weight map; :func:`medmoe.engine.seg.inference.sliding_window_labels` holds one ROI-deep slab and reduces
 every finished slab to its arg-max. Each variant runs in a fresh subprocess (peak resident memory from
 ``getrusage``), alternating, best time of ``--reps``. The network is one 1x1x1 convolution to ``K``
 classes, so the stitching dominates.
@@ -22,7 +22,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 from torch import nn
-from medmoe.engine.seg_inference import sliding_window_labels, sliding_window_logits
+from medmoe.engine.seg.inference import sliding_window_labels, sliding_window_logits
 variant, k, size, roi = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 torch.set_num_threads(int(sys.argv[5]))
 torch.manual_seed(0)

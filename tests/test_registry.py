@@ -212,7 +212,7 @@ def test_published_grid_rows_name_the_models_that_produced_them():
     import re
     from pathlib import Path
 
-    from medmoe.engine.cross_validation import resolve_variant
+    from medmoe.engine.mil.cross_validation import resolve_variant
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     if not readme.is_file():

@@ -22,7 +22,7 @@ run() {  # run NAME ARGS...: `medmoe mil train --config ilse2018 --out ROOT/NAME
   if [ -f "$RESULTS/$name/results.json" ]; then echo "skip $name (done)"; return; fi
   rm -rf "${ROOT:?}/$name"
   # a shared working tree may be mid-edit: wait until medmoe imports before starting a run
-  until python -c "import medmoe.engine.trainer" 2> /dev/null; do sleep 20; done
+  until python -c "import medmoe.engine.mil.trainer" 2> /dev/null; do sleep 20; done
   local t0=$SECONDS
   "$MEDMOE" mil train --config ilse2018 --out "$ROOT/$name" "$@" > "$ROOT/$name.log" 2>&1
   local rc=$?
@@ -62,7 +62,7 @@ run musk2-abmil -d musk2 -m abmil.base "${SEEDS[@]}"
 # 7. no validation fold: all nine non-test folds train for a fixed number of epochs (Python API, val_folds=0)
 for n in 25 100; do
   if [ ! -f "$RESULTS/ablate-musk1-no-val-${n}ep/results.json" ]; then
-    until python -c "import medmoe.engine.trainer" 2> /dev/null; do sleep 20; done
+    until python -c "import medmoe.engine.mil.trainer" 2> /dev/null; do sleep 20; done
     python benchmarks/ilse2018/ablate_no_validation.py musk1 "$n" "$ROOT" > "$ROOT/ablate-no-val-$n.log" 2>&1
     echo "$(date +%H:%M:%S) ablate-musk1-no-val-${n}ep rc=$?"
   fi

@@ -10,7 +10,7 @@ from bad_input_harness import assert_clear_error
 from inference_inputs import constant_checkpoint, feature_folder
 
 from medmoe.engine import load_checkpoint, save_checkpoint
-from medmoe.engine.thresholds import THRESHOLDS_KEY
+from medmoe.engine.mil.thresholds import THRESHOLDS_KEY
 
 RECORDS = [
     pytest.param("0.3", ["decision_thresholds", "mapping", "save the checkpoint again"], id="record-not-a-mapping"),

@@ -54,7 +54,7 @@ def test_bench_mammoth_prints_a_ratio_table(capsys):
 def test_configure_logging_levels(capsys):  # the logging state is restored by conftest
     from medmoe.cli.main import configure_logging
 
-    progress, engine = logging.getLogger("medmoe.progress"), logging.getLogger("medmoe.engine.trainer")
+    progress, engine = logging.getLogger("medmoe.progress"), logging.getLogger("medmoe.engine.mil.trainer")
     configure_logging()
     configure_logging()  # a second call replaces the handler instead of printing twice
     progress.info("[1/2] run done")

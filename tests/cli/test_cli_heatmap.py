@@ -155,7 +155,7 @@ def test_cohort_of_a_multilabel_checkpoint_reads_its_label_columns(tmp_path):
 @pytest.mark.parametrize("name", ["abmil.base", "meanmil.base", "clam.base_mammoth"])
 def test_slide_heatmaps_for_other_models(case, tmp_path, name):
     from medmoe.data import read_feature_file
-    from medmoe.engine.heatmap_pipeline import slide_heatmaps
+    from medmoe.engine.mil.heatmap_pipeline import slide_heatmaps
 
     feats, coords, _ = read_feature_file(case["h5"], with_attrs=True)
     extra = {"patch_embed_args": MOE} if "mammoth" in name else {}

@@ -68,7 +68,7 @@ def _reference_file(tmp_path):
     import torch
 
     from medmoe.data import write_fake_medmnist
-    from medmoe.engine.mosaic_training import build_mosaic_config
+    from medmoe.engine.mosaic.training import build_mosaic_config
     from medmoe.interop.mosaic import mosaic_state_to_reference
     from medmoe.models.vit import MosaicModel, VisionTransformerConfig
 

@@ -20,7 +20,7 @@ def test_synthetic_folder_reads_as_survival_dataset(tmp_path):
     assert sub.survival_times == [ds.survival_times[5], ds.survival_times[2]]
     assert sub.survival_events == [ds.survival_events[5], ds.survival_events[2]]
     # riskier slides die sooner: the hidden risk is concordant with the times
-    from medmoe.engine.survival import concordance_index
+    from medmoe.engine.mil.survival import concordance_index
 
     assert concordance_index(f.risks, ds.survival_times, ds.survival_events) > 0.65
 

@@ -1,4 +1,4 @@
-"""medmoe.engine.comparison_summary and `medmoe mil summarize`: tables of finished folds, partial grids."""
+"""medmoe.engine.mil.comparison_summary and `medmoe mil summarize`: tables of finished folds, partial grids."""
 
 import json
 import statistics

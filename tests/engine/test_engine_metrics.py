@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from medmoe.engine.metrics import (
+from medmoe.engine.mil.metrics import (
     ALL_METRIC_NAMES,
     METRIC_NAMES,
     compute_metrics,
@@ -12,8 +12,8 @@ from medmoe.engine.metrics import (
     format_summary,
     summarize,
 )
-from medmoe.engine.multilabel import MULTILABEL_METRIC_NAMES
-from medmoe.engine.survival import SURVIVAL_METRIC_NAMES
+from medmoe.engine.mil.multilabel import MULTILABEL_METRIC_NAMES
+from medmoe.engine.mil.survival import SURVIVAL_METRIC_NAMES
 
 
 def test_binary_hand_values():
@@ -56,7 +56,7 @@ def test_quadratic_kappa_hand_value():
 
 def test_multiclass_auroc_skips_absent_class(caplog):
     probs = torch.tensor([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.3, 0.5], [0.1, 0.2, 0.7]])
-    with caplog.at_level(logging.WARNING, logger="medmoe.engine.metrics"):
+    with caplog.at_level(logging.WARNING, logger="medmoe.engine.mil.metrics"):
         m = compute_metrics(probs, torch.tensor([0, 0, 1, 1]))
     assert "skips classes [2]" in caplog.text
     assert m["auroc"] == pytest.approx((1.0 + 0.875) / 2)  # class 1: 3.5 of 4 pairs (one tie)
@@ -101,7 +101,7 @@ def test_summarize_and_format():
 
 def test_all_metric_names_cover_every_task_once_in_table_order():
     assert len(set(ALL_METRIC_NAMES)) == len(ALL_METRIC_NAMES)
-    from medmoe.engine.thresholds import THRESHOLD_METRIC_NAMES
+    from medmoe.engine.mil.thresholds import THRESHOLD_METRIC_NAMES
 
     assert set(ALL_METRIC_NAMES) == {
         *METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES, *THRESHOLD_METRIC_NAMES

@@ -15,7 +15,7 @@ from medmoe.engine import (
     train_one_fold,
 )
 from medmoe.engine import trainer as T
-from medmoe.engine.config import resolve_monitor
+from medmoe.engine.mil.config import resolve_monitor
 
 
 def _cfg(**kw):
@@ -185,7 +185,7 @@ def test_missing_logger_packages_only_warn(tmp_path, caplog):
     ]
     if not missing:
         pytest.skip("tensorboard and mlflow are both installed")
-    with caplog.at_level(logging.WARNING, logger="medmoe.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="medmoe.engine.mil.trainer"):
         res = train_one_fold(
             "abmil.base", synthetic_bags(6), None, None, _cfg(epochs=1, loggers=missing), tmp_path, TINY_ABMIL
         )

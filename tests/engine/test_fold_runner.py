@@ -1,4 +1,4 @@
-"""medmoe.engine.fold_runner: folds in worker processes give the results of the sequential run."""
+"""medmoe.engine.mil.fold_runner: folds in worker processes give the results of the sequential run."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import torch
 from engine_synthetic import TINY_ABMIL, synthetic_bags
 
 from medmoe.engine import TrainConfig, compare, make_fabric, run_cross_validation
-from medmoe.engine.fold_runner import run_folds
+from medmoe.engine.mil.fold_runner import run_folds
 
 CFG = TrainConfig(epochs=2, lr=5e-3, min_epochs=1, patience=None, progress=False, accelerator="cpu")
 TINY_MAMMOTH = {"num_experts": 2, "num_slots": 2, "num_heads": 2, "slot_dim": 8}

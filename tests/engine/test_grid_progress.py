@@ -6,7 +6,7 @@ import pytest
 from engine_synthetic import TINY_ABMIL, synthetic_bags
 
 from medmoe.engine import TrainConfig, run_cross_validation
-from medmoe.engine.grid_progress import GridProgress, format_duration
+from medmoe.engine.mil.grid_progress import GridProgress, format_duration
 
 
 def _result(auroc=0.9, epochs=3):
@@ -23,7 +23,7 @@ def test_format_duration(seconds, text):
 
 def test_eta_counts_only_trained_runs(monkeypatch, caplog):
     clock = iter([0.0, 10.0, 10.0, 10.5, 20.0, 50.0])  # run 1: 10 s, run 2 (finished before), run 3: 30 s
-    monkeypatch.setattr("medmoe.engine.grid_progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("medmoe.engine.mil.grid_progress.time.perf_counter", lambda: next(clock))
     progress = GridProgress(5)
     assert math.isnan(progress.eta())
     with caplog.at_level(logging.INFO, logger="medmoe.progress"):

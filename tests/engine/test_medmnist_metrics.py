@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medmoe.data import medmnist_info, write_fake_medmnist
-from medmoe.engine.medmnist_metrics import evaluate_scores, medmnist_acc, medmnist_auc, retina_tolerant_acc
+from medmoe.engine.mosaic.metrics import evaluate_scores, medmnist_acc, medmnist_auc, retina_tolerant_acc
 
 evaluator = pytest.importorskip("medmnist.evaluator")
 

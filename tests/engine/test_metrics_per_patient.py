@@ -6,9 +6,9 @@ from engine_synthetic import TINY_ABMIL, synthetic_bags
 
 from medmoe.data import InMemoryBags
 from medmoe.engine import TrainConfig, evaluate, train_one_fold
-from medmoe.engine.metrics import compute_metrics
-from medmoe.engine.survival import concordance_index, risk_scores
-from medmoe.engine.trainer import _task_metrics
+from medmoe.engine.mil.metrics import compute_metrics
+from medmoe.engine.mil.survival import concordance_index, risk_scores
+from medmoe.engine.mil.trainer import _task_metrics
 
 CFG = TrainConfig(epochs=2, lr=5e-3, min_epochs=1, patience=None, progress=False, accelerator="cpu")
 

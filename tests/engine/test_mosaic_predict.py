@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from medmoe.cli.main import app
 from medmoe.data import load_medmnist_split, write_fake_medmnist
-from medmoe.engine.mosaic_predict import predict_images
-from medmoe.engine.mosaic_training import build_mosaic_config, predict_split, save_mosaic_checkpoint
+from medmoe.engine.mosaic.predict import predict_images
+from medmoe.engine.mosaic.training import build_mosaic_config, predict_split, save_mosaic_checkpoint
 from medmoe.models.vit import MosaicModel, VisionTransformerConfig
 
 FLAGS = ["pathmnist", "chestmnist", "organmnist3d"]

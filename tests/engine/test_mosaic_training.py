@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medmoe.data import write_fake_medmnist
-from medmoe.engine.mosaic_training import (
+from medmoe.engine.mosaic.training import (
     ExpertAwareEMA,
     MosaicTrainConfig,
     augment_2d,
@@ -55,7 +55,7 @@ def test_interleaved_is_the_reference_one_whole_dataset_at_a_time():
 
 
 def test_early_stopping_rules():
-    from medmoe.engine.mosaic_training import early_stopping_step
+    from medmoe.engine.mosaic.training import early_stopping_step
 
     ours, ref = MosaicTrainConfig(min_delta=0.01), MosaicTrainConfig(min_delta=0.01, early_stopping="reference")
     assert early_stopping_step(0.5, None, 0, ours) == (True, 0) == early_stopping_step(0.5, None, 0, ref)
@@ -71,7 +71,7 @@ def test_early_stopping_rules():
 
 
 def test_reference_augmentation_rotates_nearest_with_mean_colour_corners():
-    from medmoe.engine.mosaic_training import augment_2d_reference
+    from medmoe.engine.mosaic.training import augment_2d_reference
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 1, 28, 28).round()  # binary images: nearest interpolation keeps the values binary
@@ -213,7 +213,7 @@ def test_missing_split_and_dataset_mismatch(run):
 def test_checkpoint_saved_before_the_tokenizer_layernorm_loads_as_built(tmp_path):
     """config.json of a checkpoint written before patch_norm_2d existed lacks it: the model loads without the
     LayerNorm, strictly, and gives the outputs it gave when saved."""
-    from medmoe.engine.mosaic_training import save_mosaic_checkpoint
+    from medmoe.engine.mosaic.training import save_mosaic_checkpoint
 
     cfg = build_mosaic_config(["pathmnist", "organmnist3d"], 28, vit=VisionTransformerConfig.tiny_test(),
                               patch_norm_2d=False)

@@ -10,7 +10,7 @@ from engine_synthetic import TINY_ABMIL, multilabel_bags, train_killed_and_resum
 
 from medmoe.data import InMemoryBags
 from medmoe.engine import TrainConfig, evaluate, load_checkpoint, predict, predict_ensemble, train_one_fold
-from medmoe.engine.multilabel import multilabel_loss, multilabel_metrics, positive_weights
+from medmoe.engine.mil.multilabel import multilabel_loss, multilabel_metrics, positive_weights
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 

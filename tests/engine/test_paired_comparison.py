@@ -1,4 +1,4 @@
-"""medmoe.engine.paired_comparison: fold-paired differences and the corrected resampled t-test."""
+"""medmoe.engine.mil.paired_comparison: fold-paired differences and the corrected resampled t-test."""
 
 import json
 import logging
@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from medmoe.cli.main import app
 from medmoe.data.splits import Split, save_splits
 from medmoe.engine import paired_comparison
-from medmoe.engine.paired_comparison import corrected_resampled_ttest, paired_markdown
+from medmoe.engine.mil.paired_comparison import corrected_resampled_ttest, paired_markdown
 
 SPLITS = [Split(train=list(range(8)), val=[8], test=[9, 10]), Split(train=list(range(2, 10)), val=[0], test=[1, 11])]
 IDS = [f"bag{i}" for i in range(12)]

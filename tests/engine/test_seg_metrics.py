@@ -8,7 +8,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
-from medmoe.engine.segmentation import dice_per_class, hd95_per_class
+from medmoe.engine.seg.training import dice_per_class, hd95_per_class
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -9,8 +9,8 @@ import torch
 
 from medmoe.data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
 from medmoe.data.volumes import VolumeCase
-from medmoe.engine.seg_presets import get_seg_preset, inference_protocol, list_seg_presets, resolve_seg_preset
-from medmoe.engine.segmentation import SegTrainConfig, evaluate_segmentation
+from medmoe.engine.seg.presets import get_seg_preset, inference_protocol, list_seg_presets, resolve_seg_preset
+from medmoe.engine.seg.training import SegTrainConfig, evaluate_segmentation
 
 
 def test_paper_preset_is_the_reference_protocol() -> None:

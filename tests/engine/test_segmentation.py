@@ -11,8 +11,8 @@ from torch import nn
 
 from medmoe.data.seg_transforms import SegTransformConfig
 from medmoe.data.volumes import VolumeCase, VolumeError, make_synthetic_volumes, write_nifti
-from medmoe.engine.seg_inference import predict_volumes, sliding_window_logits
-from medmoe.engine.segmentation import (
+from medmoe.engine.seg.inference import predict_volumes, sliding_window_logits
+from medmoe.engine.seg.training import (
     SegTrainConfig,
     evaluate_segmentation,
     load_seg_checkpoint,

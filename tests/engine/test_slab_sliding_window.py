@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from medmoe.engine.seg_inference import sliding_window_labels, sliding_window_logits
+from medmoe.engine.seg.inference import sliding_window_labels, sliding_window_logits
 
 
 class _Net(nn.Module):

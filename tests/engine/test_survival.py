@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmoe.engine.survival import (
+from medmoe.engine.mil.survival import (
     assign_time_bins,
     concordance_index,
     nll_survival_loss,

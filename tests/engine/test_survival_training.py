@@ -17,8 +17,8 @@ from medmoe.engine import (
     train_one_fold,
 )
 from medmoe.engine import trainer as T
-from medmoe.engine.config import resolve_monitor
-from medmoe.engine.survival import concordance_index
+from medmoe.engine.mil.config import resolve_monitor
+from medmoe.engine.mil.survival import concordance_index
 
 TINY = {"embed_dim": 16, "attn_dim": 16, "dropout": 0.0}
 

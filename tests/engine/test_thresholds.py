@@ -23,7 +23,7 @@ from medmoe.engine import (
 )
 from medmoe.engine import thresholds as th
 from medmoe.engine.checkpoint import read_checkpoint_info
-from medmoe.engine.thresholds import (
+from medmoe.engine.mil.thresholds import (
     SOURCE_DEFAULT,
     SOURCE_NO_VALIDATION,
     SOURCE_ONE_CLASS,
@@ -212,7 +212,7 @@ def test_no_test_fold_influences_the_threshold(fold, tmp_path, monkeypatch):
         seen.append(scores.shape[0])
         return real(scores, targets)
 
-    monkeypatch.setattr("medmoe.engine.trainer.choose_thresholds", spy)
+    monkeypatch.setattr("medmoe.engine.mil.trainer.choose_thresholds", spy)
     flipped = type(test)([torch.randn_like(test[i].features) * 5 for i in range(len(test))], [1 - y for y in test.labels],
                          bag_ids=test.bag_ids, class_names=test.class_names)
     again = train_one_fold("abmil.base", train, val, flipped, CFG, tmp_path / "corrupt", TINY_ABMIL)
@@ -223,7 +223,7 @@ def test_no_test_fold_influences_the_threshold(fold, tmp_path, monkeypatch):
 
 
 def test_without_validation_the_threshold_stays_and_says_so(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="medmoe.engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="medmoe.engine.mil.trainer"):
         result = run_cross_validation("abmil.base", synthetic_bags(18, seed=4), k=3, val_folds=0, cfg=CFG,
                                       out_dir=tmp_path, model_overrides=TINY_ABMIL)
     assert "kept at 0.5 (no validation set)" in caplog.text
@@ -356,7 +356,7 @@ def test_cli_eval_and_predict_use_the_checkpoint_threshold(fold, tmp_path, monke
 
 
 def test_heatmap_prediction_uses_the_threshold(tmp_path):
-    from medmoe.engine.heatmap_pipeline import slide_heatmaps
+    from medmoe.engine.mil.heatmap_pipeline import slide_heatmaps
     from medmoe.registry import create_model
 
     torch.manual_seed(0)
@@ -376,7 +376,7 @@ def test_heatmap_prediction_uses_the_threshold(tmp_path):
 def test_per_patient_metrics_choose_on_patient_scores(tmp_path, monkeypatch):
     """With ``metrics_level='group'`` the threshold is chosen on, and applied to, a patient's mean probability."""
     from medmoe.data import InMemoryBags
-    from medmoe.engine.trainer import _choose_thresholds, _task_metrics
+    from medmoe.engine.mil.trainer import _choose_thresholds, _task_metrics
 
     def two_slides(n_patients, seed):
         first, second = synthetic_bags(n_patients, seed=seed), synthetic_bags(n_patients, seed=seed + 100)
@@ -398,7 +398,7 @@ def test_per_patient_metrics_choose_on_patient_scores(tmp_path, monkeypatch):
 
     seen = []
     real = th.choose_thresholds
-    monkeypatch.setattr("medmoe.engine.trainer.choose_thresholds",
+    monkeypatch.setattr("medmoe.engine.mil.trainer.choose_thresholds",
                         lambda s, t: seen.append(s.shape[0]) or real(s, t))
     train_one_fold("abmil.base", two_slides(10, seed=0), val, two_slides(6, seed=2),
                    CFG.replace(metrics_level="group"), tmp_path, TINY_ABMIL)

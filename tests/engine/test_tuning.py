@@ -1,4 +1,4 @@
-"""Nested cross-validation with Optuna (medmoe.engine.tuning): outputs, the test fold never influencing a
+"""Nested cross-validation with Optuna (medmoe.engine.mil.tuning): outputs, the test fold never influencing a
 choice, resume of a killed study, several processes on one SQLite storage, the search space."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ pytest.importorskip("optuna")
 
 from medmoe.data import InMemoryBags, stratified_group_kfold
 from medmoe.engine import TrainConfig
-from medmoe.engine.search_space import DEFAULT_SPACE, load_space
-from medmoe.engine.tuning import (
+from medmoe.engine.mil.search_space import DEFAULT_SPACE, load_space
+from medmoe.engine.mil.tuning import (
     applicable_params,
     apply_params,
     compare_tuned,
@@ -162,7 +162,7 @@ def test_two_processes_share_one_sqlite_storage(tmp_path):
         from engine_synthetic import TINY_ABMIL, synthetic_bags
         from medmoe.data import stratified_group_kfold
         from medmoe.engine import TrainConfig
-        from medmoe.engine.tuning import run_nested_cv
+        from medmoe.engine.mil.tuning import run_nested_cv
         data = synthetic_bags(24, groups=True)
         split = stratified_group_kfold(data.labels, data.groups, 4, 0, val_folds=1, bag_ids=data.bag_ids)[:1]
         cfg = TrainConfig(epochs=1, lr=5e-3, min_epochs=1, patience=None, progress=False, accelerator="cpu")

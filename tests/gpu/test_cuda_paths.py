@@ -141,7 +141,7 @@ def test_mamba_home_on_cuda_matches_cpu() -> None:
 
 def test_mosaic_on_cuda_matches_cpu() -> None:
     """MOSAIC (frozen tiny ViT, specialist adapters) on 2-D and 3-D inputs."""
-    from medmoe.engine.mosaic_training import build_mosaic_config
+    from medmoe.engine.mosaic.training import build_mosaic_config
     from medmoe.models.vit import MosaicModel, VisionTransformerConfig
 
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def test_segmentation_trainer_on_cuda(tmp_path, precision: str) -> None:
     """``train_segmentation`` of a tiny Mamba-HoME on CUDA, then sliding-window evaluation there."""
     from medmoe.data.seg_transforms import SegTransformConfig
     from medmoe.data.volumes import make_synthetic_volumes
-    from medmoe.engine.segmentation import SegTrainConfig, train_segmentation
+    from medmoe.engine.seg.training import SegTrainConfig, train_segmentation
     from medmoe.models.seg import create_seg_model
 
     data = make_synthetic_volumes(tmp_path / "vols", n_cases=2, shape=(32, 32, 32), num_classes=2)
@@ -208,7 +208,7 @@ def test_segmentation_trainer_on_cuda(tmp_path, precision: str) -> None:
 def test_mosaic_trainer_on_cuda(tmp_path) -> None:
     """Two rounds of ``train_mosaic`` on CUDA (bf16-mixed) with fake MedMNIST data."""
     from medmoe.data import write_fake_medmnist
-    from medmoe.engine.mosaic_training import (
+    from medmoe.engine.mosaic.training import (
         MosaicTrainConfig,
         build_mosaic_config,
         load_medmnist_data,

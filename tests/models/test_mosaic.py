@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medmoe.engine.mosaic_report import format_parameter_report, parameter_report
-from medmoe.engine.mosaic_training import build_mosaic_config
+from medmoe.engine.mosaic.report import format_parameter_report, parameter_report
+from medmoe.engine.mosaic.training import build_mosaic_config
 from medmoe.models.vit import (
     MosaicConfig,
     MosaicModel,

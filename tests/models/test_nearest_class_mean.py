@@ -9,8 +9,8 @@ import torch
 
 from medmoe.data.seg_transforms import SegTransformConfig
 from medmoe.data.volumes import VolumeCase
-from medmoe.engine.seg_baseline import fit_nearest_class_mean
-from medmoe.engine.segmentation import evaluate_segmentation
+from medmoe.engine.seg.baseline import fit_nearest_class_mean
+from medmoe.engine.seg.training import evaluate_segmentation
 from medmoe.models.seg import NearestClassMean
 
 

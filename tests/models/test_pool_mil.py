@@ -80,7 +80,7 @@ def test_base_relu_keeps_the_relu() -> None:
 
 def test_mammoth_counterpart_of_base_relu_is_base_mammoth() -> None:
     """``mil compare -m meanmil.base_relu`` pairs it with the same Mammoth model as ``meanmil.base_mammoth``."""
-    from medmoe.engine.cross_validation import resolve_variant
+    from medmoe.engine.mil.cross_validation import resolve_variant
 
     for name in ("meanmil", "maxmil"):
         variant, overrides = resolve_variant(f"{name}.base_relu", "mammoth")

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.engine.mosaic_training import ExpertAwareEMA
+from medmoe.engine.mosaic.training import ExpertAwareEMA
 from medmoe.engine.optim import make_adamw
 from medmoe.interop.mosaic import (
     REFERENCE_ALL,

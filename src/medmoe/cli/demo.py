@@ -3,7 +3,7 @@ real MIL benchmarks (Musk1 and the UCSB breast-cancer histopathology set, fetche
 cross-validation, then a markdown table and a bar plot. A few minutes on 2 CPU cores.
 
 Every fold picks its decision threshold on its validation fold (maximal balanced accuracy; see
-:mod:`medmoe.engine.thresholds`); the table shows the test balanced accuracy and F1 both at the fixed 0.5
+:mod:`medmoe.engine.mil.thresholds`); the table shows the test balanced accuracy and F1 both at the fixed 0.5
 and at that threshold (``*_tuned``), so a model that ranks the bags well but calls every bag one class at
 0.5 is told apart from one that ranks them badly.
 """

@@ -60,8 +60,8 @@ def heatmap(
     medmoe.data.extract_slide_features) can be used with --slide alone or --demo; any other checkpoint needs
     --features from the encoder it was trained with.
     """
-    from ..engine.heatmap_pipeline import demo_slide_heatmaps, slide_heatmaps
-    from ..engine.thresholds import checkpoint_thresholds
+    from ..engine.mil.heatmap_pipeline import demo_slide_heatmaps, slide_heatmaps
+    from ..engine.mil.thresholds import checkpoint_thresholds
 
     _check_options(cmap, normalize, embedding, top_k, experts, max_size, device)
     try:
@@ -76,7 +76,7 @@ def heatmap(
         if cohort is not None:
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")
-            from ..engine.heatmap_pipeline import cohort_expert_stats
+            from ..engine.mil.heatmap_pipeline import cohort_expert_stats
             # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
             bags = _cohort_bags(cohort, labels, info)
             data = cohort_expert_stats(model, bags, out / "expert_stats",
@@ -166,7 +166,7 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
 
     from ..data import read_feature_file
     from ..data.feature_folder import feature_files
-    from ..engine.heatmap_pipeline import slide_heatmaps
+    from ..engine.mil.heatmap_pipeline import slide_heatmaps
 
     files = sorted(feature_files(features).values())  # refuses slide.h5 + slide.pt
     if not files:

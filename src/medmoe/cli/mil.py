@@ -415,8 +415,8 @@ def evaluate_checkpoint(
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
     from ..engine import evaluate
-    from ..engine.prediction import check_feature_dim
-    from ..engine.thresholds import checkpoint_thresholds
+    from ..engine.mil.prediction import check_feature_dim
+    from ..engine.mil.thresholds import checkpoint_thresholds
     from ..interop import load_any_checkpoint
 
     try:
@@ -500,7 +500,7 @@ def embed_checkpoint(
     clustering or a linear probe on another task)."""
     from ..engine import embed_slides, run_checkpoints, save_slide_embeddings
     from ..engine.checkpoint import read_checkpoint_info
-    from ..engine.slide_embedding import check_embedding_path
+    from ..engine.mil.slide_embedding import check_embedding_path
 
     try:
         check_embedding_path(out)
@@ -648,9 +648,9 @@ def compare_cmd(
 def _run_compare_tuned(models: list[str], datasets: list[str], patch_embeds: list[str], folders: dict[str, Any],
                        out: Path, metric: str, *, space: Path | None, overrides: dict[str, Any],
                        moe_args: dict[str, Any], search_only: bool, **kwargs: Any) -> None:
-    """``compare --tune``: :func:`~medmoe.engine.tuning.compare_tuned`, then the table and the bar plot."""
-    from ..engine.search_space import load_space
-    from ..engine.tuning import compare_tuned
+    """``compare --tune``: :func:`~medmoe.engine.mil.tuning.compare_tuned`, then the table and the bar plot."""
+    from ..engine.mil.search_space import load_space
+    from ..engine.mil.tuning import compare_tuned
     from ..viz.comparison import plot_comparison
 
     the_space = load_space(space)  # a bad --space fails before any data is loaded
@@ -726,8 +726,8 @@ def tune_cmd(
     """Nested cross-validation with Optuna: for each outer fold, search settings on inner folds of its
     training data only (TPE sampler, median pruning), train the best once, test once on the outer fold.
     Writes summary.md, best_params.csv/.json, each study's trials.csv and plots (docs/tuning.md)."""
-    from ..engine.search_space import load_space
-    from ..engine.tuning import run_nested_cv
+    from ..engine.mil.search_space import load_space
+    from ..engine.mil.tuning import run_nested_cv
 
     try:
         the_space = load_space(space)
@@ -774,7 +774,7 @@ def summarize_cmd(
     embeddings fold by fold (same splits), with the Nadeau-Bengio corrected t-test for repeated k-fold CV.
     """
     from ..engine import collect_comparison, paired_comparison
-    from ..engine.paired_comparison import paired_markdown
+    from ..engine.mil.paired_comparison import paired_markdown
     from ..viz.comparison import plot_comparison
 
     try:

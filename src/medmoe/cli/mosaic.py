@@ -100,9 +100,9 @@ def train(
         resolve_medmnist_flags,
         write_fake_medmnist,
     )
-    from ..engine.mosaic_presets import get_mosaic_preset
-    from ..engine.mosaic_report import format_metrics_table, format_parameter_report, parameter_report
-    from ..engine.mosaic_training import (
+    from ..engine.mosaic.presets import get_mosaic_preset
+    from ..engine.mosaic.report import format_metrics_table, format_parameter_report, parameter_report
+    from ..engine.mosaic.training import (
         AUGMENTATIONS,
         EARLY_STOPPING,
         SAMPLERS,
@@ -208,7 +208,7 @@ def _is_reference_file(checkpoint: Path) -> bool:
 
 def _load_mosaic(checkpoint: Path, *, teacher: bool, reference_datasets: str | None) -> tuple:
     """``(model, checkpoint info)`` from a medmoe checkpoint folder or a reference checkpoint file."""
-    from ..engine.mosaic_training import load_mosaic_checkpoint
+    from ..engine.mosaic.training import load_mosaic_checkpoint
 
     if _is_reference_file(checkpoint):
         from ..interop.mosaic import load_mosaic_reference
@@ -243,8 +243,8 @@ def evaluate(
     """Official MedMNIST ACC/AUC of a MOSAIC checkpoint on every dataset it has a head for."""
     from ..data.medmnist import MedMNISTFileError
     from ..engine.checkpoint import CheckpointError
-    from ..engine.mosaic_report import format_metrics_table, mean_accuracies
-    from ..engine.mosaic_training import evaluate_mosaic, load_medmnist_data
+    from ..engine.mosaic.report import format_metrics_table, mean_accuracies
+    from ..engine.mosaic.training import evaluate_mosaic, load_medmnist_data
 
     try:
         model, ckpt_info = _load_mosaic(checkpoint, teacher=teacher, reference_datasets=reference_datasets)
@@ -283,7 +283,7 @@ def predict(
     import csv
 
     from ..engine.checkpoint import CheckpointError
-    from ..engine.mosaic_predict import predict_images
+    from ..engine.mosaic.predict import predict_images
 
     try:
         model, _ = _load_mosaic(checkpoint, teacher=teacher, reference_datasets=reference_datasets)

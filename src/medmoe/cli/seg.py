@@ -107,9 +107,9 @@ def train(
 ) -> None:
     """Train a segmentation network; keeps the best validation-Dice checkpoint in OUT/checkpoint."""
     from ..data.seg_transforms import AUGMENTATIONS, MRI_STATS, modality_from_names, with_dataset_stats
-    from ..engine.seg_inference import SLIDING_WINDOW_MODES
-    from ..engine.seg_presets import list_seg_presets, resolve_seg_preset
-    from ..engine.segmentation import DICE_AVERAGES, train_segmentation
+    from ..engine.seg.inference import SLIDING_WINDOW_MODES
+    from ..engine.seg.presets import list_seg_presets, resolve_seg_preset
+    from ..engine.seg.training import DICE_AVERAGES, train_segmentation
     from ..models.seg import create_seg_model
 
     try:
@@ -213,9 +213,9 @@ def infer(
     import torch
 
     from ..data.seg_transforms import SegTransformConfig
-    from ..engine.seg_inference import SLIDING_WINDOW_MODES, predict_volumes
-    from ..engine.seg_presets import get_seg_preset, inference_protocol
-    from ..engine.segmentation import load_seg_checkpoint, transform_config_from_info
+    from ..engine.seg.inference import SLIDING_WINDOW_MODES, predict_volumes
+    from ..engine.seg.presets import get_seg_preset, inference_protocol
+    from ..engine.seg.training import load_seg_checkpoint, transform_config_from_info
 
     try:
         _check_choices({"--mode": (mode, SLIDING_WINDOW_MODES)})
@@ -310,8 +310,8 @@ def run_seg_demo(
     from ..data.seg_samples import fetch_seg_sample
     from ..data.seg_transforms import SegTransformConfig, with_dataset_stats
     from ..data.volumes import crop_case, load_volume_cases, validate_case
-    from ..engine.seg_inference import predict_volumes
-    from ..engine.segmentation import SegTrainConfig, evaluate_segmentation, train_segmentation
+    from ..engine.seg.inference import predict_volumes
+    from ..engine.seg.training import SegTrainConfig, evaluate_segmentation, train_segmentation
     from ..models.seg import create_seg_model
 
     if dataset not in _DEMO:
@@ -373,8 +373,8 @@ def run_seg_demo(
 def _baseline_row(train_case, test_case, tcfg, k: int, roi: tuple[int, ...],  # type: ignore[no-untyped-def]
                   names: list[str]) -> dict[str, Any]:
     """The nearest-class-mean intensity floor, fitted on the training part, scored like the networks."""
-    from ..engine.seg_baseline import fit_nearest_class_mean
-    from ..engine.segmentation import evaluate_segmentation
+    from ..engine.seg.baseline import fit_nearest_class_mean
+    from ..engine.seg.training import evaluate_segmentation
 
     t0 = time.perf_counter()
     base = fit_nearest_class_mean([train_case], tcfg, k)

@@ -1,20 +1,20 @@
 """Training and evaluation of MIL models: Lightning Fabric loop, metrics, checkpoints, cross-validation.
 
 * :class:`TrainConfig` — every training setting (AdamW, warm-up + cosine, clipping, early stopping, ...).
-* :func:`train_one_fold`, :func:`evaluate` — :mod:`medmoe.engine.trainer`.
-* :func:`predict`, :func:`predict_ensemble` (every fold of a run) — :mod:`medmoe.engine.prediction`.
+* :func:`train_one_fold`, :func:`evaluate` — :mod:`medmoe.engine.mil.trainer`.
+* :func:`predict`, :func:`predict_ensemble` (every fold of a run) — :mod:`medmoe.engine.mil.prediction`.
 * :func:`embed_slides`, :func:`save_slide_embeddings` — slide vectors of a trained model
-  (:mod:`medmoe.engine.slide_embedding`).
-* :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.cross_validation`.
+  (:mod:`medmoe.engine.mil.slide_embedding`).
+* :func:`run_cross_validation`, :func:`compare` — :mod:`medmoe.engine.mil.cross_validation`.
 * :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
 * :func:`paired_comparison` — per-fold paired differences of two patch embeddings, corrected t-test.
-* :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.metrics`.
-* :mod:`medmoe.engine.survival` — discrete-time survival (``TrainConfig(task='survival')``): time bins,
+* :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.mil.metrics`.
+* :mod:`medmoe.engine.mil.survival` — discrete-time survival (``TrainConfig(task='survival')``): time bins,
   NLL loss, risks, Harrell's c-index.
-* :mod:`medmoe.engine.multilabel` — several yes/no labels per slide (``TrainConfig(task='multilabel')``):
+* :mod:`medmoe.engine.mil.multilabel` — several yes/no labels per slide (``TrainConfig(task='multilabel')``):
   BCE loss, macro and per-label metrics.
 * :func:`sliding_window_labels`, :func:`predict_volumes` — 3-D sliding-window inference
-  (:mod:`medmoe.engine.seg_inference`).
+  (:mod:`medmoe.engine.seg.inference`).
 * :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.
 
 Needs the ``mil`` extra (``lightning-fabric``, ``torchmetrics``): ``pip install 'medmoe[mil]'``. The
@@ -28,7 +28,7 @@ import importlib
 from typing import Any
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
-from .config import TrainConfig
+from .mil.config import TrainConfig
 
 __all__ = [
     "ALL_METRIC_NAMES",
@@ -86,53 +86,53 @@ __all__ = [
 ]
 
 _LAZY = {
-    "train_segmentation": "segmentation",
-    "evaluate_segmentation": "segmentation",
-    "load_seg_checkpoint": "segmentation",
-    "SegTrainConfig": "segmentation",
-    "predict_volumes": "seg_inference",
-    "sliding_window_logits": "seg_inference",
-    "sliding_window_labels": "seg_inference",
-    "compute_metrics": "metrics",
-    "summarize": "metrics",
-    "format_summary": "metrics",
-    "format_mean_std": "metrics",
-    "METRIC_NAMES": "metrics",
-    "ALL_METRIC_NAMES": "metrics",
-    "train_one_fold": "trainer",
-    "evaluate": "trainer",
-    "predict": "prediction",
-    "predict_ensemble": "prediction",
-    "run_checkpoints": "prediction",
-    "SlideEmbeddings": "slide_embedding",
-    "embed_slides": "slide_embedding",
-    "save_slide_embeddings": "slide_embedding",
-    "load_slide_embeddings": "slide_embedding",
-    "make_fabric": "trainer",
-    "FoldResult": "trainer",
-    "EvalResult": "trainer",
-    "run_cross_validation": "cross_validation",
-    "compare": "cross_validation",
-    "collect_comparison": "comparison_summary",
-    "paired_comparison": "paired_comparison",
-    "resolve_variant": "cross_validation",
-    "CVResult": "cross_validation",
-    "ComparisonResult": "cross_validation",
-    "MosaicTrainConfig": "mosaic_training",
-    "MosaicResult": "mosaic_training",
-    "train_mosaic": "mosaic_training",
-    "evaluate_mosaic": "mosaic_training",
-    "build_mosaic_config": "mosaic_training",
-    "load_mosaic_checkpoint": "mosaic_training",
-    "save_mosaic_checkpoint": "mosaic_training",
-    "load_medmnist_data": "mosaic_training",
-    "medmnist_acc": "medmnist_metrics",
-    "medmnist_auc": "medmnist_metrics",
-    "retina_tolerant_acc": "medmnist_metrics",
-    "evaluate_scores": "medmnist_metrics",
-    "parameter_report": "mosaic_report",
-    "format_metrics_table": "mosaic_report",
-    "mean_accuracies": "mosaic_report",
+    "train_segmentation": "seg.training",
+    "evaluate_segmentation": "seg.training",
+    "load_seg_checkpoint": "seg.training",
+    "SegTrainConfig": "seg.training",
+    "predict_volumes": "seg.inference",
+    "sliding_window_logits": "seg.inference",
+    "sliding_window_labels": "seg.inference",
+    "compute_metrics": "mil.metrics",
+    "summarize": "mil.metrics",
+    "format_summary": "mil.metrics",
+    "format_mean_std": "mil.metrics",
+    "METRIC_NAMES": "mil.metrics",
+    "ALL_METRIC_NAMES": "mil.metrics",
+    "train_one_fold": "mil.trainer",
+    "evaluate": "mil.trainer",
+    "predict": "mil.prediction",
+    "predict_ensemble": "mil.prediction",
+    "run_checkpoints": "mil.prediction",
+    "SlideEmbeddings": "mil.slide_embedding",
+    "embed_slides": "mil.slide_embedding",
+    "save_slide_embeddings": "mil.slide_embedding",
+    "load_slide_embeddings": "mil.slide_embedding",
+    "make_fabric": "mil.trainer",
+    "FoldResult": "mil.trainer",
+    "EvalResult": "mil.trainer",
+    "run_cross_validation": "mil.cross_validation",
+    "compare": "mil.cross_validation",
+    "collect_comparison": "mil.comparison_summary",
+    "paired_comparison": "mil.paired_comparison",
+    "resolve_variant": "mil.cross_validation",
+    "CVResult": "mil.cross_validation",
+    "ComparisonResult": "mil.cross_validation",
+    "MosaicTrainConfig": "mosaic.training",
+    "MosaicResult": "mosaic.training",
+    "train_mosaic": "mosaic.training",
+    "evaluate_mosaic": "mosaic.training",
+    "build_mosaic_config": "mosaic.training",
+    "load_mosaic_checkpoint": "mosaic.training",
+    "save_mosaic_checkpoint": "mosaic.training",
+    "load_medmnist_data": "mosaic.training",
+    "medmnist_acc": "mosaic.metrics",
+    "medmnist_auc": "mosaic.metrics",
+    "retina_tolerant_acc": "mosaic.metrics",
+    "evaluate_scores": "mosaic.metrics",
+    "parameter_report": "mosaic.report",
+    "format_metrics_table": "mosaic.report",
+    "mean_accuracies": "mosaic.report",
 }
 
 

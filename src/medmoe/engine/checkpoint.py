@@ -11,7 +11,7 @@ model's config dataclass), ``medmoe_version``, ``seed``, ``split_hash``, ``class
 ``feature_stats`` (``{'mean': [...], 'std': [...]}`` or ``None``), ``train_config``, ``epoch`` and
 ``metrics``, plus ``checkpoint_id`` (random, identifies one save). Binary and multi-label MIL checkpoints
 also hold ``decision_thresholds`` (chosen on the validation set; read with
-:func:`medmoe.engine.thresholds.checkpoint_thresholds`, which gives 0.5 to checkpoints saved without them).
+:func:`medmoe.engine.mil.thresholds.checkpoint_thresholds`, which gives 0.5 to checkpoints saved without them).
 
 Atomicity: each file is written to a temporary file in the same directory, flushed and fsynced, then
 moved over the old one with :func:`os.replace`. The weights file, which carries its own copy of the

@@ -13,7 +13,7 @@
 Every returned module has ``model_name``, a dataclass ``config`` (what checkpoints store), a ``divisor``
 and a ``min_size`` (spatial sizes must be multiples of the divisor and at least ``min_size``).
 :func:`seg_model_from_config` rebuilds a model from ``(model_name, config dict)`` as saved by
-:mod:`medmoe.engine.segmentation`.
+:mod:`medmoe.engine.seg.training`.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def multilabel_metrics(
 
     ``label_names`` name the per-label ``auroc_<label>`` entries (default ``0, 1, ...``). ``thresholds``:
     one probability cut-off per label (a label is called present when ``sigmoid(logit) >= t``, see
-    :mod:`medmoe.engine.thresholds`); ``None`` = 0.5 for every label.
+    :mod:`medmoe.engine.mil.thresholds`); ``None`` = 0.5 for every label.
     """
     if logits.ndim != 2 or logits.shape != targets.shape:
         raise ValueError(

@@ -3,8 +3,8 @@
 Small MIL bags cannot keep many CPU threads busy, so a grid of thousands of short runs goes fastest as
 several single-run processes, each with its share of the threads (``jobs=4`` on 16 cores: 4 processes of
 4 threads). :func:`run_folds` takes the planned :class:`FoldTask` list and returns one
-:class:`~medmoe.engine.trainer.FoldResult` per task, in order, reporting each finished run to a
-:class:`~medmoe.engine.grid_progress.GridProgress`. Results do not depend on ``jobs``: every run is seeded
+:class:`~medmoe.engine.mil.trainer.FoldResult` per task, in order, reporting each finished run to a
+:class:`~medmoe.engine.mil.grid_progress.GridProgress`. Results do not depend on ``jobs``: every run is seeded
 by its own seed and writes only into its own folder (same numbers up to the float rounding of the
 thread count).
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.splits import Split
-from ..errors import SETTING, InputError
+from ...data.splits import Split
+from ...errors import SETTING, InputError
 from .config import TrainConfig
 from .grid_progress import GridProgress
 from .trainer import FOLD_RESULT_JSON, FoldResult, make_fabric, train_one_fold
@@ -123,10 +123,10 @@ def run_folds(
     """Train every task; ``jobs > 1`` runs that many at a time in worker processes.
 
     Args:
-        tasks: the runs, e.g. from :func:`~medmoe.engine.cross_validation.run_cross_validation`'s plan.
+        tasks: the runs, e.g. from :func:`~medmoe.engine.mil.cross_validation.run_cross_validation`'s plan.
         datasets: ``{task.dataset: bag dataset}``; with ``jobs > 1`` they are pickled to the workers.
         cfg: training settings (each task's seed replaces ``cfg.seed``).
-        resume: continue / re-evaluate existing runs (see :func:`~medmoe.engine.trainer.train_one_fold`).
+        resume: continue / re-evaluate existing runs (see :func:`~medmoe.engine.mil.trainer.train_one_fold`).
         fabric: a launched Fabric for ``jobs == 1`` (default: from ``cfg``); not allowed with ``jobs > 1``.
         progress: receives every finished run (default: a new one over ``tasks``).
         jobs: runs at a time; each worker gets ``max(1, threads // jobs)`` torch threads.

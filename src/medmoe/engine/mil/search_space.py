@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SETTING, InputError
+from ...errors import SETTING, InputError
 from .config import TrainConfig
 
 __all__ = ["DEFAULT_SPACE", "ParamSpec", "SearchSpace", "load_space"]

@@ -44,7 +44,7 @@ class TrainConfig:
     Attributes:
         task: ``'classification'`` (cross-entropy on the bag labels), ``'survival'`` (discrete-time
             survival: the model predicts ``survival_bins`` hazards trained with the NLL survival loss of
-            :mod:`medmoe.engine.survival`; the datasets must carry survival targets, see
+            :mod:`medmoe.engine.mil.survival`; the datasets must carry survival targets, see
             :meth:`medmoe.data.BagDataset.with_survival`), or ``'multilabel'`` (several yes/no labels per
             bag: one logit per label, binary cross-entropy; the datasets must carry multi-label targets,
             see :meth:`medmoe.data.BagDataset.with_multilabel`; ``class_weights='balanced'`` weighs each

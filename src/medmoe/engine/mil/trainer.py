@@ -8,11 +8,11 @@
 * gradient-norm clipping (``grad_clip``), mixed precision on GPUs (``precision``);
 * loss ``out.total_loss(cross_entropy(out.logits, label, weight=class_weights))`` with ``label`` passed
   to the model, so auxiliary losses (CLAM instance loss, DTFD tier-1 loss) are included; with
-  ``task='survival'`` the discrete-time NLL survival loss of :mod:`medmoe.engine.survival` on
+  ``task='survival'`` the discrete-time NLL survival loss of :mod:`medmoe.engine.mil.survival` on
   ``survival_bins`` hazard outputs instead (time bins cut at the training fold's uncensored-time
   quantiles, saved in the checkpoint; the bin is the ``label`` the model sees), early stopping on the
   concordance index; with ``task='multilabel'`` one logit per label and binary cross-entropy
-  (:mod:`medmoe.engine.multilabel`), early stopping on the labels' macro AUROC;
+  (:mod:`medmoe.engine.mil.multilabel`), early stopping on the labels' macro AUROC;
 * class-balanced cross-entropy weights or a class-balanced sampler, input feature dropout, optional
   feature standardisation fitted on the training bags only, optional random patch subsets of large
   training bags (``max_instances``, new subsets every epoch; evaluation sees every patch);
@@ -61,11 +61,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..data.bags import Standardize, SubsampledCollate, collate_bags, feature_mean_std
-from ..errors import SETTING, InputError
-from ..nn.dropout import fast_dropout
-from ..registry import create_model
-from .checkpoint import (
+from ...data.bags import Standardize, SubsampledCollate, collate_bags, feature_mean_std
+from ...errors import SETTING, InputError
+from ...nn.dropout import fast_dropout
+from ...registry import create_model
+from ..checkpoint import (
     TRAINER_STATE_NAME,
     CheckpointError,
     atomic_write_text,
@@ -77,14 +77,14 @@ from .checkpoint import (
     save_trainer_state,
     unwrap_model,
 )
+from ..divergence import check_finite_loss, check_finite_model
+from ..optim import make_optimizer
+from ..precision import resolve_precision
+from ..run_logging import training_progress, write_history_csv
+from ..runs import writing
 from .config import TrainConfig, resolve_monitor
-from .divergence import check_finite_loss, check_finite_model
 from .metrics import compute_metrics
 from .multilabel import check_multilabel_set, multilabel_loss, multilabel_metrics, positive_weights
-from .optim import make_optimizer
-from .precision import resolve_precision
-from .run_logging import training_progress, write_history_csv
-from .runs import writing
 from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
 from .survival import survival_metrics as _survival_metrics
 from .thresholds import THRESHOLDS_KEY, DecisionThresholds, choose_thresholds, tuned_metrics
@@ -133,7 +133,7 @@ class FoldResult:
         test_metrics: test metrics of the best checkpoint (``None`` without a test set).
         history: one dict per epoch (the rows of ``metrics.csv``).
         thresholds: the decision thresholds saved in the checkpoint (binary and multi-label tasks; chosen
-            on the validation set, see :mod:`medmoe.engine.thresholds`), as their ``config.json`` record;
+            on the validation set, see :mod:`medmoe.engine.mil.thresholds`), as their ``config.json`` record;
             ``None`` for multi-class and survival.
     """
 
@@ -600,14 +600,14 @@ def evaluate(
         multilabel: evaluate a multi-label model (checkpoint ``task='multilabel'``); the dataset must carry
             the same labels.
         thresholds: decision thresholds of a binary or multi-label model (a checkpoint's, see
-            :func:`medmoe.engine.thresholds.checkpoint_thresholds`): the metrics then also hold the
+            :func:`medmoe.engine.mil.thresholds.checkpoint_thresholds`): the metrics then also hold the
             threshold-dependent ones at these thresholds (``balanced_accuracy_tuned``, ...) and ``threshold``.
 
     Returns:
         :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
-        :func:`~medmoe.engine.metrics.compute_metrics` plus ``loss`` (mean cross-entropy), or for
+        :func:`~medmoe.engine.mil.metrics.compute_metrics` plus ``loss`` (mean cross-entropy), or for
         survival ``c_index`` and ``loss`` (mean NLL) with ``probs`` the survival curves; multi-label: those of
-        :func:`~medmoe.engine.multilabel.multilabel_metrics` with ``probs`` the ``(n, L)`` label probabilities.
+        :func:`~medmoe.engine.mil.multilabel.multilabel_metrics` with ``probs`` the ``(n, L)`` label probabilities.
     """
     dataset = _with_stats(dataset, feature_stats)
     raw = unwrap_model(model)

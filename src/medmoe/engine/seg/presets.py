@@ -2,7 +2,7 @@
 
 A :class:`SegPreset` fixes everything a run's outcome depends on besides the data: the network, the
 preprocessing and augmentation (:class:`~medmoe.data.seg_transforms.SegTransformConfig` fields), the training
-schedule and validation protocol (:class:`~medmoe.engine.segmentation.SegTrainConfig` fields) and the
+schedule and validation protocol (:class:`~medmoe.engine.seg.training.SegTrainConfig` fields) and the
 inference protocol (sliding window). ``medmoe seg train --preset NAME`` starts from it; every flag given
 explicitly still wins. ``docs/segmentation-presets.md`` lists what each preset sets and costs.
 
@@ -130,8 +130,8 @@ def resolve_seg_preset(
         ``(preset, SegTransformConfig, SegTrainConfig)``; the transform config's ``extra["preset"]`` records the
         preset so that inference can use its protocol.
     """
-    from ..data.seg_transforms import SegTransformConfig
-    from .segmentation import SegTrainConfig
+    from ...data.seg_transforms import SegTransformConfig
+    from .training import SegTrainConfig
 
     preset = get_seg_preset(name)
     t_over = {k: v for k, v in (transform_overrides or {}).items() if v is not None}

@@ -105,8 +105,8 @@ def predict_images(
         dataset: the MedMNIST dataset whose head to use (aliases allowed); the model must have it.
         inputs: image / volume files or folders of them.
     """
-    from ..data.medmnist import medmnist_info
-    from ..models.vit.mosaic import task_scores
+    from ...data.medmnist import medmnist_info
+    from ...models.vit.mosaic import task_scores
 
     flag = medmnist_info(dataset).flag
     names = [t.name for t in model.config.tasks]

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.splits import load_splits
+from ...data.splits import load_splits
 from .comparison_summary import read_test_metrics
 from .metrics import ALL_METRIC_NAMES
 

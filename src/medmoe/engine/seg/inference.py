@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.seg_transforms import SegTransformConfig, build_inference_transforms
-from ..data.volumes import VolumeCase, write_nifti
+from ...data.seg_transforms import SegTransformConfig, build_inference_transforms
+from ...data.volumes import VolumeCase, write_nifti
 
 __all__ = ["SLIDING_WINDOW_MODES", "check_roi", "predict_volumes", "sliding_window_labels", "sliding_window_logits"]
 
@@ -302,7 +302,7 @@ def predict_volumes(
 def _check_inputs(cases: Sequence[VolumeCase], in_channels: int | None) -> None:
     """Every input is a readable 3-D (or 4-D multi-channel) NIfTI volume with finite voxels and the model's
     channel count; the error names the file."""
-    from ..data.volumes import VolumeError, validate_case
+    from ...data.volumes import VolumeError, validate_case
 
     for case in cases:
         for p in case.images:

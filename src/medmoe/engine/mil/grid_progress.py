@@ -68,7 +68,7 @@ class GridProgress:
 
         Args:
             label: what the run is, e.g. ``'musk1 abmil mammoth seed 0 fold 6'``.
-            result: its :class:`~medmoe.engine.trainer.FoldResult` (``monitor``, ``test_metrics``,
+            result: its :class:`~medmoe.engine.mil.trainer.FoldResult` (``monitor``, ``test_metrics``,
                 ``val_metrics``, ``epochs_run``).
             skipped: the run had finished before (resumed): counted, but not timed.
         """

@@ -31,14 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
-from .checkpoint import atomic_write_text
-from .config import TrainConfig
-from .fold_runner import FoldTask, run_folds
-from .grid_progress import GridProgress
-from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_summary, summarize
-from .multilabel import MULTILABEL_METRIC_NAMES
-from .runs import (
+from ...data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
+from ..checkpoint import atomic_write_text
+from ..runs import (
     MANIFEST_NAME,
     RunManifest,
     check_run_folder,
@@ -48,6 +43,11 @@ from .runs import (
     write_manifest,
     writing,
 )
+from .config import TrainConfig
+from .fold_runner import FoldTask, run_folds
+from .grid_progress import GridProgress
+from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_summary, summarize
+from .multilabel import MULTILABEL_METRIC_NAMES
 from .survival import SURVIVAL_METRIC_NAMES
 from .thresholds import thresholds_note
 from .trainer import RESUME_NEUTRAL_SETTINGS, TEST_PREDICTIONS_CSV, make_fabric
@@ -174,7 +174,7 @@ def run_cross_validation(
         progress: counts the runs and logs one line per finished run with the time left (default: a
             new one for this model's seeds x folds; :func:`compare` passes one for its whole grid).
         label: how those lines name this model (default: ``model_name``).
-        jobs: folds trained at a time, in worker processes (see :func:`~medmoe.engine.fold_runner.run_folds`).
+        jobs: folds trained at a time, in worker processes (see :func:`~medmoe.engine.mil.fold_runner.run_folds`).
 
     Returns:
         :class:`CVResult`; ``results.json`` and ``summary.md`` are written to ``out_dir``.
@@ -212,7 +212,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 def check_model(model_name: str, model_overrides: dict[str, Any], dataset: Any, cfg: TrainConfig) -> None:
     """Validate the model name and its overrides against the data (config only, no weights), so that a
     typo fails before a run folder is touched."""
-    from ..registry import check_model_fits
+    from ...registry import check_model_fits
 
     if cfg.task == "survival":
         outputs = cfg.survival_bins
@@ -426,7 +426,7 @@ def resolve_variant(
     Returns:
         ``(name, overrides)`` for :func:`medmoe.create_model` / :func:`run_cross_validation`.
     """
-    from ..registry import get_entry, parse_model_name
+    from ...registry import get_entry, parse_model_name
 
     parsed = parse_model_name(model_name)
     entry = get_entry(parsed.model)
@@ -530,10 +530,10 @@ def compare(
         model_overrides: overrides for every model (e.g. ``{'embed_dim': 128}``).
         patch_embed_args: per patch embedding extra args, e.g. ``{'mammoth': {'num_experts': 4,
             'num_slots': 4}}`` for small data; the caller decides.
-        metrics: table columns (default: all of :data:`~medmoe.engine.metrics.METRIC_NAMES`, or
+        metrics: table columns (default: all of :data:`~medmoe.engine.mil.metrics.METRIC_NAMES`, or
             ``c_index`` for ``cfg.task='survival'``).
         jobs: runs trained at a time, in worker processes, over the whole grid (see
-            :func:`~medmoe.engine.fold_runner.run_folds`); ``jobs=4`` on 16 cores runs 4 folds of 4 threads.
+            :func:`~medmoe.engine.mil.fold_runner.run_folds`); ``jobs=4`` on 16 cores runs 4 folds of 4 threads.
     """
     if not models or not datasets or not patch_embeds:
         raise ValueError("compare needs at least one model, one dataset and one patch embedding")

@@ -42,7 +42,7 @@ METRIC_NAMES: tuple[str, ...] = ("auroc", "balanced_accuracy", "accuracy", "f1",
 
 #: Every test metric a fold can report (classification, then survival, then multi-label), without repeats.
 #: Binary and multi-label runs add the metrics at the validation-chosen decision thresholds
-#: (``balanced_accuracy_tuned``, ..., ``threshold``; :mod:`medmoe.engine.thresholds`).
+#: (``balanced_accuracy_tuned``, ..., ``threshold``; :mod:`medmoe.engine.mil.thresholds`).
 #: Multi-label runs add one ``auroc_<label>`` and one ``threshold_<label>`` per label on top of these.
 ALL_METRIC_NAMES: tuple[str, ...] = tuple(
     dict.fromkeys((*METRIC_NAMES, *SURVIVAL_METRIC_NAMES, *MULTILABEL_METRIC_NAMES, *THRESHOLD_METRIC_NAMES))
@@ -89,7 +89,7 @@ def compute_metrics(probs: Tensor, labels: Tensor, threshold: float | None = Non
             AUROC, their ranking matter).
         labels: ``(n,)`` integer class indices in ``[0, C)``.
         threshold: two classes only: call a bag class 1 when ``probs[:, 1] >= threshold`` (a decision
-            threshold chosen on validation data, :mod:`medmoe.engine.thresholds`); ``None`` = arg-max.
+            threshold chosen on validation data, :mod:`medmoe.engine.mil.thresholds`); ``None`` = arg-max.
 
     Returns:
         ``{'auroc', 'balanced_accuracy', 'accuracy', 'f1', 'kappa'}`` as Python floats (``nan`` where a

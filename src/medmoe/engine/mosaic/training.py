@@ -54,16 +54,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.medmnist import (
+from ...data.medmnist import (
     MOSAIC_REFERENCE_INTERLEAVED,
     MedMNISTSplit,
     load_medmnist_split,
     medmnist_info,
     resolve_medmnist_flags,
 )
-from ..model_size import build_within_limit
-from ..models.vit import MosaicConfig, MosaicModel, VisionTransformerConfig, task_loss, task_scores
-from .checkpoint import (
+from ...model_size import build_within_limit
+from ...models.vit import MosaicConfig, MosaicModel, VisionTransformerConfig, task_loss, task_scores
+from ..checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     atomic_write_text,
@@ -71,13 +71,13 @@ from .checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from .divergence import check_finite_loss, check_finite_model
-from .medmnist_metrics import TaskMetrics, evaluate_scores
-from .mosaic_report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
-from .optim import make_adamw
-from .precision import resolve_precision
-from .run_logging import training_progress, write_history_csv
-from .runs import RunManifest, start_run_folder, writing
+from ..divergence import check_finite_loss, check_finite_model
+from ..optim import make_adamw
+from ..precision import resolve_precision
+from ..run_logging import training_progress, write_history_csv
+from ..runs import RunManifest, start_run_folder, writing
+from .metrics import TaskMetrics, evaluate_scores
+from .report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
 
 __all__ = [
     "SAMPLERS",
@@ -223,7 +223,7 @@ def load_medmnist_data(
 
     Raises :class:`~medmoe.data.MedMNISTFileError` listing every missing file at once.
     """
-    from ..data.medmnist import MedMNISTFileError, _how_to_get, medmnist_filename
+    from ...data.medmnist import MedMNISTFileError, _how_to_get, medmnist_filename
 
     root = Path(root)
     missing = [f for f in flags if not (root / medmnist_filename(f, _size_for(medmnist_info(f).spatial_dims, size))).is_file()]

@@ -7,7 +7,7 @@ For every outer fold (seed ``s``, fold ``i`` of the same patient-level stratifie
    into ``inner_k`` patient-level stratified inner folds (inner train / inner validation for early
    stopping / inner test for the score);
 2. an Optuna study (TPE sampler, median pruner) draws settings from the search space
-   (:mod:`medmoe.engine.search_space`); a trial trains on each inner fold in turn, reports the running
+   (:mod:`medmoe.engine.mil.search_space`); a trial trains on each inner fold in turn, reports the running
    mean of the inner test scores after each one, and is pruned when it trails the other trials;
 3. the best trial's settings train once on the outer training data (early stopping and decision
    thresholds on the outer validation fold) and are tested once on the outer test fold.
@@ -49,15 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
-from ..errors import SETTING, InputError
-from .checkpoint import atomic_write_text
-from .config import EARLY_STOPPING_METRICS, TrainConfig, resolve_monitor
-from .cross_validation import ComparisonResult, CVResult, check_model, resolve_variant
-from .fold_runner import FoldTask, run_folds
-from .metrics import METRIC_NAMES, summarize
-from .multilabel import MULTILABEL_METRIC_NAMES
-from .runs import (
+from ...data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
+from ...errors import SETTING, InputError
+from ..checkpoint import atomic_write_text
+from ..runs import (
     MANIFEST_NAME,
     RunFolderError,
     RunManifest,
@@ -67,6 +62,11 @@ from .runs import (
     start_run_folder,
     writing,
 )
+from .config import EARLY_STOPPING_METRICS, TrainConfig, resolve_monitor
+from .cross_validation import ComparisonResult, CVResult, check_model, resolve_variant
+from .fold_runner import FoldTask, run_folds
+from .metrics import METRIC_NAMES, summarize
+from .multilabel import MULTILABEL_METRIC_NAMES
 from .search_space import ParamSpec, SearchSpace, load_space
 from .survival import SURVIVAL_METRIC_NAMES
 
@@ -162,7 +162,7 @@ def applicable_params(space: SearchSpace, model_name: str, model_overrides: Mapp
                       cfg: TrainConfig) -> list[ParamSpec]:
     """The parameters of ``space`` that apply to this model: training settings always, model keys when the
     model's config has them, Mammoth arguments when its patch embedding is ``mammoth``."""
-    from ..registry import get_config
+    from ...registry import get_config
 
     overrides = {k: v for k, v in model_overrides.items() if k not in ("in_dim", "num_classes")}
     classes = cfg.survival_bins if cfg.task == "survival" else max(int(getattr(dataset, "num_classes", 2)), 2)
@@ -330,7 +330,7 @@ def _study_files(study: Any, folder: Path, metric: str, maximize: bool) -> dict[
     """Write ``trials.csv`` and the optimisation-history and parameter-importance plots."""
     import optuna
 
-    from ..viz.tuning_plots import plot_optimization_history, plot_param_importances
+    from ...viz.tuning_plots import plot_optimization_history, plot_param_importances
 
     trials = study.get_trials(deepcopy=False)
     names = sorted({n for t in trials for n in t.params})
@@ -425,7 +425,7 @@ def run_nested_cv(
         trials: the search budget per outer fold (complete or pruned trials; failed ones are retried).
         cfg: the training settings that are not searched (the searched ones replace them).
         space: search space (YAML file, mapping or :class:`SearchSpace`; default
-            :data:`~medmoe.engine.search_space.DEFAULT_SPACE`).
+            :data:`~medmoe.engine.mil.search_space.DEFAULT_SPACE`).
         out_dir: run folder (see the module docstring).
         model_overrides: model config overrides that are not searched.
         metric: the inner score the search maximises (``'auto'``: the early-stopping metric, AUROC for two

@@ -2,7 +2,7 @@
 
 A :class:`MosaicPreset` fixes what a run's outcome depends on besides the data and the ImageNet weights: the
 model (:class:`~medmoe.models.vit.MosaicConfig` fields and the ViT's LayerNorm epsilon), the image sizes and
-dataset order, and the training protocol (:class:`~medmoe.engine.mosaic_training.MosaicTrainConfig` fields).
+dataset order, and the training protocol (:class:`~medmoe.engine.mosaic.training.MosaicTrainConfig` fields).
 ``medmoe mosaic train --preset NAME`` starts from it; every flag given explicitly still wins.
 ``docs/mosaic-presets.md`` lists what each preset sets and costs.
 
@@ -42,7 +42,7 @@ class MosaicPreset:
             order, which dataset last updates the shared adapters in a round).
         norm_eps: LayerNorm epsilon of the ViT and the tokenizers.
         model: :class:`~medmoe.models.vit.MosaicConfig` fields.
-        train: :class:`~medmoe.engine.mosaic_training.MosaicTrainConfig` fields.
+        train: :class:`~medmoe.engine.mosaic.training.MosaicTrainConfig` fields.
     """
 
     name: str

@@ -1,4 +1,4 @@
-"""Summarise a comparison folder written by :func:`~medmoe.engine.cross_validation.compare`, finished or not.
+"""Summarise a comparison folder written by :func:`~medmoe.engine.mil.cross_validation.compare`, finished or not.
 
 A long grid (``medmoe mil compare --k 10 --seed 0 ... --seed 4`` over many models and datasets) takes
 hours; it can be stopped and resumed, and several ``compare`` processes can fill the same folder (one per
@@ -69,7 +69,7 @@ def collect_comparison(
         min_runs: leave out variants with fewer finished folds.
 
     Returns:
-        :class:`~medmoe.engine.cross_validation.ComparisonResult` whose rows also hold ``seeds`` (sorted
+        :class:`~medmoe.engine.mil.cross_validation.ComparisonResult` whose rows also hold ``seeds`` (sorted
         distinct seeds of the finished folds); ``runs`` is the number of finished folds.
 
     Raises:

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .medmnist_metrics import TaskMetrics
+from .metrics import TaskMetrics
 
 __all__ = [
     "ParameterReport",

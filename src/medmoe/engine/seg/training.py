@@ -45,10 +45,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
-from ..data.volumes import VolumeCase, validate_cases
-from ..model_size import build_within_limit
-from .checkpoint import (
+from ...data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
+from ...data.volumes import VolumeCase, validate_cases
+from ...model_size import build_within_limit
+from ..checkpoint import (
     TRAINER_STATE_NAME,
     CheckpointError,
     load_trainer_state,
@@ -57,11 +57,11 @@ from .checkpoint import (
     save_trainer_state,
     unwrap_model,
 )
-from .divergence import check_finite_loss, check_finite_model
-from .optim import make_adamw
-from .run_logging import training_progress, write_history_csv
-from .runs import RunManifest, fingerprint, start_run_folder, writing
-from .seg_inference import SLIDING_WINDOW_MODES, check_roi, plain_tensor, sliding_window_labels
+from ..divergence import check_finite_loss, check_finite_model
+from ..optim import make_adamw
+from ..run_logging import training_progress, write_history_csv
+from ..runs import RunManifest, fingerprint, start_run_folder, writing
+from .inference import SLIDING_WINDOW_MODES, check_roi, plain_tensor, sliding_window_labels
 
 __all__ = [
     "SEG_CHECKPOINT_DIR",
@@ -318,7 +318,7 @@ def load_seg_checkpoint(directory: str | Path, map_location: str | torch.device 
     """
     from safetensors.torch import load_file
 
-    from ..models.seg import seg_model_from_config
+    from ...models.seg import seg_model_from_config
 
     directory = Path(directory)
     if directory.is_dir() and not (directory / "model.safetensors").is_file() and (directory / SEG_CHECKPOINT_DIR).is_dir():
@@ -405,7 +405,7 @@ def train_segmentation(
     """
     from monai.losses import DiceCELoss
 
-    from .trainer import WarmupCosine
+    from ..mil.trainer import WarmupCosine
 
     cfg = cfg or SegTrainConfig()
     out_dir = Path(out_dir)

@@ -69,7 +69,7 @@ class SlideInference:
 def _standardize(x: Tensor, stats: dict[str, Any] | None) -> Tensor:
     if not stats:
         return x
-    from ..data.bags import Standardize
+    from ...data.bags import Standardize
 
     return Standardize(torch.as_tensor(stats["mean"], dtype=torch.float32),
                        torch.as_tensor(stats["std"], dtype=torch.float32))(x)
@@ -183,15 +183,15 @@ def slide_heatmaps(
         max_size, alpha, blur, cmap, normalize: passed to :func:`medmoe.viz.heatmap.draw_heatmap`.
         embedding: ``pca`` or ``tsne`` for the slot-output map.
         thresholds: the checkpoint's decision thresholds (two classes: one; multi-label: one per label; see
-            :func:`medmoe.engine.thresholds.checkpoint_thresholds`); ``None`` = arg-max / 0.5.
+            :func:`medmoe.engine.mil.thresholds.checkpoint_thresholds`); ``None`` = arg-max / 0.5.
 
     Returns:
         The summary also written to ``out_dir/heatmaps.json`` (prediction, files, expert statistics).
     """
-    from ..data.slides import open_slide
-    from ..viz import expert_stats as es
-    from ..viz.heatmap import draw_argmax_expert_map, draw_expert_maps, draw_heatmap, make_canvas
-    from ..viz.patch_grid import save_top_k_grids
+    from ...data.slides import open_slide
+    from ...viz import expert_stats as es
+    from ...viz.heatmap import draw_argmax_expert_map, draw_expert_maps, draw_heatmap, make_canvas
+    from ...viz.patch_grid import save_top_k_grids
     from .thresholds import decide_classes
 
     c = np.asarray(coords.cpu().numpy() if isinstance(coords, Tensor) else coords)
@@ -312,15 +312,15 @@ def demo_slide_heatmaps(
         patch_size, tissue_threshold: tiling at level 0 (20x).
         kwargs: passed to :func:`slide_heatmaps`.
     """
-    from ..data.patch_features import BUILTIN_FEATURE_DIM, extract_slide_features
-    from ..data.slide_samples import cmu_small_region_path
+    from ...data.patch_features import BUILTIN_FEATURE_DIM, extract_slide_features
+    from ...data.slide_samples import cmu_small_region_path
 
     out = Path(out_dir)
     path = cmu_small_region_path()
     sf = extract_slide_features(path, out / "features" / "cmu_small_region.h5", patch_size=patch_size,
                                 tissue_threshold=tissue_threshold, progress=progress)
     if model is None:
-        from ..registry import create_model
+        from ...registry import create_model
 
         torch.manual_seed(0)
         model = create_model(
@@ -356,7 +356,7 @@ def cohort_expert_stats(
     Raises:
         ValueError: the model has no mixture-of-experts patch embedding.
     """
-    from ..viz import expert_stats as es
+    from ...viz import expert_stats as es
 
     if not getattr(getattr(model, "patch_embed", None), "is_moe", False):
         raise ValueError("the model's patch embedding does not route (patch_embed is not mammoth/soft_moe); "

@@ -48,7 +48,7 @@ def load_for_inference(
 ) -> tuple[Any, dict[str, Any]]:
     """``(model, info)`` of a checkpoint, after checking that ``dataset`` has the feature size it expects."""
     # medmoe folders as load_checkpoint loads them; MIL-Lab/FEATHER Hugging Face folders too
-    from ..interop import load_any_checkpoint
+    from ...interop import load_any_checkpoint
 
     model, info = load_any_checkpoint(checkpoint_dir, map_location=device)
     in_dim = model.config.in_dim
@@ -150,7 +150,7 @@ def predict(
         multi-label checkpoint: ``bag_id``, ``target_<label>`` (when the dataset has the targets),
         ``prob_<label>`` (sigmoid) and ``pred_labels`` (those with probability >= 0.5, ``;``-joined).
         Binary and multi-label decisions use the checkpoint's decision thresholds (chosen on validation
-        data, :mod:`medmoe.engine.thresholds`; 0.5 for checkpoints without them) instead of 0.5: ``pred``
+        data, :mod:`medmoe.engine.mil.thresholds`; 0.5 for checkpoints without them) instead of 0.5: ``pred``
         is class 1 when its probability is at least ``threshold`` (a column of two-class rows).
     """
     info, logits = _outputs(checkpoint_dir, dataset, batch_size, device)
@@ -184,7 +184,7 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir)
     if (root / "config.json").is_file():
         return [root]
-    from .runs import manifest_checkpoints
+    from ..runs import manifest_checkpoints
 
     listed = manifest_checkpoints(root)  # a run with a manifest: exactly its folds, never a stale one
     if listed is not None:

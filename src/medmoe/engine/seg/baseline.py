@@ -3,7 +3,7 @@
 :func:`fit_nearest_class_mean` runs the validation transforms of a :class:`~medmoe.data.seg_transforms.
 SegTransformConfig` (orientation, spacing, intensity: what the networks see) on the training cases and fits
 a :class:`~medmoe.models.seg.nearest_class_mean.NearestClassMean`; score it with
-:func:`medmoe.engine.segmentation.evaluate_segmentation` like any network.
+:func:`medmoe.engine.seg.training.evaluate_segmentation` like any network.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.seg_transforms import SegTransformConfig, build_val_transforms
-from ..data.volumes import VolumeCase
-from ..models.seg.nearest_class_mean import NearestClassMean
-from .seg_inference import plain_tensor
+from ...data.seg_transforms import SegTransformConfig, build_val_transforms
+from ...data.volumes import VolumeCase
+from ...models.seg.nearest_class_mean import NearestClassMean
+from .inference import plain_tensor
 
 __all__ = ["fit_nearest_class_mean"]
 

@@ -1,0 +1,1 @@
+"""MOSAIC on MedMNIST: multi-dataset training, official metrics, reports and predictions on image files."""

@@ -5,8 +5,8 @@ import torch
 from engine_synthetic import Killed, die_after_saving, synthetic_bags
 
 from medmoe.engine import TrainConfig, load_checkpoint, train_one_fold
-from medmoe.engine import trainer as T
 from medmoe.engine.checkpoint import load_trainer_state
+from medmoe.engine.mil import trainer as T
 
 # dropout, feature dropout, balanced sampling and batches of 2 all draw random numbers
 OVERRIDES = {"embed_dim": 16, "attn_dim": 16, "dropout": 0.25}

@@ -14,7 +14,7 @@ from medmoe.engine import (
     read_checkpoint_info,
     train_one_fold,
 )
-from medmoe.engine import trainer as T
+from medmoe.engine.mil import trainer as T
 from medmoe.engine.mil.config import resolve_monitor
 
 

@@ -6,7 +6,7 @@ from engine_synthetic import TINY_ABMIL, synthetic_bags, train_killed_and_resume
 
 from medmoe.data import Bag, SubsampledCollate
 from medmoe.engine import TrainConfig, train_one_fold
-from medmoe.engine import trainer as T
+from medmoe.engine.mil import trainer as T
 
 
 def _bag(n: int, bag_id: str) -> Bag:

@@ -16,7 +16,7 @@ from medmoe.engine import (
     run_cross_validation,
     train_one_fold,
 )
-from medmoe.engine import trainer as T
+from medmoe.engine.mil import trainer as T
 from medmoe.engine.mil.config import resolve_monitor
 from medmoe.engine.mil.survival import concordance_index
 

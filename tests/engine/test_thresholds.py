@@ -21,8 +21,8 @@ from medmoe.engine import (
     save_checkpoint,
     train_one_fold,
 )
-from medmoe.engine import thresholds as th
 from medmoe.engine.checkpoint import read_checkpoint_info
+from medmoe.engine.mil import thresholds as th
 from medmoe.engine.mil.thresholds import (
     SOURCE_DEFAULT,
     SOURCE_NO_VALIDATION,

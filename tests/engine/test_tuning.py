@@ -117,7 +117,7 @@ def test_outer_test_fold_never_influences_a_choice(tmp_path):
 
 
 def test_killed_study_resumes_and_fills_its_budget(tmp_path, monkeypatch):
-    from medmoe.engine import trainer
+    from medmoe.engine.mil import trainer
 
     data = _data()
     split = _one_split(data)

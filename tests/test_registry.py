@@ -206,21 +206,21 @@ def test_wheel_ships_the_yaml_configs(tmp_path):
 
 
 def test_published_grid_rows_name_the_models_that_produced_them():
-    """The README's full-protocol rows are labelled with names that build their models (issue 24): every
-    model cell resolves, with both patch embeddings, and the relabelled rows mean CE CLAM, the paper's RRT
-    and ReLU Mean/MaxMIL, as when they were measured."""
+    """The published full-protocol rows (docs/reproducing.md) are labelled with names that build their models
+    (issue 24): every model cell resolves, with both patch embeddings, and the relabelled rows mean CE CLAM,
+    the paper's RRT and ReLU Mean/MaxMIL, as when they were measured."""
     import re
     from pathlib import Path
 
     from medmoe.engine.mil.cross_validation import resolve_variant
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    if not readme.is_file():
-        pytest.skip("no README.md next to the tests")
+    page = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
+    if not page.is_file():
+        pytest.skip("no docs/reproducing.md next to the tests")
     rows = re.findall(r"^\| (?:elephant|musk1|musk2|ucsb_breast) \| ([a-z0-9_.]+) \| (linear|mammoth) \|",
-                      readme.read_text(), flags=re.MULTILINE)
+                      page.read_text(), flags=re.MULTILINE)
     if not rows:
-        pytest.skip("the README has no full-protocol table")
+        pytest.skip("docs/reproducing.md has no full-protocol table")
     expected = {"clam.base_ce": ("instance_loss_fn", "ce"), "rrt.base_paper": ("mil_lab_compat", False),
                 "meanmil.base_relu": ("act", "relu"), "maxmil.base_relu": ("act", "relu")}
     for model, embed in sorted(set(rows)):

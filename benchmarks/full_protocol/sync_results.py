@@ -2,7 +2,7 @@
 
 A unit is one (dataset, model, patch embedding, seed): its ``splits.json`` and the ``fold_result.json`` of
 its 10 folds, a few kB each (checkpoints stay behind). ``medmoe mil summarize`` and the paired tests read
-exactly these files, so the committed folder reproduces the README tables:
+exactly these files, so the committed folder reproduces the tables of docs/reproducing.md:
 
     python benchmarks/full_protocol/sync_results.py RUNS_DIR            # finished units -> results folder
     python benchmarks/full_protocol/sync_results.py RUNS_DIR --restore  # results folder -> RUNS_DIR/out

@@ -1,11 +1,11 @@
-"""Merge the full-protocol grid's current tables into README.md.
+"""Merge the full-protocol grid's current tables into the results page of the docs (docs/reproducing.md).
 
-The README's full-protocol tables hold rows measured earlier (kept as they are) and the rows listed in
+The page's full-protocol tables hold rows measured earlier (kept as they are) and the rows listed in
 ``units.txt``, which are (re)measured by ``run_units.sh``. For each of those rows the table shows the new
 measurement once it exists, or keeps the earlier row while the new one has fewer runs than a complete earlier
 row; an incomplete earlier row without a new measurement is dropped. Counts in the prose are recomputed.
 
-    python benchmarks/full_protocol/update_readme_tables.py [RUN_DIR]   # default: the committed results
+    python benchmarks/full_protocol/update_results_tables.py [RUN_DIR]   # default: the committed results
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parents[1] / "README.md"
+PAGE = HERE.parents[1] / "docs" / "reproducing.md"
 RESULTS = HERE.parent / "results" / "full_protocol"
 COMPLETE = 50  # 10 folds x 5 seeds
 
@@ -41,7 +41,7 @@ def cells(line: str) -> list[str]:
 def merge(
     old: list[str], new: list[str] | None, rerun: set[tuple[str, ...]], key_len: int, count_col: int
 ) -> list[str]:
-    """Rows of ``old`` (a README table) with the ``rerun`` keys taken from ``new`` (same header)."""
+    """Rows of ``old`` (a table of the page) with the ``rerun`` keys taken from ``new`` (same header)."""
     rows = {tuple(cells(r)[:key_len]): r for r in old[2:]}
     fresh = {tuple(cells(r)[:key_len]): r for r in (new or [])[2:]}
     for key in rerun:
@@ -66,7 +66,7 @@ def main() -> None:
     rerun_rows = {tuple(u) for u in units}
     rerun_pairs = {tuple(u[:2]) for u in units}
 
-    text = README.read_text()
+    text = PAGE.read_text()
     main_header = "| dataset | model | patch_embed | runs | auroc | balanced_accuracy | f1 |"
     for table in markdown_tables(text):
         head = cells(table[0])
@@ -85,9 +85,9 @@ def main() -> None:
         text,
     )
     if n != 1:
-        raise SystemExit("README: the '(N runs; M rows complete with 50 test folds;' sentence was not found")
-    README.write_text(text)
-    print(f"README: {runs:,} runs, {complete} complete rows")
+        raise SystemExit(f"{PAGE}: the '(N runs; M rows complete with 50 test folds;' sentence was not found")
+    PAGE.write_text(text)
+    print(f"{PAGE}: {runs:,} runs, {complete} complete rows")
 
 
 if __name__ == "__main__":

@@ -320,7 +320,8 @@ def _h5_array(path: Path, ds: Any) -> np.ndarray:
 
     TRIDENT/CLAM feature files store ``features`` contiguously and uncompressed; mapping that byte range
     (copy-on-write, so the tensor stays writable and the file is never changed) skips HDF5's copy into a fresh
-    buffer: 2.4x faster per 10k x 1024 slide, read once, measured on the MIL throughput benchmark's files.
+    buffer, which makes reading a slide several times faster (measured on the MIL throughput benchmark's
+    files: docs/performance.md).
     Chunked, compressed, filtered or big-endian datasets are read with h5py.
     """
     offset = ds.id.get_offset()
@@ -966,8 +967,8 @@ class FeatureFolderBags(BagDataset):
                     f"slide {sid!r} ({path}) has feature dim {f.shape[1]} but the dataset has {self._dim}; all "
                     "slides must come from one feature extractor"
                 )
-            # One reduction (about 1 ms for 10k x 1024) instead of an element-wise isfinite pass (about 25
-            # ms): a NaN/inf anywhere makes the sum non-finite; only then (or on float overflow) look closer.
+            # One reduction instead of an element-wise isfinite pass (far cheaper: docs/performance.md): a
+            # NaN/inf anywhere makes the sum non-finite; only then (or on float overflow) look closer.
             bad = None if bool(torch.isfinite(f.sum())) else ~torch.isfinite(f)
             if bad is not None and bad.any():
                 if self.nonfinite == "error":

@@ -2,9 +2,9 @@
 
 ``torch.optim.AdamW(fused=True)`` updates each parameter in one pass (one kernel per tensor on CPU and
 CUDA) instead of the default loop's five to six elementwise passes. Same update rule; results differ only
-by float rounding. Measured on 2 CPU cores, one training step on a 6-instance Musk1 bag: Lin-MIL (12.7M
-parameters) 67 -> 41 ms, ABMIL (0.5M) 1.8 -> 1.2 ms. Falls back to the default implementation where fused
-is not available (other devices, non-float parameters, older PyTorch).
+by float rounding; on small bags, where the optimiser step is a large share of a training step, it is
+noticeably faster (docs/performance-notes.md). Falls back to the default implementation where fused is not
+available (other devices, non-float parameters, older PyTorch).
 
 :func:`make_optimizer` picks between it and ``torch.optim.Adam`` with coupled L2 weight decay
 (``TrainConfig.optimizer='adam'``: the gradient gets ``weight_decay * p`` before Adam's moments, as in

@@ -16,7 +16,8 @@ Maths (``E`` experts, ``S`` slots per expert, ``H`` heads, ``d_s = slot_dim / H`
 Speed: the dispatch is "slots attend to patches" and the combine is "patches attend to slots", so
 both run as ``scaled_dot_product_attention`` with scale 1: the ``(b, n, E, H, S)`` logits tensor (about
 1 GB at 50k patches) is never materialised. On CPU with float32 and head size 16 the dispatch runs a fused
-compiled kernel instead (:mod:`medmoe.nn.slot_dispatch`, 1.5x faster than PyTorch's flash attention there). Routing weights are computed only when asked for, in
+compiled kernel instead (:mod:`medmoe.nn.slot_dispatch`, faster than PyTorch's flash attention there:
+docs/performance-notes.md). Routing weights are computed only when asked for, in
 chunks of ``routing_chunk_size`` patches. Routing softmaxes run in fp32 under autocast.
 
 Differences from the reference (all fixes of sharp edges; outputs are identical otherwise):

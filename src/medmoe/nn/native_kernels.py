@@ -3,7 +3,7 @@
 Some hot loops (Mammoth's dispatch with head size 16) run faster as a small fused C++ kernel than through
 PyTorch's generic CPU attention (docs/performance-notes.md). The sources ship inside the package (``medmoe/nn/kernels/*.cpp``);
 :func:`load_kernel` compiles one with ``$CXX`` (default ``g++``, ``-O3 -march=native -fopenmp``) into a
-cache folder the first time it is needed (about 2 s) and loads it with :mod:`ctypes`. Everything here is
+cache folder the first time it is needed (a few seconds) and loads it with :mod:`ctypes`. Everything here is
 optional: without a compiler, without OpenMP, on another OS or under the ``"torch"`` backend
 (:mod:`medmoe.nn.backend`) the operators compute the same function with PyTorch ops (to float rounding;
 dropout masks bit for bit). A kernel that fails to build warns once (:class:`RuntimeWarning`).

@@ -116,7 +116,8 @@ def _bmm_nt(a: Tensor, b_t: Tensor) -> Tensor:
     """``a[i] @ b_t[i].T`` for 3-D ``a (B, m, k)``, ``b_t (B, n, k)``, one oneDNN call per matrix.
 
     Operands whose matrices are neither row- nor column-major are copied first: oneDNN falls back to a
-    reference kernel (40x slower) for padded row strides, e.g. one head of a ``(b, n, h, d)`` projection.
+    reference kernel (far slower: docs/performance-notes.md) for padded row strides, e.g. one head of a
+    ``(b, n, h, d)`` projection.
     """
     a, b_t = _dense_matrices(a), _dense_matrices(b_t)
     return torch.stack([_onednn_linear(a[i], b_t[i]) for i in range(a.shape[0])])

@@ -29,7 +29,7 @@ Two methods:
   pass), rebuilds the block's states from the saved chunk-start states, and reduces the gradients of
   ``u, dt, A, B, C`` with batched mat-vecs. Decays are multiplied step by step (no ``exp`` of a growing
   positive number, no division by a decay), so the chunked scan is as stable as the sequential one for any
-  ``dt`` and any negative ``A``. ``exp`` is computed as ``exp2(x log2 e)`` (2x faster on CPU, a few ulp).
+  ``dt`` and any negative ``A``. ``exp`` is computed as ``exp2(x log2 e)`` (cheaper than ``exp`` on CPU, a few ulp).
   Peak extra memory is a few ``block_elements`` buffers (64 MB each in fp32 by default) plus the saved
   chunk-start states, independent of how long the sequence is beyond that.
 
@@ -175,7 +175,7 @@ def _chunked_scan_forward(
     kc = _chunks_per_block(b, c, T, d, n, block_elements)
     dt4, B4, C4 = dt.view(b, c, T, d), B.view(b, c, T, n), C.view(b, c, T, n)
     dtu4 = (dt * u).view(b, c, T, d)
-    A2 = A * _LOG2E  # exp(x) = exp2(x log2 e): exp2 is ~2x faster than exp on CPU
+    A2 = A * _LOG2E  # exp(x) = exp2(x log2 e): exp2 is cheaper than exp on CPU (docs/performance-notes.md)
     y = u.new_empty((b, c, T, d))
     h_starts = u.new_empty((b, c, d, n))
     # workspaces, allocated once and reused by every block (fresh multi-MB tensors cost page faults)

@@ -17,13 +17,14 @@ With ``backend="sdpa"`` both run through :func:`torch.nn.functional.scaled_dot_p
 reference's is ``O(n * e * s)``, quadratic when the slots grow with ``n``). The attention kernels recompute
 the logits (forward and backward) instead of storing them, which costs about 1.5x the reference's
 matrix-multiply FLOPs (14 instead of 9 ``n * e * s * d`` products for forward + backward); when the logits
-are small (``e * s <= d``: no larger than the input) materialising them once is faster (measured 1.1-1.4x
-on a 2-core CPU), so ``backend="auto"`` (default) picks ``"dense"`` there and ``"sdpa"`` otherwise. The
+are small (``e * s <= d``: no larger than the input) materialising them once is faster (measured:
+docs/performance-notes.md), so ``backend="auto"`` (default) picks ``"dense"`` there and ``"sdpa"`` otherwise. The
 dense path keeps the logits and both softmaxes (3-4 ``(b, n, e * s)`` tensors, each no larger than the input
 when ``auto`` picks it). With an RMSNorm token norm in float32/float64 the dense path folds the norm into
 its matrix products (:mod:`medmoe.nn.soft_dispatch`: the normalised ``(b, n, d)`` tokens are never
 written, five instead of eight large products in the backward, oneDNN products on CPU), which made it
-3.1x faster than the reference at n = 16384 (was 1.6x); otherwise both paths use a fused RMSNorm. Both
+clearly faster than the reference at long inputs (docs/performance.md); otherwise both paths use a fused
+RMSNorm. Both
 share the batched experts.
 The two softmaxes always run in float32 (autocast is switched off around them and half / bfloat16
 operands are upcast), the result is cast back.

@@ -9,7 +9,7 @@ and with its output in a file. :class:`GridProgress` counts the runs and, after 
 Runs that were already finished (skipped by ``resume``) count as done but do not enter the time
 estimate, which is the mean time of the last ten runs trained times the runs still to do, divided by the
 number of runs going on at once (``parallel``). A grid runs variant after variant, so recent runs
-predict the next ones better than the mean of all (a Lin-MIL + Mammoth fold takes 50x a MeanMIL one).
+predict the next ones better than the mean of all (a Lin-MIL + Mammoth fold takes many times a MeanMIL one).
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ def sliding_window_labels(
 
 def _argmax_over_classes(scores: Tensor) -> Tensor:
     """``scores.argmax(0)`` for ``(K, H, W)`` (the first maximum wins, as argmax) by a running maximum over
-    the classes: 4x faster on CPU than PyTorch's reduction over the outer dimension."""
+    the classes: faster on CPU than PyTorch's reduction over the outer dimension (docs/performance-notes.md)."""
     best = scores[0].clone()
     index = torch.zeros(scores.shape[1:], dtype=torch.long, device=scores.device)
     better = torch.empty(scores.shape[1:], dtype=torch.bool, device=scores.device)

@@ -268,7 +268,7 @@ class RegionInnerAttention(nn.Module):
             # EPEG on the logits, (q k^T) + conv_query_axis(q k^T), is linear in q: it equals (q + conv(q)) k^T,
             # plus the conv's bias, which shifts all logits of a head alike and so cannot change the softmax.
             # So the attention runs as SDPA on q + conv(q) (one pass: identity folded into the centre tap), and
-            # the (g, h, p, p) logits are never stored: 2x faster at 784-token regions (one thread).
+            # the (g, h, p, p) logits are never stored (faster at large regions: docs/performance-notes.md).
             q = head_sequence_conv(q, self.pe, identity=True, use_bias=False)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (g, h, p, head_dim)
         if self.pe is not None and self.pe.bias is not None:
@@ -307,8 +307,8 @@ def _attention_stores_logits(x: Tensor, head_dim: int) -> bool:
     CPU: PyTorch's fused (flash) kernel takes float32/float64/bfloat16/float16 dense 4-D inputs unless flash
     attention is switched off. CUDA: flash or memory-efficient attention take float32 (memory-efficient),
     float16 and bfloat16 with head sizes up to 256. Anything else is assumed to store logits, so it is chunked.
-    Chunking a fused kernel only costs time: under autograd each chunk is recomputed in backward (RRT step on
-    a 50k-patch bag, 2 threads: 5.70 s chunked, 4.88 s not; peak memory 1,294 vs 1,768 MiB, linear in ``t``).
+    Chunking a fused kernel only costs time: under autograd each chunk is recomputed in backward, while the
+    unchunked fused kernel's memory is still linear in ``t`` (measurements in docs/performance-notes.md).
     """
     if x.device.type == "cpu":
         return not (

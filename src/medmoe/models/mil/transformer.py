@@ -14,13 +14,13 @@ Memory. Attention runs through ``scaled_dot_product_attention``; its fused kerne
 CPU and CUDA) never materialise the ``(t, t)`` weights, so memory is linear in ``t``. On CPU, attention
 dropout in training forces PyTorch's explicit path (``h * t * t`` floats: 80 GB at 50k patches); above
 ``attn_chunk_elements`` weights the attention then runs in blocks of queries with a hand-written backward
-(:func:`medmoe.nn.attention.dropout_attention`: 3.5-4.1x the checkpointed chunks at 4k-6k tokens). On CUDA
-without padding, SDPA's fused kernels sample the dropout themselves, in one call (a 50k-patch training step
-on an H100: 1.3 s, 4.1 GB; the chunked path did not finish a warm-up and three steps in 60 s). Elsewhere
+(:func:`medmoe.nn.attention.dropout_attention`, several times faster than checkpointed chunks). On CUDA
+without padding, SDPA's fused kernels sample the dropout themselves, in one call (the chunked path was
+impractically slow at 50k patches on an H100: docs/performance.md). Elsewhere
 (padded batches on CUDA, other devices) the queries are processed in chunks of about
 ``attn_chunk_elements / (h * t)`` rows, each recomputed in the backward pass (activation checkpointing).
 Either way memory stays ``O(chunk * t)``. Without dropout, bags of 3k-12k tokens on CPU take the same blocks
-too, which beat the fused kernel there (1.3-1.5x). Time is quadratic in ``t``.
+too, which beat the fused kernel there (docs/performance-notes.md). Time is quadratic in ``t``.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def _search_topk(e_h: Tensor, e_t: Tensor, k: int, scale: float, chunk_size: int
     with torch.no_grad():
         keys = e_t.detach()
         for start in range(0, e_h.shape[0], chunk_size):
-            # (c, t_k); oneDNN for large CPU float32 chunks (2x PyTorch's GEMM here, 1 thread)
+            # (c, t_k); oneDNN for large CPU float32 chunks (faster than PyTorch's GEMM here)
             logits = matmul_nt(e_h[start : start + chunk_size].detach(), keys).mul_(scale)
             if key_mask is not None:
                 logits.masked_fill_(~key_mask.unsqueeze(0), float("-inf"))

@@ -262,8 +262,8 @@ class MosaicModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std, device=device).view(1, 3, 1, 1), persistent=False)
         self.reset_parameters()
         self.apply_freezing()
-        # CPU speed: oneDNN linears and compiled dropout masks (same parameters and state dict; 1.8x a ViT-B/16
-        # training step on one AMD EPYC core); elsewhere they are the PyTorch layers
+        # CPU speed: oneDNN linears and compiled dropout masks (same parameters and state dict; timings in
+        # docs/performance-notes.md); elsewhere they are the PyTorch layers
         use_fast_dropout(use_fast_linear(self))
 
     def reset_parameters(self) -> None:

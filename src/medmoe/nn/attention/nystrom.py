@@ -49,7 +49,8 @@ def _split_heads(qkv: Tensor, heads: int, dim_head: int) -> tuple[Tensor, Tensor
 
     Contiguous per head so that every product below reads them (and ``k.T``, ``v.T``) in place: as views of
     the projection, each head's rows are ``3 * heads * dim_head`` apart and every oneDNN product copied them
-    again, transposing copies of ``v.T`` included (1.3 s of a 14 s TransMIL step at 50k patches, 2 threads).
+    again, transposing copies of ``v.T`` included (a visible share of a TransMIL step at 50k patches; the
+    measurement is in docs/performance-notes.md).
     """
     b, n, _ = qkv.shape
     q, k, v = qkv.reshape(b, n, 3, heads, dim_head).permute(2, 0, 3, 1, 4).contiguous().unbind(0)

@@ -4,9 +4,9 @@
 the iterations run as one autograd node (:class:`_PinvIterations`): each matrix is iterated on oneDNN and the
 backward pass is written out by hand. It performs the same products as autograd through the loop, in the same
 order (results and gradients agree bit for bit in the tests), without autograd's per-product graph nodes,
-stacked copies of every batched product and separate ``c I - M`` temporaries: forward + backward 1.14x for
-TransMIL + Mammoth's (4 heads, 164 x 164, 6 iterations) and 1.22x for 256 x 256 on one AMD EPYC core
-(``benchmarks/bench_pinv.py``). Other devices and dtypes run the loop on :func:`fast_matmul`.
+stacked copies of every batched product and separate ``c I - M`` temporaries, which makes forward + backward
+faster at TransMIL's sizes (``benchmarks/bench_pinv.py``; timings in docs/performance.md). Other devices and
+dtypes run the loop on :func:`fast_matmul`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 // with dropout_word the SplitMix64 stream of splitmix64.h. The mask is a pure function of (seed, i): it needs
 // no storage (the backward pass is the same call on the gradient with the same seed), it does not depend on
 // the number of threads, and every element costs two 64-bit multiplies (vectorised with AVX-512 DQ where
-// available), about 10x less than PyTorch's Bernoulli sampling on CPU.
+// available), much less than PyTorch's Bernoulli sampling on CPU (timings: docs/performance-notes.md).
 #include <cstdint>
 
 #include "splitmix64.h"

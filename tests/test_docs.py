@@ -135,3 +135,37 @@ def test_site_config_names_existing_hooks_and_pages() -> None:
     kept_pages = set(pages(kept))
     for required in ("index.md", "getting-started.md", "cli.md", "zoo.md", "api/models.md", "differences.md"):
         assert required in kept_pages
+
+
+def _demo_table(markdown: str) -> list[str]:
+    """The rows of the table under the demo heading (`make demo` = `medmoe demo`), header included."""
+    after = markdown[markdown.index("### The demo (`make demo` = `medmoe demo`)") :]
+    lines = after.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| dataset | model | patch_embed |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return lines[start:end]
+
+
+def test_readme_starts_with_the_two_commands_and_links_to_existing_pages() -> None:
+    """The README is the newcomer's page: it begins with `make demo` and `make test`, and every relative link
+    in it points to a file of the repository (the docs pages hold the rest)."""
+    readme = (ROOT / "README.md").read_text()
+    assert readme.splitlines()[2:6] == [
+        "```bash",
+        "make demo   # set up .venv, then run the main job: linear vs Mammoth MIL on real benchmarks (Musk1, UCSB breast)",
+        "make test   # set up .venv, then run the test suite",
+        "```",
+    ]
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [link.split("#")[0] for link in links if "://" not in link]
+    assert any(link.startswith("docs/") for link in local)
+    for link in local:
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+def test_readme_demo_table_is_the_one_on_the_results_page() -> None:
+    """The demo table in the README is the one docs/reproducing.md explains (both from one `make demo` run)."""
+    readme = _demo_table((ROOT / "README.md").read_text())
+    page = _demo_table((ROOT / "docs" / "reproducing.md").read_text())
+    assert len(readme) == 10  # header, rule, 2 datasets x 2 models x 2 patch embeddings
+    assert readme == page

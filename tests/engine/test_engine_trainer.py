@@ -16,6 +16,7 @@ from medmoe.engine import (
 )
 from medmoe.engine.mil import trainer as T
 from medmoe.engine.mil.config import resolve_monitor
+from medmoe.engine.mil.tasks import classification
 
 
 def _cfg(**kw):
@@ -82,7 +83,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_early_stopping_and_min_epochs(tmp_path, monkeypatch):
     flat = {"auroc": 0.7, "balanced_accuracy": 0.5, "accuracy": 0.5, "f1": 0.5, "kappa": 0.0, "loss": 0.6}
-    monkeypatch.setattr(T, "_metrics_with_loss", lambda probs, labels: dict(flat))
+    monkeypatch.setattr(classification, "metrics_with_loss", lambda probs, labels: dict(flat))
     train, val = synthetic_bags(8, seed=0), synthetic_bags(4, seed=1)
     res = train_one_fold(
         "abmil.base", train, val, None, _cfg(epochs=10, patience=2, min_epochs=4), tmp_path, TINY_ABMIL
@@ -102,7 +103,7 @@ def test_no_validation_keeps_last_epoch(tmp_path):
 
 def test_class_weights_and_balanced_sampler():
     labels = [0] * 9 + [1] * 3
-    w = T._class_weights(labels, 3)
+    w = classification.class_weights(labels, 3)
     torch.testing.assert_close(w, torch.tensor([12 / 27, 12 / 9, 0.0]))
     order = T._epoch_order(labels, 2, balanced=True, seed=0, epoch=0)
     assert len(order) == 12

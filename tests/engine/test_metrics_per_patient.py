@@ -8,7 +8,7 @@ from medmoe.data import InMemoryBags
 from medmoe.engine import TrainConfig, evaluate, train_one_fold
 from medmoe.engine.mil.metrics import compute_metrics
 from medmoe.engine.mil.survival import concordance_index, risk_scores
-from medmoe.engine.mil.trainer import _task_metrics
+from medmoe.engine.mil.tasks import get_task
 
 CFG = TrainConfig(epochs=2, lr=5e-3, min_epochs=1, patience=None, progress=False, accelerator="cpu")
 
@@ -30,10 +30,10 @@ def test_group_metrics_average_the_probabilities_of_a_patient():
     probs = torch.softmax(logits, -1)
     mean = probs.view(6, 2, 2).mean(1)  # slides 2i and 2i+1 belong to patient i
     expected = compute_metrics(mean, labels[::2])
-    got = _task_metrics(logits, labels, data, None, 0.0, "group")
+    got = get_task("classification").metrics(logits, data, {}, level="group")
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, nan_ok=True)
-    assert got["loss"] != pytest.approx(_task_metrics(logits, labels, data, None, 0.0, "bag")["loss"])
+    assert got["loss"] != pytest.approx(get_task("classification").metrics(logits, data, {}, level="bag")["loss"])
 
 
 def test_group_survival_metrics_use_the_mean_hazard_logits():
@@ -42,7 +42,7 @@ def test_group_survival_metrics_use_the_mean_hazard_logits():
     events = [int((i // 2) % 3 != 0) for i in range(12)]
     surv = data.with_survival(times, events)
     logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
-    got = _task_metrics(logits, torch.tensor(surv.labels), surv, [1.5, 3.0, 4.5], 0.0, "group")
+    got = get_task("survival").metrics(logits, surv, {"survival_bin_edges": [1.5, 3.0, 4.5]}, level="group")
     mean = logits.view(6, 2, 4).mean(1)
     assert got["c_index"] == pytest.approx(concordance_index(risk_scores(mean), times[::2], events[::2]))
 
@@ -51,7 +51,7 @@ def test_group_metrics_refuse_patients_with_different_labels():
     data = synthetic_bags(8, seed=0)  # labels alternate 0, 1
     mixed = InMemoryBags([data[i].features for i in range(8)], data.labels, groups=["a"] * 8)
     with pytest.raises(ValueError, match="the bags of 'a' have different labels"):
-        _task_metrics(torch.zeros(8, 2), torch.tensor(mixed.labels), mixed, None, 0.0, "group")
+        get_task("classification").metrics(torch.zeros(8, 2), mixed, {}, level="group")
 
 
 def test_training_and_evaluate_report_per_patient(tmp_path):

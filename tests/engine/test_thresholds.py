@@ -376,7 +376,7 @@ def test_heatmap_prediction_uses_the_threshold(tmp_path):
 def test_per_patient_metrics_choose_on_patient_scores(tmp_path, monkeypatch):
     """With ``metrics_level='group'`` the threshold is chosen on, and applied to, a patient's mean probability."""
     from medmoe.data import InMemoryBags
-    from medmoe.engine.mil.trainer import _choose_thresholds, _task_metrics
+    from medmoe.engine.mil.tasks import get_task
 
     def two_slides(n_patients, seed):
         first, second = synthetic_bags(n_patients, seed=seed), synthetic_bags(n_patients, seed=seed + 100)
@@ -390,9 +390,9 @@ def test_per_patient_metrics_choose_on_patient_scores(tmp_path, monkeypatch):
     logits = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor(val.labels)
     patient_probs = torch.softmax(logits, -1).view(6, 2, 2).mean(1)  # slides 2i, 2i+1 = patient i
-    chosen = _choose_thresholds(logits, labels, val, "group", False, 2)
+    chosen = get_task("classification").choose_thresholds(logits, val, "group", 2)
     assert chosen.values == [choose_threshold(patient_probs[:, 1], labels[::2] == 1)[0]]
-    got = _task_metrics(logits, labels, val, None, 0.0, "group", thresholds=chosen.values)
+    got = get_task("classification").metrics(logits, val, {}, level="group", thresholds=chosen.values)
     expected = compute_metrics(patient_probs, labels[::2], threshold=chosen.values[0])
     assert got["balanced_accuracy_tuned"] == pytest.approx(expected["balanced_accuracy"])
 

@@ -8,6 +8,9 @@ from typing import Any
 
 import typer
 
+from ..engine.mil.tasks import get_task, task_names
+from ..engine.mil.tasks.classification import checkpoint_classes
+from ..engine.mil.tasks.survival import TIME_COLUMNS
 from .common import config_keys, fail, parse_overrides, read_config_file, unknown_config_keys_text
 from .run_configs import resolve_run_config
 
@@ -17,39 +20,20 @@ DATASET_HELP = "A real benchmark fetched on first use: musk1, musk2, elephant, u
 SET_HELP = "Model config override KEY=VALUE (YAML value), repeatable, e.g. --set embed_dim=128 --set dropout=0.1."
 
 
-#: Follow-up time columns looked for (in this order) when a survival task names none.
-TIME_COLUMNS = ("time", "survival_months", "survival_time", "os_months", "months", "days")
 SURVIVAL_HELP = "Survival CSVs: follow-up time column (default: the first of " + ", ".join(TIME_COLUMNS) + ")."
 
 
-def survival_time_column(labels: Path, time_col: str | None) -> str:
-    """``time_col``, or the first of :data:`TIME_COLUMNS` in the CSV header."""
-    if time_col:
-        return time_col
-    import csv
-
-    try:
-        with open(labels, newline="") as fh:
-            header = [c.strip() for c in next(csv.reader(fh), [])]
-    except OSError as err:
-        raise ValueError(f"cannot read labels CSV {labels}: {err}") from err
-    found = next((c for c in TIME_COLUMNS if c in header), None)
-    if found is None:
-        raise ValueError(f"{labels} has no follow-up time column ({', '.join(TIME_COLUMNS)}); its columns are "
-                         f"{header}; name yours with --time-col")
-    return found
-
-
 def load_dataset(dataset: str | None, features: Path | None, labels: Path | None, patient_mode: str = "separate",
-                 *, survival: bool = False, time_col: str | None = None, event_col: str = "event",
-                 label_cols: list[str] | None = None):
-    """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV (with
-    ``survival``: time and event columns; with ``label_cols``: multi-label 0/1 columns; see
-    :class:`~medmoe.data.FeatureFolderBags`)."""
+                 *, task: str = "classification", time_col: str | None = None, event_col: str = "event",
+                 label_cols: list[str] | None = None, class_names: list[str] | None = None):
+    """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV, read with the
+    columns of ``task`` (survival: time and event columns; multilabel: the 0/1 ``label_cols``; see
+    :meth:`~medmoe.engine.mil.tasks.Task.read_bags` and :class:`~medmoe.data.FeatureFolderBags`)."""
     if (dataset is None) == (features is None):
         raise typer.BadParameter("give either --dataset NAME or --features DIR (with --labels CSV)")
+    the_task = get_task(task)
     if dataset is not None:
-        if survival or label_cols:
+        if not the_task.uses_class_labels or label_cols:
             raise ValueError(f"the benchmark {dataset!r} has one class label per bag; use --features and --labels "
                              "with time and event columns (survival) or 0/1 label columns (multilabel)")
         from ..data import load_mil_benchmark
@@ -57,18 +41,8 @@ def load_dataset(dataset: str | None, features: Path | None, labels: Path | None
         return dataset, load_mil_benchmark(dataset)
     if labels is None:
         raise typer.BadParameter("--features needs --labels CSV (columns slide_id, label[, case_id, split])")
-    from ..data import FeatureFolderBags
-
-    if survival:
-        tcol = survival_time_column(labels, time_col)
-        return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, time_col=tcol,
-                                                      event_col=event_col)
-    return Path(features).name, FeatureFolderBags(features, labels, patient_mode=patient_mode, label_cols=label_cols)
-
-
-def checkpoint_label_cols(info: dict[str, Any]) -> list[str] | None:
-    """The 0/1 label columns a multi-label checkpoint (its ``info``) was trained on; ``None`` otherwise."""
-    return list(info.get("class_names") or []) if info.get("task") == "multilabel" else None
+    return Path(features).name, the_task.read_bags(features, labels, patient_mode=patient_mode, time_col=time_col,
+                                                   event_col=event_col, label_cols=label_cols, class_names=class_names)
 
 
 def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | None]:
@@ -77,29 +51,20 @@ def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | No
     cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
     if label_cols and not cols:
         raise ValueError(f"--label-cols needs comma-separated column names, got {label_cols!r}")
-    if cols and task == "classification":
+    if cols and task == "classification":  # the flag's default: --label-cols alone means multilabel
         task = "multilabel"
-    if task not in ("classification", "survival", "multilabel"):
-        raise ValueError(f"--task must be 'classification', 'survival' or 'multilabel', got {task!r}")
-    if task == "multilabel" and not cols:
-        raise ValueError("--task multilabel needs --label-cols naming the 0/1 label columns of the CSV")
-    if cols and task != "multilabel":
+    if task not in task_names():
+        raise ValueError(f"--task must be one of {', '.join(repr(t) for t in task_names())}, got {task!r}")
+    if get_task(task).uses_label_columns and not cols:
+        raise ValueError(f"--task {task} needs --label-cols naming the 0/1 label columns of the CSV")
+    if cols and not get_task(task).uses_label_columns:
         raise ValueError(f"--label-cols is for --task multilabel, not {task!r}")
     return task, cols
 
 
-def checkpoint_classes(info: dict[str, Any]) -> list[str]:
-    """The classes a classification checkpoint (its ``info``) predicts: its ``class_names``, else ``'0'``,
-    ``'1'``, ... up to its number of outputs."""
-    names = list(info.get("class_names") or [])
-    if names:
-        return [str(n) for n in names]
-    return [str(c) for c in range(int((info.get("model_config") or {}).get("num_classes") or 2))]
-
-
 def check_benchmark_classes(ds: Any, info: dict[str, Any], name: str) -> None:
     """A benchmark scored by a classification checkpoint must have the checkpoint's classes (``ValueError``)."""
-    if info.get("task", "classification") != "classification":
+    if not get_task(info.get("task", "classification")).uses_class_labels:
         raise ValueError(f"the benchmark {name!r} has one class label per bag, but the checkpoint is a "
                          f"{info.get('task')} model; give --features and --labels with its columns")
     ours, theirs = checkpoint_classes(info), [str(c) for c in ds.class_names]
@@ -123,7 +88,8 @@ def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any],
     from ..data.feature_folder import feature_files, trident_features_dir
     from ..data.file_checks import describe_path, require_file, require_folder
 
-    task = info.get("task", "classification")
+    task = get_task(info.get("task", "classification"))
+    columns = task.checkpoint_columns(info)  # the checkpoint's classes, label columns, ...
     folder = Path(features)
     if labels is None and describe_path(folder) == "missing" and str(features).lower() in list_mil_benchmarks():
         ds = load_mil_benchmark(str(features).lower())
@@ -135,17 +101,13 @@ def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any],
     require_folder(folder, "feature folder")
     if labels is not None:
         require_file(labels, "--labels")
-        if task == "classification":
-            return FeatureFolderBags(folder, labels, class_names=checkpoint_classes(info)), True
-        found = load_dataset(None, folder, labels, survival=task == "survival", time_col=time_col,
-                             event_col=event_col, label_cols=checkpoint_label_cols(info))
-        return found[1], True
+        return task.read_bags(folder, labels, time_col=time_col, event_col=event_col, **columns), True
     stems = sorted(feature_files(trident_features_dir(folder)))  # refuses slide.h5 + slide.pt
     if not stems:
         raise ValueError(f"no .h5 or .pt feature files in {features}")
     with tempfile.TemporaryDirectory(prefix="medmoe-labels-") as tmp:
         placeholder = Path(tmp) / "labels.csv"
-        classes = checkpoint_classes(info) if task == "classification" else None
+        classes = columns.get("class_names")
         with placeholder.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["slide_id", "label"])
@@ -316,8 +278,7 @@ def train(
         if optimizer not in ("adamw", "adam"):
             raise ValueError(f"--optimizer must be 'adamw' or 'adam', got {optimizer!r}")
         task, cols = resolve_task(task, label_cols)
-        survival = task == "survival"
-        _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=survival, time_col=time_col,
+        _name, ds = load_dataset(dataset, features, labels, patient_mode, task=task, time_col=time_col,
                                  event_col=event_col, label_cols=cols)
         cfg = _train_config(
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
@@ -331,12 +292,7 @@ def train(
         result = run_cross_validation(model, ds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
                                       model_overrides=parse_overrides(set_), resume=resume, overwrite=overwrite,
                                       jobs=jobs)
-        if survival:
-            plots = [_plot_test_risk_groups(out, model, seeds[0], getattr(ds, "time_col", None))]
-        elif task == "multilabel":
-            plots = [_plot_test_label_rocs(out, model, seeds[0], ds.label_names)]
-        else:
-            plots = _plot_test_predictions(out, model, seeds[0], ds.class_names)
+        plots = get_task(task).plot_test_predictions(out, model, seeds[0], ds)
     except (ValueError, RuntimeError) as err:
         fail(err)
     typer.echo((out / "summary.md").read_text() if (out / "summary.md").exists() else str(result.summary))
@@ -344,63 +300,6 @@ def train(
     if drawn:
         typer.echo("plots of the out-of-fold test predictions: " + ", ".join(drawn))
     typer.echo(f"results: {out}")
-
-
-def _plot_test_predictions(out: Path, model: str, seed: int, class_names: list[str]) -> list[Path]:
-    """ROC curve(s) and confusion matrix of one seed's out-of-fold test predictions (every bag once)."""
-    import numpy as np
-
-    from ..viz.roc import plot_confusion, plot_roc
-
-    rows = _seed_rows(out / "test_predictions.csv", seed)
-    if not rows:
-        return []
-    labels = [int(r["label"]) for r in rows]
-    probs = np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in rows])
-    title = f"{model}: out-of-fold test predictions (seed {seed})"
-    return [plot_roc(labels, probs, class_names, out / "roc.png", title=title),
-            plot_confusion(labels, probs.argmax(1), class_names, out / "confusion.png", title=title)]
-
-
-def _plot_test_label_rocs(out: Path, model: str, seed: int, label_names: list[str]) -> Path | None:
-    """One ROC curve per label of one seed's out-of-fold multi-label test predictions."""
-    import numpy as np
-
-    from ..viz.roc import plot_label_rocs
-
-    rows = _seed_rows(out / "test_predictions.csv", seed)
-    if not rows:
-        return None
-    targets = np.array([[int(r[f"target_{n}"]) for n in label_names] for r in rows])
-    probs = np.array([[float(r[f"prob_{n}"]) for n in label_names] for r in rows])
-    return plot_label_rocs(targets, probs, label_names, out / "roc.png",
-                           title=f"{model}: out-of-fold test predictions (seed {seed})")
-
-
-def _seed_rows(path: Path, seed: int) -> list[dict[str, str]]:
-    """The rows of a pooled out-of-fold CSV (``test_predictions.csv``, ``test_risks.csv``) for one seed: every
-    bag once (no rows without the file)."""
-    import csv
-
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return [r for r in csv.DictReader(fh) if int(r["seed"]) == seed]
-
-
-def _plot_test_risk_groups(out: Path, model: str, seed: int, time_label: str | None) -> Path | None:
-    """Kaplan-Meier curves of one seed's out-of-fold test predictions (every patient once)."""
-    from ..viz.kaplan_meier import plot_risk_groups
-
-    rows = _seed_rows(out / "test_risks.csv", seed)
-    if not rows:
-        return None
-    return plot_risk_groups(
-        [float(r["time"]) for r in rows], [int(r["event"]) for r in rows], [r["high_risk"] == "1" for r in rows],
-        out / "kaplan_meier.png",
-        time_label=time_label or "time",
-        title=f"{model}: out-of-fold test risk, split at each fold's median (seed {seed})",
-    )
 
 
 @app.command("eval")
@@ -428,19 +327,18 @@ def evaluate_checkpoint(
             raise ValueError("--features needs --labels CSV to evaluate against (`medmoe mil predict` scores "
                              "slides without labels)")
         model, info = load_any_checkpoint(checkpoint)
-        survival = info.get("task") == "survival"
-        multilabel = info.get("task") == "multilabel"
+        task = info.get("task", "classification")
         if dataset is not None:
-            _, ds = load_dataset(dataset, None, None, survival=survival, label_cols=checkpoint_label_cols(info))
+            _, ds = load_dataset(dataset, None, None, task=task,
+                                 label_cols=get_task(task).checkpoint_columns(info).get("label_cols"))
             check_benchmark_classes(ds, info, dataset)
         else:
             ds, _ = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
         check_feature_dim(model.config.in_dim, ds.feature_dim,
                           f"the slides in {features}" if features is not None else f"the benchmark {dataset}",
                           checkpoint)
-        result = evaluate(model, ds, feature_stats=info.get("feature_stats"),
-                          survival_bin_edges=info.get("survival_bin_edges") if survival else None,
-                          metrics_level=metrics_level, multilabel=multilabel,
+        result = evaluate(model, ds, feature_stats=info.get("feature_stats"), task=task, task_state=info,
+                          metrics_level=metrics_level,
                           thresholds=checkpoint_thresholds(info))  # *_tuned: at the checkpoint's thresholds
     except (ValueError, RuntimeError) as err:
         fail(err)
@@ -516,7 +414,7 @@ def embed_checkpoint(
         info = read_checkpoint_info(checkpoints[0])
         ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
         emb = embed_slides(checkpoints[0], ds, batch_size=batch_size)
-        if not labelled or info.get("task") == "survival":
+        if not labelled or not get_task(info.get("task", "classification")).labels_colour_embeddings:
             emb.labels = None
         save_slide_embeddings(emb, out)
         if plot is not None:
@@ -609,17 +507,18 @@ def compare_cmd(
     (with --tune: every variant tuned by nested cross-validation with the same budget)."""
     try:
         task, cols = resolve_task(task, label_cols)
-        survival = task == "survival"
+        the_task = get_task(task)
+        metric = metric or the_task.summary_metrics[0]  # auroc; c_index for survival
         folders = {}
         if features is not None:
-            name, ds = load_dataset(None, features, labels, patient_mode, survival=survival, time_col=time_col,
+            name, ds = load_dataset(None, features, labels, patient_mode, task=task, time_col=time_col,
                                     event_col=event_col, label_cols=cols)
             folders[name] = ds
-        elif task != "classification":
+        elif not the_task.uses_class_labels:
             raise ValueError(f"--task {task} compares on a feature folder: give --features and --labels")
         if not datasets:
             datasets = [] if features is not None else ["musk1", "ucsb_breast"]
-        if task != "classification" and datasets:
+        if not the_task.uses_class_labels and datasets:
             raise ValueError(f"--task {task} needs a feature folder; the benchmarks {datasets} have one class label "
                              "per bag")
         if tune and jobs > 1:
@@ -627,8 +526,7 @@ def compare_cmd(
                              "parallel, start helper processes with --search-only and a shared --storage "
                              "(docs/tuning.md)")
         if tune:
-            _run_compare_tuned(models, datasets, patch_embeds, folders, out, metric or ("c_index" if survival else
-                               "auroc"), k=k, seeds=seeds, trials=trials, inner_k=inner_k, space=space,
+            _run_compare_tuned(models, datasets, patch_embeds, folders, out, metric, k=k, seeds=seeds, trials=trials, inner_k=inner_k, space=space,
                                storage=storage, study_name=study_name, search_only=search_only,
                                overrides=parse_overrides(set_), moe_args=parse_overrides(moe, "--moe"),
                                resume=resume, overwrite=overwrite,
@@ -637,7 +535,7 @@ def compare_cmd(
                                                  metrics_level=metrics_level, max_instances=max_instances))
             return
         run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
-                    metric or ("c_index" if survival else "auroc"), parse_overrides(set_),
+                    metric, parse_overrides(set_),
                     moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume, overwrite=overwrite, jobs=jobs,
                     folders=folders, task=task,
                     metrics_level=metrics_level, max_instances=max_instances)
@@ -732,7 +630,7 @@ def tune_cmd(
     try:
         the_space = load_space(space)
         task, cols = resolve_task(task, label_cols)
-        _name, ds = load_dataset(dataset, features, labels, patient_mode, survival=task == "survival",
+        _name, ds = load_dataset(dataset, features, labels, patient_mode, task=task,
                                  time_col=time_col, event_col=event_col, label_cols=cols)
         cfg = _train_config(epochs=epochs, lr=lr, weight_decay=weight_decay, patience=patience,
                             batch_size=batch_size, min_epochs=min(epochs, 10), standardize_features=standardize,

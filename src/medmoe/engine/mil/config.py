@@ -13,9 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EARLY_STOPPING_METRICS", "TASK_METRICS", "TrainConfig", "resolve_monitor"]
+__all__ = ["EARLY_STOPPING_METRICS", "TrainConfig", "resolve_monitor"]
 
-#: Metrics the early-stopping monitor accepts, and whether larger is better.
+#: Metrics the built-in tasks' early-stopping monitors accept, and whether larger is better (each task's
+#: own: ``get_task(name).monitor_metrics``, :mod:`medmoe.engine.mil.tasks`).
 EARLY_STOPPING_METRICS: dict[str, bool] = {
     "auroc": True,
     "kappa": True,
@@ -27,12 +28,6 @@ EARLY_STOPPING_METRICS: dict[str, bool] = {
     "loss": False,
 }
 
-#: The early-stopping metrics each task accepts.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("auroc", "kappa", "balanced_accuracy", "accuracy", "f1", "loss"),
-    "survival": ("c_index", "loss"),
-    "multilabel": ("auroc", "balanced_accuracy", "accuracy", "f1", "subset_accuracy", "loss"),
-}
 
 _PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true")
 
@@ -149,8 +144,11 @@ class TrainConfig:
             positive_int("max_instances")
         if self.metrics_level not in ("bag", "group"):
             raise ValueError(f"TrainConfig.metrics_level must be 'bag' or 'group', got {self.metrics_level!r}")
-        if self.task not in TASK_METRICS:
-            raise ValueError(f"TrainConfig.task must be one of {sorted(TASK_METRICS)}, got {self.task!r}")
+        from .tasks import get_task, task_names
+
+        if not isinstance(self.task, str) or self.task not in task_names():
+            raise ValueError(f"TrainConfig.task must be one of {task_names()}, got {self.task!r}")
+        task = get_task(self.task)
         if not isinstance(self.survival_alpha, (int, float)) or not 0.0 <= self.survival_alpha <= 1.0:
             raise ValueError(f"TrainConfig.survival_alpha must be in [0, 1], got {self.survival_alpha!r}")
         positive_int("batch_size")
@@ -186,17 +184,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be None or a number >= 0, got {self.grad_clip!r}")
         if not 0.0 <= float(self.feature_dropout) < 1.0:
             raise ValueError(f"TrainConfig.feature_dropout must be in [0, 1), got {self.feature_dropout}")
-        if self.early_stopping != "auto" and self.early_stopping not in TASK_METRICS[self.task]:
+        if self.early_stopping != "auto" and self.early_stopping not in task.monitor_metrics:
             raise ValueError(
-                f"TrainConfig.early_stopping must be 'auto' or one of {list(TASK_METRICS[self.task])} for "
+                f"TrainConfig.early_stopping must be 'auto' or one of {list(task.monitor_metrics)} for "
                 f"task={self.task!r}, got {self.early_stopping!r}"
             )
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(
                 f"TrainConfig.class_weights must be 'none' or 'balanced', got {self.class_weights!r}"
             )
-        if self.task == "survival" and self.class_weights != "none":
-            raise ValueError("TrainConfig.class_weights='balanced' weights cross-entropy classes; survival has none")
+        task.check_config(self)
         if self.precision not in _PRECISIONS:
             raise ValueError(
                 f"TrainConfig.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}"
@@ -233,19 +230,12 @@ class TrainConfig:
 
 
 def resolve_monitor(name: str, num_classes: int, task: str = "classification") -> tuple[str, bool]:
-    """The metric ``early_stopping`` monitors and whether larger is better.
+    """The metric ``early_stopping`` monitors and whether larger is better (the task's
+    :meth:`~medmoe.engine.mil.tasks.Task.resolve_monitor`).
 
     ``'auto'`` -> ``'auroc'`` for ``num_classes == 2`` and ``'kappa'`` (quadratic) otherwise; for
     ``task='survival'`` -> ``'c_index'``; for ``task='multilabel'`` -> ``'auroc'`` (macro over the labels).
     """
-    if task not in TASK_METRICS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_METRICS)}")
-    if name == "auto":
-        name = (
-            "c_index" if task == "survival" else "auroc" if num_classes == 2 or task == "multilabel" else "kappa"
-        )
-    if name not in TASK_METRICS[task]:
-        raise ValueError(
-            f"unknown early-stopping metric {name!r} for task={task!r}; choose from {list(TASK_METRICS[task])}"
-        )
-    return name, EARLY_STOPPING_METRICS[name]
+    from .tasks import get_task
+
+    return get_task(task).resolve_monitor(name, num_classes)

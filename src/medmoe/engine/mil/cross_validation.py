@@ -25,13 +25,12 @@ import io
 import json
 import logging
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
+from ...data.splits import Split, save_splits, split_hash
 from ..checkpoint import atomic_write_text
 from ..runs import (
     MANIFEST_NAME,
@@ -46,9 +45,8 @@ from ..runs import (
 from .config import TrainConfig
 from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
-from .metrics import ALL_METRIC_NAMES, METRIC_NAMES, format_mean_std, format_summary, summarize
-from .multilabel import MULTILABEL_METRIC_NAMES
-from .survival import SURVIVAL_METRIC_NAMES
+from .metrics import ALL_METRIC_NAMES, format_mean_std, format_summary, summarize
+from .tasks import Task, get_task
 from .thresholds import thresholds_note
 from .trainer import RESUME_NEUTRAL_SETTINGS, TEST_PREDICTIONS_CSV, make_fabric
 
@@ -187,7 +185,7 @@ def run_cross_validation(
     check_model(model_name, model_overrides, dataset, cfg)  # a wrong name or --set fails before any file
     tasks, hashes, plans = _plan_folds(
         model_name, model_overrides, "data", dataset, out_dir, label or model_name, k=k, seeds=seeds,
-        val_folds=val_folds, split_seed=split_seed, splits=splits, multilabel=cfg.task == "multilabel",
+        val_folds=val_folds, split_seed=split_seed, splits=splits, task=get_task(cfg.task),
     )
     if is_zero:
         manifest = _cv_manifest(model_name, model_overrides, dataset, cfg, tasks, hashes, out_dir, k=k,
@@ -214,12 +212,7 @@ def check_model(model_name: str, model_overrides: dict[str, Any], dataset: Any, 
     typo fails before a run folder is touched."""
     from ...registry import check_model_fits
 
-    if cfg.task == "survival":
-        outputs = cfg.survival_bins
-    elif cfg.task == "multilabel":
-        outputs = len(getattr(dataset, "label_names", []) or [0, 1])
-    else:
-        outputs = max(int(getattr(dataset, "num_classes", 2)), 2)
+    outputs = get_task(cfg.task).num_outputs(dataset, cfg)
     overrides = {k: v for k, v in model_overrides.items() if k not in ("in_dim", "num_classes")}
     try:
         check_model_fits(model_name, num_classes=outputs, in_dim=getattr(dataset, "feature_dim", None), **overrides)
@@ -289,12 +282,14 @@ def _plan_folds(
     val_folds: int,
     split_seed: int | None = None,
     splits: Sequence[Split] | None = None,
-    multilabel: bool = False,
+    task: Task | None = None,
 ) -> tuple[list[FoldTask], dict[int, str], list[tuple[Path, list[Split], list[str]]]]:
     """The runs of one model on one dataset (seeds x folds), their split hashes and, per seed, what
     ``seed<s>/splits.json`` will hold (written by :func:`_save_plans`; nothing is written here).
-    Folds are stratified by label, or on all labels at once (``multilabel``: iterative stratification)."""
-    labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
+    Folds are stratified as the ``task`` says (:meth:`~medmoe.engine.mil.tasks.Task.kfold`: by label, or
+    for multi-label on all labels at once; default classification)."""
+    task = task if task is not None else get_task("classification")
+    bag_ids = list(dataset.bag_ids)
     tasks: list[FoldTask] = []
     hashes: dict[int, str] = {}
     plans: list[tuple[Path, list[Split], list[str]]] = []
@@ -303,13 +298,8 @@ def _plan_folds(
             seed_splits = list(splits)
         else:
             s_seed = seed if split_seed is None else split_seed
-            if multilabel:
-                seed_splits = multilabel_group_kfold(
-                    dataset.multilabel_targets, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids
-                )
-            else:
-                seed_splits = stratified_group_kfold(labels, groups, k, s_seed, val_folds=val_folds, bag_ids=bag_ids,
-                                                     class_names=getattr(dataset, "class_names", None))
+            seed_splits = task.kfold(dataset, k, s_seed, val_folds=val_folds, bag_ids=bag_ids,
+                                     class_names=getattr(dataset, "class_names", None))
         if not seed_splits:
             raise ValueError("no splits to run: pass k >= 2 or a non-empty list of splits")
         h = hashes[seed] = split_hash(seed_splits, bag_ids)
@@ -370,25 +360,22 @@ def _write_cv_result(
                 out_dir / "results.json", json.dumps(result_cv.to_dict(), indent=2, default=str) + "\n"
             )
             atomic_write_text(out_dir / "summary.md", result_cv.to_markdown())
-            survival = cfg.task == "survival"
-            _pool_test_predictions(tasks, out_dir / (TEST_RISKS_CSV if survival else TEST_PREDICTIONS_CSV),
-                                   survival)
+            task = get_task(cfg.task)
+            _pool_test_predictions(tasks, out_dir / task.pooled_predictions_csv, task)
         logger.info("%s: %d runs\n%s", model_name, len(runs), format_summary(summary, title="test"))
     return result_cv
 
 
-TEST_RISKS_CSV = "test_risks.csv"
-
-
-def _pool_test_predictions(tasks: Sequence[FoldTask], path: Path, survival: bool) -> None:
-    """Concatenate the runs' ``test_predictions.csv`` with ``seed`` and ``fold`` columns; for survival
-    add ``high_risk`` (risk above the median of the run's test bags: the usual risk stratification of
-    survival papers). Runs without the file (finished by an older medmoe) are left out."""
+def _pool_test_predictions(tasks: Sequence[FoldTask], path: Path, task: Task) -> None:
+    """Concatenate the runs' ``test_predictions.csv`` with ``seed`` and ``fold`` columns, plus the task's
+    :meth:`~medmoe.engine.mil.tasks.Task.pool_extra_columns` (survival: ``high_risk``, risk above the median
+    of the run's test bags: the usual risk stratification of survival papers). Runs without the file
+    (finished by an older medmoe) are left out."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header_written = False
-    for task in tasks:
-        pred = task.out_dir / TEST_PREDICTIONS_CSV
+    for fold in tasks:
+        pred = fold.out_dir / TEST_PREDICTIONS_CSV
         if not pred.is_file():
             continue
         with pred.open(newline="") as fh:
@@ -396,13 +383,12 @@ def _pool_test_predictions(tasks: Sequence[FoldTask], path: Path, survival: bool
         if not rows:
             continue
         columns = list(rows[0])
+        extra_names, extra = task.pool_extra_columns(rows)
         if not header_written:
-            writer.writerow(["seed", "fold", *columns, *(["high_risk"] if survival else [])])
+            writer.writerow(["seed", "fold", *columns, *extra_names])
             header_written = True
-        median = statistics.median(float(r["risk"]) for r in rows) if survival else 0.0
-        for r in rows:
-            extra = [int(float(r["risk"]) > median)] if survival else []
-            writer.writerow([task.seed, task.fold, *(r[c] for c in columns), *extra])
+        for r, values in zip(rows, extra):
+            writer.writerow([fold.seed, fold.fold, *(r[c] for c in columns), *values])
     if header_written:
         atomic_write_text(path, buffer.getvalue())
 
@@ -558,7 +544,7 @@ def compare(
                 check_model(name, merged, dataset, cfg)
                 variant_tasks, hashes, variant_plans = _plan_folds(
                     name, merged, ds_name, dataset, run_dir, f"{ds_name} {model} {embed}", k=k, seeds=seeds,
-                    val_folds=val_folds, multilabel=cfg.task == "multilabel",
+                    val_folds=val_folds, task=get_task(cfg.task),
                 )
                 manifest = _cv_manifest(name, merged, dataset, cfg, variant_tasks, hashes, run_dir, k=k, seeds=seeds,
                                         val_folds=val_folds, split_seed=None, explicit=False)
@@ -603,9 +589,7 @@ def compare(
                 "out_dir": str(v["out_dir"]),
             }
         )
-    default_metrics = {"survival": SURVIVAL_METRIC_NAMES, "multilabel": MULTILABEL_METRIC_NAMES}.get(
-        cfg.task, METRIC_NAMES
-    )
+    default_metrics = get_task(cfg.task).summary_metrics
     result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if is_zero:
         with writing(out_dir / "comparison.json", keep="every finished fold is intact"):

@@ -127,14 +127,6 @@ def infer_slide(
     return result
 
 
-def _decide_labels(label_probs: np.ndarray, thresholds: Any) -> list[bool]:
-    """Multi-label: whether each label ``(L,)`` is called present (at its threshold; 0.5 without)."""
-    from .thresholds import apply_thresholds
-
-    cut = thresholds if thresholds is not None else [0.5] * len(label_probs)
-    return apply_thresholds(torch.as_tensor(label_probs).view(1, -1), cut)[0].tolist()
-
-
 def _branch_names(k: int, kind: str, class_names: list[str]) -> list[str]:
     if k == 1:
         return ["attention"]
@@ -192,7 +184,7 @@ def slide_heatmaps(
     from ...viz import expert_stats as es
     from ...viz.heatmap import draw_argmax_expert_map, draw_expert_maps, draw_heatmap, make_canvas
     from ...viz.patch_grid import save_top_k_grids
-    from .thresholds import decide_classes
+    from .tasks import get_task
 
     c = np.asarray(coords.cpu().numpy() if isinstance(coords, Tensor) else coords)
     n_feat = features.shape[0] if features.ndim == 2 else features.shape[-2]
@@ -208,30 +200,10 @@ def slide_heatmaps(
     sl = open_slide(slide) if slide is not None else None
     canvas = make_canvas(c, patch_size_level0, slide=sl, max_size=max_size)  # checks coords vs slide
     res = infer_slide(model, features, feature_stats=feature_stats, device=device)
-    survival = task == "survival"
+    the_task = get_task(task)
     files: dict[str, Any] = {"attention": [], "instance": [], "experts": [], "topk": [], "expert_stats": []}
-    if survival:
-        from .survival import risk_scores, survival_curves
-
-        logits = torch.as_tensor(res.logits).view(1, -1)
-        risk, curve = float(risk_scores(logits)[0]), survival_curves(logits)[0].tolist()
-        names = [f"bin_{k}" for k in range(len(res.probs))]
-        tag = f"risk {risk:.3f}"
-        prediction: dict[str, Any] = {"risk": risk, "survival": curve}
-    elif task == "multilabel":  # independent yes/no labels: sigmoid, not softmax
-        names = class_names or [str(i) for i in range(len(res.logits))]
-        label_probs = 1.0 / (1.0 + np.exp(-np.asarray(res.logits, dtype=np.float64)))
-        present = [n for n, keep in zip(names, _decide_labels(label_probs, thresholds)) if keep]
-        tag = "labels " + (", ".join(present) if present else "none")
-        prediction = {"probs": {n: float(p) for n, p in zip(names, label_probs)}, "prediction": present}
-    else:
-        names = class_names or [str(i) for i in range(len(res.probs))]
-        pred = int(decide_classes(torch.as_tensor(res.probs).view(1, -1), thresholds)[0])
-        tag = f"pred {names[pred]} (p={res.probs[pred]:.2f})"
-        prediction = {"probs": {names[i]: float(p) for i, p in enumerate(res.probs)}, "prediction": names[pred]}
-    if thresholds is not None and not survival:
-        values = thresholds.values if hasattr(thresholds, "values") else list(thresholds)
-        prediction["decision_thresholds"] = [float(v) for v in values]
+    # the task's headline: class probabilities; survival: risk and curve; multi-label: the labels called present
+    names, tag, prediction = the_task.slide_prediction(res.logits, res.probs, class_names, thresholds)
     score_sets: dict[str, np.ndarray] = {}
 
     if res.attention is not None:
@@ -241,7 +213,7 @@ def slide_heatmaps(
                               out_path=out / f"{name}.png")
             files["attention"].append(str(hm.path))
             score_sets[name] = scores
-    if res.instance_probs is not None and task == "classification":
+    if res.instance_probs is not None and the_task.draws_instance_maps:
         for ci, cname in enumerate(names):
             hm = draw_heatmap(c, res.instance_probs[:, ci], patch_size_level0, canvas=canvas, normalize="none",
                               cmap=cmap, alpha=alpha, blur=blur, title=f"instance P({cname}); {tag}",

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .survival import risk_scores, survival_curves
-from .thresholds import apply_thresholds, checkpoint_thresholds, decide_classes, ensemble_thresholds
+from .tasks import get_task
+from .tasks.base import checkpoint_output_names
 from .trainer import _infer, _with_stats
 
 __all__ = ["check_feature_dim", "load_for_inference", "predict", "predict_ensemble", "run_checkpoints"]
@@ -88,45 +88,6 @@ def _frame(rows: list[dict[str, Any]], as_frame: bool) -> Any:
     return pd.DataFrame(rows)
 
 
-def _base_rows(dataset: Any, task: str) -> list[dict[str, Any]]:
-    """``bag_id`` plus the known outcome of the checkpoint's ``task``: ``label`` (None when negative /
-    unknown), ``time``/``event`` (survival), or ``target_<label>`` (multi-label datasets)."""
-    if task == "multilabel":
-        if not getattr(dataset, "is_multilabel", False):
-            return [{"bag_id": b} for b in dataset.bag_ids]
-        targets = dataset.multilabel_targets.long().tolist()
-        names = dataset.label_names
-        return [{"bag_id": b, **{f"target_{n}": v for n, v in zip(names, t)}} for b, t in zip(dataset.bag_ids, targets)]
-    if task == "survival":
-        known = getattr(dataset, "is_survival", False)
-        times = dataset.survival_times if known else [None] * len(dataset)
-        events = dataset.survival_events if known else [None] * len(dataset)
-        return [{"bag_id": b, "time": t, "event": e} for b, t, e in zip(dataset.bag_ids, times, events)]
-    labels = list(getattr(dataset, "labels", [None] * len(dataset)))
-    names = list(getattr(dataset, "class_names", None) or [])
-    rows = []
-    for b, y in zip(dataset.bag_ids, labels):
-        known = y is not None and int(y) >= 0
-        name = names[int(y)] if known and int(y) < len(names) else (str(int(y)) if known else None)
-        rows.append({"bag_id": b, "label": int(y) if known else None, "label_name": name})
-    return rows
-
-
-def _class_names(info: dict[str, Any]) -> list[str]:
-    return list(info.get("class_names") or [str(c) for c in range(info["num_outputs"])])
-
-
-def _add_label_probabilities(
-    rows: list[dict[str, Any]], probs: Tensor, names: list[str], thresholds: Any = None
-) -> None:
-    """Multi-label rows: ``prob_<label>`` and ``pred_labels`` (the labels with probability at least their
-    decision threshold, 0.5 without one; ``;``-joined)."""
-    present = apply_thresholds(probs, thresholds if thresholds is not None else [0.5] * len(names))
-    for i, row in enumerate(rows):
-        row.update({f"prob_{n}": float(probs[i, j]) for j, n in enumerate(names)})
-        row["pred_labels"] = ";".join(n for j, n in enumerate(names) if present[i, j])
-
-
 def predict(
     checkpoint_dir: str | Path,
     dataset: Any,
@@ -154,26 +115,9 @@ def predict(
         is class 1 when its probability is at least ``threshold`` (a column of two-class rows).
     """
     info, logits = _outputs(checkpoint_dir, dataset, batch_size, device)
-    task = info.get("task", "classification")
-    rows = _base_rows(dataset, task)
-    if task == "multilabel":
-        _add_label_probabilities(rows, torch.sigmoid(logits), _class_names(info), checkpoint_thresholds(info))
-    elif task == "survival":
-        curves, risk = survival_curves(logits), risk_scores(logits)
-        for i, row in enumerate(rows):
-            row["risk"] = float(risk[i])
-            row.update({f"survival_{k}": float(curves[i, k]) for k in range(curves.shape[1])})
-    else:
-        names = _class_names(info)
-        probs = torch.softmax(logits, dim=-1)
-        thresholds = checkpoint_thresholds(info)  # two classes: the decision threshold chosen in training
-        preds = decide_classes(probs, thresholds)
-        for i, row in enumerate(rows):
-            pred = int(preds[i])
-            row.update({"pred": pred, "pred_name": names[pred] if pred < len(names) else str(pred)})
-            row.update({f"prob_{name}": float(probs[i, c]) for c, name in enumerate(names)})
-            if thresholds is not None:
-                row["threshold"] = thresholds.values[0]
+    task = get_task(info.get("task", "classification"))
+    rows = task.outcome_rows(dataset)
+    task.add_predictions(rows, logits, info)
     return _frame(rows, as_frame)
 
 
@@ -233,41 +177,16 @@ def predict_ensemble(
     infos, outputs = [], []
     for path in paths:
         info, logits = _outputs(path, dataset, batch_size, device)
-        if infos and (info.get("task"), _class_names(info)) != (infos[0].get("task"), _class_names(infos[0])):
+        if infos and (info.get("task"), checkpoint_output_names(info)) != (
+                infos[0].get("task"), checkpoint_output_names(infos[0])):
             raise ValueError(
-                f"{path} predicts {info.get('task', 'classification')} {_class_names(info)} but {paths[0]} predicts "
-                f"{infos[0].get('task', 'classification')} {_class_names(infos[0])}; ensemble checkpoints of one task"
+                f"{path} predicts {info.get('task', 'classification')} {checkpoint_output_names(info)} but "
+                f"{paths[0]} predicts {infos[0].get('task', 'classification')} "
+                f"{checkpoint_output_names(infos[0])}; ensemble checkpoints of one task"
             )
         infos.append(info)
         outputs.append(logits)
-    task = infos[0].get("task", "classification")
-    rows = _base_rows(dataset, task)
-    n = len(paths)
-    if task == "multilabel":
-        _add_label_probabilities(rows, torch.stack([torch.sigmoid(z) for z in outputs]).mean(0), _class_names(infos[0]),
-                                 ensemble_thresholds([checkpoint_thresholds(i) for i in infos]))
-        for row in rows:
-            row["n_models"] = n
-        return _frame(rows, as_frame)
-    if task == "survival":
-        risks = torch.stack([risk_scores(z) for z in outputs])  # (m, bags)
-        mean = risks.mean(0)
-        std = risks.std(0) if n > 1 else torch.zeros_like(mean)
-        for i, row in enumerate(rows):
-            row.update({"risk": float(mean[i]), "risk_std": float(std[i]), "n_models": n})
-        return _frame(rows, as_frame)
-    names = _class_names(infos[0])
-    probs = torch.stack([torch.softmax(z, dim=-1) for z in outputs])  # (m, bags, C)
-    mean = probs.mean(0)
-    members = [checkpoint_thresholds(i) for i in infos]  # two classes: each fold's own threshold
-    thresholds = ensemble_thresholds(members) if members[0] is not None else None
-    preds = decide_classes(mean, thresholds)  # mean(p) >= mean(t): the mean margin over own thresholds
-    votes = torch.stack([decide_classes(p, t) for p, t in zip(probs, members)])  # (m, bags)
-    for i, row in enumerate(rows):
-        pred = int(preds[i])
-        row.update({"pred": pred, "pred_name": names[pred] if pred < len(names) else str(pred)})
-        row.update({f"prob_{name}": float(mean[i, c]) for c, name in enumerate(names)})
-        if thresholds is not None:
-            row["threshold"] = thresholds[0]
-        row.update({"n_models": n, "agreement": float((votes[:, i] == pred).double().mean())})
+    task = get_task(infos[0].get("task", "classification"))
+    rows = task.outcome_rows(dataset)
+    task.add_ensemble_predictions(rows, outputs, infos)
     return _frame(rows, as_frame)

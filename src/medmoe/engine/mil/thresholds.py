@@ -252,18 +252,18 @@ def checkpoint_thresholds(info: Mapping[str, Any]) -> DecisionThresholds | None:
     """The thresholds of a checkpoint (its ``config.json`` dict), ``None`` for tasks without binary
     decisions (multi-class, survival). Binary and multi-label checkpoints saved before thresholds existed
     get 0.5 per decision (source :data:`SOURCE_DEFAULT`)."""
+    from .tasks import get_task  # the tasks use this module: imported when needed
+
     task = info.get("task", "classification")
-    if task == "survival":
-        return None
     num_outputs = info.get("num_outputs") or (info.get("model_config") or {}).get("num_classes")
     count = len(info.get("class_names") or []) or int(num_outputs or 0)
-    if task == "classification" and count != 2:
+    expected = get_task(task).threshold_count(count)  # 0: no binary decision (multi-class, survival)
+    if expected == 0:
         return None
     record = info.get(THRESHOLDS_KEY)
     if record is None:
-        return DecisionThresholds.default(1 if task == "classification" else count, SOURCE_DEFAULT)
+        return DecisionThresholds.default(expected, SOURCE_DEFAULT)
     found = DecisionThresholds.from_record(record)
-    expected = 1 if task == "classification" else count
     if len(found.values) != expected:
         raise ValueError(
             f"the checkpoint holds {len(found.values)} decision thresholds but its {task} task has {expected} "

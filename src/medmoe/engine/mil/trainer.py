@@ -6,13 +6,16 @@
 * linear warm-up for ``warmup_epochs`` then cosine decay to ``min_lr``, stepped after every optimiser
   step (``scheduler_interval='step'``, default) or once per epoch (``'epoch'``);
 * gradient-norm clipping (``grad_clip``), mixed precision on GPUs (``precision``);
-* loss ``out.total_loss(cross_entropy(out.logits, label, weight=class_weights))`` with ``label`` passed
-  to the model, so auxiliary losses (CLAM instance loss, DTFD tier-1 loss) are included; with
-  ``task='survival'`` the discrete-time NLL survival loss of :mod:`medmoe.engine.mil.survival` on
-  ``survival_bins`` hazard outputs instead (time bins cut at the training fold's uncensored-time
-  quantiles, saved in the checkpoint; the bin is the ``label`` the model sees), early stopping on the
-  concordance index; with ``task='multilabel'`` one logit per label and binary cross-entropy
-  (:mod:`medmoe.engine.mil.multilabel`), early stopping on the labels' macro AUROC;
+* the task (``cfg.task``, a :class:`~medmoe.engine.mil.tasks.Task` picked once with
+  :func:`~medmoe.engine.mil.tasks.get_task`) decides the outputs, targets, loss, metrics, monitor, decision
+  thresholds and test-prediction columns; the loss is ``out.total_loss(task_loss)`` with the task's
+  ``label`` passed to the model, so auxiliary losses (CLAM instance loss, DTFD tier-1 loss) are included.
+  Classification: ``cross_entropy(out.logits, label, weight=class_weights)``; ``task='survival'``: the
+  discrete-time NLL survival loss of :mod:`medmoe.engine.mil.survival` on ``survival_bins`` hazard outputs
+  (time bins cut at the training fold's uncensored-time quantiles, saved in the checkpoint; the bin is the
+  ``label`` the model sees), early stopping on the concordance index; ``task='multilabel'``: one logit per
+  label and binary cross-entropy (:mod:`medmoe.engine.mil.multilabel`), early stopping on the labels'
+  macro AUROC;
 * class-balanced cross-entropy weights or a class-balanced sampler, input feature dropout, optional
   feature standardisation fitted on the training bags only, optional random patch subsets of large
   training bags (``max_instances``, new subsets every epoch; evaluation sees every patch);
@@ -50,14 +53,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -82,12 +84,10 @@ from ..optim import make_optimizer
 from ..precision import resolve_precision
 from ..run_logging import training_progress, write_history_csv
 from ..runs import writing
-from .config import TrainConfig, resolve_monitor
-from .metrics import compute_metrics
-from .multilabel import check_multilabel_set, multilabel_loss, multilabel_metrics, positive_weights
-from .survival import assign_time_bins, nll_survival_loss, risk_scores, survival_bin_edges, survival_curves
-from .survival import survival_metrics as _survival_metrics
-from .thresholds import THRESHOLDS_KEY, DecisionThresholds, choose_thresholds, tuned_metrics
+from .config import TrainConfig
+from .tasks import Task, get_task
+from .tasks.base import TEST_PREDICTIONS_CSV
+from .thresholds import THRESHOLDS_KEY, DecisionThresholds
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_fabric import Fabric
@@ -108,9 +108,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 METRICS_CSV = "metrics.csv"
 FOLD_RESULT_JSON = "fold_result.json"
-#: The best checkpoint's prediction for every test bag: ``bag_id, label, prob_<class>...``, or for
-#: survival ``bag_id, time, event, risk``.
-TEST_PREDICTIONS_CSV = "test_predictions.csv"
+#: The best checkpoint's prediction for every test bag (the task's columns, e.g. ``bag_id, label,
+#: prob_<class>...``, or for survival ``bag_id, time, event, risk``): :data:`TEST_PREDICTIONS_CSV`.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,17 +377,6 @@ def _shard(order: list[int], rank: int, world: int, pad: bool) -> list[int]:
     return shard
 
 
-def _class_weights(labels: Sequence[int], num_classes: int) -> Tensor:
-    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
-    weights = torch.where(
-        counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts)
-    )
-    missing = (counts == 0).nonzero().flatten().tolist()
-    if missing:
-        logger.warning("classes %s have no training bags; their loss weight is 0", missing)
-    return weights.float()
-
-
 # ----------------------------------------------------------------------------------------------
 # inference
 
@@ -444,129 +432,6 @@ def _infer(
     return logits.float().cpu(), labels
 
 
-def _metrics_with_loss(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    metrics = compute_metrics(probs, labels)
-    p = probs.double().clamp_min(1e-12)
-    metrics["loss"] = float(-p.gather(1, labels.view(-1, 1)).log().mean())
-    return metrics
-
-
-def _task_metrics(
-    logits: Tensor,
-    labels: Tensor,
-    dataset: Any,
-    edges: Sequence[float] | None,
-    alpha: float,
-    level: str = "bag",
-    multilabel: bool = False,
-    thresholds: Sequence[float] | None = None,
-) -> dict[str, float]:
-    """Classification metrics of softmax(logits), survival metrics when ``edges`` is given, multi-label
-    metrics with ``multilabel``; with ``level='group'`` per patient (:func:`_per_group`). ``thresholds``
-    (binary / multi-label) add the metrics at those decision thresholds (``*_tuned``, ``threshold*``)."""
-    if multilabel:
-        targets = dataset.multilabel_targets
-        if level == "group":
-            logits, targets = _per_group_multilabel(logits, targets, dataset)
-        metrics = multilabel_metrics(logits, targets, dataset.label_names)
-        if thresholds is not None:
-            tuned = multilabel_metrics(logits, targets, dataset.label_names, thresholds)
-            metrics.update(tuned_metrics(tuned, thresholds, dataset.label_names))
-        return metrics
-    survival = edges is not None
-    times = dataset.survival_times if survival else None
-    events = dataset.survival_events if survival else None
-    scores = logits if survival else torch.softmax(logits, dim=-1)
-    if level == "group":
-        scores, labels, times, events = _per_group(scores, labels, dataset, times, events)
-    if not survival:
-        metrics = _metrics_with_loss(scores, labels)
-        if thresholds is not None and scores.shape[1] == 2:
-            metrics.update(tuned_metrics(compute_metrics(scores, labels, threshold=thresholds[0]), thresholds))
-        return metrics
-    return _survival_metrics(scores, times, events, edges, alpha)
-
-
-def _choose_thresholds(
-    logits: Tensor | None, labels: Tensor | None, dataset: Any, level: str, multilabel: bool, num_classes: int
-) -> DecisionThresholds | None:
-    """Decision thresholds from the validation outputs ``(n, C)`` (at the metrics level, per patient with
-    ``level='group'``); 0.5 without a validation set (``logits`` ``None``); ``None`` for multi-class."""
-    if multilabel:
-        if logits is None:
-            return DecisionThresholds.default(num_classes)
-        targets = dataset.multilabel_targets
-        if level == "group":
-            logits, targets = _per_group_multilabel(logits, targets, dataset)
-        return choose_thresholds(torch.sigmoid(logits.double()), targets)
-    if num_classes != 2:
-        return None
-    if logits is None or labels is None:
-        return DecisionThresholds.default(1)
-    probs = torch.softmax(logits, dim=-1)
-    if level == "group":
-        probs, labels, _, _ = _per_group(probs, labels, dataset, None, None)
-    return choose_thresholds(probs[:, 1:].double(), (labels == 1).view(-1, 1))
-
-
-def _per_group(
-    scores: Tensor, labels: Tensor, dataset: Any, times: list[float] | None, events: list[int] | None
-) -> tuple[Tensor, Tensor, list[float] | None, list[int] | None]:
-    """Average the bags' scores ``(n, C)`` (class probabilities, or hazard logits for survival) over each
-    group (patient / case); the bags of a group must share their label and survival target."""
-    groups = list(dataset.groups)
-    order = list(dict.fromkeys(groups))
-    index = {g: i for i, g in enumerate(order)}
-    gid = torch.tensor([index[g] for g in groups])
-    sums = torch.zeros(len(order), scores.shape[1], dtype=scores.dtype).index_add_(0, gid, scores)
-    counts = torch.bincount(gid, minlength=len(order)).to(scores.dtype).unsqueeze(1)
-    targets: dict[str, tuple[Any, ...]] = {}
-    for i, g in enumerate(groups):
-        target = (int(labels[i]),) + ((times[i], events[i]) if times is not None and events is not None else ())
-        if targets.setdefault(g, target) != target:
-            raise InputError(
-                f"metrics per patient: the bags of {g!r} have different labels or survival targets "
-                f"({targets[g]} and {target}); use {{metrics_level}}", metrics_level="bag"
-            )
-    first = [targets[g] for g in order]
-    group_labels = torch.tensor([t[0] for t in first], dtype=torch.long)
-    if times is None:
-        return sums / counts, group_labels, None, None
-    return sums / counts, group_labels, [t[1] for t in first], [t[2] for t in first]
-
-
-def _per_group_multilabel(logits: Tensor, targets: Tensor, dataset: Any) -> tuple[Tensor, Tensor]:
-    """Per patient: the logit of the mean label probability of its bags, and its targets (the bags of a
-    patient must share them)."""
-    groups = list(dataset.groups)
-    index: dict[str, int] = {}
-    first: list[Tensor] = []
-    for i, g in enumerate(groups):
-        if g not in index:
-            index[g] = len(first)
-            first.append(targets[i])
-        elif not torch.equal(first[index[g]], targets[i]):
-            raise InputError(
-                f"metrics per patient: the bags of {g!r} have different multi-label targets; use {{metrics_level}}",
-                metrics_level="bag",
-            )
-    gid = torch.tensor([index[g] for g in groups])
-    probs = torch.sigmoid(logits.double())
-    sums = torch.zeros(len(first), probs.shape[1], dtype=probs.dtype).index_add_(0, gid, probs)
-    counts = torch.bincount(gid, minlength=len(first)).to(probs.dtype).unsqueeze(1)
-    mean = (sums / counts).clamp(1e-12, 1 - 1e-12)
-    return torch.logit(mean).to(logits.dtype), torch.stack(first)
-
-
-def _check_survival_set(name: str, dataset: Any) -> None:
-    if dataset is not None and not getattr(dataset, "is_survival", False):
-        raise ValueError(
-            f"task='survival' needs survival targets on {name}: read the CSV with "
-            "FeatureFolderBags(..., time_col='time') (event column 'event' or 'censorship'), or call "
-            "dataset.with_survival(times, events)"
-        )
-
-
 def evaluate(
     model: nn.Module,
     dataset: Any,
@@ -580,6 +445,8 @@ def evaluate(
     metrics_level: str = "bag",
     multilabel: bool = False,
     thresholds: DecisionThresholds | Sequence[float] | None = None,
+    task: str | Task | None = None,
+    task_state: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate a MIL model on a bag dataset.
 
@@ -593,15 +460,20 @@ def evaluate(
         num_workers: DataLoader workers.
         fabric: a launched Fabric: its device and precision are used and, with several processes,
             the bags are sharded and the probabilities gathered.
-        survival_bin_edges: evaluate a survival model (the checkpoint's ``survival_bin_edges``); the
-            dataset must carry survival targets.
+        survival_bin_edges: the checkpoint's ``survival_bin_edges`` of a survival model (without ``task``:
+            evaluate a survival model); the dataset must carry survival targets.
         metrics_level: ``'bag'`` or ``'group'`` (per patient, see ``TrainConfig.metrics_level``); the
             returned ``probs`` stay per bag.
-        multilabel: evaluate a multi-label model (checkpoint ``task='multilabel'``); the dataset must carry
-            the same labels.
+        multilabel: without ``task``: evaluate a multi-label model (checkpoint ``task='multilabel'``); the
+            dataset must carry the same labels.
         thresholds: decision thresholds of a binary or multi-label model (a checkpoint's, see
             :func:`medmoe.engine.mil.thresholds.checkpoint_thresholds`): the metrics then also hold the
             threshold-dependent ones at these thresholds (``balanced_accuracy_tuned``, ...) and ``threshold``.
+        task: the model's task (a checkpoint's ``task``, see :mod:`medmoe.engine.mil.tasks`); ``None`` =
+            ``'multilabel'`` with ``multilabel``, ``'survival'`` with ``survival_bin_edges``, else
+            ``'classification'`` (the keywords of earlier medmoe versions).
+        task_state: what the task learnt in training (a checkpoint's ``config.json`` dict will do, e.g. its
+            ``survival_bin_edges``).
 
     Returns:
         :class:`EvalResult` ``(metrics, probs (n, C), labels (n,), bag_ids)``; ``metrics`` are those of
@@ -616,24 +488,19 @@ def evaluate(
     else:
         dev = torch.device(device) if device is not None else next(raw.parameters()).device
         raw.to(dev)
+    if task is None:  # the keywords of earlier versions name the task
+        task = "multilabel" if multilabel else "survival" if survival_bin_edges is not None else "classification"
+    the_task = get_task(task)
+    state = dict(task_state or {})
     if survival_bin_edges is not None:
-        _check_survival_set("the dataset", dataset)
-    if multilabel:
-        check_multilabel_set("the dataset", dataset)
-        if len(dataset.label_names) != raw.config.num_classes:
-            raise ValueError(
-                f"the model predicts {raw.config.num_classes} labels but the dataset has {dataset.label_names}"
-            )
+        state["survival_bin_edges"] = list(survival_bin_edges)
+    the_task.check_evaluation_set(dataset, raw.config.num_classes)
     logits, labels = _infer(
         raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
     )
     values = thresholds.values if isinstance(thresholds, DecisionThresholds) else thresholds
-    metrics = _task_metrics(logits, labels, dataset, survival_bin_edges, 0.0, metrics_level, multilabel, values)
-    if multilabel:
-        probs = torch.sigmoid(logits)
-    else:
-        probs = survival_curves(logits) if survival_bin_edges is not None else torch.softmax(logits, dim=-1)
-    return EvalResult(metrics, probs, labels, list(dataset.bag_ids))
+    metrics = the_task.metrics(logits, dataset, state, level=metrics_level, thresholds=values)
+    return EvalResult(metrics, the_task.probabilities(logits, state), labels, list(dataset.bag_ids))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -751,34 +618,18 @@ def train_one_fold(
         test_set = None
     _check_dataset("train_set", train_set, None, None)
     num_classes, in_dim = train_set.num_classes, train_set.feature_dim
-    survival = cfg.task == "survival"
-    multilabel = cfg.task == "multilabel"
-    if num_classes < 2 and not (survival or multilabel):
-        raise ValueError(f"bag classification needs at least 2 classes, the training set has {num_classes}")
+    task = get_task(cfg.task)  # classification, survival, multilabel, ...: every task branch lives there
+    task.check_training_set(train_set)
     for name, ds in (("val_set", val_set), ("test_set", test_set)):
-        if ds is not None:  # multi-label: the class labels are label combinations, they may differ
-            _check_dataset(name, ds, None if multilabel else num_classes, in_dim)
+        if ds is not None:
+            _check_dataset(name, ds, num_classes if task.class_count_must_match else None, in_dim)
     if "in_dim" in model_overrides or "num_classes" in model_overrides:
         raise ValueError(
             "in_dim and num_classes come from the training set; remove them from model_overrides"
         )
-    edges: list[float] | None = None  # survival: inner time-bin edges from the training fold
-    if survival:
-        for name, ds in (("train_set", train_set), ("val_set", val_set), ("test_set", test_set)):
-            _check_survival_set(name, ds)
-        edges = survival_bin_edges(train_set.survival_times, train_set.survival_events, cfg.survival_bins)
-        bin_of = dict(zip(train_set.bag_ids, assign_time_bins(train_set.survival_times, edges).tolist()))
-        event_of = dict(zip(train_set.bag_ids, train_set.survival_events))
-    label_names: list[str] = []
-    pos_weight: Tensor | None = None
-    if multilabel:
-        check_multilabel_set("train_set", train_set)
-        label_names = list(train_set.label_names)
-        for name, ds in (("val_set", val_set), ("test_set", test_set)):
-            check_multilabel_set(name, ds, label_names)
-        target_of = dict(zip(train_set.bag_ids, train_set.multilabel_targets))
-        if cfg.class_weights == "balanced":
-            pos_weight = positive_weights(train_set.multilabel_targets)
+    for name, ds in (("val_set", val_set), ("test_set", test_set)):
+        task.check_dataset(name, ds, train_set)
+    task_state = task.fit(train_set, cfg)  # e.g. the survival time bins, cut on the training fold
 
     fabric = fabric if fabric is not None else make_fabric(cfg)
     rank, world, is_zero = fabric.global_rank, fabric.world_size, fabric.is_global_zero
@@ -787,7 +638,7 @@ def train_one_fold(
         out_dir.mkdir(parents=True, exist_ok=True)
     fabric.barrier()
     monitor, maximize = (
-        resolve_monitor(cfg.early_stopping, num_classes, cfg.task) if val_set is not None else ("none", True)
+        task.resolve_monitor(cfg.early_stopping, num_classes) if val_set is not None else ("none", True)
     )
     state_path = out_dir / TRAINER_STATE_NAME
     ckpt_dir = out_dir / CHECKPOINT_DIR
@@ -803,14 +654,10 @@ def train_one_fold(
     val_ds = _with_stats(val_set, feature_stats)
     test_ds = _with_stats(test_set, feature_stats)
 
-    # survival: one hazard per time bin; multi-label: one logit per label
-    outputs = cfg.survival_bins if survival else len(label_names) if multilabel else num_classes
+    # e.g. one output per class; survival: one hazard per time bin; multi-label: one logit per label
+    outputs = task.num_outputs(train_set, cfg)
     model = create_model(model_name, num_classes=outputs, in_dim=in_dim, **model_overrides)
-    if multilabel and getattr(model, "requires_label_for_aux", False):
-        raise ValueError(
-            f"{model_name}: its auxiliary loss needs one class per bag, which multi-label bags do not have; "
-            "pick a model without one (abmil, transmil, dsmil, ...)"
-        )
+    task.check_model(model, model_name)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels = list(train_set.labels)
@@ -824,10 +671,7 @@ def train_one_fold(
         schedule = WarmupCosine(cfg.epochs, round(cfg.warmup_epochs), cfg.lr, cfg.min_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model_f, optimizer_f = fabric.setup(model, optimizer)
-    balanced_ce = cfg.class_weights == "balanced" and not multilabel
-    weight = _class_weights(labels, num_classes).to(device) if balanced_ce else None
-    if pos_weight is not None:
-        pos_weight = pos_weight.to(device)
+    objective = task.objective(train_set, cfg, task_state, device)  # targets and loss of a batch
 
     run_signature = {
         "model_name": model_name,
@@ -839,15 +683,14 @@ def train_one_fold(
     extra_base: dict[str, Any] = {
         "seed": cfg.seed,
         "split_hash": split_hash,
-        "class_names": label_names if multilabel else list(train_set.class_names),
+        "class_names": task.output_names(train_set),
         "feature_stats": feature_stats,
         "train_config": cfg.to_dict(),
         "model_overrides": run_signature["model_overrides"],
         "monitor": monitor,
         "task": cfg.task,
+        **task_state,
     }
-    if edges is not None:
-        extra_base["survival_bin_edges"] = edges
 
     start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
     history: list[dict[str, Any]] = []
@@ -913,7 +756,7 @@ def train_one_fold(
             loss_sum = 0.0
             lr_used = optimizer_f.param_groups[0]["lr"]
             count = 0
-            task = (
+            bar = (
                 progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
                 if progress
                 else None
@@ -931,19 +774,10 @@ def train_one_fold(
                 x = batch.x
                 if cfg.feature_dropout > 0:
                     x = fast_dropout(x, cfg.feature_dropout)
-                if survival:  # the time bin is the label auxiliary losses (CLAM, DTFD) see
-                    bins = torch.tensor([bin_of[b] for b in batch.bag_ids], device=device)
-                    events = torch.tensor([event_of[b] for b in batch.bag_ids], device=device)
-                    out = model_f(x, batch.mask, label=bins)
-                    task_loss = nll_survival_loss(out.logits.float(), bins, events, alpha=cfg.survival_alpha)
-                elif multilabel:
-                    targets = torch.stack([target_of[b] for b in batch.bag_ids]).to(device)
-                    out = model_f(x, batch.mask)
-                    task_loss = multilabel_loss(out.logits, targets, pos_weight)
-                else:
-                    out = model_f(x, batch.mask, label=batch.label)
-                    task_loss = F.cross_entropy(out.logits.float(), batch.label, weight=weight)
-                loss = out.total_loss(task_loss)
+                # the label auxiliary losses (CLAM, DTFD) see: the class, the survival time bin or none
+                label, target = objective.targets(batch)
+                out = model_f(x, batch.mask) if label is None else model_f(x, batch.mask, label=label)
+                loss = out.total_loss(objective.loss(out.logits, target))
                 # one sync per step: a NaN must stop the run
                 loss_value = check_finite_loss(
                     loss, f"epoch {epoch + 1}, step {count // cfg.batch_size + 1} (bags {batch.bag_ids})",
@@ -961,12 +795,12 @@ def train_one_fold(
                     scheduler.step()
                 loss_sum += loss_value * len(batch)
                 count += len(batch)
-                if task is not None:
-                    progress.update(task, advance=1, info=f"loss {loss_value:.4f}")
+                if bar is not None:
+                    progress.update(bar, advance=1, info=f"loss {loss_value:.4f}")
             train_seconds = time.perf_counter() - t_train
             check_finite_model(model, f"the end of epoch {epoch + 1}", _divergence_hint(cfg))  # never saved
-            if task is not None:
-                progress.remove_task(task)
+            if bar is not None:
+                progress.remove_task(bar)
             if cfg.scheduler_interval == "epoch":
                 scheduler.step()
             train_loss = loss_sum / max(count, 1)
@@ -982,7 +816,7 @@ def train_one_fold(
                 "data_wait_seconds": round(data_wait, 4),
             }
             if val_ds is not None:
-                logits, vlabels = _infer(
+                logits, _ = _infer(
                     model,
                     val_ds,
                     batch_size=cfg.eval_bs,
@@ -992,9 +826,7 @@ def train_one_fold(
                     progress=progress,
                     description="validation",
                 )
-                val_metrics = _task_metrics(
-                    logits, vlabels, val_ds, edges, cfg.survival_alpha, cfg.metrics_level, multilabel
-                )
+                val_metrics = task.metrics(logits, val_ds, task_state, level=cfg.metrics_level, cfg=cfg)
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
                 value = val_metrics[monitor]
             else:
@@ -1070,25 +902,23 @@ def train_one_fold(
         model.load_state_dict(best_model.state_dict())
 
         test_logits: Tensor | None = None
-        val_outputs: tuple[Tensor | None, Tensor | None] = (None, None)
+        val_logits: Tensor | None = None
 
         def best_metrics(ds: Any, thresholds: DecisionThresholds | None = None) -> dict[str, float]:
-            nonlocal test_logits, val_outputs
-            logits, labels = _infer(
+            nonlocal test_logits, val_logits
+            logits, _ = _infer(
                 model, ds, batch_size=cfg.eval_bs, device=device, num_workers=cfg.num_workers, fabric=fabric
             )
             if ds is test_ds:
                 test_logits = logits
             if ds is val_ds:
-                val_outputs = (logits, labels)
-            return _task_metrics(logits, labels, ds, edges, cfg.survival_alpha, cfg.metrics_level, multilabel,
-                                 thresholds.values if thresholds is not None else None)
+                val_logits = logits
+            return task.metrics(logits, ds, task_state, level=cfg.metrics_level, cfg=cfg,
+                                thresholds=thresholds.values if thresholds is not None else None)
 
         final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
         # decision thresholds: chosen on the validation outputs only, then applied to the test set
-        thresholds = None if survival else _choose_thresholds(
-            *val_outputs, val_ds, cfg.metrics_level, multilabel, len(label_names) if multilabel else num_classes
-        )
+        thresholds = task.choose_thresholds(val_logits, val_ds, cfg.metrics_level, outputs)
         if thresholds is not None and is_zero:
             logger.info("%s", thresholds.describe())
         final_test: dict[str, float] | None = best_metrics(test_ds, thresholds) if test_ds is not None else None
@@ -1118,7 +948,7 @@ def train_one_fold(
                     },
                 )
                 if test_logits is not None:
-                    _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, cfg.task)
+                    _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, task)
                 atomic_write_text(
                     out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
                 )
@@ -1139,25 +969,15 @@ def train_one_fold(
                 logger.exception("logger finalisation failed")
 
 
-def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, task: str) -> None:
-    """One row per test bag (pooled over folds by cross-validation): ``bag_id,label,prob_<class>...``;
-    for survival ``bag_id,time,event,risk``; multi-label ``bag_id,target_<label>...,prob_<label>...``."""
+def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, task: Task) -> None:
+    """One row per test bag (pooled over folds by cross-validation), in the task's columns
+    (:meth:`~medmoe.engine.mil.tasks.Task.test_prediction_table`): ``bag_id,label,prob_<class>...``; for
+    survival ``bag_id,time,event,risk``; multi-label ``bag_id,target_<label>...,prob_<label>...``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    if task == "multilabel":
-        names = dataset.label_names
-        writer.writerow(["bag_id", *(f"target_{n}" for n in names), *(f"prob_{n}" for n in names)])
-        targets = dataset.multilabel_targets.long().tolist()
-        probs = torch.sigmoid(logits).tolist()
-        writer.writerows([b, *t, *p] for b, t, p in zip(dataset.bag_ids, targets, probs))
-    elif task == "survival":
-        writer.writerow(["bag_id", "time", "event", "risk"])
-        risk = risk_scores(logits).tolist()
-        writer.writerows(zip(dataset.bag_ids, dataset.survival_times, dataset.survival_events, risk))
-    else:
-        writer.writerow(["bag_id", "label", *(f"prob_{c}" for c in dataset.class_names)])
-        probs = torch.softmax(logits, dim=-1).tolist()
-        writer.writerows([b, y, *p] for b, y, p in zip(dataset.bag_ids, dataset.labels, probs))
+    header, rows = task.test_prediction_table(dataset, logits)
+    writer.writerow(header)
+    writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
 
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...data.splits import Split, multilabel_group_kfold, save_splits, split_hash, stratified_group_kfold
+from ...data.splits import Split, save_splits, split_hash
 from ...errors import SETTING, InputError
 from ..checkpoint import atomic_write_text
 from ..runs import (
@@ -65,10 +65,9 @@ from ..runs import (
 from .config import EARLY_STOPPING_METRICS, TrainConfig, resolve_monitor
 from .cross_validation import ComparisonResult, CVResult, check_model, resolve_variant
 from .fold_runner import FoldTask, run_folds
-from .metrics import METRIC_NAMES, summarize
-from .multilabel import MULTILABEL_METRIC_NAMES
+from .metrics import summarize
 from .search_space import ParamSpec, SearchSpace, load_space
-from .survival import SURVIVAL_METRIC_NAMES
+from .tasks import get_task
 
 __all__ = [
     "TuneResult",
@@ -131,9 +130,10 @@ def _fmt(value: Any, digits: int) -> str:
 # pieces
 
 
-def inner_splits(outer: Split, dataset: Any, inner_k: int, seed: int, *, multilabel: bool = False) -> list[Split]:
+def inner_splits(outer: Split, dataset: Any, inner_k: int, seed: int, *, task: str = "classification") -> list[Split]:
     """Inner folds of one outer fold: its train + validation bags (never its test bags) split into
-    ``inner_k`` patient-level stratified folds, each with one inner validation and one inner test fold.
+    ``inner_k`` patient-level stratified folds, each with one inner validation and one inner test fold
+    (stratified as ``task`` says, :meth:`~medmoe.engine.mil.tasks.Task.kfold`).
 
     Returns:
         ``inner_k`` splits whose indices point into ``dataset`` (like ``outer``'s).
@@ -144,14 +144,8 @@ def inner_splits(outer: Split, dataset: Any, inner_k: int, seed: int, *, multila
     pool = sorted(set(outer.train) | set(outer.val))
     if set(pool) & set(outer.test):
         raise ValueError("the outer split's test bags overlap its training bags")
-    groups = [list(dataset.groups)[i] for i in pool]
     try:
-        if multilabel:
-            targets = [dataset.multilabel_targets[i] for i in pool]
-            sub = multilabel_group_kfold(targets, groups, inner_k, seed, val_folds=1)
-        else:
-            labels = [list(dataset.labels)[i] for i in pool]
-            sub = stratified_group_kfold(labels, groups, inner_k, seed, val_folds=1)
+        sub = get_task(task).kfold(dataset, inner_k, seed, val_folds=1, indices=pool)
     except ValueError as err:
         raise InputError(f"inner folds of an outer training set ({len(pool)} bags): {err}; lower {{inner_k}}",
                          inner_k=SETTING) from err
@@ -165,7 +159,7 @@ def applicable_params(space: SearchSpace, model_name: str, model_overrides: Mapp
     from ...registry import get_config
 
     overrides = {k: v for k, v in model_overrides.items() if k not in ("in_dim", "num_classes")}
-    classes = cfg.survival_bins if cfg.task == "survival" else max(int(getattr(dataset, "num_classes", 2)), 2)
+    classes = get_task(cfg.task).num_outputs(dataset, cfg)
     config = get_config(model_name, num_classes=classes, in_dim=getattr(dataset, "feature_dim", None), **overrides)
     mammoth = getattr(config, "patch_embed", None) == "mammoth"
     out = []
@@ -367,13 +361,10 @@ def _study_files(study: Any, folder: Path, metric: str, maximize: bool) -> dict[
 # nested cross-validation
 
 
-def _outer_splits(dataset: Any, k: int, seed: int, splits: Sequence[Split] | None, multilabel: bool) -> list[Split]:
+def _outer_splits(dataset: Any, k: int, seed: int, splits: Sequence[Split] | None, task: str) -> list[Split]:
     if splits is not None:
         return list(splits)
-    labels, groups, bag_ids = list(dataset.labels), list(dataset.groups), list(dataset.bag_ids)
-    if multilabel:
-        return multilabel_group_kfold(dataset.multilabel_targets, groups, k, seed, val_folds=1, bag_ids=bag_ids)
-    return stratified_group_kfold(labels, groups, k, seed, val_folds=1, bag_ids=bag_ids)
+    return get_task(task).kfold(dataset, k, seed, val_folds=1, bag_ids=list(dataset.bag_ids))
 
 
 def _check_args(trials: Any, k: int, inner_k: int, pruner: str, metric: str, task: str) -> None:
@@ -385,10 +376,11 @@ def _check_args(trials: Any, k: int, inner_k: int, pruner: str, metric: str, tas
                          f"{inner_k!r}", inner_k=SETTING)
     if pruner not in ("median", "none"):
         raise InputError(f"{{pruner}} must be 'median' or 'none', got {pruner!r}", pruner=SETTING)
-    if metric != "auto" and metric not in EARLY_STOPPING_METRICS:
-        raise InputError(f"{{metric}} must be 'auto' or one of {sorted(EARLY_STOPPING_METRICS)}, got {metric!r}",
+    known = {**EARLY_STOPPING_METRICS, **get_task(task).monitor_metrics}
+    if metric != "auto" and metric not in known:
+        raise InputError(f"{{metric}} must be 'auto' or one of {sorted(known)}, got {metric!r}",
                          metric=SETTING)
-    del k, task
+    del k
 
 
 def run_nested_cv(
@@ -464,13 +456,12 @@ def run_nested_cv(
         metric, maximize = resolve_monitor(metric, classes, cfg.task)
     except ValueError as err:
         raise InputError(f"{{metric}} {metric!r} does not fit this task: {err}", metric=SETTING) from err
-    multilabel = cfg.task == "multilabel"
     plans = []
     for seed in seeds:
-        outer = _outer_splits(dataset, k, seed, splits, multilabel)
+        outer = _outer_splits(dataset, k, seed, splits, cfg.task)
         if not outer:
             raise ValueError("no outer splits to run: pass k >= 3 or a non-empty list of splits")
-        inner = [inner_splits(s, dataset, inner_k, seed, multilabel=multilabel) for s in outer]
+        inner = [inner_splits(s, dataset, inner_k, seed, task=cfg.task) for s in outer]
         plans.append((seed, outer, inner, split_hash(outer, list(dataset.bag_ids))))
     identity = {
         "model_name": model_name, "model_overrides": overrides, "data": data_identity(dataset),
@@ -646,8 +637,7 @@ def compare_tuned(
                 rows.append({"dataset": ds_name, "model": model, "patch_embed": embed, "model_name": name,
                              "model_overrides": merged, "runs": len(tuned.cv.runs), "summary": tuned.cv.summary,
                              "out_dir": str(run_dir), "trials": trials})
-    default_metrics = {"survival": SURVIVAL_METRIC_NAMES, "multilabel": MULTILABEL_METRIC_NAMES}.get(
-        cfg.task, METRIC_NAMES)
+    default_metrics = get_task(cfg.task).summary_metrics
     result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if rows:
         with writing(out_dir / "comparison.json"):

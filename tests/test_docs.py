@@ -135,3 +135,16 @@ def test_site_config_names_existing_hooks_and_pages() -> None:
     kept_pages = set(pages(kept))
     for required in ("index.md", "getting-started.md", "cli.md", "zoo.md", "api/models.md", "differences.md"):
         assert required in kept_pages
+
+
+def test_zoo_family_table_lists_the_segmentation_and_mosaic_names() -> None:
+    pytest.importorskip("monai")
+    import medmoe
+
+    hook = _hook("model_table")
+    table = hook.render_family_table()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
+    names = [re.match(r"\| `([^`]+)`", row).group(1) for row in rows]
+    assert names == medmoe.list_models(family="seg") + medmoe.list_models(family="vit")
+    assert "| `unet.small` | seg | `MonaiSegNet` | 150,633 | MONAI UNet |" in rows
+    assert hook.FAMILY_MARKER in (ROOT / "docs" / "zoo.md").read_text()

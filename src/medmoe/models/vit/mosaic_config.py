@@ -78,8 +78,10 @@ def _backbone(name: str) -> str:
     key = f"{arch}.{size or 'base'}"
     if key not in VIT_MODELS:
         hint = did_you_mean(name, VIT_MODELS)
-        raise InputError(f"unknown ViT/MOSAIC model {name!r}; {hint + ' ' if hint else ''}choose from "
-                         f"{', '.join(VIT_MODELS)}")
+        raise InputError(
+            f"unknown ViT/MOSAIC model {name!r}; {hint + ' ' if hint else ''}choose from "
+            f"{', '.join(VIT_MODELS)}"
+        )
     return key.split(".")[1]
 
 

@@ -169,3 +169,16 @@ def test_readme_demo_table_is_the_one_on_the_results_page() -> None:
     page = _demo_table((ROOT / "docs" / "reproducing.md").read_text())
     assert len(readme) == 10  # header, rule, 2 datasets x 2 models x 2 patch embeddings
     assert readme == page
+
+
+def test_zoo_family_table_lists_the_segmentation_and_mosaic_names() -> None:
+    pytest.importorskip("monai")
+    import medmoe
+
+    hook = _hook("model_table")
+    table = hook.render_family_table()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
+    names = [re.match(r"\| `([^`]+)`", row).group(1) for row in rows]
+    assert names == medmoe.list_models(family="seg") + medmoe.list_models(family="vit")
+    assert "| `unet.small` | seg | `MonaiSegNet` | 150,633 | MONAI UNet |" in rows
+    assert hook.FAMILY_MARKER in (ROOT / "docs" / "zoo.md").read_text()

@@ -1,9 +1,11 @@
-"""MkDocs hook: the MIL model zoo table, generated from the registry at build time.
+"""MkDocs hook: the model tables of the zoo page, generated from the registry at build time.
 
-``docs/zoo.md`` holds the marker ``<!-- model-table -->``; this hook replaces it with one row per
-``model.config`` that :func:`medmoe.list_models` returns (plugins included when they are loaded): the class,
-the patch embedding, the parameter count for UNI features (1024-d) and two classes, counted on PyTorch's
-``meta`` device (no memory, no weights), and the model's one-line description.
+``docs/zoo.md`` holds two markers. ``<!-- model-table -->`` becomes one row per MIL ``model.config`` that
+:func:`medmoe.list_models` returns (plugins included when they are loaded): the class, the patch embedding,
+the parameter count for UNI features (1024-d) and two classes, counted on PyTorch's ``meta`` device (no
+memory, no weights), and the model's one-line description. ``<!-- family-table -->`` becomes one row per
+segmentation and ViT/MOSAIC name (``medmoe.list_models(family="seg" | "vit")``) with its class and parameter
+count (segmentation: one input channel, two classes; MOSAIC: the 18 MedMNIST heads at 28 px).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 MARKER = "<!-- model-table -->"
+FAMILY_MARKER = "<!-- family-table -->"
 PAGE = "zoo.md"
 ENCODER = "uni"
 
@@ -53,8 +56,51 @@ def render_model_table() -> str:
     return "\n".join(lines)
 
 
+def family_rows() -> list[dict[str, Any]]:
+    """One dict per segmentation and ViT/MOSAIC name: name, family, class, parameters, what it is."""
+    import medmoe
+
+    rows = []
+    for family in ("seg", "vit"):
+        for name in medmoe.list_models(family=family):
+            kwargs = {"datasets": "all", "size": 28} if family == "vit" else {}
+            model = build_on_meta_or_cpu(lambda name=name, kwargs=kwargs: medmoe.create_model(name, **kwargs))
+            config = model.config
+            if family == "vit":
+                what = f"MOSAIC, ViT dim {config.vit.embed_dim} x {config.vit.depth} blocks"
+            elif type(model).__name__ == "MambaHoME":
+                what = "Mamba-HoME"
+            else:
+                what = f"MONAI {config.arch}"
+            rows.append({"name": name, "family": family, "class": type(model).__name__,
+                         "parameters": sum(p.numel() for p in model.parameters()), "what": what})
+    return rows
+
+
+def build_on_meta_or_cpu(build: Any) -> Any:
+    """``build()`` on the ``meta`` device (no memory), or on the CPU for networks that cannot be built there
+    (MONAI's SwinUNETR reads a tensor value while it is built)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build()
+    except RuntimeError:
+        return build()
+
+
+def render_family_table() -> str:
+    """The segmentation and ViT/MOSAIC names as a Markdown table."""
+    lines = ["| name | family | class | parameters | what |", "|---|---|---|---|---|"]
+    for row in family_rows():
+        lines.append(f"| `{row['name']}` | {row['family']} | `{row['class']}` | {row['parameters']:,} | {row['what']} |")
+    return "\n".join(lines)
+
+
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
-    """MkDocs hook: fill the marker of ``zoo.md`` with the generated table."""
+    """MkDocs hook: fill the markers of ``zoo.md`` with the generated tables."""
     if page.file.src_uri == PAGE and MARKER in markdown:
-        return markdown.replace(MARKER, render_model_table())
+        markdown = markdown.replace(MARKER, render_model_table())
+    if page.file.src_uri == PAGE and FAMILY_MARKER in markdown:
+        markdown = markdown.replace(FAMILY_MARKER, render_family_table())
     return markdown

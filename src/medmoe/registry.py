@@ -1,4 +1,21 @@
-"""Model registry with MIL-Lab's naming grammar.
+"""One model registry for every family: MIL aggregators, 3-D segmentation networks, ViT/MOSAIC models.
+
+``create_model(name, ...)`` builds a model of any family; the family comes from the name:
+
+| family | names | built by |
+|---|---|---|
+| ``"mil"`` | every registered MIL model, MIL-Lab's grammar below (``abmil.base_mammoth.uni``) | this module |
+| ``"seg"`` | ``mamba_home[.tiny/.paper]``, ``unet[.base/.small]``, ``segresnet[.base/.small]``, ``swinunetr`` | :func:`medmoe.models.seg.create_seg_model` |
+| ``"vit"`` | ``mosaic`` (= ``mosaic.base``, ViT-B/16), ``mosaic.tiny`` | :func:`medmoe.models.vit.create_mosaic_model` |
+
+A family prefix (``mil.``, ``seg.``, ``vit.``: ``seg.unet.small``, ``vit.mosaic``) names the family
+explicitly; ``family=`` makes a caller that needs one family refuse the others. The segmentation and MOSAIC
+names are reserved: no MIL model can be registered under them. :func:`list_models` lists the MIL configs
+(as always) or, with ``family=``, another family's names or all of them. Checkpoints record the family
+(``config.json``'s ``family``) and load through :func:`medmoe.engine.load_checkpoint`.
+
+MIL names
+---------
 
 ``create_model('<model>.<config>.<encoder>[.<task>]', num_classes=2, **overrides)``: short names are
 padded with the defaults ``base`` (config), ``uni`` (encoder) and ``none`` (task), so ``abmil``,
@@ -43,6 +60,7 @@ from .model_size import build_within_limit, check_model_size
 
 __all__ = [
     "ENCODER_DIMS",
+    "FAMILIES",
     "ModelEntry",
     "ModelName",
     "check_model_fits",
@@ -50,6 +68,7 @@ __all__ = [
     "get_config",
     "list_models",
     "load_plugin",
+    "model_family",
     "parse_model_name",
     "register_model",
     "register_model_alias",
@@ -76,6 +95,11 @@ ENCODER_DIMS: dict[str, int] = {
 _ENCODER_ALIASES = {"conch": "conch_v1", "phikon2": "phikon_v2"}
 
 DEFAULT_CONFIG, DEFAULT_ENCODER, DEFAULT_TASK = "base", "uni", "none"
+
+#: The model families, as ``config.json`` records them.
+FAMILIES = ("mil", "seg", "vit")
+#: How messages name each family.
+FAMILY_TITLES = {"mil": "MIL", "seg": "segmentation", "vit": "ViT/MOSAIC"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,7 @@ def register_model(
     """
     if not name or "." in name or name != name.lower():
         raise ValueError(f"model names are lower case without dots, got {name!r}")
+    _check_not_reserved(name)
 
     def decorator(cls: type) -> type:
         cfg_cls = config_cls or getattr(cls, "config_class", None)
@@ -179,7 +204,27 @@ def register_model_alias(alias: str, name: str) -> None:
     """Accept ``alias`` wherever the registered model ``name`` is accepted (not listed separately)."""
     if alias in _REGISTRY:
         raise ValueError(f"{alias!r} is already a registered model name")
+    _check_not_reserved(alias)
     _ALIASES[alias] = name
+
+
+def _other_family(name: str) -> str | None:
+    """``"seg"`` / ``"vit"`` when ``name`` is a segmentation / MOSAIC model name, else ``None``."""
+    from .models.seg.baselines import is_seg_model_name
+    from .models.vit.mosaic_config import is_vit_model_name
+
+    if is_seg_model_name(name):
+        return "seg"
+    if is_vit_model_name(name):
+        return "vit"
+    return None
+
+
+def _check_not_reserved(name: str) -> None:
+    other = _other_family(name) or (name if name in FAMILIES else None)
+    if other is not None:
+        raise ValueError(f"{name!r} is reserved (a {FAMILY_TITLES.get(other, 'family')} name of medmoe's "
+                         "registry); register the MIL model under another name")
 
 
 def load_plugin(spec: str) -> None:
@@ -272,8 +317,64 @@ def parse_model_name(name: str) -> ModelName:
     parts[0] = _ALIASES.get(parts[0], parts[0])
     parsed = ModelName(*parts)
     if parsed.model not in _REGISTRY:
+        other = _other_family(name.strip())
+        if other is not None:
+            raise InputError(f"{name.strip()!r} is a {FAMILY_TITLES[other]} model, not a MIL one; the MIL models "
+                             f"are {', '.join(sorted(_REGISTRY))}")
         raise InputError(unknown_model_message(parsed.model))
     return parsed
+
+
+def model_family(name: str, family: str | None = None) -> tuple[str, str]:
+    """The family of a model name and the name without its family prefix: ``'seg.unet.small'`` ->
+    ``('seg', 'unet.small')``, ``'abmil.base'`` -> ``('mil', 'abmil.base')``, ``'mosaic'`` -> ``('vit', 'mosaic')``.
+
+    Args:
+        name: a model name, optionally prefixed with its family (``mil.``, ``seg.``, ``vit.``).
+        family: the family the caller needs; a name of another family raises.
+
+    Raises:
+        ValueError: an unknown ``family``, a name of another family than ``family``, or a name no family
+            knows (the message lists the names).
+    """
+    if family is not None and family not in FAMILIES:
+        raise InputError(f"unknown model family {family!r}; the families are {', '.join(FAMILIES)}")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string like 'abmil.base.uni', got {name!r}")
+    text = name.strip()
+    head, _, rest = text.partition(".")
+    if head in FAMILIES and rest:
+        found: str | None = head
+        text = rest
+    else:
+        found = _other_family(text)
+        if found is None:
+            _discover()
+            found = "mil" if _ALIASES.get(head, head) in _REGISTRY else None
+    if found is None:
+        if family is not None:
+            return family, text  # the family's own factory names the closest of its models
+        raise InputError(_unknown_any_family_message(head))
+    if family is not None and found != family:
+        raise InputError(f"{name!r} is a {FAMILY_TITLES[found]} model, not a {FAMILY_TITLES[family]} one; the "
+                         f"{FAMILY_TITLES[family]} models are {', '.join(_short_names(family))}")
+    return found, text
+
+
+def _short_names(family: str) -> list[str]:
+    """A family's model names without configs/sizes (for messages)."""
+    if family == "mil":
+        _discover()
+        return sorted(_REGISTRY)
+    return sorted({n.split(".")[0] for n in list_models(family=family)})
+
+
+def _unknown_any_family_message(model: str) -> str:
+    """``unknown model 'unnet'; did you mean 'unet'?`` over every family (all names when none is close)."""
+    everything = [n for fam in FAMILIES for n in _short_names(fam)]
+    found = did_you_mean(model, everything) or "the models are " + "; ".join(
+        f"{FAMILY_TITLES[fam]}: {', '.join(_short_names(fam))}" for fam in FAMILIES)
+    return f"unknown model {model!r}; {found} ({_UNKNOWN_HINT})"
 
 
 def encoder_dim(encoder: str) -> int:
@@ -313,19 +414,28 @@ def get_config(name: str, num_classes: int = 2, in_dim: int | None = None, **ove
 
 def create_model(
     name: str,
-    num_classes: int = 2,
+    num_classes: int | None = None,
     *,
     in_dim: int | None = None,
     checkpoint_path: str | None = None,
     reinit_head: bool = False,
+    family: str | None = None,
     **overrides: Any,
 ) -> Any:
-    """Create a MIL model from a MIL-Lab style name.
+    """Create a model of any family by name: MIL (MIL-Lab's grammar), segmentation or ViT/MOSAIC.
+
+    Examples: ``create_model('abmil.base_mammoth.uni', num_classes=3)``,
+    ``create_model('unet.small', num_classes=3, in_channels=1)`` (or ``'seg.unet.small'``),
+    ``create_model('mosaic.tiny', datasets=['pathmnist', 'organmnist3d'], size=28)``.
 
     Args:
-        name: ``'<model>.<config>.<encoder>[.<task>]'``, e.g. ``'abmil.base_mammoth.uni'``.
-        num_classes: bag classes (default 2, as MIL-Lab).
-        in_dim: feature size; overrides the encoder's.
+        name: MIL: ``'<model>.<config>.<encoder>[.<task>]'``, e.g. ``'abmil.base_mammoth.uni'``;
+            segmentation: ``'mamba_home.tiny'``, ``'unet.small'``, ... (:func:`medmoe.models.seg.create_seg_model`);
+            ViT/MOSAIC: ``'mosaic'``, ``'mosaic.tiny'`` (:func:`medmoe.models.vit.create_mosaic_model`). A
+            ``mil.`` / ``seg.`` / ``vit.`` prefix names the family explicitly.
+        num_classes: MIL: bag classes (default 2, as MIL-Lab); segmentation: output classes including the
+            background (default 2); not for MOSAIC (one head per dataset: ``datasets=``).
+        in_dim: MIL only: feature size; overrides the encoder's.
         checkpoint_path: optional weights, loaded through :func:`medmoe.interop.load_weights`: a medmoe
             checkpoint folder, a MIL-Lab / MAMMOTH-fork / FEATHER state dict (``.safetensors``, ``.bin``,
             ``.pth`` or a Hugging Face folder), a CLAM-repository checkpoint, or a bare Mammoth layer
@@ -334,12 +444,24 @@ def create_model(
             unknown or missing tensor is an error that lists it.
         reinit_head: with ``checkpoint_path``: do not load the file's classification head (fine-tuning on
             other classes); the report lists it.
-        **overrides: any config field, e.g. ``dropout=0.1``, ``patch_embed='mammoth'``,
-            ``patch_embed_args={'num_experts': 8}`` (merged into the config's).
+        family: the family the caller needs (``"mil"``, ``"seg"``, ``"vit"``); a name of another family is a
+            ``ValueError``. ``None`` (default): the name decides.
+        **overrides: MIL: any config field, e.g. ``dropout=0.1``, ``patch_embed='mammoth'``,
+            ``patch_embed_args={'num_experts': 8}`` (merged into the config's); segmentation: ``in_channels``
+            (default 1) and the network's settings; MOSAIC: ``datasets``, ``size`` and any
+            :class:`~medmoe.models.vit.MosaicConfig` field.
+
+    Raises:
+        ValueError: an unknown name (the message lists the names of every family), a name of another
+            family than ``family``, or a setting the model does not have.
 
     Hub weights (a task other than ``none``) cannot be downloaded by medmoe; download them yourself and
     pass ``checkpoint_path``.
     """
+    found, name = model_family(name, family)
+    if found != "mil":
+        return _create_other_family(found, name, num_classes, in_dim, checkpoint_path, reinit_head, overrides)
+    num_classes = 2 if num_classes is None else num_classes
     parsed = parse_model_name(name)
     if parsed.task != DEFAULT_TASK and checkpoint_path is None:
         raise ValueError(
@@ -361,6 +483,28 @@ def create_model(
     return model
 
 
+def _create_other_family(family: str, name: str, num_classes: int | None, in_dim: int | None,
+                         checkpoint_path: str | None, reinit_head: bool, overrides: dict[str, Any]) -> Any:
+    """A segmentation or ViT/MOSAIC model (see :func:`create_model`)."""
+    title = FAMILY_TITLES[family]
+    for arg, value in (("in_dim", in_dim), ("checkpoint_path", checkpoint_path), ("reinit_head", reinit_head)):
+        if value not in (None, False):
+            raise InputError(f"{arg} applies to MIL models; {name!r} is a {title} model"
+                             + (" (load a saved one with medmoe.engine.load_checkpoint)" if arg != "in_dim" else ""))
+    if family == "seg":
+        from .models.seg import create_seg_model
+
+        in_channels = overrides.pop("in_channels", 1)
+        return create_seg_model(name, in_channels=in_channels, num_classes=2 if num_classes is None else num_classes,
+                                **overrides)
+    if num_classes is not None:
+        raise InputError(f"{name!r} is a MOSAIC model with one head per dataset: choose them with datasets=..., "
+                         "not num_classes")
+    from .models.vit import create_mosaic_model
+
+    return create_mosaic_model(name, **overrides)
+
+
 def check_model_fits(name: str, num_classes: int = 2, in_dim: int | None = None, **overrides: Any) -> None:
     """Validate a model name and its overrides and check, without allocating (on the ``meta`` device), that
     its weights fit the memory limit (:mod:`medmoe.model_size`); raises ``ValueError``s as :func:`create_model`."""
@@ -369,10 +513,29 @@ def check_model_fits(name: str, num_classes: int = 2, in_dim: int | None = None,
     check_model_size(lambda: model_cls(config), f"model {name}")
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered ``model.config`` names matching a glob ``pattern`` (e.g. ``'*mammoth*'``)."""
-    _discover()
-    names = [f"{m}.{c}" for m, entry in sorted(_REGISTRY.items()) for c in entry.config_names()]
+def list_models(pattern: str = "*", family: str = "mil") -> list[str]:
+    """Model names matching a glob ``pattern`` (e.g. ``'*mammoth*'``), each accepted by :func:`create_model`.
+
+    Args:
+        pattern: glob over the names.
+        family: ``"mil"`` (default: the registered ``model.config`` names, plugins included), ``"seg"``
+            (``arch.size``), ``"vit"`` (``mosaic.<backbone>``) or ``"all"`` (every family, in that order).
+    """
+    if family == "all":
+        return [n for fam in FAMILIES for n in list_models(pattern, fam)]
+    if family == "seg":
+        from .models.seg import list_seg_models
+
+        names = list_seg_models()
+    elif family == "vit":
+        from .models.vit import list_vit_models
+
+        names = list_vit_models()
+    elif family == "mil":
+        _discover()
+        names = [f"{m}.{c}" for m, entry in sorted(_REGISTRY.items()) for c in entry.config_names()]
+    else:
+        raise InputError(f"unknown model family {family!r}; the families are {', '.join(FAMILIES)} (or 'all')")
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medmoe.data import write_fake_medmnist
+from medmoe.engine.checkpoint import load_checkpoint
 from medmoe.engine.mosaic.training import (
     ExpertAwareEMA,
     MosaicTrainConfig,
@@ -16,7 +17,6 @@ from medmoe.engine.mosaic.training import (
     build_mosaic_config,
     evaluate_mosaic,
     load_medmnist_data,
-    load_mosaic_checkpoint,
     round_lr_factor,
     round_schedule,
     train_mosaic,
@@ -184,7 +184,7 @@ def test_end_to_end_outputs(run):
 
 def test_checkpoint_reload_reproduces_metrics_and_frozen_backbone(run):
     result, data, init = run
-    model, info = load_mosaic_checkpoint(result.checkpoint_dir)
+    model, info = load_checkpoint(result.checkpoint_dir, family="vit")
     assert info["model_name"] == "mosaic" and info["round"] == result.best_round
     again = evaluate_mosaic(model, data["test"])
     for flag, m in result.test_metrics.items():
@@ -193,7 +193,7 @@ def test_checkpoint_reload_reproduces_metrics_and_frozen_backbone(run):
     changed = {model.parameter_group(k) for k in init if not torch.equal(init[k], state[k])}
     assert "backbone" not in changed and {"head", "tokenizer_3d"} <= changed
     assert {"adapter:A", "adapter:B", "adapter:C"} <= changed
-    teacher, _ = load_mosaic_checkpoint(result.checkpoint_dir, teacher=True)
+    teacher, _ = load_checkpoint(result.checkpoint_dir, family="vit", teacher=True)
     name = "heads.pathmnist.weight"
     assert not torch.equal(teacher.state_dict()[name], state[name])
 
@@ -224,7 +224,7 @@ def test_checkpoint_saved_before_the_tokenizer_layernorm_loads_as_built(tmp_path
     info = json.loads(config_path.read_text())
     del info["model_config"]["patch_norm_2d"]
     config_path.write_text(json.dumps(info))
-    loaded, _ = load_mosaic_checkpoint(folder)
+    loaded, _ = load_checkpoint(folder, family="vit")
     assert not loaded.config.patch_norm_2d and isinstance(loaded.vit.patch_embed.norm, torch.nn.Identity)
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():

@@ -11,11 +11,11 @@ from torch import nn
 
 from medmoe.data.seg_transforms import SegTransformConfig
 from medmoe.data.volumes import VolumeCase, VolumeError, make_synthetic_volumes, write_nifti
+from medmoe.engine.checkpoint import load_checkpoint
 from medmoe.engine.seg.inference import predict_volumes, sliding_window_logits
 from medmoe.engine.seg.training import (
     SegTrainConfig,
     evaluate_segmentation,
-    load_seg_checkpoint,
     train_segmentation,
     transform_config_from_info,
 )
@@ -107,7 +107,7 @@ def test_train_checkpoint_reload_and_resume(data, tmp_path):
     assert len(rows) == 1 and {"train_loss", "val_dice", "val_dice_box1", "lr"} <= set(rows[0])
     assert np.isfinite(float(rows[0]["train_loss"]))
 
-    loaded, info = load_seg_checkpoint(tmp_path / "run")
+    loaded, info = load_checkpoint(tmp_path / "run", family="seg")
     assert info["model_name"] == "unet.small" and info["class_names"] == ["bg", "box1", "box2"]
     assert transform_config_from_info(info) == TCFG
     x = torch.randn(1, 1, 16, 16, 16)

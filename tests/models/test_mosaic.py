@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from medmoe.engine.mosaic.report import format_parameter_report, parameter_report
-from medmoe.engine.mosaic.training import build_mosaic_config
 from medmoe.models.vit import (
     MosaicConfig,
     MosaicModel,
     TaskSpec,
     VisionTransformerConfig,
+    build_mosaic_config,
     check_labels,
     task_loss,
     task_scores,

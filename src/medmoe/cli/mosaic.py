@@ -208,7 +208,7 @@ def _is_reference_file(checkpoint: Path) -> bool:
 
 def _load_mosaic(checkpoint: Path, *, teacher: bool, reference_datasets: str | None) -> tuple:
     """``(model, checkpoint info)`` from a medmoe checkpoint folder or a reference checkpoint file."""
-    from ..engine.mosaic.training import load_mosaic_checkpoint
+    from ..engine.checkpoint import load_checkpoint
 
     if _is_reference_file(checkpoint):
         from ..interop.mosaic import load_mosaic_reference
@@ -227,7 +227,7 @@ def _load_mosaic(checkpoint: Path, *, teacher: bool, reference_datasets: str | N
     if reference_datasets:
         raise typer.BadParameter("--reference-datasets applies to reference checkpoint files only, not to a medmoe "
                                  "checkpoint folder (its config names the datasets)")
-    return load_mosaic_checkpoint(checkpoint, teacher=teacher)
+    return load_checkpoint(checkpoint, teacher=teacher, family="vit")
 
 
 @app.command("eval")

@@ -213,9 +213,10 @@ def infer(
     import torch
 
     from ..data.seg_transforms import SegTransformConfig
+    from ..engine.checkpoint import load_checkpoint
     from ..engine.seg.inference import SLIDING_WINDOW_MODES, predict_volumes
     from ..engine.seg.presets import get_seg_preset, inference_protocol
-    from ..engine.seg.training import load_seg_checkpoint, transform_config_from_info
+    from ..engine.seg.training import transform_config_from_info
 
     try:
         _check_choices({"--mode": (mode, SLIDING_WINDOW_MODES)})
@@ -230,7 +231,7 @@ def infer(
         else:
             if group_sizes is not None:
                 raise typer.BadParameter("--group-sizes applies to reference checkpoint files only")
-            model, info = load_seg_checkpoint(checkpoint, map_location=dev)
+            model, info = load_checkpoint(checkpoint, map_location=dev, family="seg")
             tcfg = transform_config_from_info(info)
         protocol = inference_protocol(tcfg.extra)
         paths = predict_volumes(model, _inputs(source), out, tcfg, roi or protocol["roi"],

@@ -15,7 +15,9 @@
   BCE loss, macro and per-label metrics.
 * :func:`sliding_window_labels`, :func:`predict_volumes` — 3-D sliding-window inference
   (:mod:`medmoe.engine.seg.inference`).
-* :func:`save_checkpoint`, :func:`load_checkpoint` — :mod:`medmoe.engine.checkpoint`.
+* :func:`save_checkpoint`, :func:`load_checkpoint` (any model family: MIL, segmentation, MOSAIC) —
+  :mod:`medmoe.engine.checkpoint`; ``load_seg_checkpoint`` and ``load_mosaic_checkpoint`` are its deprecated
+  aliases (``family="seg"`` / ``"vit"``).
 
 Needs the ``mil`` extra (``lightning-fabric``, ``torchmetrics``): ``pip install 'medmoe[mil]'``. The
 trainer, cross-validation and metric modules are imported on first use, so ``import medmoe.engine`` and
@@ -27,7 +29,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_mosaic_checkpoint,
+    load_seg_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from .mil.config import TrainConfig
 
 __all__ = [
@@ -88,7 +97,6 @@ __all__ = [
 _LAZY = {
     "train_segmentation": "seg.training",
     "evaluate_segmentation": "seg.training",
-    "load_seg_checkpoint": "seg.training",
     "SegTrainConfig": "seg.training",
     "predict_volumes": "seg.inference",
     "sliding_window_logits": "seg.inference",
@@ -123,7 +131,6 @@ _LAZY = {
     "train_mosaic": "mosaic.training",
     "evaluate_mosaic": "mosaic.training",
     "build_mosaic_config": "mosaic.training",
-    "load_mosaic_checkpoint": "mosaic.training",
     "save_mosaic_checkpoint": "mosaic.training",
     "load_medmnist_data": "mosaic.training",
     "medmnist_acc": "mosaic.metrics",

@@ -1,12 +1,14 @@
-"""Self-describing, atomically written checkpoints.
+"""Self-describing, atomically written checkpoints: one format and one loader for every model family.
 
 A model checkpoint is a directory::
 
     CKPT/
       model.safetensors   weights; its metadata also embeds the full config JSON (the commit point)
       config.json         the same info, human readable
+      teacher.safetensors MOSAIC only: the teacher's trainable tensors
 
-``config.json`` holds ``model_name`` (``'abmil.base_mammoth'``), ``model_config`` (every field of the
+``config.json`` holds ``family`` (``"mil"``, ``"seg"`` or ``"vit"``: :data:`medmoe.registry.FAMILIES`),
+``model_name`` (``'abmil.base_mammoth'``, ``'unet.small'``, ``'mosaic'``), ``model_config`` (every field of the
 model's config dataclass), ``medmoe_version``, ``seed``, ``split_hash``, ``class_names``,
 ``feature_stats`` (``{'mean': [...], 'std': [...]}`` or ``None``), ``train_config``, ``epoch`` and
 ``metrics``, plus ``checkpoint_id`` (random, identifies one save). Binary and multi-label MIL checkpoints
@@ -22,6 +24,14 @@ never replaces a good one.
 
 The trainer's resume state (``trainer_state.pt``: model, optimiser, scheduler, epoch, RNG states,
 early-stopping state, history) is written the same way by :func:`save_trainer_state`.
+
+Loading: :func:`load_checkpoint` returns ``(model, info)`` for a checkpoint of any family (a run folder
+holding ``checkpoint/`` is accepted too); ``family=`` makes a caller that needs one family refuse the others
+with a message naming the command for them. Checkpoints written before the family was recorded (format
+version 1) load unchanged: their family is read from what the folder holds (:func:`checkpoint_family`:
+``transform_config`` -> segmentation, the model ``mosaic`` or a teacher file -> MOSAIC, else MIL).
+``load_seg_checkpoint`` and ``load_mosaic_checkpoint`` are deprecated aliases of
+``load_checkpoint(..., family="seg" | "vit")``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import math
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,8 +64,11 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "build_model_from_info",
+    "checkpoint_family",
     "load_checkpoint",
     "load_checkpoint_state",
+    "load_mosaic_checkpoint",
+    "load_seg_checkpoint",
     "load_trainer_state",
     "read_checkpoint_info",
     "save_checkpoint",
@@ -67,8 +81,19 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TRAINER_STATE_NAME = "trainer_state.pt"
+TEACHER_NAME = "teacher.safetensors"
+#: The folder of a run that holds its checkpoint (``seg train``, ``mosaic train``): a run folder loads too.
+RUN_CHECKPOINT_DIR = "checkpoint"
 _META_KEY = "medmoe_config"
-FORMAT_VERSION = 1
+#: 2: ``config.json`` records the model ``family``; version 1 checkpoints (without it) still load.
+FORMAT_VERSION = 2
+#: How messages name each family, and the command that uses its checkpoints.
+_FAMILY_TITLES = {"mil": "MIL", "seg": "segmentation", "vit": "MOSAIC"}
+_FAMILY_USE = {
+    "mil": "evaluate it with `medmoe mil eval CHECKPOINT ...` or `medmoe mil predict`",
+    "seg": "apply it to volumes with `medmoe seg infer CHECKPOINT ...`",
+    "vit": "use `medmoe mosaic eval` or `medmoe mosaic predict`",
+}
 
 
 class CheckpointError(InputError):
@@ -144,10 +169,12 @@ def save_checkpoint(
 
     Args:
         directory: checkpoint folder; an existing checkpoint there is replaced atomically.
-        model: a medmoe model (has ``model_name`` and a dataclass ``config``).
+        model: a medmoe model (has ``model_name`` and a dataclass ``config``) of any family; its class
+            attribute ``family`` (``"mil"`` when absent, e.g. a plugin's model) is recorded.
         extra_state: JSON-serialisable info stored in ``config.json`` (``seed``, ``split_hash``,
             ``class_names``, ``feature_stats``, ``train_config``, ``epoch``, ``metrics``, ...). Tensors
-            are converted to lists.
+            are converted to lists. A ``family`` key equal to the model's is accepted (the info of a loaded
+            checkpoint saved again).
 
     Returns:
         The checkpoint directory.
@@ -167,9 +194,11 @@ def save_checkpoint(
     model_name = getattr(module, "model_name", None)
     if not model_name:
         raise ValueError("the model has no `model_name`; build it with medmoe.create_model(...)")
+    family = str(getattr(module, "family", "mil"))
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "checkpoint_id": uuid.uuid4().hex,
+        "family": family,
         "model_name": model_name,
         "model_class": f"{type(module).__module__}.{type(module).__qualname__}",
         "model_config": _jsonable(dataclasses.asdict(config)),
@@ -177,6 +206,8 @@ def save_checkpoint(
     }
     reserved = set(info)
     for key, value in (extra_state or {}).items():
+        if key == "family" and value == family:
+            continue
         if key in reserved:
             raise ValueError(f"extra_state key {key!r} is reserved by the checkpoint format; rename it")
         info[key] = _jsonable(value)
@@ -292,17 +323,72 @@ def _read(directory: str | Path, load_weights: bool) -> tuple[dict[str, Any], di
     return info, state
 
 
-def build_model_from_info(info: dict[str, Any]) -> nn.Module:
-    """Rebuild an (untrained) model from a checkpoint info dict: ``config_cls(**model_config)``."""
+def checkpoint_family(info: dict[str, Any], directory: str | Path | None = None) -> str:
+    """The model family of a checkpoint: ``info["family"]``, or for checkpoints written before it was recorded
+    (format version 1) what the folder holds: a ``transform_config`` -> ``"seg"``, the model ``mosaic`` or a
+    ``teacher.safetensors`` -> ``"vit"``, anything else -> ``"mil"``.
+
+    Raises:
+        CheckpointError: ``family`` names a family this medmoe does not know.
+    """
+    from ..registry import FAMILIES
+
+    family = info.get("family")
+    if family is not None:
+        if family not in FAMILIES:
+            raise CheckpointError(f"checkpoint family {family!r} is unknown (known: {', '.join(FAMILIES)}); was it "
+                                  f"written by a newer medmoe (checkpoint: {info.get('medmoe_version')})?")
+        return str(family)
+    if "transform_config" in info:  # written by `seg train`
+        return "seg"
+    if info.get("model_name") == "mosaic" or (directory is not None and (Path(directory) / TEACHER_NAME).is_file()):
+        return "vit"
+    return "mil"
+
+
+def _check_family(family: str, expect: str, info: dict[str, Any], where: str) -> None:
+    """``CheckpointError`` naming the command for ``family`` when a caller that needs ``expect`` got another."""
+    if family == expect:
+        return
+    name, use = info.get("model_name"), _FAMILY_USE[family]
+    if expect == "seg":
+        raise CheckpointError(f"{where} is not a segmentation checkpoint: it holds the {_FAMILY_TITLES[family]} "
+                              f"model {name!r}; {use}")
+    raise CheckpointError(f"{where} is a {_FAMILY_TITLES[family]} checkpoint ({name}), not a "
+                          f"{_FAMILY_TITLES[expect]} one: {use}")
+
+
+def build_model_from_info(info: dict[str, Any], family: str | None = "mil") -> nn.Module:
+    """Rebuild an (untrained) model from a checkpoint info dict: ``config_cls(**model_config)``.
+
+    Args:
+        info: a checkpoint's info dict (``config.json``).
+        family: the family the caller needs (``"mil"``, as before the families were unified: a segmentation
+            or MOSAIC checkpoint is a ``CheckpointError`` naming its command); ``None`` builds any family.
+    """
+    found = checkpoint_family(info)
+    if family is not None:
+        _check_family(found, family, info, "this")
+    name = info["model_name"]
+    if found == "seg":
+        from ..models.seg import seg_model_from_config
+
+        try:
+            return build_within_limit(lambda: seg_model_from_config(name, info["model_config"]),
+                                      f"the checkpoint's model {name}")
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"cannot rebuild {name} from the checkpoint: {err}") from err
+    if found == "vit":
+        from ..models.vit import mosaic_model_from_config
+
+        return mosaic_model_from_config(info["model_config"])
+    return _build_mil_model(info)
+
+
+def _build_mil_model(info: dict[str, Any]) -> nn.Module:
     from ..registry import get_entry
 
     name = info["model_name"]
-    if "transform_config" in info:  # written by `seg train`: another family, loaded by load_seg_checkpoint
-        raise CheckpointError(f"this is a segmentation checkpoint ({name}), not a MIL one: apply it to volumes "
-                              "with `medmoe seg infer CHECKPOINT ...`")
-    if name == "mosaic":
-        raise CheckpointError("this is a MOSAIC checkpoint, not a MIL one: use `medmoe mosaic eval` or "
-                              "`medmoe mosaic predict`")
     short = name.split(".")[0]
     entry = get_entry(short)
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
@@ -319,27 +405,99 @@ def build_model_from_info(info: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _checkpoint_dir(directory: str | Path) -> Path:
+    """The checkpoint folder ``directory`` names: itself, the folder of its ``model.safetensors`` /
+    ``config.json``, or the ``checkpoint/`` folder of a run folder."""
+    directory = Path(directory)
+    if directory.is_file() and directory.name in (WEIGHTS_NAME, CONFIG_NAME, TEACHER_NAME):
+        return directory.parent
+    if directory.is_dir() and not (directory / WEIGHTS_NAME).is_file() and (directory / RUN_CHECKPOINT_DIR).is_dir():
+        return directory / RUN_CHECKPOINT_DIR  # a run folder was given
+    return directory
+
+
 def load_checkpoint(
-    directory: str | Path, map_location: str | torch.device = "cpu"
+    directory: str | Path, map_location: str | torch.device = "cpu", *, family: str | None = None,
+    teacher: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load any medmoe checkpoint written by :func:`save_checkpoint`: MIL, segmentation or MOSAIC.
+
+    Args:
+        directory: the checkpoint folder (or its ``model.safetensors`` / ``config.json``, or a run folder
+            holding ``checkpoint/``).
+        map_location: device of the returned model.
+        family: the family the caller needs (``"mil"``, ``"seg"``, ``"vit"``): a checkpoint of another family
+            is a ``CheckpointError`` that names the command for it. ``None`` (default) loads any family.
+        teacher: MOSAIC only: overlay the saved teacher tensors (``teacher.safetensors``) on the student.
 
     Returns:
         ``(model, info)``: the model in eval mode on ``map_location`` with the saved weights (strict),
-        and the info dict (``config.json``'s content).
+        and the info dict (``config.json``'s content, with ``family`` filled in for checkpoints written
+        before it was recorded). A segmentation checkpoint's preprocessing is
+        :func:`medmoe.engine.seg.training.transform_config_from_info` of ``info``.
 
     Raises:
-        CheckpointError: the directory or weights are missing, truncated or do not match the config.
+        CheckpointError: the directory or weights are missing, truncated or do not match the config, or the
+            checkpoint is not of ``family``.
+        ValueError: ``family`` is not a known family, or ``teacher=True`` for a model other than MOSAIC.
     """
+    from ..registry import FAMILIES
+
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; the families are {', '.join(FAMILIES)}")
+    directory = _checkpoint_dir(directory)
     info, state = _read(directory, load_weights=True)
-    model = build_model_from_info(info)
+    found = checkpoint_family(info, directory if directory.is_dir() else None)
+    if family is not None:
+        _check_family(found, family, info, str(directory))
+    if teacher and found != "vit":
+        raise ValueError(f"teacher=True applies to MOSAIC checkpoints; {directory} holds a "
+                         f"{_FAMILY_TITLES[found]} model")
+    info = {**info, "family": found}
+    model = build_model_from_info(info, family=None)
     assert state is not None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"weights in {directory} do not match the saved model config: {err}") from err
+    if teacher:
+        _load_teacher(model, directory)
     model.to(map_location).eval()
     return model, info
+
+
+def _load_teacher(model: nn.Module, directory: Path) -> None:
+    """Overlay a MOSAIC checkpoint's teacher tensors (its trainable ones) on ``model``."""
+    from safetensors.torch import load_file
+
+    path = directory / TEACHER_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no teacher weights ({TEACHER_NAME})")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise CheckpointError(f"{path} is corrupt or truncated and cannot be read: {err}") from err
+    missing = model.load_state_dict(tensors, strict=False)
+    if missing.unexpected_keys:
+        raise CheckpointError(f"teacher weights have unknown tensors {missing.unexpected_keys[:5]}")
+
+
+def load_seg_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Deprecated: :func:`load_checkpoint` with ``family="seg"`` (same arguments and result)."""
+    warnings.warn("load_seg_checkpoint is deprecated; use medmoe.engine.load_checkpoint(path, family='seg')",
+                  DeprecationWarning, stacklevel=2)
+    return load_checkpoint(directory, map_location, family="seg")
+
+
+def load_mosaic_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu", *, teacher: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Deprecated: :func:`load_checkpoint` with ``family="vit"`` (same arguments and result)."""
+    warnings.warn("load_mosaic_checkpoint is deprecated; use medmoe.engine.load_checkpoint(path, family='vit')",
+                  DeprecationWarning, stacklevel=2)
+    return load_checkpoint(directory, map_location, family="vit", teacher=teacher)
 
 
 def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:

@@ -375,9 +375,9 @@ def load_any_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn
     p = Path(path)
     folder = _medmoe_checkpoint_folder(p)
     if folder is not None:
-        return load_checkpoint(folder, map_location=map_location)
+        return load_checkpoint(folder, map_location=map_location, family="mil")
     if not p.exists():
-        return load_checkpoint(p, map_location=map_location)  # its own "does not exist" error
+        return load_checkpoint(p, map_location=map_location, family="mil")  # its own "does not exist" error
     model, info, report = load_model(p)
     info["load_report"] = report.summary()
     return model.to(map_location), info

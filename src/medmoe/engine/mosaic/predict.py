@@ -101,7 +101,7 @@ def predict_images(
     scoring at least ``threshold``, joined by ``;``) and ``score_<label>`` for every class / label.
 
     Args:
-        model: a :class:`~medmoe.models.vit.MosaicModel` (e.g. from ``load_mosaic_checkpoint``).
+        model: a :class:`~medmoe.models.vit.MosaicModel` (e.g. from ``medmoe.engine.load_checkpoint``).
         dataset: the MedMNIST dataset whose head to use (aliases allowed); the model must have it.
         inputs: image / volume files or folders of them.
     """

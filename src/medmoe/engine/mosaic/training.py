@@ -59,15 +59,14 @@ from ...data.medmnist import (
     MedMNISTSplit,
     load_medmnist_split,
     medmnist_info,
-    resolve_medmnist_flags,
 )
-from ...model_size import build_within_limit
-from ...models.vit import MosaicConfig, MosaicModel, VisionTransformerConfig, task_loss, task_scores
+from ...models.vit import MosaicConfig, MosaicModel, build_mosaic_config, task_loss, task_scores
+from ...models.vit.mosaic_config import stored_image_size as _size_for
 from ..checkpoint import (
-    CheckpointError,
+    TEACHER_NAME,
     atomic_write_bytes,
     atomic_write_text,
-    read_checkpoint_info,
+    load_checkpoint,
     save_checkpoint,
     unwrap_model,
 )
@@ -91,7 +90,6 @@ __all__ = [
     "early_stopping_step",
     "evaluate_mosaic",
     "load_medmnist_data",
-    "load_mosaic_checkpoint",
     "round_lr_factor",
     "round_schedule",
     "save_mosaic_checkpoint",
@@ -105,7 +103,6 @@ EARLY_STOPPING = ("medmoe", "reference")
 SELECTION_METRICS = ("acc", "acc_pm1")
 AUGMENTATIONS = ("medmoe", "reference")
 CHECKPOINT_DIR = "checkpoint"
-TEACHER_NAME = "teacher.safetensors"
 METRICS_CSV = "metrics.csv"
 
 
@@ -190,29 +187,6 @@ class MosaicTrainConfig:
 
 # ----------------------------------------------------------------------------------------------
 # configuration and data
-
-
-def build_mosaic_config(
-    flags: str | Sequence[str],
-    size: int = 28,
-    *,
-    vit: VisionTransformerConfig | None = None,
-    **model_kwargs: Any,
-) -> MosaicConfig:
-    """A :class:`MosaicConfig` with one head per MedMNIST dataset (``"all"``, ``"2d"``, a list, ...).
-
-    ``size`` is the stored image side (28/64/128/224; 3-D datasets take ``min(size, 64)``); the model
-    then refuses inputs of another size.
-    """
-    tasks = []
-    for flag in resolve_medmnist_flags(flags):
-        info = medmnist_info(flag)
-        tasks.append(info.task_spec_dict(_size_for(info.spatial_dims, size)))
-    return MosaicConfig(tasks=tasks, vit=vit or VisionTransformerConfig(), **model_kwargs)
-
-
-def _size_for(spatial_dims: int, size: int) -> int:
-    return min(size, 64) if spatial_dims == 3 else size
 
 
 def load_medmnist_data(
@@ -499,35 +473,6 @@ def save_mosaic_checkpoint(
     return directory
 
 
-def load_mosaic_checkpoint(
-    directory: str | Path, map_location: str | torch.device = "cpu", *, teacher: bool = False
-) -> tuple[MosaicModel, dict[str, Any]]:
-    """Load a MOSAIC checkpoint; ``teacher=True`` overlays the saved teacher tensors on the student."""
-    from safetensors.torch import load_file
-
-    info = read_checkpoint_info(directory)
-    if info.get("model_name") != "mosaic":
-        raise CheckpointError(f"{directory} is a {info.get('model_name')!r} checkpoint, not a MOSAIC one")
-    directory = Path(directory)
-    if directory.is_file():
-        directory = directory.parent
-    config = MosaicConfig.from_dict(info["model_config"])
-    model = build_within_limit(lambda: MosaicModel(config), "the checkpoint's MOSAIC model")
-    state = load_file(str(directory / "model.safetensors"))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights in {directory} do not match the saved MOSAIC config: {err}") from err
-    if teacher:
-        path = directory / TEACHER_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{directory} has no teacher weights ({TEACHER_NAME})")
-        missing = model.load_state_dict(load_file(str(path)), strict=False)
-        if missing.unexpected_keys:
-            raise CheckpointError(f"teacher weights have unknown tensors {missing.unexpected_keys[:5]}")
-    return model.to(map_location).eval(), info
-
-
 # ----------------------------------------------------------------------------------------------
 # training
 
@@ -727,12 +672,12 @@ def train_mosaic(
         if progress is not None:
             progress.stop()
 
-    best, _ = load_mosaic_checkpoint(ckpt_dir, fabric.device)
+    best, _ = load_checkpoint(ckpt_dir, fabric.device, family="vit")
     val_best = evaluate_mosaic(best, data["val"], batch_size=eval_bs)
     test = evaluate_mosaic(best, data["test"], batch_size=eval_bs) if "test" in data else {}
     test_teacher = None
     if cfg.eval_teacher and "test" in data:
-        best_teacher, _ = load_mosaic_checkpoint(ckpt_dir, fabric.device, teacher=True)
+        best_teacher, _ = load_checkpoint(ckpt_dir, fabric.device, family="vit", teacher=True)
         test_teacher = evaluate_mosaic(best_teacher, data["test"], batch_size=eval_bs)
     result = MosaicResult(out_dir=out_dir, checkpoint_dir=ckpt_dir, best_round=best_round + 1,
                           rounds_run=len(history), stopped_early=stopped_early, val_metrics=val_best,

@@ -25,8 +25,9 @@
 * images are checked for NaN/inf voxels before training; a non-finite loss or model stops the run with
   :class:`~medmoe.engine.divergence.TrainingDivergedError` (a non-finite model is never saved).
 
-:func:`evaluate_segmentation` scores a model on labelled cases; :func:`load_seg_checkpoint` reloads a
-checkpoint with the preprocessing it was trained with.
+:func:`evaluate_segmentation` scores a model on labelled cases; :func:`train_segmentation` writes a
+checkpoint (reload it with :func:`medmoe.engine.load_checkpoint`, its preprocessing with
+:func:`transform_config_from_info`).
 """
 
 from __future__ import annotations
@@ -47,12 +48,9 @@ from torch import Tensor, nn
 
 from ...data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
 from ...data.volumes import VolumeCase, validate_cases
-from ...model_size import build_within_limit
 from ..checkpoint import (
     TRAINER_STATE_NAME,
-    CheckpointError,
     load_trainer_state,
-    read_checkpoint_info,
     save_checkpoint,
     save_trainer_state,
     unwrap_model,
@@ -69,7 +67,6 @@ __all__ = [
     "SegTrainConfig",
     "SegTrainResult",
     "evaluate_segmentation",
-    "load_seg_checkpoint",
     "train_segmentation",
     "transform_config_from_info",
 ]
@@ -307,36 +304,6 @@ def _nanmean(values: Any) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def load_seg_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Load a segmentation checkpoint written by :func:`train_segmentation`.
-
-    Returns:
-        ``(model, info)``: the network in eval mode with the saved weights, and ``config.json``'s
-        content; ``SegTransformConfig(**info["transform_config"])`` gives its preprocessing.
-    """
-    from safetensors.torch import load_file
-
-    from ...models.seg import seg_model_from_config
-
-    directory = Path(directory)
-    if directory.is_dir() and not (directory / "model.safetensors").is_file() and (directory / SEG_CHECKPOINT_DIR).is_dir():
-        directory = directory / SEG_CHECKPOINT_DIR  # a run folder was given
-    info = read_checkpoint_info(directory)
-    if "transform_config" not in info:
-        raise CheckpointError(f"{directory} is not a segmentation checkpoint (no transform_config)")
-    try:
-        model = build_within_limit(lambda: seg_model_from_config(info["model_name"], info["model_config"]),
-                                   f"the checkpoint's model {info['model_name']}")
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"cannot rebuild {info['model_name']} from {directory}: {err}") from err
-    try:
-        state = load_file(str(directory / "model.safetensors"))
-        model.load_state_dict(state, strict=True)
-    except Exception as err:
-        raise CheckpointError(f"weights in {directory} do not match the saved model config: {err}") from err
-    return model.to(map_location).eval(), info
 
 
 def transform_config_from_info(info: dict[str, Any]) -> SegTransformConfig:

@@ -96,6 +96,7 @@ class MILModel(nn.Module):
     """
 
     config_class: ClassVar[type[MILConfig]] = MILConfig
+    family: ClassVar[str] = "mil"  # the model family recorded in checkpoints (medmoe.registry.FAMILIES)
     attention_kind: ClassVar[str] = "none"  # "pre-softmax", "post-softmax", "instance-logits" or "none"
     requires_label_for_aux: ClassVar[bool] = False
 

@@ -28,8 +28,8 @@ from ...errors import InputError, did_you_mean
 from ...model_size import build_within_limit
 from .mamba_home import MambaHoME, MambaHoMEConfig
 
-__all__ = ["SEG_MODELS", "MonaiSegNet", "MonaiSegNetConfig", "create_seg_model", "list_seg_models",
-           "seg_model_from_config"]
+__all__ = ["SEG_MODELS", "MonaiSegNet", "MonaiSegNetConfig", "create_seg_model", "is_seg_model_name",
+           "list_seg_models", "seg_model_from_config"]
 
 #: ``arch.size`` -> (MONAI class name, default kwargs, spatial divisor)
 _MONAI_PRESETS: dict[str, tuple[str, dict[str, Any], int]] = {
@@ -66,6 +66,7 @@ class MonaiSegNet(nn.Module):
     """A MONAI segmentation network with a medmoe config: ``(b, in, D, H, W) -> (b, classes, D, H, W)``."""
 
     config_class = MonaiSegNetConfig
+    family = "seg"  # the model family recorded in checkpoints
 
     def __init__(self, config: MonaiSegNetConfig, model_name: str = "") -> None:
         super().__init__()
@@ -111,6 +112,12 @@ def _split_name(name: str) -> tuple[str, str]:
     if arch == "mamba_home":
         return arch, size or "tiny"
     return arch, size or "base"
+
+
+def is_seg_model_name(name: str) -> bool:
+    """Whether ``name``'s architecture (its part before the first dot, aliases included) is a segmentation
+    network of this module (its size is checked by :func:`create_seg_model`)."""
+    return _split_name(name)[0] in {key.split(".")[0] for key in SEG_MODELS}
 
 
 def list_seg_models() -> list[str]:

@@ -204,6 +204,7 @@ class MambaHoME(nn.Module):
     """
 
     config_class = MambaHoMEConfig
+    family = "seg"  # the model family recorded in checkpoints
     divisor = 16
     min_size = 32
 

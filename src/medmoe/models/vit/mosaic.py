@@ -242,6 +242,7 @@ class MosaicModel(nn.Module):
     """
 
     model_name = "mosaic"
+    family = "vit"  # the model family recorded in checkpoints
 
     def __init__(self, config: MosaicConfig, *, device=None, dtype=None) -> None:
         super().__init__()

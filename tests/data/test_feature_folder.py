@@ -325,13 +325,13 @@ def test_a_trident_job_directory_is_found(tmp_path):
 
 
 def test_old_module_path_still_resolves_with_a_deprecation_warning():
-    import medmoe.data as data
+    from medmoe import data
     from medmoe.data import feature_files, synthetic_bags
 
     with pytest.warns(DeprecationWarning, match="medmoe.data.feature_folder is deprecated"):
         from medmoe.data.feature_folder import FeatureFolderBags as Old
     assert Old is data.FeatureFolderBags
-    with pytest.warns(DeprecationWarning, match="from medmoe.data"):
+    with pytest.warns(DeprecationWarning, match="from medmoe.data.feature_files"):
         from medmoe.data.feature_folder import feature_files as listing
     assert listing is feature_files.feature_files
     with pytest.warns(DeprecationWarning):

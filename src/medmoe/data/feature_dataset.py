@@ -122,7 +122,9 @@ class FeatureFolderBags(BagDataset):
 
         require_folder(self.features_dir, "feature folder")
         self.features_dir = trident_features_dir(self.features_dir)
-        table = read_label_table(self.labels_csv, kind, slide_col=slide_col, case_col=case_col, split_col=split_col)
+        table = read_label_table(
+            self.labels_csv, kind, slide_col=slide_col, case_col=case_col, split_col=split_col
+        )
         self._class_names = table.class_names
         matched = self._match_files(table)
         keep = [i for i, s in enumerate(table.slide_ids) if s in matched]
@@ -132,8 +134,11 @@ class FeatureFolderBags(BagDataset):
             entries = []
             for i in keep:
                 sid = table.slide_ids[i]
-                entries.append(_Entry(sid, [sid], [matched[sid]], table.labels[i], table.patient(i),
-                                      table.splits[i] or None))
+                entries.append(
+                    _Entry(
+                        sid, [sid], [matched[sid]], table.labels[i], table.patient(i), table.splits[i] or None
+                    )
+                )
         else:
             entries = self._patient_entries(table, keep, matched, case_col)
         if not entries:
@@ -148,7 +153,8 @@ class FeatureFolderBags(BagDataset):
         if time_col is not None:
             time_of = dict(zip(table.slide_ids, table.times))
             self._survival = {
-                e.bag_id: (float(time_of[e.slide_ids[0]]), int(e.label)) for e in entries  # type: ignore[arg-type]
+                e.bag_id: (float(time_of[e.slide_ids[0]]), int(e.label))  # type: ignore[arg-type]
+                for e in entries
             }
 
     # --- construction helpers ------------------------------------------------------------------
@@ -239,7 +245,8 @@ class FeatureFolderBags(BagDataset):
             raise InputError(
                 f"{{patient_mode}}: cases whose slides have different labels, survival times or splits "
                 f"{format_ids(conflicts)}; fix {self.labels_csv} or use {{patient_mode__other}}",
-                patient_mode="concat", patient_mode__other="separate",
+                patient_mode="concat",
+                patient_mode__other="separate",
             )
         return entries
 
@@ -281,7 +288,8 @@ class FeatureFolderBags(BagDataset):
                     raise InputError(
                         f"slide {sid!r} ({path}) has {int(bad.sum())} NaN/inf feature values in "
                         f"{int(bad.any(1).sum())} patch(es); re-extract it, drop it from the labels CSV, or "
-                        "pass {nonfinite}", nonfinite="zero"
+                        "pass {nonfinite}",
+                        nonfinite="zero",
                     )
                 warnings.warn(
                     f"slide {sid!r}: replaced {int(bad.sum())} NaN/inf feature values by 0",

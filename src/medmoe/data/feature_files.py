@@ -387,6 +387,9 @@ def write_trident_h5(
     return path
 
 
+# ------------------------------------------------------------------------------------------------
+# folders
+# ------------------------------------------------------------------------------------------------
 def feature_files(folder: str | os.PathLike) -> dict[str, Path]:
     """``{slide id (file stem): path}`` of the feature files (``.h5``, ``.pt``, ``.pth``) in ``folder``.
 
@@ -423,7 +426,8 @@ def trident_features_dir(folder: str | os.PathLike) -> Path:
     if any(p.suffix in FEATURE_SUFFIXES and not p.name.startswith(".") for p in root.iterdir()):
         return root
     candidates = sorted(
-        p for p in [*root.glob("features_*"), *root.glob("*/features_*")]
+        p
+        for p in [*root.glob("features_*"), *root.glob("*/features_*")]
         if p.is_dir() and any(q.suffix in FEATURE_SUFFIXES for q in p.iterdir())
     )
     if len(candidates) == 1:
@@ -435,7 +439,6 @@ def trident_features_dir(folder: str | os.PathLike) -> Path:
     raise ValueError(
         f"no feature files (.h5, .pt) in {root} nor in a TRIDENT features_<encoder>/ folder below it"
     )
-
 
 
 def match_feature_files(

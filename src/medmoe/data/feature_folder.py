@@ -26,7 +26,8 @@ from . import feature_dataset as _feature_dataset
 from . import feature_files as _feature_files
 from . import synthetic_bags as _synthetic_bags
 
-__all__ = [
+#: The names this module exported (each now defined in one of :data:`_HOMES`).
+_MOVED_NAMES = (
     "FEATURE_SUFFIXES",
     "MAX_FEATURE_GB_ENV",
     "WSI_EXTENSIONS",
@@ -40,18 +41,22 @@ __all__ = [
     "read_feature_file",
     "trident_features_dir",
     "write_trident_h5",
-]
+)
+__all__ = list(_MOVED_NAMES)  # resolved by __getattr__
 
 _HOMES: tuple[ModuleType, ...] = (_feature_files, _feature_dataset, _synthetic_bags)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _MOVED_NAMES:
         for home in _HOMES:
             if hasattr(home, name):
+                from .. import data
+
+                also = " (or from medmoe.data)" if name in data.__all__ else ""
                 warnings.warn(
                     f"medmoe.data.feature_folder is deprecated and goes in medmoe 0.2.0; import {name} from "
-                    f"medmoe.data (or {home.__name__})",
+                    f"{home.__name__}{also}",
                     DeprecationWarning,
                     stacklevel=2,
                 )
@@ -60,4 +65,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(_MOVED_NAMES)

@@ -125,8 +125,9 @@ def _read_csv(csv: Path) -> Any:
     try:
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise ValueError(f"labels CSV {csv} is empty; it needs a header (slide_id,label) and one "
-                         "row per slide") from None
+        raise ValueError(
+            f"labels CSV {csv} is empty; it needs a header (slide_id,label) and one row per slide"
+        ) from None
     except Exception as e:
         raise ValueError(f"cannot read labels CSV {csv}: {e}") from e
     df.columns = [str(c).strip() for c in df.columns]
@@ -181,8 +182,15 @@ def read_label_table(
         raise ValueError(f"{csv}: duplicated {slide_col!r} values {format_ids(dup)}")
     cases = [s.strip() for s in df[case_col].tolist()] if case_col in df.columns else [""] * len(df)
     splits = [s.strip() for s in df[split_col].tolist()] if split_col in df.columns else [""] * len(df)
-    table = LabelTable(path=csv, slide_ids=slide_ids, labels=[], class_names=[], cases=cases, splits=splits,
-                       times=[None] * len(df))
+    table = LabelTable(
+        path=csv,
+        slide_ids=slide_ids,
+        labels=[],
+        class_names=[],
+        cases=cases,
+        splits=splits,
+        times=[None] * len(df),
+    )
     return kind.finish(table, raw, label_col, df)
 
 
@@ -203,8 +211,10 @@ def label_kind(
             or ``label_cols`` that are not distinct names.
     """
     if class_names is not None and (label_map is not None or time_col is not None or label_cols is not None):
-        raise ValueError("class_names (a trained model's classes) cannot be combined with label_map, time_col "
-                         "or label_cols")
+        raise ValueError(
+            "class_names (a trained model's classes) cannot be combined with label_map, time_col "
+            "or label_cols"
+        )
     if label_cols is not None:
         cols = [str(c).strip() for c in ([label_cols] if isinstance(label_cols, str) else label_cols)]
         if not cols or len(set(cols)) != len(cols):
@@ -214,7 +224,9 @@ def label_kind(
         return MultiLabels(tuple(cols))
     if time_col is not None:
         if label_map is not None:
-            raise ValueError("label_map numbers class labels; a survival CSV (time_col) has events, not classes")
+            raise ValueError(
+                "label_map numbers class labels; a survival CSV (time_col) has events, not classes"
+            )
         return SurvivalLabels(time_col, event_col)
     return ClassLabels(label_col, label_map, None if class_names is None else tuple(class_names))
 
@@ -362,8 +374,11 @@ def parse_class_labels(
     words = sorted({r for r, i in zip(raw, ints) if i is None})
     if numbers and words:  # a stray value: the minority kind is the odd one out
         count_numbers = sum(i is not None for i in ints)
-        odd, kind, other = ((numbers, "numbers", words) if count_numbers <= len(raw) - count_numbers
-                            else (words, "names", numbers))
+        odd, kind, other = (
+            (numbers, "numbers", words)
+            if count_numbers <= len(raw) - count_numbers
+            else (words, "names", numbers)
+        )
         raise ValueError(
             f"{csv}: the label column mixes class numbers and class names; the odd {kind} "
             f"{_where(odd, raw, slide_ids)} stand among {', '.join(map(repr, other[:10]))}: fix or drop those rows"
@@ -426,8 +441,9 @@ class SurvivalLabels:
         times = _parse_survival(table.path, table.slide_ids, raw_times, raw, label_col)
         if label_col == "censorship":
             raw = ["0" if r == "1" else "1" for r in raw]
-        return dataclasses.replace(table, labels=[int(r) for r in raw], class_names=["censored", "event"],
-                                   times=times)
+        return dataclasses.replace(
+            table, labels=[int(r) for r in raw], class_names=["censored", "event"], times=times
+        )
 
 
 def _parse_survival(
@@ -457,9 +473,7 @@ def _parse_survival(
         else:
             raw_events[i] = str(int(v))
     if bad_event:
-        raise ValueError(
-            f"{csv}: column {event_col!r} must hold 0 or 1; bad rows {format_ids(bad_event)}"
-        )
+        raise ValueError(f"{csv}: column {event_col!r} must hold 0 or 1; bad rows {format_ids(bad_event)}")
     return times
 
 
@@ -517,5 +531,6 @@ class MultiLabels:
         # the cells were checked to be 0 or 1 by label_column
         cells = zip(*(df[c].tolist() for c in self.label_cols))
         targets = {sid: tuple(int(_zero_one(v)) for v in row) for sid, row in zip(table.slide_ids, cells)}
-        return dataclasses.replace(table, labels=labels, class_names=names, targets=targets,
-                                   label_names=self.label_cols)
+        return dataclasses.replace(
+            table, labels=labels, class_names=names, targets=targets, label_names=self.label_cols
+        )

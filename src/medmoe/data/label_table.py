@@ -39,6 +39,7 @@ __all__ = [
     "SurvivalLabels",
     "format_ids",
     "label_kind",
+    "parse_class_labels",
     "read_label_table",
 ]
 

@@ -18,7 +18,7 @@ from medmoe.data import (
     stratified_group_kfold,
     write_trident_h5,
 )
-from medmoe.data import feature_folder as ff
+from medmoe.data import feature_dataset as ff
 
 
 def _csv(path, rows, header="slide_id,label"):
@@ -257,7 +257,7 @@ def test_plain_h5_features_are_memory_mapped_copy_on_write(tmp_path):
     import h5py
     import numpy as np
 
-    from medmoe.data.feature_folder import read_feature_file
+    from medmoe.data.feature_files import read_feature_file
 
     feats = np.random.default_rng(0).standard_normal((300, 24)).astype(np.float32)
     path = tmp_path / "plain.h5"
@@ -278,7 +278,7 @@ def test_other_h5_layouts_are_read_by_h5py(tmp_path, layout):
     import h5py
     import numpy as np
 
-    from medmoe.data.feature_folder import read_feature_file
+    from medmoe.data.feature_files import read_feature_file
 
     feats = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
     kwargs = {"chunked": {"chunks": (10, 8)}, "gzip": {"compression": "gzip"}}.get(layout, {})
@@ -292,7 +292,7 @@ def test_other_h5_layouts_are_read_by_h5py(tmp_path, layout):
 
 
 def test_pt_features_are_mapped_copy_on_write(tmp_path):
-    from medmoe.data.feature_folder import read_feature_file
+    from medmoe.data.feature_files import read_feature_file
 
     feats = torch.randn(200, 16)
     path = tmp_path / "slide.pt"
@@ -306,7 +306,7 @@ def test_pt_features_are_mapped_copy_on_write(tmp_path):
 
 
 def test_a_trident_job_directory_is_found(tmp_path):
-    from medmoe.data.feature_folder import trident_features_dir
+    from medmoe.data.feature_files import trident_features_dir
 
     job = tmp_path / "job"
     feats = job / "20x_256px_0px_overlap" / "features_uni_v1"
@@ -322,3 +322,20 @@ def test_a_trident_job_directory_is_found(tmp_path):
         trident_features_dir(tmp_path / "job" / "20x_256px_0px_overlap" / "patches")
     with pytest.raises(ValueError, match="is not a folder"):
         trident_features_dir(feats / "a.h5")
+
+
+def test_old_module_path_still_resolves_with_a_deprecation_warning():
+    from medmoe import data
+    from medmoe.data import feature_files, synthetic_bags
+
+    with pytest.warns(DeprecationWarning, match="medmoe.data.feature_folder is deprecated"):
+        from medmoe.data.feature_folder import FeatureFolderBags as Old
+    assert Old is data.FeatureFolderBags
+    with pytest.warns(DeprecationWarning, match="from medmoe.data.feature_files"):
+        from medmoe.data.feature_folder import feature_files as listing
+    assert listing is feature_files.feature_files
+    with pytest.warns(DeprecationWarning):
+        from medmoe.data.feature_folder import make_synthetic_feature_folder as make
+    assert make is synthetic_bags.make_synthetic_feature_folder
+    with pytest.raises(ImportError):
+        from medmoe.data.feature_folder import _parse_labels  # noqa: F401

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medmoe.data import FeatureFolderBags, write_trident_h5
-from medmoe.data.feature_folder import FeatureFileError, feature_file_shape, feature_files
+from medmoe.data.feature_files import FeatureFileError, feature_file_shape, feature_files
 from medmoe.data.file_checks import describe_path
 
 

@@ -165,7 +165,7 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
     from rich.progress import track
 
     from ..data import read_feature_file
-    from ..data.feature_folder import feature_files
+    from ..data.feature_files import feature_files
     from ..engine.mil.heatmap_pipeline import slide_heatmaps
 
     files = sorted(feature_files(features).values())  # refuses slide.h5 + slide.pt

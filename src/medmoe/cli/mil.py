@@ -85,7 +85,7 @@ def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any],
     import tempfile
 
     from ..data import FeatureFolderBags, list_mil_benchmarks, load_mil_benchmark
-    from ..data.feature_folder import feature_files, trident_features_dir
+    from ..data.feature_files import feature_files, trident_features_dir
     from ..data.file_checks import describe_path, require_file, require_folder
 
     task = get_task(info.get("task", "classification"))
@@ -122,7 +122,7 @@ def _check_predictions_out(out: Path, features: Path, labels: Path | None, check
     import os
     import tempfile
 
-    from ..data.feature_folder import FEATURE_SUFFIXES
+    from ..data.feature_files import FEATURE_SUFFIXES
     from ..data.file_checks import describe_path
 
     kind = describe_path(out)

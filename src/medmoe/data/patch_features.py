@@ -283,7 +283,7 @@ def extract_slide_features(
                              std=std, batch_size=batch_size, device=device, progress=progress)
     path = None
     if out_path is not None:
-        from .feature_folder import write_trident_h5
+        from .feature_files import write_trident_h5
 
         name = encoder_name or getattr(encoder, "name", None) or type(encoder).__name__
         attrs = {k: v for k, v in grid.attrs().items() if k != "patch_size_level0"}

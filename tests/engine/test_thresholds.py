@@ -212,7 +212,7 @@ def test_no_test_fold_influences_the_threshold(fold, tmp_path, monkeypatch):
         seen.append(scores.shape[0])
         return real(scores, targets)
 
-    monkeypatch.setattr("medmoe.engine.mil.trainer.choose_thresholds", spy)
+    monkeypatch.setattr("medmoe.engine.mil.tasks.classification.choose_thresholds", spy)
     flipped = type(test)([torch.randn_like(test[i].features) * 5 for i in range(len(test))], [1 - y for y in test.labels],
                          bag_ids=test.bag_ids, class_names=test.class_names)
     again = train_one_fold("abmil.base", train, val, flipped, CFG, tmp_path / "corrupt", TINY_ABMIL)
@@ -398,7 +398,7 @@ def test_per_patient_metrics_choose_on_patient_scores(tmp_path, monkeypatch):
 
     seen = []
     real = th.choose_thresholds
-    monkeypatch.setattr("medmoe.engine.mil.trainer.choose_thresholds",
+    monkeypatch.setattr("medmoe.engine.mil.tasks.classification.choose_thresholds",
                         lambda s, t: seen.append(s.shape[0]) or real(s, t))
     train_one_fold("abmil.base", two_slides(10, seed=0), val, two_slides(6, seed=2),
                    CFG.replace(metrics_level="group"), tmp_path, TINY_ABMIL)

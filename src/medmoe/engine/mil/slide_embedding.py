@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .prediction import load_for_inference
+from .tasks import get_task
 from .trainer import _loader, _with_stats
 
 __all__ = [
@@ -111,9 +112,9 @@ def embed_slides(
         bag_ids=[str(b) for b in dataset.bag_ids],
         features=features,
         labels=None if labels is None else [int(y) for y in labels],
-        # a multi-label checkpoint's class names are its labels; the bags' labels are label combinations
+        # a multi-label checkpoint's class names are its label columns; the bags' labels are label combinations
         class_names=list(
-            (None if info.get("task") == "multilabel" else info.get("class_names"))
+            (None if get_task(info.get("task", "classification")).uses_label_columns else info.get("class_names"))
             or getattr(dataset, "class_names", None)
             or []
         ),

@@ -213,9 +213,10 @@ def _cohort_bags(cohort: Path, labels: Path, info: dict[str, Any]) -> Any:
     any of them (so a typo is an error, not a new group), else by the CSV's own values (another grouping,
     e.g. subtypes for a tumour/normal model; the usage table names them)."""
     from ..data import FeatureFolderBags
+    from ..engine.mil.tasks import get_task
     from .mil import checkpoint_classes, inference_dataset
 
-    if info.get("task", "classification") == "classification":
+    if get_task(info.get("task", "classification")).uses_class_labels:
         own = FeatureFolderBags(cohort, labels)
         if not set(own.class_names) & set(checkpoint_classes(info)):
             return own

@@ -9,6 +9,8 @@
 * :func:`collect_comparison` — the table of a (partly) finished compare folder, without training.
 * :func:`paired_comparison` — per-fold paired differences of two patch embeddings, corrected t-test.
 * :func:`compute_metrics`, :func:`summarize`, :func:`format_summary` — :mod:`medmoe.engine.mil.metrics`.
+* :mod:`medmoe.engine.mil.tasks` — what a task decides (outputs, targets, loss, metrics, monitor, thresholds,
+  prediction columns, plots): ``classification``, ``survival``, ``multilabel``; ``register_task`` adds one.
 * :mod:`medmoe.engine.mil.survival` — discrete-time survival (``TrainConfig(task='survival')``): time bins,
   NLL loss, risks, Harrell's c-index.
 * :mod:`medmoe.engine.mil.multilabel` — several yes/no labels per slide (``TrainConfig(task='multilabel')``):

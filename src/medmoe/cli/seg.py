@@ -54,9 +54,9 @@ def _split(cases: list, val_fraction: float, seed: int) -> tuple[list, list]:
 @app.command("models")
 def models() -> None:
     """List the segmentation networks."""
-    from ..models.seg import list_seg_models
+    from ..registry import list_models
 
-    for name in list_seg_models():
+    for name in list_models(family="seg"):
         typer.echo(name)
 
 
@@ -110,7 +110,7 @@ def train(
     from ..engine.seg.inference import SLIDING_WINDOW_MODES
     from ..engine.seg.presets import list_seg_presets, resolve_seg_preset
     from ..engine.seg.training import DICE_AVERAGES, train_segmentation
-    from ..models.seg import create_seg_model
+    from ..registry import create_model
 
     try:
         _check_choices({"--preset": (preset.lower().replace("_", "-"), list_seg_presets()),
@@ -135,7 +135,7 @@ def train(
         if modality is None and mod != modality_from_names(info.modality):
             typer.echo(f"note: preset {chosen.name} uses modality {mod} (the data says "
                        f"{modality_from_names(info.modality)}); pass --modality to change it")
-        net = create_seg_model(model, in_channels=in_channels, num_classes=k, **parse_overrides(set_))
+        net = create_model(model, k, family="seg", in_channels=in_channels, **parse_overrides(set_))
         names = [info.label_names.get(i, str(i)) for i in range(k)]
         typer.echo(f"preset {chosen.name}: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps, batch {cfg.batch_size} "
                    f"x {tcfg.num_samples} crop(s) of {tcfg.roi_size}, augmentation {tcfg.augmentation}"
@@ -313,7 +313,7 @@ def run_seg_demo(
     from ..data.volumes import crop_case, load_volume_cases, validate_case
     from ..engine.seg.inference import predict_volumes
     from ..engine.seg.training import SegTrainConfig, evaluate_segmentation, train_segmentation
-    from ..models.seg import create_seg_model
+    from ..registry import create_model
 
     if dataset not in _DEMO:
         raise ValueError(f"--dataset must be one of {sorted(_DEMO)}")
@@ -342,7 +342,7 @@ def run_seg_demo(
     preds: dict[str, Path] = {}
     for name in models_:
         torch.manual_seed(seed)
-        net = create_seg_model(name, in_channels=1, num_classes=k)
+        net = create_model(name, k, family="seg", in_channels=1)
         cfg = SegTrainConfig(epochs=1, steps_per_epoch=steps, lr=lr, warmup_steps=max(1, steps // 10), val_every=0,
                              seed=seed, accelerator="cpu" if quick else "auto")
         t0 = time.perf_counter()

@@ -37,7 +37,9 @@ class ToyHooks(L.LoopHooks):
     """y = x . w + noise, batches drawn from the global torch RNG (so seeding and RNG restore matter)."""
 
     def __init__(self, scores=None):
-        self.scores = scores  # a fixed validation score per epoch (early-stopping tests), else minus the val loss
+        self.scores = (
+            scores  # a fixed validation score per epoch (early-stopping tests), else minus the val loss
+        )
         self.saved = []
         g = torch.Generator().manual_seed(0)
         self.x, self.xv = torch.randn(64, 4, generator=g), torch.randn(16, 4, generator=g)
@@ -73,8 +75,15 @@ class ToyHooks(L.LoopHooks):
 
 
 def _run(out, hooks=None, **kw):
-    settings = {"out_dir": out, "epochs": 5, "seed": 3, "signature": {"lr": 0.05, "model": "toy"}, "progress": False,
-                "scheduler_interval": "epoch", "grad_clip": 1.0}
+    settings = {
+        "out_dir": out,
+        "epochs": 5,
+        "seed": 3,
+        "signature": {"lr": 0.05, "model": "toy"},
+        "progress": False,
+        "scheduler_interval": "epoch",
+        "grad_clip": 1.0,
+    }
     settings.update(kw)
     hooks = hooks or ToyHooks()
     fabric = L.launch_fabric("cpu", 1, "32-true")
@@ -107,7 +116,9 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     b = load_trainer_state(tmp_path / "b" / "trainer_state.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = list(csv.DictReader((tmp_path / "b" / L.METRICS_CSV).read_text().splitlines()))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4] and {"train_loss", "val_loss", "best"} <= set(rows[0])
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4] and {"train_loss", "val_loss", "best"} <= set(
+        rows[0]
+    )
     # a finished run trains no more
     again, _ = _run(tmp_path / "b", resume=True)
     assert again.resumed_from == 5 and _strip(again.history) == _strip(straight.history)
@@ -118,11 +129,17 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):
     with pytest.raises(InputError, match=r"different settings \(lr: 0.05 in the folder, 0.1 now\)") as info:
         _run(tmp_path, epochs=1, resume=True, signature={"lr": 0.1, "model": "toy"})
     assert "--lr" in info.value.render(lambda k, v: f"--{k}") and "--overwrite" in info.value.render(
-        lambda k, v: f"--{k}")
+        lambda k, v: f"--{k}"
+    )
     # a normalisation may drop settings that cannot change the result
-    drop = lambda s: {k: v for k, v in s.items() if k != "progress_bar"}  # noqa: E731
-    _run(tmp_path, epochs=1, resume=True, signature={"lr": 0.05, "model": "toy", "progress_bar": 1},
-         normalize_signature=drop)
+    drop = lambda s: {k: v for k, v in s.items() if k != "progress_bar"}
+    _run(
+        tmp_path,
+        epochs=1,
+        resume=True,
+        signature={"lr": 0.05, "model": "toy", "progress_bar": 1},
+        normalize_signature=drop,
+    )
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
@@ -131,7 +148,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     c, _ = _run(tmp_path / "c", epochs=2, seed=4)
     assert _strip(a.history) == _strip(b.history) != _strip(c.history)
     # per-epoch seeding: epoch 2's draws do not depend on epoch 1's
-    seeding = L.Seeding(epoch_seed=lambda seed, epoch, rank: L.derive_seed(seed, epoch, rank), epoch_python=True)
+    seeding = L.Seeding(
+        epoch_seed=lambda seed, epoch, rank: L.derive_seed(seed, epoch, rank), epoch_python=True
+    )
     d, _ = _run(tmp_path / "d", epochs=2, seeding=seeding)
     assert _strip(d.history) != _strip(a.history)
 
@@ -140,7 +159,9 @@ def test_early_stopping_patience_and_min_epochs(tmp_path):
     scores = [0.5, 0.6, 0.6, 0.55, 0.58, 0.7]
     stop = L.EarlyStopping(L.Improvement(), patience=2)
     result, hooks = _run(tmp_path / "a", ToyHooks(scores), epochs=6, early_stopping=stop)
-    assert result.stopped_early and result.epochs_run == 4 and result.best_epoch == 1 and hooks.saved == [0, 1]
+    assert (
+        result.stopped_early and result.epochs_run == 4 and result.best_epoch == 1 and hooks.saved == [0, 1]
+    )
     assert [r["best"] for r in result.history] == [True, True, False, False]
     late = L.EarlyStopping(L.Improvement(), patience=2, min_epochs=6)
     result, _ = _run(tmp_path / "b", ToyHooks(scores), epochs=6, early_stopping=late)

@@ -139,7 +139,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = state["numpy"]
     np.random.set_state(
-        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
     )
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -404,15 +410,22 @@ class LoopHooks:
 # fabric
 
 
-def launch_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "32-true",
-                  strategy: Any = "auto") -> Any:
+def launch_fabric(
+    accelerator: str = "auto", devices: int = 1, precision: str = "32-true", strategy: Any = "auto"
+) -> Any:
     """A launched ``lightning_fabric.Fabric`` (``pip install lightning-fabric``, in every medmoe extra)."""
     try:
         from lightning_fabric import Fabric
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("training needs lightning-fabric: pip install 'medmoe[mil]' (or [seg], [vit])") from err
-    fabric = Fabric(accelerator=accelerator, devices=devices, precision=precision,  # type: ignore[arg-type]
-                    strategy=strategy)
+        raise ImportError(
+            "training needs lightning-fabric: pip install 'medmoe[mil]' (or [seg], [vit])"
+        ) from err
+    fabric = Fabric(
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,  # type: ignore[arg-type]
+        strategy=strategy,
+    )
     fabric.launch()
     return fabric
 
@@ -481,8 +494,15 @@ class TrainingLoop:
         self.finished = complete
         start = int(state["epoch"]) + 1
         if self.is_zero:
-            logger.info("resuming %s at %s %d (best %s at %s %d)", cfg.out_dir, cfg.unit, start + 1, self.best,
-                        cfg.unit, self.best_epoch + 1)
+            logger.info(
+                "resuming %s at %s %d (best %s at %s %d)",
+                cfg.out_dir,
+                cfg.unit,
+                start + 1,
+                self.best,
+                cfg.unit,
+                self.best_epoch + 1,
+            )
         return start
 
     def _check_signature(self, state: dict[str, Any]) -> None:
@@ -494,13 +514,16 @@ class TrainingLoop:
         old, new = cfg.normalize_signature(stored), cfg.normalize_signature(cfg.signature)
         if old == new:
             return
-        diffs, named = identity_differences(old, new) if isinstance(old, dict) and isinstance(new, dict) else (
-            [], {})
+        diffs, named = (
+            identity_differences(old, new) if isinstance(old, dict) and isinstance(new, dict) else ([], {})
+        )
         shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "") if diffs else "its settings differ"
         used = {k: v for k, v in named.items() if "{" + k + "}" in shown}
         raise InputError(
             f"{self.state_path} belongs to a run with different settings ({shown}); resume with the same "
-            "settings, use another {out_dir}, or start over with {overwrite}", out_dir=SETTING, overwrite=True,
+            "settings, use another {out_dir}, or start over with {overwrite}",
+            out_dir=SETTING,
+            overwrite=True,
             **used,
         )
 
@@ -508,7 +531,9 @@ class TrainingLoop:
         module = unwrap_model(self.model)
         state = module.state_dict()
         if self.config.state_trainable_only:
-            keep = {n for n, p in module.named_parameters() if p.requires_grad} | {n for n, _ in module.named_buffers()}
+            keep = {n for n, p in module.named_parameters() if p.requires_grad} | {
+                n for n, _ in module.named_buffers()
+            }
             state = {k: v for k, v in state.items() if k in keep}
         return {k: v.detach().cpu() for k, v in state.items()}
 
@@ -516,15 +541,21 @@ class TrainingLoop:
         module = unwrap_model(self.model)
         result = module.load_state_dict(state, strict=not self.config.state_trainable_only)
         if result.unexpected_keys:
-            raise InputError(f"{self.state_path} holds tensors this model does not have: "
-                             f"{result.unexpected_keys[:5]}; use another {{out_dir}}", out_dir=SETTING)
+            raise InputError(
+                f"{self.state_path} holds tensors this model does not have: "
+                f"{result.unexpected_keys[:5]}; use another {{out_dir}}",
+                out_dir=SETTING,
+            )
 
     # -- one epoch -------------------------------------------------------------------------------
 
     def _seed_epoch(self, epoch: int) -> None:
         seeding = self.config.seeding
         if seeding.epoch_seed is not None:
-            seed_all(seeding.epoch_seed(self.config.seed, epoch, self.fabric.global_rank), python=seeding.epoch_python)
+            seed_all(
+                seeding.epoch_seed(self.config.seed, epoch, self.fabric.global_rank),
+                python=seeding.epoch_python,
+            )
 
     def _train_epoch(self, epoch: int, t_start: float) -> tuple[list[StepOutput], bool]:
         """Run the epoch's batches; ``(step outputs, out of time)``."""
@@ -533,19 +564,27 @@ class TrainingLoop:
         outputs: list[StepOutput] = []
         batches = hooks.batches(self, epoch)
         total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        task = (self._progress.add_task(f"{cfg.unit} {epoch + 1}/{cfg.epochs}", total=total, info="")
-                if self._progress is not None else None)
+        task = (
+            self._progress.add_task(f"{cfg.unit} {epoch + 1}/{cfg.epochs}", total=total, info="")
+            if self._progress is not None
+            else None
+        )
         out_of_time = False
         for batch in batches:
             out = hooks.training_step(self, batch, epoch)
             number = self.step + 1 if cfg.global_step_in_messages else len(outputs) + 1
-            out.loss_value = check_finite_loss(out.loss, f"{cfg.unit} {epoch + 1}, step {number}{out.where}",
-                                               cfg.divergence_hint)
+            out.loss_value = check_finite_loss(
+                out.loss, f"{cfg.unit} {epoch + 1}, step {number}{out.where}", cfg.divergence_hint
+            )
             self.optimizer.zero_grad(set_to_none=True)
             fabric.backward(out.loss)
             if cfg.grad_clip:
-                fabric.clip_gradients(self.model, self.optimizer, max_norm=float(cfg.grad_clip),
-                                      error_if_nonfinite=cfg.clip_error_if_nonfinite)
+                fabric.clip_gradients(
+                    self.model,
+                    self.optimizer,
+                    max_norm=float(cfg.grad_clip),
+                    error_if_nonfinite=cfg.clip_error_if_nonfinite,
+                )
             out.values.setdefault("lr", self.optimizer.param_groups[0]["lr"])  # the lr this step used
             self.optimizer.step()
             hooks.after_step(self, batch)
@@ -560,7 +599,9 @@ class TrainingLoop:
                 break
         if task is not None:
             self._progress.remove_task(task)
-        check_finite_model(self.model, f"the end of {cfg.unit} {epoch + 1}", cfg.divergence_hint)  # never saved
+        check_finite_model(
+            self.model, f"the end of {cfg.unit} {epoch + 1}", cfg.divergence_hint
+        )  # never saved
         if self.scheduler is not None and cfg.scheduler_interval == "epoch":
             self.scheduler.step()
         return outputs, out_of_time
@@ -647,12 +688,21 @@ class TrainingLoop:
                 self._end_epoch(epoch, outputs, epoch == cfg.epochs - 1 or out_of_time, t0)
                 epoch += 1
                 if out_of_time:
-                    logger.info("stopping after %.1f s (max_seconds=%s)", time.perf_counter() - t_start,
-                                cfg.max_seconds)
+                    logger.info(
+                        "stopping after %.1f s (max_seconds=%s)",
+                        time.perf_counter() - t_start,
+                        cfg.max_seconds,
+                    )
                     break
             if self.stopped_early and self.is_zero:
-                logger.info("early stopping after %d %ss (best %s at %s %d)", len(self.history), cfg.unit,
-                            self.best, cfg.unit, self.best_epoch + 1)
+                logger.info(
+                    "early stopping after %d %ss (best %s at %s %d)",
+                    len(self.history),
+                    cfg.unit,
+                    self.best,
+                    cfg.unit,
+                    self.best_epoch + 1,
+                )
         except BaseException:
             status = "failed"
             raise
@@ -664,5 +714,14 @@ class TrainingLoop:
                     lg.finalize(status)
                 except Exception:  # pragma: no cover - logging must not hide the real error
                     logger.exception("logger finalisation failed")
-        return LoopResult(self.history, self.best, self.best_epoch, len(self.history), self.step,
-                          self.stopped_early, time.perf_counter() - t_start, start, out_of_time)
+        return LoopResult(
+            self.history,
+            self.best,
+            self.best_epoch,
+            len(self.history),
+            self.step,
+            self.stopped_early,
+            time.perf_counter() - t_start,
+            start,
+            out_of_time,
+        )

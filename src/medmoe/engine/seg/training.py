@@ -16,9 +16,12 @@
   class names, epoch and metrics; atomic, see :mod:`medmoe.engine.checkpoint`); without validation the
   last epoch is kept;
 * ``out_dir/metrics.csv`` one row per epoch; a rich progress bar on a terminal;
-* resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, history) after every
-  epoch, ``resume=True`` continues from it (the crop sampler is re-seeded from ``(seed, epoch)``, so a
-  resumed run sees the same crops as an uninterrupted one; bit-exactness is not promised);
+* resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, RNG states, history, the
+  run's settings) after every epoch, ``resume=True`` continues from it (the crop sampler is re-seeded from
+  ``(seed, epoch)``, so a resumed run sees the same crops as an uninterrupted one; bit-exactness is not
+  promised); a state written with other settings is refused, naming the differences;
+* the epoch loop, seeding, early stopping, checkpointing, resume and progress are the shared
+  :class:`~medmoe.engine.loop.TrainingLoop`; this module gives it its hooks (:class:`_SegHooks`);
 * a run folder with ``manifest.json`` written first (model, cases, transforms, settings): a non-empty
   ``out_dir`` needs ``resume`` (checked against the manifest before anything is written) or ``overwrite``
   (:mod:`medmoe.engine.runs`);

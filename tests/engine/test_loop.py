@@ -194,3 +194,10 @@ def test_divergence_names_the_unit_and_step(tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"round 1, step 1 \(batch 7\); lower it"):
         _run(tmp_path, Diverging(), unit="round", divergence_hint="lower it")
     assert not (tmp_path / L.CHECKPOINT_DIR).exists()
+
+
+def test_max_seconds_ends_the_run_after_a_step_and_validates_that_epoch(tmp_path):
+    result, hooks = _run(tmp_path, max_seconds=0.0)
+    assert result.out_of_time and result.steps == 1 and result.epochs_run == 1
+    assert "val_loss" in result.history[0] and hooks.saved == [0]
+    assert load_trainer_state(tmp_path / "trainer_state.pt")["epoch"] == 0

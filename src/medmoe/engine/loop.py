@@ -406,6 +406,10 @@ class LoopHooks:
         """Restore :meth:`state_dict` on resume."""
 
 
+def _mean_loss(outputs: Sequence[StepOutput]) -> float:
+    return float(np.mean([o.loss_value for o in outputs])) if outputs else float("nan")
+
+
 # ----------------------------------------------------------------------------------------------
 # fabric
 
@@ -625,6 +629,17 @@ class TrainingLoop:
         row["seconds"] = round(time.perf_counter() - t0, 3)
         self.history.append(row)
         done = epoch + 1
+        if self.is_zero:
+            score = "" if validation is None else f", monitored {validation.score:.4f}"
+            logger.info(
+                "%s %d/%d: loss %.4f%s%s",
+                cfg.unit,
+                done,
+                cfg.epochs,
+                _mean_loss(outputs),
+                score,
+                " (best)" if improved else "",
+            )
         if cfg.early_stopping.should_stop(done, cfg.epochs, self.bad_epochs):
             self.stopped_early = True
         if self.is_zero:

@@ -615,7 +615,6 @@ class _MosaicHooks(LoopHooks):
             metrics["teacher_val_acc_mean"] = mean_accuracies(tval, self.dims)["acc_all"]
         metrics.update({f"val_acc_{f}": m.acc for f, m in val.items()})
         self.val = val
-        logger.info("round %d: val mean ACC %.4f", epoch + 1, score)
         return Validation(score, metrics)
 
     def save_best(self, loop: TrainingLoop, epoch: int, row: dict[str, Any]) -> None:

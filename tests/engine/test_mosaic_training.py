@@ -278,8 +278,8 @@ def test_interrupted_run_resumed_ends_like_an_uninterrupted_one(tmp_path, monkey
         a, b = getattr(straight, which), getattr(resumed, which)
         assert {f: m.to_dict() for f, m in a.items()} == {f: m.to_dict() for f, m in b.items()}, which
     for teacher in (False, True):
-        ma, _ = load_mosaic_checkpoint(straight.checkpoint_dir, teacher=teacher)
-        mb, _ = load_mosaic_checkpoint(resumed.checkpoint_dir, teacher=teacher)
+        ma, _ = load_checkpoint(straight.checkpoint_dir, family="vit", teacher=teacher)
+        mb, _ = load_checkpoint(resumed.checkpoint_dir, family="vit", teacher=teacher)
         for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
             assert torch.equal(va, vb), k
     rows = list(csv.DictReader((tmp_path / "killed" / "metrics.csv").read_text().splitlines()))

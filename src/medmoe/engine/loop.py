@@ -442,7 +442,9 @@ class TrainingLoop:
     """One run of :class:`LoopHooks` under :class:`LoopConfig` (see the module docstring).
 
     Attributes available to the hooks: ``fabric``, ``config``, ``model``, ``optimizer``, ``scheduler``,
-    ``step`` (optimiser steps so far), ``history``, ``best``, ``best_epoch``, ``is_zero`` (rank 0).
+    ``step`` (optimiser steps so far), ``history``, ``best``, ``best_epoch``, ``is_zero`` (rank 0),
+    ``progress`` (the progress bar or ``None``), ``state_path`` and ``last_state`` (the trainer state last
+    written or resumed from).
     """
 
     def __init__(self, hooks: LoopHooks, config: LoopConfig, fabric: Any) -> None:
@@ -458,7 +460,7 @@ class TrainingLoop:
         self.best_epoch, self.bad_epochs, self.saved_epoch = -1, 0, -1
         self.stopped_early = self.finished = False
         self.last_state: dict[str, Any] | None = None
-        self._progress: Any = None
+        self.progress: Any = None
 
     # -- setup and resume ------------------------------------------------------------------------
 
@@ -569,8 +571,8 @@ class TrainingLoop:
         batches = hooks.batches(self, epoch)
         total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
         task = (
-            self._progress.add_task(f"{cfg.unit} {epoch + 1}/{cfg.epochs}", total=total, info="")
-            if self._progress is not None
+            self.progress.add_task(f"{cfg.unit} {epoch + 1}/{cfg.epochs}", total=total, info="")
+            if self.progress is not None
             else None
         )
         out_of_time = False
@@ -597,12 +599,12 @@ class TrainingLoop:
             self.step += 1
             outputs.append(out)
             if task is not None:
-                self._progress.update(task, advance=1, info=out.info or f"loss {out.loss_value:.4f}")
+                self.progress.update(task, advance=1, info=out.info or f"loss {out.loss_value:.4f}")
             if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
                 out_of_time = True
                 break
         if task is not None:
-            self._progress.remove_task(task)
+            self.progress.remove_task(task)
         check_finite_model(
             self.model, f"the end of {cfg.unit} {epoch + 1}", cfg.divergence_hint
         )  # never saved
@@ -622,7 +624,7 @@ class TrainingLoop:
             if improved:
                 self.best, self.best_epoch = validation.score, epoch
                 if self.is_zero:
-                    with writing(cfg.out_dir / CHECKPOINT_DIR, keep=self._kept()):
+                    with writing(cfg.out_dir / CHECKPOINT_DIR, keep=self.kept_message()):
                         hooks.save_best(self, epoch, row)
                     self.saved_epoch = epoch
         row["best"] = bool(improved)
@@ -649,8 +651,9 @@ class TrainingLoop:
         self.fabric.barrier()
         return row
 
-    def _kept(self, history: Sequence[dict[str, Any]] | None = None) -> str:
-        """What survives a failed write: the best checkpoint so far and the last saved trainer state."""
+    def kept_message(self, history: Sequence[dict[str, Any]] | None = None) -> str:
+        """What survives a failed write (for :func:`~medmoe.engine.runs.writing`): the best checkpoint so far
+        and the last saved trainer state (of ``history``, default: the whole history)."""
         unit = self.config.unit
         if self.saved_epoch < 0:
             return "no checkpoint had been saved yet"
@@ -676,7 +679,7 @@ class TrainingLoop:
             "rng": rng_state(),
             "hooks": self.hooks.state_dict(),
         }
-        with writing(self.state_path, keep=self._kept(self.history[:-1])):
+        with writing(self.state_path, keep=self.kept_message(self.history[:-1])):
             save_trainer_state(self.state_path, self.last_state)
             write_history_csv(cfg.out_dir / METRICS_CSV, self.history)
 
@@ -690,9 +693,9 @@ class TrainingLoop:
         self.model, self.optimizer, self.scheduler = parts.model, parts.optimizer, parts.scheduler
         start = self._resume()
         t_start = time.perf_counter()  # max_seconds counts the training, not the set-up
-        self._progress = training_progress(cfg.progress and self.is_zero)
-        if self._progress is not None:
-            self._progress.start()
+        self.progress = training_progress(cfg.progress and self.is_zero)
+        if self.progress is not None:
+            self.progress.start()
         status, out_of_time, epoch = "success", False, start
         try:
             while not (self.stopped_early or self.finished) and epoch < cfg.epochs:
@@ -722,8 +725,8 @@ class TrainingLoop:
             status = "failed"
             raise
         finally:
-            if self._progress is not None:
-                self._progress.stop()
+            if self.progress is not None:
+                self.progress.stop()
             for lg in cfg.loggers:
                 try:
                     lg.finalize(status)

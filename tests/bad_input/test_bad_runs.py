@@ -200,7 +200,7 @@ def test_read_only_output_folder(resume, data, run, tmp_path, monkeypatch):
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    from medmoe.engine.mil import trainer
+    from medmoe.engine import loop as trainer  # the training loop writes the trainer state
 
     target = tmp_path / "run"
     real = trainer.save_trainer_state

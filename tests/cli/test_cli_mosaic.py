@@ -141,3 +141,22 @@ def test_presets_set_the_protocol_and_flags_win(tmp_path):
                         ("--selection-metric", "auc"), ("--dataset-order", "alphabetical")):
         result = runner.invoke(app, [*args[:-4], "--accelerator", "cpu", "--out", str(tmp_path / "x"), flag, value])
         assert result.exit_code == 2 and flag in result.output, (flag, result.output)
+
+
+def test_train_resume_continues_a_run_and_refuses_other_settings(tmp_path):
+    """`mosaic train --resume` (the flag of `seg train` and `mil train`): without it a run folder is refused
+    (pointing to --resume and --overwrite), other settings are refused naming the flag, a finished run is
+    evaluated again (tests/engine/test_mosaic_training.py resumes an interrupted one)."""
+    out = tmp_path / "run"
+    args = ["mosaic", "train", "--demo", "--vit", "tiny", "--weights", "none", "--datasets", "pathmnist",
+            "--n-per-split", "16", "--batch-size", "8", "--out", str(out), "--accelerator", "cpu"]
+    result = runner.invoke(app, [*args, "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*args, "--rounds", "1"])
+    assert result.exit_code != 0 and "--resume" in result.output and "--overwrite" in result.output
+    result = runner.invoke(app, [*args, "--rounds", "1", "--lr", "0.01", "--resume"])
+    assert result.exit_code != 0 and "--lr" in result.output and "--resume" in result.output
+    result = runner.invoke(app, [*args, "--rounds", "1", "--resume"])  # finished: evaluated again
+    assert result.exit_code == 0, result.output
+    assert "best round 1/1" in result.output
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2

@@ -40,7 +40,7 @@ class Killed(BaseException):
 def die_after_saving(monkeypatch, saves: int) -> None:
     """Make the trainer raise :class:`Killed` right after writing its ``saves``-th trainer state
     (a kill between epochs); ``monkeypatch.undo()`` restores it."""
-    from medmoe.engine.mil import trainer
+    from medmoe.engine import loop as trainer  # the training loop writes the trainer state
 
     real = trainer.save_trainer_state
     calls = []

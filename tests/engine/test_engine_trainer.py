@@ -16,6 +16,7 @@ from medmoe.engine import (
 )
 from medmoe.engine.mil import trainer as T
 from medmoe.engine.mil.config import resolve_monitor
+from medmoe.engine.mil.inference import shard_indices
 from medmoe.engine.mil.tasks import classification
 
 
@@ -112,8 +113,8 @@ def test_class_weights_and_balanced_sampler():
     assert abs(frac_pos - 0.5) < 0.03
     assert T._epoch_order(labels, 2, False, 0, 1) == T._epoch_order(labels, 2, False, 0, 1)
     assert sorted(T._epoch_order(labels, 2, False, 0, 1)) == list(range(12))
-    assert T._shard(list(range(5)), 1, 2, pad=True) == [1, 3, 0]
-    assert T._shard(list(range(5)), 0, 2, pad=True) == [0, 2, 4]
+    assert shard_indices(list(range(5)), 1, 2, pad=True) == [1, 3, 0]
+    assert shard_indices(list(range(5)), 0, 2, pad=True) == [0, 2, 4]
 
 
 def test_imbalanced_options_and_aux_loss_model(tmp_path):

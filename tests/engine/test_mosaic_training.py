@@ -229,3 +229,70 @@ def test_checkpoint_saved_before_the_tokenizer_layernorm_loads_as_built(tmp_path
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, "pathmnist").logits, old(x, "pathmnist").logits)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def _tiny_mosaic(root):
+    flags = ["pathmnist", "nodulemnist3d"]
+    write_fake_medmnist(root, flags, 28, {"train": 32, "val": 16, "test": 16}, seed=2)
+    data = load_medmnist_data(root, flags, 28)
+    model_cfg = build_mosaic_config(flags, 28, vit=VisionTransformerConfig.tiny_test())
+    train_cfg = MosaicTrainConfig(rounds=3, batch_size=16, lr=3e-4, warmup_rounds=1, progress=False,
+                                  accelerator="cpu", seed=5)
+    return model_cfg, train_cfg, data
+
+
+def test_interrupted_run_resumed_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Killed after its first round and resumed, a run gives the history, checkpoint (student and teacher) and
+    test metrics of a run that was never interrupted; resuming the finished run only evaluates it again."""
+    from medmoe.engine import loop
+
+    model_cfg, train_cfg, data = _tiny_mosaic(tmp_path / "data")
+    straight = train_mosaic(model_cfg, train_cfg, data, tmp_path / "straight", weights="none")
+
+    real, calls = loop.save_trainer_state, []
+
+    def save_then_die(path, state):
+        real(path, state)
+        calls.append(state["epoch"])
+        if len(calls) == 1:
+            raise _Killed
+
+    monkeypatch.setattr(loop, "save_trainer_state", save_then_die)
+    with pytest.raises(_Killed):
+        train_mosaic(model_cfg, train_cfg, data, tmp_path / "killed", weights="none")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="already holds a mosaic run"):  # no silent restart without --resume
+        train_mosaic(model_cfg, train_cfg, data, tmp_path / "killed", weights="none")
+    resumed = train_mosaic(model_cfg, train_cfg, data, tmp_path / "killed", weights="none", resume=True)
+
+    def strip(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert strip(resumed.history) == strip(straight.history) and len(resumed.history) == 3
+    assert resumed.best_round == straight.best_round and resumed.stopped_early == straight.stopped_early
+    for which in ("test_metrics", "val_metrics", "test_metrics_teacher"):
+        a, b = getattr(straight, which), getattr(resumed, which)
+        assert {f: m.to_dict() for f, m in a.items()} == {f: m.to_dict() for f, m in b.items()}, which
+    for teacher in (False, True):
+        ma, _ = load_checkpoint(straight.checkpoint_dir, family="vit", teacher=teacher)
+        mb, _ = load_checkpoint(resumed.checkpoint_dir, family="vit", teacher=teacher)
+        for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+            assert torch.equal(va, vb), k
+    rows = list(csv.DictReader((tmp_path / "killed" / "metrics.csv").read_text().splitlines()))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+
+    again = train_mosaic(model_cfg, train_cfg, data, tmp_path / "killed", weights="none", resume=True)
+    assert strip(again.history) == strip(straight.history) and again.best_round == straight.best_round
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
+    model_cfg, train_cfg, data = _tiny_mosaic(tmp_path / "data")
+    one_round = MosaicTrainConfig(**{**train_cfg.__dict__, "rounds": 1})
+    train_mosaic(model_cfg, one_round, data, tmp_path / "run", weights="none")
+    other = MosaicTrainConfig(**{**one_round.__dict__, "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"lr: 0.0003 in the folder, 0.001 now"):
+        train_mosaic(model_cfg, other, data, tmp_path / "run", weights="none", resume=True)

@@ -143,3 +143,20 @@ def test_bad_inputs_fail_before_training(data, tmp_path):
         train_segmentation(create_seg_model("unet.small", 2, 3), data.cases, [], TCFG, cfg, tmp_path / "bad")
     with pytest.raises(ValueError, match="precision"):
         SegTrainConfig(precision="fp8")
+
+
+def test_resume_refuses_a_trainer_state_of_other_settings(data, tmp_path):
+    """The run folder's manifest is checked first; the trainer state must record the same settings too (a state
+    copied from another run is refused, naming what differs)."""
+    from medmoe.engine.checkpoint import load_trainer_state, save_trainer_state
+
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=1, progress=False, hd95=False, accelerator="cpu")
+    train_segmentation(create_seg_model("unet.small", 1, 3), data.cases[:1], [], TCFG, cfg, tmp_path / "run")
+    state_path = tmp_path / "run" / "trainer_state.pt"
+    state = load_trainer_state(state_path)
+    assert state["signature"]["train_config"]["lr"] == cfg.lr and state["epoch"] == 0
+    state["signature"]["train_config"]["lr"] = 0.5
+    save_trainer_state(state_path, state)
+    with pytest.raises(ValueError, match=r"different settings \(lr: 0.5 in the folder, 0.0001 now\)"):
+        train_segmentation(create_seg_model("unet.small", 1, 3), data.cases[:1], [], TCFG,
+                           SegTrainConfig(**{**cfg.__dict__, "epochs": 2}), tmp_path / "run", resume=True)

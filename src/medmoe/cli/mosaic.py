@@ -88,7 +88,10 @@ def train(
     seed: int = typer.Option(None),
     accelerator: str = typer.Option("auto"),
     precision: str = typer.Option(None, help="auto (bf16 on CUDA) | 32-true (fp32, the reference) | bf16-mixed ..."),
-    out: Path = typer.Option(Path("runs/mosaic"), help="Run folder (a new or empty folder unless --overwrite)."),
+    out: Path = typer.Option(Path("runs/mosaic"), help="Run folder (a new or empty folder unless --resume or "
+                             "--overwrite)."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same model, data and settings: "
+                                "checked against its manifest.json before anything is written)."),
     overwrite: bool = typer.Option(False, help="--out holds an earlier run: delete it first and start over."),
     demo: bool = typer.Option(False, help="Write SYNTHETIC fixtures for the datasets into OUT/synthetic_data and train on them."),
     n_per_split: int = typer.Option(48, help="--demo: samples per split."),
@@ -168,7 +171,7 @@ def train(
         train_cfg = MosaicTrainConfig(**train_kwargs, max_steps_per_dataset=max_steps, accelerator=accelerator)
         seed = train_cfg.seed
         if demo:  # every argument is checked first: a refused demo writes nothing
-            check_run_folder(out, overwrite=overwrite, allow=demo_data, resumable=False)
+            check_run_folder(out, resume=resume, overwrite=overwrite, allow=demo_data)
             data = out / "synthetic_data"
             write_fake_medmnist(data, flags, size, n_per_split, seed=seed)
             note = SYNTHETIC_NOTE
@@ -181,7 +184,7 @@ def train(
         if str(weights).lower() == "none":
             typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)
         result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note,
-                              overwrite=overwrite, allow=demo_data)
+                              overwrite=overwrite, allow=demo_data, resume=resume)
     except (ValueError, RuntimeError, MedMNISTFileError, ViTWeightsError) as err:
         fail(err)
     dims = {t.name: t.spatial_dims for t in model_cfg.tasks}

@@ -1,5 +1,8 @@
 """Training and evaluation of MIL models: Lightning Fabric loop, metrics, checkpoints, cross-validation.
 
+* :class:`TrainingLoop`, :class:`LoopHooks`, :class:`LoopConfig` — the one Fabric training loop every pipeline
+  trains through (seeding, resume with a settings check, early stopping, checkpoints, metrics CSV, loggers):
+  :mod:`medmoe.engine.loop`.
 * :class:`TrainConfig` — every training setting (AdamW, warm-up + cosine, clipping, early stopping, ...).
 * :func:`train_one_fold`, :func:`evaluate` — :mod:`medmoe.engine.mil.trainer`.
 * :func:`predict`, :func:`predict_ensemble` (every fold of a run) — :mod:`medmoe.engine.mil.prediction`.
@@ -49,11 +52,14 @@ __all__ = [
     "ComparisonResult",
     "EvalResult",
     "FoldResult",
+    "LoopConfig",
+    "LoopHooks",
     "MosaicResult",
     "MosaicTrainConfig",
     "SegTrainConfig",
     "SlideEmbeddings",
     "TrainConfig",
+    "TrainingLoop",
     "build_mosaic_config",
     "collect_comparison",
     "compare",
@@ -97,6 +103,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "TrainingLoop": "loop",
+    "LoopHooks": "loop",
+    "LoopConfig": "loop",
     "train_segmentation": "seg.training",
     "evaluate_segmentation": "seg.training",
     "SegTrainConfig": "seg.training",

@@ -56,6 +56,7 @@ __all__ = [
     "check_run_folder",
     "data_identity",
     "fingerprint",
+    "identity_differences",
     "manifest_checkpoints",
     "read_manifest",
     "start_run_folder",
@@ -158,6 +159,14 @@ class RunManifest:
                     "split_hashes": {**old_h, **new_h}}
         members = [*self.members, *(m for m in other.members if m not in self.members)]
         return RunManifest(self.kind, identity, members, self.medmoe_version, self.created)
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The differences of the run identity (or settings) ``new`` from ``old``, one per setting, and the settings
+    they name: ``(["{lr}: 0.0001 in the folder, 0.01 now"], {"lr": SETTING})`` (see
+    :meth:`RunManifest.differences`; the training loop's resume check uses it on trainer states)."""
+    settings: dict[str, Any] = {}
+    return _differences(_jsonable(old), _jsonable(new), "", settings), settings
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, settings: dict[str, Any]) -> list[str]:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .inference import infer_logits, with_feature_stats
 from .tasks import get_task
 from .tasks.base import checkpoint_output_names
-from .trainer import _infer, _with_stats
 
 __all__ = ["check_feature_dim", "load_for_inference", "predict", "predict_ensemble", "run_checkpoints"]
 
@@ -69,9 +69,9 @@ def _outputs(
     checkpoint's feature statistics)."""
     model, info = load_for_inference(checkpoint_dir, dataset, device)
     info = {**info, "num_outputs": model.config.num_classes}
-    logits, _ = _infer(
+    logits, _ = infer_logits(
         model,
-        _with_stats(dataset, info.get("feature_stats")),
+        with_feature_stats(dataset, info.get("feature_stats")),
         batch_size=batch_size,
         device=torch.device(device),
     )

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .inference import bag_loader, with_feature_stats
 from .prediction import load_for_inference
 from .tasks import get_task
-from .trainer import _loader, _with_stats
 
 __all__ = [
     "SLIDE_EMBEDDING_FORMATS",
@@ -97,10 +97,10 @@ def embed_slides(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model, info = load_for_inference(checkpoint_dir, dataset, device)
-    data = _with_stats(dataset, info.get("feature_stats"))
+    data = with_feature_stats(dataset, info.get("feature_stats"))
     model.eval()
     parts: list[Tensor] = []
-    for batch in _loader(data, range(len(data)), batch_size, 0, seed=0):
+    for batch in bag_loader(data, range(len(data)), batch_size, 0, seed=0):
         batch = batch.to(torch.device(device))
         out = model(batch.x, batch.mask)
         if out.slide_features is None:

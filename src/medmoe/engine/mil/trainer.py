@@ -51,40 +51,51 @@ import io
 import json
 import logging
 import math
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ...data.bags import Standardize, SubsampledCollate, collate_bags, feature_mean_std
-from ...errors import SETTING, InputError
+from ...data.bags import SubsampledCollate, collate_bags, feature_mean_std
 from ...nn.dropout import fast_dropout
 from ...registry import create_model
 from ..checkpoint import (
-    TRAINER_STATE_NAME,
     CheckpointError,
     atomic_write_text,
     finished_trainer_state,
     load_checkpoint,
-    load_trainer_state,
     read_checkpoint_info,
     save_checkpoint,
     save_trainer_state,
     unwrap_model,
 )
-from ..divergence import check_finite_loss, check_finite_model
+from ..loop import (
+    CHECKPOINT_DIR,
+    METRICS_CSV,
+    EarlyStopping,
+    Improvement,
+    LoopConfig,
+    LoopHooks,
+    LoopParts,
+    LoopResult,
+    Seeding,
+    StepOutput,
+    TrainingLoop,
+    Validation,
+    derive_seed,
+)
 from ..optim import make_optimizer
 from ..precision import resolve_precision
-from ..run_logging import training_progress, write_history_csv
+from ..run_logging import make_loggers
 from ..runs import writing
+from ..schedules import WarmupCosine
 from .config import TrainConfig
+from .inference import bag_loader, infer_logits, shard_indices, with_feature_stats
 from .tasks import Task, get_task
 from .tasks.base import TEST_PREDICTIONS_CSV
 from .thresholds import THRESHOLDS_KEY, DecisionThresholds
@@ -105,8 +116,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
-METRICS_CSV = "metrics.csv"
 FOLD_RESULT_JSON = "fold_result.json"
 #: The best checkpoint's prediction for every test bag (the task's columns, e.g. ``bag_id, label,
 #: prob_<class>...``, or for survival ``bag_id, time, event, risk``): :data:`TEST_PREDICTIONS_CSV`.
@@ -171,77 +180,6 @@ class EvalResult(NamedTuple):
 # schedule, seeds, fabric
 
 
-class WarmupCosine:
-    """Learning-rate factor for :class:`torch.optim.lr_scheduler.LambdaLR`.
-
-    ``factor(t) = (t + 1) / warmup`` for ``t < warmup`` (linear warm-up), then
-    ``m + (1 - m) * (1 + cos(pi * p)) / 2`` with ``p = (t - warmup) / (total - warmup)`` clipped to 1 and
-    ``m = min_lr / lr``: cosine decay from ``lr`` to ``min_lr``. ``t`` counts optimiser steps or epochs.
-    With ``warmup = 0`` and epoch stepping this is ``CosineAnnealingLR(T_max=total, eta_min=min_lr)``.
-    """
-
-    def __init__(self, total: int, warmup: int, lr: float, min_lr: float) -> None:
-        self.total = int(total)
-        self.warmup = int(warmup)
-        self.floor = float(min_lr) / float(lr)
-
-    def __call__(self, t: int) -> float:
-        if t < self.warmup:
-            return (t + 1) / self.warmup
-        span = max(1, self.total - self.warmup)
-        p = min(1.0, (t - self.warmup) / span)
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def _derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed from ``seed`` and integer keys (numpy's SeedSequence: well mixed, stable)."""
-    ss = np.random.SeedSequence([int(seed), *[int(k) for k in keys]])
-    lo, hi = (int(v) for v in ss.generate_state(2, dtype=np.uint32))
-    return (lo | (hi << 32)) & ((1 << 63) - 1)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {
-            "kind": np_state[0],
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = state["numpy"]
-    np.random.set_state(
-        (
-            npst["kind"],
-            npst["keys"].numpy().astype(np.uint32),
-            npst["pos"],
-            npst["has_gauss"],
-            npst["cached_gaussian"],
-        )
-    )
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 _FABRICS: dict[tuple[Any, ...], Any] = {}
 
 
@@ -291,28 +229,6 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
 # data helpers
 
 
-class _Chain:
-    """Apply ``first`` then ``second`` (picklable for DataLoader workers)."""
-
-    def __init__(self, first: Callable[[Tensor], Tensor], second: Callable[[Tensor], Tensor]) -> None:
-        self.first, self.second = first, second
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.second(self.first(x))
-
-
-def _with_stats(dataset: Any, stats: dict[str, Any] | None) -> Any:
-    """``dataset`` with :class:`Standardize` appended to its transform (unchanged when no stats)."""
-    if dataset is None or stats is None:
-        return dataset
-    std = Standardize(
-        torch.as_tensor(stats["mean"], dtype=torch.float32),
-        torch.as_tensor(stats["std"], dtype=torch.float32),
-    )
-    current = getattr(dataset, "transform", None)
-    return dataset.with_transform(std if current is None else _Chain(current, std))
-
-
 def _check_dataset(name: str, dataset: Any, num_classes: int | None, feature_dim: int | None) -> None:
     for attr in ("labels", "bag_ids", "num_classes", "feature_dim", "class_names"):
         if not hasattr(dataset, attr):
@@ -330,31 +246,10 @@ def _check_dataset(name: str, dataset: Any, num_classes: int | None, feature_dim
         )
 
 
-def _loader(
-    dataset: Any,
-    indices: Sequence[int],
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-    collate: Callable[[Sequence[Any]], Any] = collate_bags,
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=list(indices),
-        collate_fn=collate,
-        num_workers=num_workers,
-        generator=generator,
-        persistent_workers=False,
-        pin_memory=False,
-    )
-
-
 def _epoch_order(labels: Sequence[int], num_classes: int, balanced: bool, seed: int, epoch: int) -> list[int]:
     """The epoch's bag order: a seeded permutation, or class-balanced draws with replacement
     (what :class:`torch.utils.data.WeightedRandomSampler` does with weights ``1 / n_class``)."""
-    g = torch.Generator().manual_seed(_derive_seed(seed, epoch, 17))
+    g = torch.Generator().manual_seed(derive_seed(seed, epoch, 17))
     n = len(labels)
     if not balanced:
         return torch.randperm(n, generator=g).tolist()
@@ -363,73 +258,8 @@ def _epoch_order(labels: Sequence[int], num_classes: int, balanced: bool, seed: 
     return torch.multinomial(weights, n, replacement=True, generator=g).tolist()
 
 
-def _shard(order: list[int], rank: int, world: int, pad: bool) -> list[int]:
-    """Rank ``rank``'s bags ``order[rank::world]``; with ``pad``, wrapped to ``ceil(n / world)``."""
-    if world == 1:
-        return list(order)
-    shard = order[rank::world]
-    if pad:
-        per_rank = math.ceil(len(order) / world)
-        k = 0
-        while len(shard) < per_rank:
-            shard.append(order[k % len(order)])
-            k += 1
-    return shard
-
-
 # ----------------------------------------------------------------------------------------------
 # inference
-
-
-@torch.no_grad()
-def _infer(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    batch_size: int,
-    device: torch.device,
-    num_workers: int = 0,
-    fabric: Fabric | None = None,
-    progress: Any = None,
-    description: str = "eval",
-) -> tuple[Tensor, Tensor]:
-    """Float32 logits ``(n, C)`` and labels ``(n,)`` of every bag on the CPU, in dataset order
-    (DDP-sharded and gathered when ``fabric`` runs several processes)."""
-    n = len(dataset)
-    world = fabric.world_size if fabric is not None else 1
-    rank = fabric.global_rank if fabric is not None else 0
-    shard = _shard(list(range(n)), rank, world, pad=True)
-    was_training = model.training
-    model.eval()
-    logit_parts: list[Tensor] = []
-    loader = _loader(dataset, shard, batch_size, num_workers, seed=0)
-    task = progress.add_task(description, total=len(loader), info="") if progress is not None else None
-    for batch in loader:
-        batch = batch.to(device)
-        x = batch.x
-        if fabric is not None:
-            x = fabric.strategy.precision.convert_input(x)
-            with fabric.autocast():
-                out = model(x, batch.mask)
-        else:
-            out = model(x, batch.mask)
-        logit_parts.append(out.logits.float())
-        if task is not None:
-            progress.advance(task)
-    if task is not None:
-        progress.remove_task(task)
-    model.train(was_training)
-    logits = torch.cat(logit_parts, 0)
-    if world > 1:
-        assert fabric is not None
-        gathered = fabric.all_gather(logits)  # (world, ceil(n / world), C)
-        full = torch.empty(n, logits.shape[1], device=logits.device)
-        for r in range(world):
-            count = len(range(r, n, world))
-            full[r::world] = gathered[r, :count]
-        logits = full
-    labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-    return logits.float().cpu(), labels
 
 
 def evaluate(
@@ -481,7 +311,7 @@ def evaluate(
         survival ``c_index`` and ``loss`` (mean NLL) with ``probs`` the survival curves; multi-label: those of
         :func:`~medmoe.engine.mil.multilabel.multilabel_metrics` with ``probs`` the ``(n, L)`` label probabilities.
     """
-    dataset = _with_stats(dataset, feature_stats)
+    dataset = with_feature_stats(dataset, feature_stats)
     raw = unwrap_model(model)
     if fabric is not None:
         dev = fabric.device
@@ -495,7 +325,7 @@ def evaluate(
     if survival_bin_edges is not None:
         state["survival_bin_edges"] = list(survival_bin_edges)
     the_task.check_evaluation_set(dataset, raw.config.num_classes)
-    logits, labels = _infer(
+    logits, labels = infer_logits(
         raw, dataset, batch_size=batch_size, device=dev, num_workers=num_workers, fabric=fabric
     )
     values = thresholds.values if isinstance(thresholds, DecisionThresholds) else thresholds
@@ -504,75 +334,128 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------
-# logging helpers
-
-
-class _MLflowLogger:
-    """Minimal MLflow adapter: logs params once and metrics per epoch into the active (or a new) run."""
-
-    def __init__(self, run_name: str, params: dict[str, Any]) -> None:
-        import mlflow
-
-        self._mlflow = mlflow
-        self._own_run = mlflow.active_run() is None
-        if self._own_run:
-            mlflow.start_run(run_name=run_name)
-        mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._mlflow.log_metrics(
-            {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(v)}, step=step
-        )
-
-    def finalize(self, status: str) -> None:
-        if self._own_run:
-            self._mlflow.end_run()
-
-
-class _TensorBoardLogger:
-    def __init__(self, root: Path) -> None:
-        from lightning_fabric.loggers import TensorBoardLogger
-
-        self._logger = TensorBoardLogger(root_dir=str(root), name="tensorboard")
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-
-    def finalize(self, status: str) -> None:
-        self._logger.finalize(status)
-
-
-def _make_loggers(cfg: TrainConfig, out_dir: Path, params: dict[str, Any]) -> list[Any]:
-    import importlib.util
-
-    loggers: list[Any] = []
-    for name in cfg.loggers:
-        if name == "tensorboard":
-            if (
-                importlib.util.find_spec("tensorboard") is None
-                and importlib.util.find_spec("tensorboardX") is None
-            ):
-                logger.warning("TensorBoard logging requested but tensorboard is not installed; skipping it")
-                continue
-            loggers.append(_TensorBoardLogger(out_dir))
-        elif name == "mlflow":
-            if importlib.util.find_spec("mlflow") is None:
-                logger.warning("MLflow logging requested but mlflow is not installed; skipping it")
-                continue
-            loggers.append(_MLflowLogger(out_dir.name, params))
-    return loggers
-
-
-# ----------------------------------------------------------------------------------------------
 # training
 
 
-def _is_better(value: float, best: float | None, maximize: bool) -> bool:
-    if math.isnan(value):
-        return best is None
-    if best is None or math.isnan(best):
-        return True
-    return value > best if maximize else value < best
+class _BagBatches:
+    """The epoch's training batches on the device, timing how long the loop waits for them (reading,
+    collating and moving bags): ``wait`` seconds."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device, self.wait = loader, device, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                return
+            batch = batch.to(self.device)
+            self.wait += time.perf_counter() - t_wait
+            yield batch
+
+
+class _MILHooks(LoopHooks):
+    """MIL on :class:`~medmoe.engine.loop.TrainingLoop`: bags in a seeded order sharded over processes, the
+    task's targets and loss, warm-up + cosine per step or per epoch, the task's monitor on the validation set."""
+
+    def __init__(self, model_name: str, model_overrides: dict[str, Any], train_set: Any, val_set: Any,
+                 cfg: TrainConfig, task: Task, task_state: dict[str, Any], monitor: str,
+                 extra_base: dict[str, Any]) -> None:
+        self.model_name, self.model_overrides, self.cfg = model_name, model_overrides, cfg
+        self.train_set, self.task, self.task_state, self.monitor = train_set, task, task_state, monitor
+        self.val_set, self.extra_base = val_set, extra_base  # what every checkpoint's config.json records
+        self.val_metrics: dict[str, float] = {}
+
+    def setup(self, loop: TrainingLoop) -> LoopParts:
+        cfg, fabric, train_set = self.cfg, loop.fabric, self.train_set
+        # features: standardisation fitted on the training bags only
+        self.feature_stats = None
+        if cfg.standardize_features:
+            mean, std = feature_mean_std(train_set)
+            self.feature_stats = {"mean": mean.tolist(), "std": std.tolist()}
+        self.extra_base["feature_stats"] = self.feature_stats
+        self.train_ds = with_feature_stats(train_set, self.feature_stats)
+        self.val_ds = with_feature_stats(self.val_set, self.feature_stats)
+        # e.g. one output per class; survival: one hazard per time bin; multi-label: one logit per label
+        self.outputs = self.task.num_outputs(train_set, cfg)
+        model = create_model(self.model_name, num_classes=self.outputs, in_dim=train_set.feature_dim,
+                             **self.model_overrides)
+        self.task.check_model(model, self.model_name)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.labels = list(train_set.labels)
+        steps_per_epoch = math.ceil(math.ceil(len(self.labels) / fabric.world_size) / cfg.batch_size)
+        if cfg.scheduler_interval == "step":
+            schedule = WarmupCosine(
+                cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr
+            )
+        else:
+            schedule = WarmupCosine(cfg.epochs, round(cfg.warmup_epochs), cfg.lr, cfg.min_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        model_f, optimizer_f = fabric.setup(model, optimizer)
+        self.objective = self.task.objective(train_set, cfg, self.task_state, fabric.device)  # targets, loss
+        return LoopParts(model_f, optimizer_f, scheduler)
+
+    def batches(self, loop: TrainingLoop, epoch: int) -> _BagBatches:
+        cfg, rank = self.cfg, loop.fabric.global_rank
+        order = _epoch_order(self.labels, self.train_set.num_classes, cfg.balanced_sampling, cfg.seed, epoch)
+        shard = shard_indices(order, rank, loop.fabric.world_size, pad=True)
+        collate = (SubsampledCollate(cfg.max_instances, derive_seed(cfg.seed, epoch, 3000)) if cfg.max_instances
+                   else collate_bags)
+        loader = bag_loader(self.train_ds, shard, cfg.batch_size, cfg.num_workers,
+                            seed=derive_seed(cfg.seed, epoch, 2000 + rank), collate=collate)
+        self.t_train = time.perf_counter()
+        self.epoch_batches = _BagBatches(loader, loop.fabric.device)
+        return self.epoch_batches
+
+    def training_step(self, loop: TrainingLoop, batch: Any, epoch: int) -> StepOutput:
+        x = batch.x
+        if self.cfg.feature_dropout > 0:
+            x = fast_dropout(x, self.cfg.feature_dropout)
+        # the label auxiliary losses (CLAM, DTFD) see: the class, the survival time bin or none
+        label, target = self.objective.targets(batch)
+        out = loop.model(x, batch.mask) if label is None else loop.model(x, batch.mask, label=label)
+        loss = out.total_loss(self.objective.loss(out.logits, target))
+        return StepOutput(loss, {"bags": len(batch)}, where=f" (bags {batch.bag_ids})")
+
+    def end_of_epoch(self, loop: TrainingLoop, epoch: int, outputs: list[StepOutput]) -> dict[str, Any]:
+        train_seconds = time.perf_counter() - self.t_train
+        loss_sum, count = 0.0, 0
+        for out in outputs:
+            loss_sum += out.loss_value * out.values["bags"]
+            count += int(out.values["bags"])
+        train_loss = loss_sum / max(count, 1)
+        fabric = loop.fabric
+        if fabric.world_size > 1:
+            mean_loss = torch.tensor(train_loss, dtype=torch.float32, device=fabric.device)
+            train_loss = float(fabric.all_reduce(mean_loss, reduce_op="mean"))
+        return {
+            "epoch": epoch,
+            "lr": outputs[-1].values["lr"] if outputs else loop.optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_seconds": round(train_seconds, 4),
+            "data_wait_seconds": round(self.epoch_batches.wait, 4),
+        }
+
+    def validation(self, loop: TrainingLoop, epoch: int, is_last: bool) -> Validation:
+        if self.val_ds is None:
+            self.val_metrics = {}
+            return Validation(float(epoch))  # no validation: the last epoch is the best
+        cfg = self.cfg
+        logits, _ = infer_logits(unwrap_model(loop.model), self.val_ds, batch_size=cfg.eval_bs,
+                                 device=loop.fabric.device, num_workers=cfg.num_workers, fabric=loop.fabric,
+                                 progress=loop.progress, description="validation")
+        self.val_metrics = self.task.metrics(logits, self.val_ds, self.task_state, level=cfg.metrics_level, cfg=cfg)
+        return Validation(self.val_metrics[self.monitor], {f"val_{k}": v for k, v in self.val_metrics.items()})
+
+    def save_best(self, loop: TrainingLoop, epoch: int, row: dict[str, Any]) -> None:
+        save_checkpoint(loop.config.out_dir / CHECKPOINT_DIR, loop.model,
+                        {**self.extra_base, "epoch": epoch, "metrics": {"val": self.val_metrics}})
 
 
 def train_one_fold(
@@ -602,8 +485,9 @@ def train_one_fold(
             ``fold_result.json``.
         model_overrides: config overrides for :func:`medmoe.create_model` (e.g. ``embed_dim=64``,
             ``patch_embed='mammoth'``, ``patch_embed_args={'num_experts': 4}``).
-        resume: continue from ``out_dir/trainer_state.pt`` if it exists (same settings required); a
-            finished run is only re-evaluated. Without ``resume`` an existing state is overwritten.
+        resume: continue from ``out_dir/trainer_state.pt`` if it exists (same settings required: a
+            difference is refused, naming it); a finished run is only re-evaluated. Without ``resume`` an
+            existing state is overwritten.
         split_hash: identifier of the data split, stored in the checkpoint.
         fabric: a launched Fabric to use instead of one built from ``cfg``.
 
@@ -616,6 +500,53 @@ def train_one_fold(
         val_set = None
     if test_set is not None and len(test_set) == 0:
         test_set = None
+    task = _check_fold(train_set, val_set, test_set, cfg, model_overrides)
+    task_state = task.fit(train_set, cfg)  # e.g. the survival time bins, cut on the training fold
+
+    fabric = fabric if fabric is not None else make_fabric(cfg)
+    if fabric.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    fabric.barrier()
+    monitor, maximize = (
+        task.resolve_monitor(cfg.early_stopping, train_set.num_classes) if val_set is not None else ("none", True)
+    )
+    signature = {
+        "model_name": model_name,
+        "model_overrides": json.loads(json.dumps(model_overrides, default=str)),
+        "train_config": cfg.to_dict(),
+        "train_bags": list(train_set.bag_ids),
+        "world_size": fabric.world_size,
+    }
+    extra_base: dict[str, Any] = {
+        "seed": cfg.seed,
+        "split_hash": split_hash,
+        "class_names": task.output_names(train_set),
+        "feature_stats": None,  # fitted on the training bags in setup
+        "train_config": cfg.to_dict(),
+        "model_overrides": signature["model_overrides"],
+        "monitor": monitor,
+        "task": cfg.task,
+        **task_state,
+    }
+    hooks = _MILHooks(model_name, model_overrides, train_set, val_set, cfg, task, task_state, monitor, extra_base)
+    loggers = (make_loggers(cfg.loggers, out_dir, {"model_name": model_name, **cfg.to_dict()})
+               if fabric.is_global_zero else [])
+    stopping = EarlyStopping(Improvement(maximize), patience=cfg.patience if val_set is not None else None,
+                             min_epochs=cfg.min_epochs, stop_at_last=False)
+    loop = TrainingLoop(hooks, LoopConfig(
+        out_dir=out_dir, epochs=cfg.epochs, seed=cfg.seed, signature=signature, resume=resume,
+        seeding=Seeding(start="fabric", epoch_seed=_epoch_seed, epoch_python=True), early_stopping=stopping,
+        scheduler_interval=cfg.scheduler_interval, grad_clip=cfg.grad_clip, clip_error_if_nonfinite=False,
+        progress=cfg.progress, loggers=loggers, normalize_signature=_resume_signature,
+        divergence_hint=_divergence_hint(cfg),
+    ), fabric)
+    run = loop.run()
+    return _final_evaluation(loop, hooks, run, test_set, monitor)
+
+
+def _check_fold(train_set: Any, val_set: Any, test_set: Any, cfg: TrainConfig,
+                model_overrides: dict[str, Any]) -> Task:
+    """Check the three bag sets against each other and the task (picked once here); return the task."""
     _check_dataset("train_set", train_set, None, None)
     num_classes, in_dim = train_set.num_classes, train_set.feature_dim
     task = get_task(cfg.task)  # classification, survival, multilabel, ...: every task branch lives there
@@ -629,344 +560,68 @@ def train_one_fold(
         )
     for name, ds in (("val_set", val_set), ("test_set", test_set)):
         task.check_dataset(name, ds, train_set)
-    task_state = task.fit(train_set, cfg)  # e.g. the survival time bins, cut on the training fold
+    return task
 
-    fabric = fabric if fabric is not None else make_fabric(cfg)
-    rank, world, is_zero = fabric.global_rank, fabric.world_size, fabric.is_global_zero
-    device = fabric.device
-    if is_zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    fabric.barrier()
-    monitor, maximize = (
-        task.resolve_monitor(cfg.early_stopping, num_classes) if val_set is not None else ("none", True)
-    )
-    state_path = out_dir / TRAINER_STATE_NAME
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """MIL's per-epoch seed of the global generators (python, numpy, torch): ``(seed, epoch, 1000 + rank)``."""
+    return derive_seed(seed, epoch, 1000 + rank)
+
+
+def _final_evaluation(loop: TrainingLoop, hooks: _MILHooks, run: LoopResult, test_set: Any,
+                      monitor: str) -> FoldResult:
+    """The best checkpoint's validation and test metrics, the decision thresholds (chosen on the validation
+    outputs only), the checkpoint saved again with them, ``test_predictions.csv``, ``fold_result.json`` and
+    the finished run's slim trainer state."""
+    cfg, fabric, task, task_state = hooks.cfg, loop.fabric, hooks.task, hooks.task_state
+    out_dir, is_zero = loop.config.out_dir, loop.is_zero
     ckpt_dir = out_dir / CHECKPOINT_DIR
+    model = unwrap_model(loop.model)
+    test_ds, val_ds = with_feature_stats(test_set, hooks.feature_stats), hooks.val_ds
+    fabric.barrier()
+    if not (ckpt_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"no best checkpoint in {ckpt_dir}; the run did not complete an epoch")
+    best_model, _ = load_checkpoint(ckpt_dir)
+    model.load_state_dict(best_model.state_dict())
 
-    fabric.seed_everything(cfg.seed, workers=False, verbose=False)
+    def best_logits(ds: Any) -> Tensor:
+        return infer_logits(model, ds, batch_size=cfg.eval_bs, device=fabric.device, num_workers=cfg.num_workers,
+                            fabric=fabric)[0]
 
-    # features: standardisation fitted on the training bags only
-    feature_stats = None
-    if cfg.standardize_features:
-        mean, std = feature_mean_std(train_set)
-        feature_stats = {"mean": mean.tolist(), "std": std.tolist()}
-    train_ds = _with_stats(train_set, feature_stats)
-    val_ds = _with_stats(val_set, feature_stats)
-    test_ds = _with_stats(test_set, feature_stats)
+    def metrics(logits: Tensor, ds: Any, thresholds: DecisionThresholds | None = None) -> dict[str, float]:
+        return task.metrics(logits, ds, task_state, level=cfg.metrics_level, cfg=cfg,
+                            thresholds=thresholds.values if thresholds is not None else None)
 
-    # e.g. one output per class; survival: one hazard per time bin; multi-label: one logit per label
-    outputs = task.num_outputs(train_set, cfg)
-    model = create_model(model_name, num_classes=outputs, in_dim=in_dim, **model_overrides)
-    task.check_model(model, model_name)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    labels = list(train_set.labels)
-    per_rank = math.ceil(len(labels) / world)
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
-    if cfg.scheduler_interval == "step":
-        schedule = WarmupCosine(
-            cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr
-        )
-    else:
-        schedule = WarmupCosine(cfg.epochs, round(cfg.warmup_epochs), cfg.lr, cfg.min_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model_f, optimizer_f = fabric.setup(model, optimizer)
-    objective = task.objective(train_set, cfg, task_state, device)  # targets and loss of a batch
-
-    run_signature = {
-        "model_name": model_name,
-        "model_overrides": json.loads(json.dumps(model_overrides, default=str)),
-        "train_config": cfg.to_dict(),
-        "train_bags": list(train_set.bag_ids),
-        "world_size": world,
-    }
-    extra_base: dict[str, Any] = {
-        "seed": cfg.seed,
-        "split_hash": split_hash,
-        "class_names": task.output_names(train_set),
-        "feature_stats": feature_stats,
-        "train_config": cfg.to_dict(),
-        "model_overrides": run_signature["model_overrides"],
-        "monitor": monitor,
-        "task": cfg.task,
-        **task_state,
-    }
-
-    start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
-    history: list[dict[str, Any]] = []
-    last_state: dict[str, Any] | None = None  # the trainer state last written (or resumed from)
-    finished, stopped_early = False, False
-    if resume and state_path.is_file():
-        state = last_state = load_trainer_state(state_path)
-        if _resume_signature(state.get("signature")) != _resume_signature(run_signature):
-            raise InputError(
-                f"{state_path} belongs to a run with different settings (model, overrides, train config, "
-                "training bags or number of devices); resume with the same settings, use another {out_dir}, "
-                "or start over with {overwrite}", out_dir=SETTING, overwrite=True
-            )
-        complete = bool(state.get("complete", False))  # a finished run's slim state: no weights
-        if not complete:
-            model.load_state_dict(state["model"])
-            optimizer_f.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best = state["best"]
-        best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
-        history = list(state["history"])
-        finished, stopped_early = bool(state["finished"]) or complete, bool(state["stopped_early"])
-        if not complete:
-            _set_rng_state(state["rng"])
-        if is_zero:
-            logger.info(
-                "resuming %s from epoch %d (best %s = %s at epoch %d)",
-                out_dir,
-                start_epoch,
-                monitor,
-                best,
-                best_epoch,
-            )
-    elif resume and is_zero:
-        logger.info("no trainer state in %s; starting from scratch", out_dir)
-
-    loggers = _make_loggers(cfg, out_dir, {"model_name": model_name, **cfg.to_dict()}) if is_zero else []
-    progress = training_progress(cfg.progress and is_zero)
-    if progress is not None:
-        progress.start()
-    status = "success"
-    try:
-        epoch = start_epoch
-        while not finished and epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            _seed_all(_derive_seed(cfg.seed, epoch, 1000 + rank))
-            order = _epoch_order(labels, num_classes, cfg.balanced_sampling, cfg.seed, epoch)
-            shard = _shard(order, rank, world, pad=True)
-            loader = _loader(
-                train_ds,
-                shard,
-                cfg.batch_size,
-                cfg.num_workers,
-                seed=_derive_seed(cfg.seed, epoch, 2000 + rank),
-                collate=(
-                    SubsampledCollate(cfg.max_instances, _derive_seed(cfg.seed, epoch, 3000))
-                    if cfg.max_instances
-                    else collate_bags
-                ),
-            )
-            model_f.train()
-            loss_sum = 0.0
-            lr_used = optimizer_f.param_groups[0]["lr"]
-            count = 0
-            bar = (
-                progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
-                if progress
-                else None
-            )
-            data_wait = 0.0  # seconds the loop spent blocked on the loader (reading + collating bags)
-            t_train = time.perf_counter()
-            loader_iter = iter(loader)
-            while True:
-                t_wait = time.perf_counter()
-                batch = next(loader_iter, None)
-                if batch is None:
-                    break
-                batch = batch.to(device)
-                data_wait += time.perf_counter() - t_wait
-                x = batch.x
-                if cfg.feature_dropout > 0:
-                    x = fast_dropout(x, cfg.feature_dropout)
-                # the label auxiliary losses (CLAM, DTFD) see: the class, the survival time bin or none
-                label, target = objective.targets(batch)
-                out = model_f(x, batch.mask) if label is None else model_f(x, batch.mask, label=label)
-                loss = out.total_loss(objective.loss(out.logits, target))
-                # one sync per step: a NaN must stop the run
-                loss_value = check_finite_loss(
-                    loss, f"epoch {epoch + 1}, step {count // cfg.batch_size + 1} (bags {batch.bag_ids})",
-                    _divergence_hint(cfg),
-                )
-                optimizer_f.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                if cfg.grad_clip:
-                    fabric.clip_gradients(
-                        model_f, optimizer_f, max_norm=float(cfg.grad_clip), error_if_nonfinite=False
-                    )
-                lr_used = optimizer_f.param_groups[0]["lr"]
-                optimizer_f.step()
-                if cfg.scheduler_interval == "step":
-                    scheduler.step()
-                loss_sum += loss_value * len(batch)
-                count += len(batch)
-                if bar is not None:
-                    progress.update(bar, advance=1, info=f"loss {loss_value:.4f}")
-            train_seconds = time.perf_counter() - t_train
-            check_finite_model(model, f"the end of epoch {epoch + 1}", _divergence_hint(cfg))  # never saved
-            if bar is not None:
-                progress.remove_task(bar)
-            if cfg.scheduler_interval == "epoch":
-                scheduler.step()
-            train_loss = loss_sum / max(count, 1)
-            if world > 1:
-                mean_loss = torch.tensor(train_loss, dtype=torch.float32, device=device)
-                train_loss = float(fabric.all_reduce(mean_loss, reduce_op="mean"))
-
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "lr": lr_used,
-                "train_loss": train_loss,
-                "train_seconds": round(train_seconds, 4),
-                "data_wait_seconds": round(data_wait, 4),
-            }
-            if val_ds is not None:
-                logits, _ = _infer(
-                    model,
-                    val_ds,
-                    batch_size=cfg.eval_bs,
-                    device=device,
-                    num_workers=cfg.num_workers,
-                    fabric=fabric,
-                    progress=progress,
-                    description="validation",
-                )
-                val_metrics = task.metrics(logits, val_ds, task_state, level=cfg.metrics_level, cfg=cfg)
-                row.update({f"val_{k}": v for k, v in val_metrics.items()})
-                value = val_metrics[monitor]
-            else:
-                val_metrics, value = {}, float(epoch)  # no validation: the last epoch is the best
-            improved = _is_better(value, best, maximize)
-            if improved:
-                kept = _kept(best_epoch, history)  # what a failed save leaves: the previous best
-                best, best_epoch, bad_epochs = value, epoch, 0
-                if is_zero:
-                    with writing(ckpt_dir, keep=kept):
-                        save_checkpoint(
-                            ckpt_dir, model, {**extra_base, "epoch": epoch, "metrics": {"val": val_metrics}}
-                        )
-            else:
-                bad_epochs += 1
-            row["best"] = bool(improved)
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            history.append(row)
-            done_epochs = epoch + 1
-            if (
-                cfg.patience is not None
-                and val_ds is not None
-                and done_epochs >= cfg.min_epochs
-                and bad_epochs >= cfg.patience
-                and done_epochs < cfg.epochs
-            ):
-                stopped_early = True
-            finished = stopped_early or done_epochs >= cfg.epochs
-            if is_zero:
-                logger.info(
-                    "epoch %d/%d  train_loss %.4f  %s  %s",
-                    done_epochs,
-                    cfg.epochs,
-                    train_loss,
-                    f"val_{monitor} {value:.4f}" if val_ds is not None else "",
-                    "*" if improved else "",
-                )
-                last_state = {
-                        "signature": run_signature,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": optimizer_f.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "best": best,
-                        "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs,
-                        "history": history,
-                        "finished": finished,
-                        "stopped_early": stopped_early,
-                        "rng": _rng_state(),
-                }
-                with writing(state_path, keep=_kept(best_epoch, history[:-1])):
-                    save_trainer_state(state_path, last_state)
-                    write_history_csv(out_dir / METRICS_CSV, history)
-                for lg in loggers:
-                    lg.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            fabric.barrier()
-            epoch += 1
-        if stopped_early and is_zero:
-            logger.info(
-                "early stopping after %d epochs (best %s %.4f at epoch %d)",
-                len(history),
-                monitor,
-                float("nan") if best is None else best,
-                best_epoch + 1,
-            )
-
-        # final evaluation with the best checkpoint
-        fabric.barrier()
-        if not (ckpt_dir / "model.safetensors").is_file():
-            raise CheckpointError(f"no best checkpoint in {ckpt_dir}; the run did not complete an epoch")
-        best_model, _ = load_checkpoint(ckpt_dir)
-        model.load_state_dict(best_model.state_dict())
-
-        test_logits: Tensor | None = None
-        val_logits: Tensor | None = None
-
-        def best_metrics(ds: Any, thresholds: DecisionThresholds | None = None) -> dict[str, float]:
-            nonlocal test_logits, val_logits
-            logits, _ = _infer(
-                model, ds, batch_size=cfg.eval_bs, device=device, num_workers=cfg.num_workers, fabric=fabric
-            )
-            if ds is test_ds:
-                test_logits = logits
-            if ds is val_ds:
-                val_logits = logits
-            return task.metrics(logits, ds, task_state, level=cfg.metrics_level, cfg=cfg,
-                                thresholds=thresholds.values if thresholds is not None else None)
-
-        final_val: dict[str, float] = best_metrics(val_ds) if val_ds is not None else {}
-        # decision thresholds: chosen on the validation outputs only, then applied to the test set
-        thresholds = task.choose_thresholds(val_logits, val_ds, cfg.metrics_level, outputs)
-        if thresholds is not None and is_zero:
-            logger.info("%s", thresholds.describe())
-        final_test: dict[str, float] | None = best_metrics(test_ds, thresholds) if test_ds is not None else None
-        result = FoldResult(
-            out_dir=out_dir,
-            checkpoint_dir=ckpt_dir,
-            monitor=monitor,
-            best_epoch=best_epoch,
-            epochs_run=len(history),
-            stopped_early=stopped_early,
-            val_metrics=final_val,
-            test_metrics=final_test,
-            history=history,
-            thresholds=thresholds.to_record() if thresholds is not None else None,
-        )
-        if is_zero:
-            with writing(out_dir, keep=_kept(best_epoch, history)):
-                info = read_checkpoint_info(ckpt_dir)
-                save_checkpoint(
-                    ckpt_dir,
-                    model,
-                    {
-                        **extra_base,
-                        "epoch": info.get("epoch", best_epoch),
-                        "metrics": {"val": final_val, "test": final_test},
-                        **({THRESHOLDS_KEY: thresholds.to_record()} if thresholds is not None else {}),
-                    },
-                )
-                if test_logits is not None:
-                    _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, task)
-                atomic_write_text(
-                    out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n"
-                )
-                if not cfg.keep_last_state and last_state is not None and not last_state.get("complete", False):
-                    save_trainer_state(state_path, finished_trainer_state(last_state))
-        fabric.barrier()
-        return result
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        if progress is not None:
-            progress.stop()
-        for lg in loggers:
-            try:
-                lg.finalize(status)
-            except Exception:  # pragma: no cover - logging must not hide the real error
-                logger.exception("logger finalisation failed")
+    val_logits = best_logits(val_ds) if val_ds is not None else None
+    final_val: dict[str, float] = metrics(val_logits, val_ds) if val_logits is not None else {}
+    # decision thresholds: chosen on the validation outputs only, then applied to the test set
+    thresholds = task.choose_thresholds(val_logits, val_ds, cfg.metrics_level, hooks.outputs)
+    if thresholds is not None and is_zero:
+        logger.info("%s", thresholds.describe())
+    test_logits = best_logits(test_ds) if test_ds is not None else None
+    final_test = metrics(test_logits, test_ds, thresholds) if test_logits is not None else None
+    result = FoldResult(
+        out_dir=out_dir, checkpoint_dir=ckpt_dir, monitor=monitor, best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run, stopped_early=run.stopped_early, val_metrics=final_val, test_metrics=final_test,
+        history=run.history, thresholds=thresholds.to_record() if thresholds is not None else None,
+    )
+    if is_zero:
+        with writing(out_dir, keep=loop.kept_message()):
+            info = read_checkpoint_info(ckpt_dir)
+            save_checkpoint(ckpt_dir, model, {
+                **hooks.extra_base,
+                "epoch": info.get("epoch", run.best_epoch),
+                "metrics": {"val": final_val, "test": final_test},
+                **({THRESHOLDS_KEY: thresholds.to_record()} if thresholds is not None else {}),
+            })
+            if test_logits is not None:
+                _write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, test_ds, test_logits, task)
+            atomic_write_text(out_dir / FOLD_RESULT_JSON, json.dumps(_nan_to_none(result.to_dict()), indent=2) + "\n")
+            last = loop.last_state
+            if not cfg.keep_last_state and last is not None and not last.get("complete", False):
+                save_trainer_state(loop.state_path, finished_trainer_state(last))
+    fabric.barrier()
+    return result
 
 
 def _write_test_predictions(path: Path, dataset: Any, logits: Tensor, task: Task) -> None:
@@ -985,14 +640,6 @@ def _divergence_hint(cfg: TrainConfig) -> str:
     """What to change when MIL training diverges (the CLI's flags)."""
     return (f"the learning rate {cfg.lr:g} is likely too high (lower --lr), or the features hold NaN/inf or "
             "huge values (check them; keep --standardize on)")
-
-
-def _kept(best_epoch: int, history: Sequence[dict[str, Any]]) -> str:
-    """What survives a failed write: the best checkpoint so far and the last saved trainer state."""
-    if best_epoch < 0:
-        return "no checkpoint had been saved yet"
-    last = f"; the trainer state of epoch {len(history)} is intact" if history else ""
-    return f"the best checkpoint (epoch {best_epoch + 1}) is intact{last}"
 
 
 #: train-config fields that cannot change a run's result: they may differ between a run and its resume

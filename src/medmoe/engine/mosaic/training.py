@@ -31,10 +31,14 @@ min_delta 0.001: ``early_stopping="medmoe"`` saves and resets patience only on a
 ``"reference"`` saves on any gain and lets a round within ``min_delta`` of the best reset patience. The
 best round's student is saved and evaluated on the test split (student and teacher).
 
-Outputs in ``out_dir`` (a new or empty folder, or ``overwrite=True``; ``manifest.json`` is written first,
-see :mod:`medmoe.engine.runs`): ``checkpoint/`` (``model.safetensors`` + ``config.json``, self-describing,
-written atomically; ``teacher.safetensors`` with the teacher's trainable tensors), ``metrics.csv`` (one
-row per round), ``results.json`` and ``report.md`` (per-dataset tables, means, parameter report).
+Training runs on the shared loop (:mod:`medmoe.engine.loop`: one round is one of its epochs). Outputs in
+``out_dir`` (a new or empty folder, ``resume=True`` or ``overwrite=True``; ``manifest.json`` is written
+first, see :mod:`medmoe.engine.runs`): ``checkpoint/`` (``model.safetensors`` + ``config.json``,
+self-describing, written atomically; ``teacher.safetensors`` with the teacher's trainable tensors),
+``metrics.csv`` (one row per round), ``trainer_state.pt`` (after every round: the trainable tensors of
+student and teacher, optimiser, RNG and augmentation-generator states, early-stopping state, history; a
+resumed run ends with the same weights and metrics as an uninterrupted one), ``results.json`` and
+``report.md`` (per-dataset tables, means, parameter report).
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ import copy
 import json
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,10 +73,21 @@ from ..checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from ..divergence import check_finite_loss, check_finite_model
+from ..loop import (
+    EarlyStopping,
+    LoopConfig,
+    LoopHooks,
+    LoopParts,
+    LoopResult,
+    MinDeltaImprovement,
+    Seeding,
+    StepOutput,
+    TrainingLoop,
+    Validation,
+    launch_fabric,
+)
 from ..optim import make_adamw
 from ..precision import resolve_precision
-from ..run_logging import training_progress, write_history_csv
 from ..runs import RunManifest, start_run_folder, writing
 from .metrics import TaskMetrics, evaluate_scores
 from .report import format_metrics_table, format_parameter_report, mean_accuracies, parameter_report
@@ -505,6 +519,138 @@ def _metrics_json(metrics: Mapping[str, TaskMetrics] | None) -> dict[str, Any] |
             for k, m in metrics.items()}
 
 
+class _MosaicHooks(LoopHooks):
+    """MOSAIC on :class:`~medmoe.engine.loop.TrainingLoop`: one round = one epoch of the loop, the round's
+    batches from :func:`round_schedule`, student/teacher consistency, the expert-aware EMA after each step,
+    the learning rate set once per round, the student's mean validation ACC monitored."""
+
+    def __init__(self, model_config: MosaicConfig, cfg: MosaicTrainConfig,
+                 data: Mapping[str, Mapping[str, MedMNISTSplit]], weights: str | Path | None, data_note: str) -> None:
+        self.model_config, self.cfg, self.data = model_config, cfg, data
+        self.weights, self.data_note = weights, data_note
+        self.flags = [t.name for t in model_config.tasks]
+        self.eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+
+    def setup(self, loop: TrainingLoop) -> LoopParts:
+        cfg, fabric = self.cfg, loop.fabric
+        model = MosaicModel(self.model_config)
+        if self.weights is None or str(self.weights).lower() == "none":
+            logger.warning("MOSAIC: no ImageNet weights given: the ViT backbone is randomly initialised and frozen; "
+                           "accuracy will be far below the paper's")
+            self.weights_info = "none (random initialisation)"
+        else:
+            self.weights_info = model.load_backbone(str(self.weights)).summary()
+        teacher = copy.deepcopy(model).requires_grad_(False).eval()
+        self.params = parameter_report(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_adamw(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model, optimizer = fabric.setup(model, optimizer)
+        self.teacher = fabric.to_device(teacher)
+        self.module = module = unwrap_model(model)
+        self.ema = ExpertAwareEMA(model, self.teacher, {
+            s: (cfg.ema_3d if spec.spatial_dims == 3 else cfg.ema_2d) for s, spec in module.table.specialists.items()
+        })
+        self.specialist = {f: module.specialist_for(f) for f in self.flags}
+        self.dims = {f: module.task(f).spatial_dims for f in self.flags}
+        self.train_sizes = {f: len(self.data["train"][f]) for f in self.flags}
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        return LoopParts(model, optimizer)
+
+    def on_epoch_start(self, loop: TrainingLoop, epoch: int) -> None:
+        self.lr = self.cfg.lr * round_lr_factor(epoch, self.cfg)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def batches(self, loop: TrainingLoop, epoch: int) -> list[tuple[str, np.ndarray]]:
+        self.schedule = round_schedule(self.train_sizes, self.dims, self.cfg, epoch)
+        return self.schedule
+
+    def training_step(self, loop: TrainingLoop, batch: tuple[str, np.ndarray], epoch: int) -> StepOutput:
+        cfg, fabric = self.cfg, loop.fabric
+        flag, idx = batch
+        x, y = self.data["train"][flag].batch(idx)
+        x, y = x.to(fabric.device), y.to(fabric.device)
+        task = self.module.task(flag)
+        clean = x
+        if cfg.augment:
+            if task.spatial_dims == 3:
+                x = augment_3d(x, self.gen)
+            else:
+                x = augment_2d_reference(x, self.gen) if cfg.augmentation == "reference" else augment_2d(x, self.gen)
+        with fabric.autocast():
+            out = loop.model(x, flag)
+            loss_task = task_loss(out.logits, y, task)
+            loss = loss_task
+            cons = torch.zeros((), device=fabric.device)
+            if cfg.consistency_weight > 0:
+                with torch.no_grad():
+                    target = self.teacher(clean, flag).features
+                cons = F.mse_loss(out.features.float(), target.float())
+                loss = loss + cfg.consistency_weight * cons
+        return StepOutput(loss, {"task_loss": float(loss_task.detach()), "consistency": float(cons.detach())},
+                          where=f" (a batch of {flag})", info=f"{flag} loss {float(loss.detach()):.3f}")
+
+    def after_step(self, loop: TrainingLoop, batch: tuple[str, np.ndarray]) -> None:
+        self.ema.update(self.specialist[batch[0]])
+
+    def end_of_epoch(self, loop: TrainingLoop, epoch: int, outputs: list[StepOutput]) -> dict[str, Any]:
+        sums = {"loss": 0.0, "task_loss": 0.0, "consistency": 0.0}
+        for out in outputs:
+            sums["loss"] += out.loss_value
+            sums["task_loss"] += out.values["task_loss"]
+            sums["consistency"] += out.values["consistency"]
+        steps = max(1, len(self.schedule))
+        return {"round": epoch + 1, "lr": self.lr, "steps": len(self.schedule), **{k: v / steps for k, v in sums.items()}}
+
+    def validation(self, loop: TrainingLoop, epoch: int, is_last: bool) -> Validation:
+        cfg, fabric = self.cfg, loop.fabric
+        val = evaluate_mosaic(loop.model, self.data["val"], batch_size=self.eval_bs, device=fabric.device,
+                              autocast=fabric.autocast)
+        val_means = mean_accuracies(val, self.dims)
+        score = val_means["acc_all"] if cfg.selection_metric == "acc" else _mean_acc_pm1(val)
+        metrics: dict[str, Any] = {"val_acc_mean": score, "val_auc_mean": val_means["auc_all"]}
+        if cfg.eval_teacher:
+            tval = evaluate_mosaic(self.teacher, self.data["val"], batch_size=self.eval_bs, device=fabric.device,
+                                   autocast=fabric.autocast)
+            metrics["teacher_val_acc_mean"] = mean_accuracies(tval, self.dims)["acc_all"]
+        metrics.update({f"val_acc_{f}": m.acc for f, m in val.items()})
+        self.val = val
+        return Validation(score, metrics)
+
+    def save_best(self, loop: TrainingLoop, epoch: int, row: dict[str, Any]) -> None:
+        cfg = self.cfg
+        save_mosaic_checkpoint(loop.config.out_dir / CHECKPOINT_DIR, loop.model, {
+            "seed": cfg.seed, "round": epoch + 1, "train_config": asdict(cfg),
+            "val_metrics": _metrics_json(self.val), "weights": self.weights_info, "data_note": self.data_note,
+        }, teacher=self.teacher)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The teacher's trainable tensors (the rest equals the student's frozen part) and the augmentation
+        generator: with the loop's state a resumed run continues exactly where it stopped."""
+        names = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        teacher = {k: v.detach().cpu() for k, v in unwrap_model(self.teacher).state_dict().items() if k in names}
+        return {"teacher": teacher, "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "teacher" in state:
+            unwrap_model(self.teacher).load_state_dict(state["teacher"], strict=False)
+        if "generator" in state:
+            self.gen.set_state(state["generator"])
+
+
+def _mosaic_loop_config(cfg: MosaicTrainConfig, out_dir: Path, signature: dict[str, Any], resume: bool) -> LoopConfig:
+    """The loop settings of a MOSAIC run: rounds as epochs, its early-stopping rule, no scheduler (the learning
+    rate is set once per round), the trainable tensors only in the trainer state (the ViT stays frozen)."""
+    stopping = EarlyStopping(MinDeltaImprovement(cfg.min_delta, lenient=cfg.early_stopping == "reference"),
+                             patience=cfg.patience, stop_at_last=True)
+    return LoopConfig(
+        out_dir=out_dir, epochs=cfg.rounds, seed=cfg.seed, signature=signature, resume=resume,
+        seeding=Seeding(start="torch-numpy"), early_stopping=stopping, grad_clip=cfg.grad_clip,
+        clip_error_if_nonfinite=False, unit="round", progress=cfg.progress, state_trainable_only=True,
+        divergence_hint=_MOSAIC_HINT.format(lr=cfg.lr),
+    )
+
+
 def train_mosaic(
     model_config: MosaicConfig,
     train_config: MosaicTrainConfig,
@@ -516,6 +662,7 @@ def train_mosaic(
     fabric: Any = None,
     overwrite: bool = False,
     allow: Sequence[str] = (),
+    resume: bool = False,
 ) -> MosaicResult:
     """Train a :class:`MosaicModel` on several MedMNIST datasets, keep the best round, test it.
 
@@ -524,13 +671,17 @@ def train_mosaic(
         train_config: a :class:`MosaicTrainConfig`.
         data: ``{"train": {flag: split}, "val": {...}, "test": {...}}`` (:func:`load_medmnist_data`);
             ``train`` and ``val`` are required, ``test`` is optional.
-        out_dir: run folder (created; a non-empty one is refused unless ``overwrite``).
+        out_dir: run folder (created; a non-empty one is refused unless ``resume`` or ``overwrite``).
         weights: ViT ImageNet weights (``.npz`` / ``.safetensors`` / ``.pth``); ``None`` or ``"none"`` =
             random backbone (a warning is logged).
         data_note: a line written into the reports (e.g. "SYNTHETIC data, not MedMNIST").
         fabric: a launched ``lightning_fabric.Fabric`` (default: one device from ``train_config``).
         overwrite: delete the earlier run in ``out_dir`` first.
         allow: entries of ``out_dir`` that are not part of a run and are kept (the demo's data folder).
+        resume: continue the run in ``out_dir`` from its ``trainer_state.pt`` (written after every round): the
+            same model, data and settings are required (checked against ``manifest.json`` before anything is
+            written, then against the trainer state); a resumed run ends with the same weights and metrics as
+            an uninterrupted one. A finished run is only evaluated again.
     """
     cfg = train_config
     out_dir = Path(out_dir)
@@ -547,131 +698,19 @@ def train_mosaic(
         "data": {split: {f: len(by_flag[f]) for f in flags} for split, by_flag in data.items()},
         "weights": None if weights is None else str(weights), "data_note": data_note,
     }
-    start_run_folder(out_dir, RunManifest("mosaic", identity), overwrite=overwrite, allow=allow, resumable=False)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-
+    manifest = RunManifest("mosaic", identity)
+    start_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite, allow=allow)
     if fabric is None:
-        from lightning_fabric import Fabric
+        fabric = launch_fabric(cfg.accelerator, 1, resolve_precision(cfg.precision, cfg.accelerator))
+    hooks = _MosaicHooks(model_config, cfg, data, weights, data_note)
+    run = TrainingLoop(hooks, _mosaic_loop_config(cfg, out_dir, manifest.identity, resume), fabric).run()
+    return _finish_mosaic(hooks, run, data, out_dir, fabric)
 
-        fabric = Fabric(accelerator=cfg.accelerator, devices=1,
-                        precision=resolve_precision(cfg.precision, cfg.accelerator))  # type: ignore[arg-type]
-        fabric.launch()
 
-    model = MosaicModel(model_config)
-    if weights is None or str(weights).lower() == "none":
-        logger.warning("MOSAIC: no ImageNet weights given: the ViT backbone is randomly initialised and frozen; "
-                       "accuracy will be far below the paper's")
-        weights_info = "none (random initialisation)"
-    else:
-        weights_info = model.load_backbone(str(weights)).summary()
-    teacher = copy.deepcopy(model).requires_grad_(False).eval()
-    params = parameter_report(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adamw(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer = fabric.setup(model, optimizer)
-    teacher = fabric.to_device(teacher)
-    module = unwrap_model(model)
-    table = module.table
-    ema = ExpertAwareEMA(model, teacher, {
-        s: (cfg.ema_3d if spec.spatial_dims == 3 else cfg.ema_2d) for s, spec in table.specialists.items()
-    })
-    specialist = {f: module.specialist_for(f) for f in flags}
-    dims = {f: module.task(f).spatial_dims for f in flags}
-    train_sizes = {f: len(data["train"][f]) for f in flags}
-    gen = torch.Generator().manual_seed(cfg.seed)
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-
-    history: list[dict[str, Any]] = []
-    best_score: float | None = None
-    best_round, bad_rounds, stopped_early = -1, 0, False
-    saved_round = -1  # the round of the checkpoint on disk
-    progress = training_progress(cfg.progress and fabric.is_global_zero)
-    if progress is not None:
-        progress.start()
-    try:
-        for rnd in range(cfg.rounds):
-            t0 = time.perf_counter()
-            lr = cfg.lr * round_lr_factor(rnd, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            schedule = round_schedule(train_sizes, dims, cfg, rnd)
-            task_id = progress.add_task(f"round {rnd + 1}/{cfg.rounds}", total=len(schedule), info="") if progress else None
-            model.train()
-            sums = {"loss": 0.0, "task_loss": 0.0, "consistency": 0.0}
-            for step, (flag, idx) in enumerate(schedule):
-                x, y = data["train"][flag].batch(idx)
-                x, y = x.to(fabric.device), y.to(fabric.device)
-                task = module.task(flag)
-                clean = x
-                if cfg.augment:
-                    if task.spatial_dims == 3:
-                        x = augment_3d(x, gen)
-                    else:
-                        x = augment_2d_reference(x, gen) if cfg.augmentation == "reference" else augment_2d(x, gen)
-                with fabric.autocast():
-                    out = model(x, flag)
-                    loss_task = task_loss(out.logits, y, task)
-                    loss = loss_task
-                    cons = torch.zeros((), device=fabric.device)
-                    if cfg.consistency_weight > 0:
-                        with torch.no_grad():
-                            target = teacher(clean, flag).features
-                        cons = F.mse_loss(out.features.float(), target.float())
-                        loss = loss + cfg.consistency_weight * cons
-                check_finite_loss(loss, f"round {rnd + 1}, step {step + 1} (a batch of {flag})", _MOSAIC_HINT.format(lr=cfg.lr))
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                if cfg.grad_clip:
-                    fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip, error_if_nonfinite=False)
-                optimizer.step()
-                ema.update(specialist[flag])
-                sums["loss"] += float(loss.detach())
-                sums["task_loss"] += float(loss_task.detach())
-                sums["consistency"] += float(cons.detach())
-                if progress is not None:
-                    progress.update(task_id, advance=1, info=f"{flag} loss {float(loss):.3f}")
-            if progress is not None:
-                progress.remove_task(task_id)
-            check_finite_model(model, f"the end of round {rnd + 1}", _MOSAIC_HINT.format(lr=cfg.lr))  # never saved
-            steps = max(1, len(schedule))
-            val = evaluate_mosaic(model, data["val"], batch_size=eval_bs, device=fabric.device, autocast=fabric.autocast)
-            val_means = mean_accuracies(val, dims)
-            score = val_means["acc_all"] if cfg.selection_metric == "acc" else _mean_acc_pm1(val)
-            row: dict[str, Any] = {"round": rnd + 1, "lr": lr, "steps": len(schedule),
-                                   **{k: v / steps for k, v in sums.items()}, "val_acc_mean": score,
-                                   "val_auc_mean": val_means["auc_all"]}
-            if cfg.eval_teacher:
-                tval = evaluate_mosaic(teacher, data["val"], batch_size=eval_bs, device=fabric.device,
-                                       autocast=fabric.autocast)
-                row["teacher_val_acc_mean"] = mean_accuracies(tval, dims)["acc_all"]
-            row.update({f"val_acc_{f}": m.acc for f, m in val.items()})
-            improved, bad_rounds = early_stopping_step(score, best_score, bad_rounds, cfg)
-            if improved:
-                best_score, best_round = score, rnd
-                if fabric.is_global_zero:
-                    with writing(ckpt_dir, keep=_mosaic_kept(saved_round), resumable=False):
-                        save_mosaic_checkpoint(ckpt_dir, model, {
-                            "seed": cfg.seed, "round": rnd + 1, "train_config": asdict(cfg),
-                            "val_metrics": _metrics_json(val), "weights": weights_info, "data_note": data_note,
-                        }, teacher=teacher)
-                    saved_round = rnd
-            row["best"] = bool(improved)
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            history.append(row)
-            if fabric.is_global_zero:
-                with writing(out_dir / METRICS_CSV, keep=_mosaic_kept(saved_round), resumable=False):
-                    write_history_csv(out_dir / METRICS_CSV, history)
-            logger.info("round %d: loss %.4f, val mean ACC %.4f%s", rnd + 1, row["loss"], score,
-                        " (best)" if improved else "")
-            if cfg.patience is not None and bad_rounds >= cfg.patience:
-                stopped_early = True
-                break
-    finally:
-        if progress is not None:
-            progress.stop()
-
+def _finish_mosaic(hooks: _MosaicHooks, run: LoopResult, data: Mapping[str, Mapping[str, MedMNISTSplit]],
+                   out_dir: Path, fabric: Any) -> MosaicResult:
+    """Evaluate the best round's student (validation, test) and teacher (test); write results.json, report.md."""
+    cfg, eval_bs, ckpt_dir = hooks.cfg, hooks.eval_bs, out_dir / CHECKPOINT_DIR
     best, _ = load_checkpoint(ckpt_dir, fabric.device, family="vit")
     val_best = evaluate_mosaic(best, data["val"], batch_size=eval_bs)
     test = evaluate_mosaic(best, data["test"], batch_size=eval_bs) if "test" in data else {}
@@ -679,13 +718,13 @@ def train_mosaic(
     if cfg.eval_teacher and "test" in data:
         best_teacher, _ = load_checkpoint(ckpt_dir, fabric.device, family="vit", teacher=True)
         test_teacher = evaluate_mosaic(best_teacher, data["test"], batch_size=eval_bs)
-    result = MosaicResult(out_dir=out_dir, checkpoint_dir=ckpt_dir, best_round=best_round + 1,
-                          rounds_run=len(history), stopped_early=stopped_early, val_metrics=val_best,
-                          test_metrics=test, test_metrics_teacher=test_teacher, history=history,
-                          parameters=params.to_dict())
+    result = MosaicResult(out_dir=out_dir, checkpoint_dir=ckpt_dir, best_round=run.best_epoch + 1,
+                          rounds_run=len(run.history), stopped_early=run.stopped_early, val_metrics=val_best,
+                          test_metrics=test, test_metrics_teacher=test_teacher, history=run.history,
+                          parameters=hooks.params.to_dict())
     if fabric.is_global_zero:
-        with writing(out_dir / "results.json", keep=_mosaic_kept(saved_round), resumable=False):
-            _write_reports(result, dims, data_note, weights_info, params)
+        with writing(out_dir / "results.json", keep=_mosaic_kept(run.best_epoch)):
+            _write_reports(result, hooks.dims, hooks.data_note, hooks.weights_info, hooks.params)
     return result
 
 
@@ -694,19 +733,10 @@ def early_stopping_step(score: float, best: float | None, bad_rounds: int, cfg: 
 
     ``"medmoe"``: a round saves (and resets the count) when it beats the best by more than ``min_delta``, any
     other round counts. ``"reference"`` (``engine/trainer.py``): any gain saves; a round within ``min_delta``
-    below the best resets the count; only a larger drop counts. The first round always saves.
+    below the best resets the count; only a larger drop counts. The first round always saves
+    (:class:`~medmoe.engine.loop.MinDeltaImprovement`, the rule :func:`train_mosaic` gives the loop).
     """
-    if best is None:
-        return True, 0
-    if math.isnan(score):
-        return False, bad_rounds + 1
-    if cfg.early_stopping == "reference":
-        if score > best:
-            return True, 0
-        return False, 0 if score > best - cfg.min_delta else bad_rounds + 1
-    if score > best + cfg.min_delta:
-        return True, 0
-    return False, bad_rounds + 1
+    return MinDeltaImprovement(cfg.min_delta, lenient=cfg.early_stopping == "reference")(score, best, bad_rounds)
 
 
 def _mean_acc_pm1(metrics: Mapping[str, TaskMetrics]) -> float:

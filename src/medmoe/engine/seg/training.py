@@ -16,9 +16,12 @@
   class names, epoch and metrics; atomic, see :mod:`medmoe.engine.checkpoint`); without validation the
   last epoch is kept;
 * ``out_dir/metrics.csv`` one row per epoch; a rich progress bar on a terminal;
-* resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, history) after every
-  epoch, ``resume=True`` continues from it (the crop sampler is re-seeded from ``(seed, epoch)``, so a
-  resumed run sees the same crops as an uninterrupted one; bit-exactness is not promised);
+* resumable: ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, epoch, RNG states, history, the
+  run's settings) after every epoch, ``resume=True`` continues from it (the crop sampler is re-seeded from
+  ``(seed, epoch)``, so a resumed run sees the same crops as an uninterrupted one; bit-exactness is not
+  promised); a state written with other settings is refused, naming the differences;
+* the epoch loop, seeding, early stopping, checkpointing, resume and progress are the shared
+  :class:`~medmoe.engine.loop.TrainingLoop`; this module gives it its hooks (:class:`_SegHooks`);
 * a run folder with ``manifest.json`` written first (model, cases, transforms, settings): a non-empty
   ``out_dir`` needs ``resume`` (checked against the manifest before anything is written) or ``overwrite``
   (:mod:`medmoe.engine.runs`);
@@ -35,9 +38,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,17 +50,22 @@ from torch import Tensor, nn
 
 from ...data.seg_transforms import SegTransformConfig, build_train_transforms, build_val_transforms
 from ...data.volumes import VolumeCase, validate_cases
-from ..checkpoint import (
-    TRAINER_STATE_NAME,
-    load_trainer_state,
-    save_checkpoint,
-    save_trainer_state,
-    unwrap_model,
+from ..checkpoint import save_checkpoint, unwrap_model
+from ..loop import (
+    EarlyStopping,
+    Improvement,
+    LoopConfig,
+    LoopHooks,
+    LoopParts,
+    Seeding,
+    StepOutput,
+    TrainingLoop,
+    Validation,
+    launch_fabric,
 )
-from ..divergence import check_finite_loss, check_finite_model
 from ..optim import make_adamw
-from ..run_logging import training_progress, write_history_csv
-from ..runs import RunManifest, fingerprint, start_run_folder, writing
+from ..runs import RunManifest, fingerprint, start_run_folder
+from ..schedules import WarmupCosine
 from .inference import SLIDING_WINDOW_MODES, check_roi, plain_tensor, sliding_window_labels
 
 __all__ = [
@@ -323,16 +330,6 @@ def transform_config_from_info(info: dict[str, Any]) -> SegTransformConfig:
 # training
 
 
-def _make_fabric(cfg: SegTrainConfig) -> Any:
-    try:
-        from lightning_fabric import Fabric
-    except ImportError as err:  # pragma: no cover
-        raise ImportError("segmentation training needs lightning-fabric: pip install 'medmoe[seg]'") from err
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision)
-    fabric.launch()
-    return fabric
-
-
 def _train_loader(cases: Sequence[VolumeCase], tcfg: SegTransformConfig, cfg: SegTrainConfig) -> Any:
     from monai.data import CacheDataset, DataLoader, list_data_collate
 
@@ -340,6 +337,94 @@ def _train_loader(cases: Sequence[VolumeCase], tcfg: SegTransformConfig, cfg: Se
                       num_workers=0, copy_cache=True)
     return ds, DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                           collate_fn=list_data_collate, drop_last=False)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Segmentation's per-epoch seed of crops and augmentation: ``seed * 100003 + epoch`` (resumable)."""
+    return seed * 100_003 + epoch
+
+
+class _Steps:
+    """``steps`` batches from ``loader``, starting it again when it runs out (one epoch = a number of steps)."""
+
+    def __init__(self, loader: Any, steps: int) -> None:
+        self.loader, self.steps = loader, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        for _ in range(self.steps):
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(self.loader)
+                batch = next(it)
+            yield batch
+
+
+class _SegHooks(LoopHooks):
+    """Segmentation on :class:`~medmoe.engine.loop.TrainingLoop`: random crops, DiceCE loss, AdamW with
+    warm-up + cosine stepped per step, sliding-window Dice every ``val_every`` epochs, the best mean Dice kept."""
+
+    def __init__(self, model: nn.Module, train_cases: Sequence[VolumeCase], val_cases: list[VolumeCase],
+                 transform_config: SegTransformConfig, cfg: SegTrainConfig, roi: Sequence[int],
+                 names: list[str], extra: dict[str, Any]) -> None:
+        self.model, self.train_cases, self.val_cases = model, train_cases, val_cases
+        self.tcfg, self.cfg, self.roi, self.names, self.extra = transform_config, cfg, roi, names, extra
+        self.val_result: SegEvalResult | None = None
+        self._latest: SegEvalResult | None = None
+
+    def setup(self, loop: TrainingLoop) -> LoopParts:
+        from monai.losses import DiceCELoss
+
+        cfg, fabric = self.cfg, loop.fabric
+        _, loader = _train_loader(self.train_cases, self.tcfg, cfg)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+        total_steps = cfg.epochs * cfg.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, WarmupCosine(total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+        )
+        model, optimizer = fabric.setup(self.model, optimizer)
+        self.loader = fabric.setup_dataloaders(loader)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        return LoopParts(model, optimizer, scheduler)
+
+    def on_epoch_start(self, loop: TrainingLoop, epoch: int) -> None:
+        _set_transform_seed(self.loader, _epoch_seed(self.cfg.seed, epoch, 0))
+
+    def batches(self, loop: TrainingLoop, epoch: int) -> _Steps:
+        return _Steps(self.loader, self.cfg.steps_per_epoch)
+
+    def training_step(self, loop: TrainingLoop, batch: Any, epoch: int) -> StepOutput:
+        image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])
+        return StepOutput(self.loss_fn(loop.model(image), label))
+
+    def end_of_epoch(self, loop: TrainingLoop, epoch: int, outputs: list[StepOutput]) -> dict[str, Any]:
+        losses = [o.loss_value for o in outputs]
+        return {"epoch": epoch, "step": loop.step, "lr": loop.optimizer.param_groups[0]["lr"],
+                "train_loss": float(np.mean(losses)) if losses else float("nan")}
+
+    def validation(self, loop: TrainingLoop, epoch: int, is_last: bool) -> Validation | None:
+        cfg = self.cfg
+        if not self.val_cases or not cfg.val_every:
+            return Validation(float(epoch))  # no validation: keep the last epoch
+        if (epoch + 1) % cfg.val_every != 0 and not is_last:
+            return None
+        result = evaluate_segmentation(
+            loop.model, self.val_cases, self.tcfg, self.roi, cfg.sw_overlap, cfg.sw_mode, cfg.sw_batch_size,
+            cfg.hd95, self.names, device=loop.fabric.device, dice_average=cfg.dice_average,
+        )
+        self._latest = result
+        return Validation(result.mean_dice if not math.isnan(result.mean_dice) else -1.0, result.flat("val_"))
+
+    def save_best(self, loop: TrainingLoop, epoch: int, row: dict[str, Any]) -> None:
+        self.val_result = self._latest
+        save_checkpoint(loop.config.out_dir / SEG_CHECKPOINT_DIR, loop.model, {
+            **self.extra, "epoch": epoch, "step": loop.step,
+            "metrics": {k: v for k, v in row.items() if k.startswith("val_")}})
 
 
 def train_segmentation(
@@ -365,15 +450,12 @@ def train_segmentation(
         out_dir: run folder (``checkpoint/``, ``metrics.csv``, ``trainer_state.pt``).
         class_names: names for the metrics (index 0 = background).
         resume: continue from ``out_dir/trainer_state.pt``; the run in ``out_dir`` must be this one (its
-            ``manifest.json``: model, cases, transforms, settings), checked before anything is written.
+            ``manifest.json``: model, cases, transforms, settings), checked before anything is written, and
+            the trainer state must record the same settings (a difference is refused, naming it).
         validate_data: check shapes, affines, label range and finite voxels of every case first
             (:func:`validate_cases`).
         overwrite: delete the earlier run in ``out_dir`` first (else a non-empty ``out_dir`` is refused).
     """
-    from monai.losses import DiceCELoss
-
-    from ..mil.trainer import WarmupCosine
-
     cfg = cfg or SegTrainConfig()
     out_dir = Path(out_dir)
     val_cases = list(val_cases or [])
@@ -386,36 +468,8 @@ def train_segmentation(
         validate_cases([*train_cases, *val_cases], num_classes=num_classes, roi_size=roi, in_channels=in_channels,
                        check_values=True)
     names = _class_names(num_classes, class_names)
-    start_run_folder(out_dir, _seg_manifest(module, train_cases, val_cases, transform_config, cfg),
-                     resume=resume, overwrite=overwrite)
-
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    fabric = _make_fabric(cfg)
-    _, loader = _train_loader(train_cases, transform_config, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
-    )
-    model, optimizer = fabric.setup(model, optimizer)
-    loader = fabric.setup_dataloaders(loader)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best, best_epoch, step = 0, -math.inf, -1, 0
-    state_path = out_dir / TRAINER_STATE_NAME
-    if resume and state_path.is_file():
-        state = load_trainer_state(state_path)
-        unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best, best_epoch = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"])
-        step, history = int(state["step"]), list(state["history"])
-        logger.info("resuming %s at epoch %d", out_dir, start_epoch)
-    elif resume:
-        logger.warning("resume=True but %s does not exist; starting from scratch", state_path)
+    manifest = _seg_manifest(module, train_cases, val_cases, transform_config, cfg)
+    start_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite)
 
     extra = {
         "task": "segmentation",
@@ -426,92 +480,18 @@ def train_segmentation(
         "train_cases": [c.case_id for c in train_cases],
         "val_cases": [c.case_id for c in val_cases],
     }
-    ckpt_dir = out_dir / SEG_CHECKPOINT_DIR
-    bar = training_progress(cfg.progress and fabric.is_global_zero)
-    task = None
-    if bar is not None:
-        bar.start()
-        task = bar.add_task("training", total=total_steps, completed=step, info="")
-    t_start = time.perf_counter()
-    val_result: SegEvalResult | None = None
-    epochs_run = start_epoch
-    out_of_time = False
-    saved_epoch = best_epoch  # the epoch of the checkpoint on disk (-1: none yet)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t_epoch = time.perf_counter()
-            torch.manual_seed(cfg.seed * 100_003 + epoch)  # crops/augmentation per epoch: resumable
-            np.random.seed((cfg.seed * 100_003 + epoch) % 2**32)
-            loader_seed = cfg.seed * 100_003 + epoch
-            _set_transform_seed(loader, loader_seed)
-            model.train()
-            losses: list[float] = []
-            it = iter(loader)
-            for _ in range(cfg.steps_per_epoch):
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    it = iter(loader)
-                    batch = next(it)
-                image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])
-                logits = model(image)
-                loss = loss_fn(logits, label)
-                check_finite_loss(loss, f"epoch {epoch + 1}, step {step + 1}", _SEG_HINT.format(lr=cfg.lr))
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                if cfg.grad_clip:
-                    fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                if bar is not None:
-                    bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
-                if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
-                    out_of_time = True
-                    break
-            epochs_run = epoch + 1
-            check_finite_model(model, f"the end of epoch {epoch + 1} (step {step})", _SEG_HINT.format(lr=cfg.lr))
-            row: dict[str, Any] = {
-                "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            }
-            is_last = epoch == cfg.epochs - 1 or out_of_time
-            improved = False
-            if val_cases and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or is_last):
-                result = evaluate_segmentation(
-                    model, val_cases, transform_config, roi, cfg.sw_overlap, cfg.sw_mode, cfg.sw_batch_size,
-                    cfg.hd95, names, device=fabric.device, dice_average=cfg.dice_average,
-                )
-                row.update(result.flat("val_"))
-                score = result.mean_dice if not math.isnan(result.mean_dice) else -1.0
-                if score > best:
-                    best, best_epoch, improved, val_result = score, epoch, True, result
-            elif not val_cases or not cfg.val_every:
-                improved, best_epoch = True, epoch  # no validation: keep the last epoch
-            row["best"] = improved
-            row["seconds"] = round(time.perf_counter() - t_epoch, 3)
-            history.append(row)
-            if fabric.is_global_zero:
-                with writing(out_dir, keep=_seg_kept(saved_epoch, epoch)):
-                    if improved:
-                        save_checkpoint(ckpt_dir, model, {**extra, "epoch": epoch, "step": step, "metrics": {
-                            k: v for k, v in row.items() if k.startswith("val_")}})
-                        saved_epoch = epoch
-                    write_history_csv(out_dir / METRICS_CSV, history)
-                    save_trainer_state(state_path, {
-                        "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best": best,
-                        "best_epoch": best_epoch, "history": history,
-                    })
-            if out_of_time:
-                logger.info("stopping after %.1f s (max_seconds=%s)", time.perf_counter() - t_start, cfg.max_seconds)
-                break
-    finally:
-        if bar is not None:
-            bar.stop()
-    return SegTrainResult(out_dir, ckpt_dir, best_epoch, epochs_run, step, time.perf_counter() - t_start,
-                          val_result, history)
+    hooks = _SegHooks(model, train_cases, val_cases, transform_config, cfg, roi, names, extra)
+    loop_cfg = LoopConfig(
+        out_dir=out_dir, epochs=cfg.epochs, seed=cfg.seed, signature=manifest.identity, resume=resume,
+        seeding=Seeding(start="torch-numpy", epoch_seed=_epoch_seed),
+        early_stopping=EarlyStopping(Improvement(maximize=True)), scheduler_interval="step",
+        grad_clip=cfg.grad_clip, clip_error_if_nonfinite=True, max_seconds=cfg.max_seconds, unit="epoch",
+        global_step_in_messages=True, progress=cfg.progress, divergence_hint=_SEG_HINT.format(lr=cfg.lr),
+    )
+    fabric = launch_fabric(cfg.accelerator, cfg.devices, cfg.precision)
+    result = TrainingLoop(hooks, loop_cfg, fabric).run()
+    return SegTrainResult(out_dir, out_dir / SEG_CHECKPOINT_DIR, result.best_epoch, result.epochs_run, result.steps,
+                          result.seconds, hooks.val_result, result.history)
 
 
 _SEG_HINT = ("the learning rate {lr:g} is likely too high (lower --lr), or mixed precision overflowed (use "
@@ -540,13 +520,6 @@ def _seg_manifest(
         "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SEG_RESUME_NEUTRAL},
     }
     return RunManifest("seg", identity)
-
-
-def _seg_kept(saved_epoch: int, epoch: int) -> str:
-    if saved_epoch < 0:
-        return "no checkpoint had been saved yet"
-    state = f"; the trainer state of epoch {epoch} is intact" if epoch > 0 else ""
-    return f"the best checkpoint (epoch {saved_epoch + 1}) is intact{state}"
 
 
 def _set_transform_seed(loader: Any, seed: int) -> None:

@@ -397,9 +397,10 @@ class SoftMoE(nn.Module):
             dtype = torch.float32
         with torch.autocast(device_type=xn.device.type, enabled=False):
             slots, combine = soft_route(xn.to(dtype), phi.to(dtype), mask)  # (b, t, d), (b, n, t)
-        expert_out = self.experts(slots.to(xn.dtype).view(b, self.num_experts, self.num_slots, d))
+        slots = slots.to(xn.dtype).view(b, self.num_experts, self.num_slots, d)
+        expert_out = self.experts.forward_per_expert(slots).reshape(b, -1, d)
         with torch.autocast(device_type=xn.device.type, enabled=False):
-            out = soft_combine_weights(combine, expert_out.reshape(b, -1, d).to(dtype))  # tokens attend to slots
+            out = soft_combine_weights(combine, expert_out.to(dtype))  # tokens attend to slots
         return out, combine
 
     def _route_dense(self, xn: Tensor, phi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:

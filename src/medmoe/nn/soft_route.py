@@ -94,7 +94,9 @@ def _(logits: Tensor, dispatch: Tensor, mask: Tensor | None) -> None:
 
 
 @torch.library.custom_op("medmoe::soft_route_grad_", mutates_args=("d_dispatch",))
-def _grad_op(d_dispatch: Tensor, dispatch: Tensor, combine: Tensor, d_combine: Tensor | None, colsum: Tensor) -> None:
+def _grad_op(
+    d_dispatch: Tensor, dispatch: Tensor, combine: Tensor, d_combine: Tensor | None, colsum: Tensor
+) -> None:
     """Overwrite ``d_dispatch (b, n, t)`` with the logits' gradient
     ``combine * (d_combine - rowsum(combine * d_combine)) + dispatch * (d_dispatch - colsum[:, None, :])``."""
     tensors = [d_dispatch, dispatch, combine, colsum] + ([] if d_combine is None else [d_combine])
@@ -118,7 +120,9 @@ def _grad_op(d_dispatch: Tensor, dispatch: Tensor, combine: Tensor, d_combine: T
 
 
 @_grad_op.register_fake
-def _(d_dispatch: Tensor, dispatch: Tensor, combine: Tensor, d_combine: Tensor | None, colsum: Tensor) -> None:
+def _(
+    d_dispatch: Tensor, dispatch: Tensor, combine: Tensor, d_combine: Tensor | None, colsum: Tensor
+) -> None:
     return None
 
 

@@ -8,7 +8,8 @@ weights (medmoe loads the reference's state dict). medmoe is measured with each 
 * **Time**: one subprocess per case holds all layers and *alternates* them rep by rep (``warmup``
   untimed passes each, then ``reps`` timed forward+backward passes each, ``out.sum().backward()``), so
   all see the same machine load; the table reports the **median** and, in parentheses, the best time.
-* **Peak memory**: one fresh subprocess per case and implementation runs one forward+backward and
+  ``--forward`` times forward passes alone (under ``torch.no_grad()``, inference) instead.
+* **Peak memory**: one fresh subprocess per case and implementation runs one forward+backward (or forward) and
   reports the growth of the process's peak resident set size
   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over its resident size right before the pass (from
   ``/proc/self/statm``). Everything the pass allocates counts: saved activations, the reference's
@@ -27,6 +28,7 @@ Examples::
 
     python benchmarks/bench_soft_moe.py                       # n = 4096, 16384; 16 and 64 slots/expert
     python benchmarks/bench_soft_moe.py --ns 4096 --slots auto
+    python benchmarks/bench_soft_moe.py --ns 4096 --slots auto --forward   # forward only (no_grad)
     python benchmarks/bench_soft_moe.py --quick                # small smoke run (< 1 min)
 
 Prints a markdown table with the ratios medmoe / reference (time, memory) and the speed-up.
@@ -86,6 +88,10 @@ def _child(args: argparse.Namespace) -> None:
     def step(layer: torch.nn.Module) -> None:
         layer.zero_grad(set_to_none=True)
         x.grad = None
+        if args.forward:
+            with torch.no_grad():
+                layer(x, mask=mask) if mask is not None else layer(x)
+            return
         out = layer(x, mask=mask) if mask is not None else layer(x)
         out.sum().backward()
 
@@ -111,7 +117,12 @@ def _run_child(impls: list[str], n: int, s: int, args: argparse.Namespace, memor
     cmd += ["--n", str(n), "--slots-per-expert", str(s), "--dim", str(args.dim)]
     cmd += ["--experts", str(args.experts), "--threads", str(args.threads)]
     cmd += ["--reps", str(args.reps), "--warmup", str(args.warmup)]
-    cmd += ["--geglu"] * args.geglu + ["--mask"] * args.mask + ["--memory"] * memory
+    cmd += (
+        ["--geglu"] * args.geglu
+        + ["--mask"] * args.mask
+        + ["--memory"] * memory
+        + ["--forward"] * args.forward
+    )
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
@@ -144,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--geglu", action="store_true", help="GEGLU experts (default: GELU MLP experts)")
     p.add_argument("--mask", action="store_true", help="pass a padding mask (last 1/8 of the tokens padded)")
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="time forward passes alone (no_grad) instead of forward+backward",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -165,14 +181,16 @@ def main(argv: list[str] | None = None) -> None:
     ns = [int(v) for v in args.ns.split(",")]
     slot_specs = [v.strip() for v in args.slots.split(",")]
     meds = [f"medmoe:{b.strip()}" for b in args.backends.split(",")]
-    print("# Soft MoE forward+backward: soft_moe_pytorch.SoftMoE (reference) vs medmoe.nn.SoftMoE\n")
+    mode = "forward (no_grad)" if args.forward else "forward+backward"
+    print(f"# Soft MoE {mode}: soft_moe_pytorch.SoftMoE (reference) vs medmoe.nn.SoftMoE\n")
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), fp32, batch 1, dim {args.dim}, "
         f"{args.experts} experts, {'GEGLU' if args.geglu else 'GELU'} experts, RMSNorm, "
         f"{'padding mask' if args.mask else 'no mask'}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}. Time: median (best) of {args.reps} forward+backward "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}. Time: median (best) of {args.reps} {mode} "
         f"reps after {args.warmup} warm-up, implementations alternating in one process. Peak memory: growth "
-        f"of peak RSS during one forward+backward in a fresh process.\n"
+        f"of peak RSS during one {mode} pass in a fresh process; load average before the run: "
+        f"{os.getloadavg()[0]:.1f}.\n"
     )
     print(
         "| n | slots (e x s) | medmoe backend | reference ms | medmoe ms | time ratio medmoe/ref | "

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmoe.nn import depthwise_conv, expert_epilogue, onednn_linear, slot_dispatch, soft_dispatch
+from medmoe.nn import depthwise_conv, expert_epilogue, onednn_linear, slot_dispatch, soft_dispatch, soft_route
+from medmoe.nn import experts as experts_module
 from medmoe.nn import soft_moe as soft_moe_module
 from medmoe.nn.depthwise_conv import depthwise_conv2d_nhwc, native_depthwise_conv_available
 from medmoe.nn.dropout import fast_dropout, native_dropout_available
 from medmoe.nn.expert_epilogue import native_expert_epilogue_available
+from medmoe.nn.experts import BatchedFeedForward
 from medmoe.nn.higher_order import reference_gradients
 from medmoe.nn.norms import RMSNorm, l2norm
 from medmoe.nn.onednn_linear import fast_linear, fast_matmul, onednn_linear_available, use_fast_linear
@@ -369,6 +371,8 @@ def _gradgradcheck_cases() -> list:
             [r(1, 4, 3), r(3), r(2, 3)],
         ),
         ("combine", soft_combine, [r(1, 4, 3), r(1, 3, 2)]),
+        ("route", lambda x, phi: soft_route.soft_route(x, phi), [r(1, 4, 3), r(5, 3)]),
+        ("combine_weights", soft_route.soft_combine_weights, [r(1, 4, 3), r(1, 3, 2)]),
         ("scan", lambda *a: selective_scan.selective_scan(*a, chunk_size=2), scan),
     ]
     if native_depthwise_conv_available():
@@ -444,3 +448,56 @@ def test_reference_gradients_only_differentiates_what_is_wanted() -> None:
     torch.testing.assert_close(gx, torch.ones(3, 2) @ w)
     with pytest.raises(ValueError, match="needs_input_grad"):
         reference_gradients(F.linear, (x, w), (True,), torch.ones(3, 2))
+
+
+# ------------------------------------------------------------------------------ Soft MoE with many slots
+
+
+def _route_composite(mask: Tensor | None):
+    def composite(x: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        logits = x @ phi.t()
+        masked = logits if mask is None else logits.masked_fill(~mask[..., None], float("-inf"))
+        return masked.softmax(dim=1).transpose(1, 2) @ x, logits.softmax(-1)
+
+    return composite
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_soft_route(masked: bool) -> None:
+    x, phi = _leaves(torch.randn(2, 9, 6), torch.randn(20, 6))  # 20 slots: not a multiple of the kernel's 16
+    mask = None
+    if masked:
+        mask = torch.ones(2, 9, dtype=torch.bool)
+        mask[1, -3:] = False
+    fused = lambda x, phi: soft_route.soft_route(x, phi, mask)
+    assert_second_order_matches(fused, _route_composite(mask), [x, phi], "SoftRouteBackward")
+
+
+def test_soft_combine_weights() -> None:
+    combine, values = _leaves(torch.randn(2, 9, 4).softmax(-1), torch.randn(2, 4, 12))
+    assert_second_order_matches(
+        soft_route.soft_combine_weights, torch.matmul, [combine, values], "_CombineProductBackward"
+    )
+
+
+@needs_onednn
+def test_experts_per_expert_products() -> None:
+    ff = BatchedFeedForward(2, 8, mult=2, geglu=True)
+    (x,) = _leaves(torch.randn(1, 2, 5, 8))
+    params = [ff.w1, ff.b1, ff.w2]  # (the output is linear in b2: no second-order gradient)
+    assert_second_order_matches(
+        lambda x, *p: ff.forward_per_expert(x), lambda x, *p: ff(x), [x, *params], "_ExpertLinearBackward"
+    )
+
+
+def test_soft_route_first_order_never_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("reference_gradients called by a first-order backward")
+
+    monkeypatch.setattr(soft_route, "reference_gradients", refuse)
+    monkeypatch.setattr(experts_module, "reference_gradients", refuse)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    slots, combine = soft_route.soft_route(x, torch.randn(20, 8, requires_grad=True))
+    out = soft_route.soft_combine_weights(combine, slots * 2)
+    ff = BatchedFeedForward(2, 8, mult=2)
+    (out.sum() + ff.forward_per_expert(x.view(1, 2, 5, 8)).sum()).backward()

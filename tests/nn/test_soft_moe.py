@@ -8,12 +8,16 @@ from medmoe.nn.experts import BatchedFeedForward
 from medmoe.nn.routing import Routing
 from medmoe.nn.soft_moe import SoftMoE, SoftMoEEmbed
 
-BACKENDS = ["sdpa", "dense"]
+# "fused": the dense backend with more slots (3 x 7 = 21) than features (16), i.e. the fused route (soft_route)
+BACKENDS = ["sdpa", "dense", "fused"]
 backends = pytest.mark.parametrize("backend", BACKENDS)
 
 
 def small(dim=16, **kw):
     cfg = {"num_experts": 3, "num_slots": 4, "expert_mult": 2}
+    if kw.get("backend") == "fused":
+        cfg.update(num_slots=7, backend="dense")
+        kw.pop("backend")
     cfg.update(kw)
     return SoftMoE(dim, **cfg)
 
@@ -151,12 +155,14 @@ def test_autocast_bf16_cpu_runs_and_is_finite(backend):
 
 
 @pytest.mark.parametrize(
-    "use_layernorm, backend", [(False, "sdpa"), (True, "sdpa"), (False, "dense"), (True, "dense")]
+    "use_layernorm, backend",
+    [(False, "sdpa"), (True, "sdpa"), (False, "dense"), (True, "dense"), (False, "fused"), (True, "fused")],
 )
 def test_gradcheck_float64(use_layernorm, backend):
-    layer = SoftMoE(
-        6, num_experts=2, num_slots=2, expert_mult=1, geglu=True, use_layernorm=use_layernorm, backend=backend
-    )
+    # fused: the dense backend with 2 x 4 slots > 6 features
+    slots, backend = (4, "dense") if backend == "fused" else (2, backend)
+    cfg = {"num_experts": 2, "num_slots": slots, "expert_mult": 1, "geglu": True, "backend": backend}
+    layer = SoftMoE(6, use_layernorm=use_layernorm, **cfg)
     layer = layer.double()
     x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
@@ -264,3 +270,37 @@ def test_soft_moe_embed_bad_arguments():
         SoftMoEEmbed(4, 8).embed(torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="accepted arguments"):
         create_patch_embed("soft_moe", 4, 8, num_heads=2)
+
+
+def test_many_slots_take_the_fused_route():
+    """More slots than features: the dense path computes both softmaxes with the fused kernel (soft_route)."""
+    layer = small(backend="fused")
+    assert layer._many_slots() and not small(backend="dense")._many_slots()
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    out = layer(x)
+    names, frontier = set(), [out.grad_fn]
+    while frontier:
+        node = frontier.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            frontier += [f for f, _ in node.next_functions]
+    assert {"SoftRouteBackward", "_CombineProductBackward"} <= names
+
+
+def test_fused_route_same_with_the_torch_backend(monkeypatch):
+    """The kernel (native backend) and its PyTorch form (torch backend) give the same outputs and gradients."""
+    from medmoe.nn import backend as backend_module
+
+    layer = small(backend="fused", geglu=True)
+    x = torch.randn(2, 50, 16, requires_grad=True)
+    mask = torch.rand(2, 50) > 0.3
+    grads = []
+    for name in ("native", "torch"):
+        monkeypatch.setattr(backend_module, "_chosen", name)
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out, routing = layer(x, mask, return_routing=True)
+        (out * torch.linspace(-1, 1, 16)).sum().backward()
+        grads.append([out, routing.expert_assignment, x.grad] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -94,3 +94,29 @@ def test_larger_sequence_matches(backend):
     ref, ours = make_pair(dim=64, num_experts=4, num_slots=32, backend=backend)  # 128 slots > dim
     x = torch.randn(1, 1500, 64)
     torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+@pytest.mark.parametrize("geglu", [False, True], ids=["gelu", "geglu"])
+@pytest.mark.parametrize("use_layernorm", [False, True], ids=["rmsnorm", "layernorm"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_one_slot_per_token_outputs_and_gradients_match(geglu, use_layernorm, masked):
+    """soft-moe-pytorch's default (seq_len = n: one slot per token, more slots than features): the fused route."""
+    n = 70
+    ref, ours = make_pair(
+        geglu=geglu, use_layernorm=use_layernorm, num_experts=5, num_slots=n // 5, backend="auto"
+    )
+    assert ours._dense(torch.empty(2, n, 32)) and ours._many_slots()
+    x_ref = torch.randn(2, n, 32, requires_grad=True)
+    x_ours = x_ref.detach().clone().requires_grad_()
+    mask = None
+    if masked:
+        mask = torch.ones(2, n, dtype=torch.bool)
+        mask[0, 50:] = False
+        mask[1, :7] = False
+    out_ref, out_ours = ref(x_ref, mask=mask), ours(x_ours, mask=mask)
+    keep = torch.ones(2, n, 1) if mask is None else mask[..., None].float()
+    torch.testing.assert_close(out_ours, out_ref * keep, **TOL)
+    grad = torch.randn_like(out_ref) * keep
+    (out_ref * grad).sum().backward()
+    (out_ours * grad).sum().backward()
+    assert_same_grads(ref, ours, x_ref, x_ours)

@@ -58,6 +58,7 @@ from .norms import LayerNorm, RMSNorm, l2norm
 from .patch_embedding import EmbeddedPatches, PatchEmbedding
 from .routing import Routing, check_mask
 from .soft_dispatch import normalized_dispatch, soft_combine
+from .soft_route import soft_combine_weights, soft_route
 
 __all__ = ["SoftMoE", "SoftMoEEmbed", "soft_attend"]
 
@@ -331,13 +332,16 @@ class SoftMoE(nn.Module):
 
         phi = self.normalized_slots()  # (t, d)
         combine = None
-        if self._dense(tokens) and self._can_fold_norm(tokens):
+        dense = self._dense(tokens)
+        if dense and not self._many_slots() and self._can_fold_norm(tokens):
             out, logits = self._route_folded(tokens, phi, mask)
             if return_routing:
                 combine = logits.detach().softmax(dim=-1)
         else:
             xn = _apply_norm(self.norm, tokens)  # (b, n, d)
-            if self._dense(tokens):
+            if dense and self._many_slots():
+                out, combine = self._route_fused(xn, phi, mask)
+            elif dense:
                 out, combine = self._route_dense(xn, phi, mask)
             else:
                 phi_b = phi.unsqueeze(0).expand(b, e * s, d)
@@ -378,6 +382,27 @@ class SoftMoE(nn.Module):
             slots = self.num_experts * self.num_slots
             return slots <= self.dim or tokens.shape[0] * tokens.shape[1] * slots <= _DENSE_MAX_LOGITS
         return self.backend == "dense"
+
+    def _many_slots(self) -> bool:
+        """Whether the dense path takes :meth:`_route_fused`: more slots ``e * s`` than features ``d``."""
+        return self.num_experts * self.num_slots > self.dim
+
+    def _route_fused(self, xn: Tensor, phi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The dense path for many slots: both softmaxes fused (:mod:`medmoe.nn.soft_route`).
+
+        Returns the output ``(b, n, d)`` (float32 / float64) and the combine weights ``(b, n, t)``.
+        """
+        b, _, d = xn.shape
+        dtype = torch.promote_types(xn.dtype, phi.dtype)
+        if dtype in _HALF:
+            dtype = torch.float32
+        with torch.autocast(device_type=xn.device.type, enabled=False):
+            slots, combine = soft_route(xn.to(dtype), phi.to(dtype), mask)  # (b, t, d), (b, n, t)
+        slots = slots.to(xn.dtype).view(b, self.num_experts, self.num_slots, d)
+        expert_out = self.experts.forward_per_expert(slots).reshape(b, -1, d)
+        with torch.autocast(device_type=xn.device.type, enabled=False):
+            out = soft_combine_weights(combine, expert_out.to(dtype))  # tokens attend to slots
+        return out, combine
 
     def _route_dense(self, xn: Tensor, phi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Dispatch, experts and combine with the ``(b, n, t)`` logits materialised once.

@@ -62,7 +62,7 @@ from ..runs import (
     start_run_folder,
     writing,
 )
-from .config import EARLY_STOPPING_METRICS, TrainConfig, resolve_monitor
+from .config import EARLY_STOPPING_METRICS, TrainConfig, recorded_settings, resolve_monitor
 from .cross_validation import ComparisonResult, CVResult, check_model, resolve_variant
 from .fold_runner import FoldTask, run_folds
 from .metrics import summarize
@@ -549,7 +549,7 @@ def _join_run_folder(out_dir: Path, manifest: RunManifest, *, resume: bool, over
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
     from .trainer import RESUME_NEUTRAL_SETTINGS
 
-    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS}
+    return recorded_settings({k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS})
 
 
 def _cv_result(model_name: str, overrides: dict[str, Any], tasks: list[FoldTask], results: list[Any],

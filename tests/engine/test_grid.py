@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from medmoe.engine.mil.grid import GridSpec, GridUnit, compare_command, grid_state, open_grid, read_units
+from medmoe.engine.mil.grid import (
+    GridSpec,
+    GridUnit,
+    compare_command,
+    grid_state,
+    open_grid,
+    read_units,
+    run_grid_worker,
+)
 from medmoe.errors import InputError
 
 optuna = pytest.importorskip("optuna")
@@ -269,3 +277,51 @@ def test_grid_command_runs_mil_compare_units(tmp_path):
     ]
     log = (tmp_path / "grid" / "log_grid.txt").read_text()
     assert log.count(" start ") == 2 and log.count("rc=0") == 2
+
+
+def test_a_failing_unit_is_retried_then_left_failed_and_finished_units_are_skipped(tmp_path):
+    """In one process: a unit whose command fails is queued again ``max_retry`` times, then stays failed;
+    a unit whose fold results exist completes without running."""
+    path = tmp_path / "units.txt"
+    path.write_text("musk1 abmil linear\n")
+    units = read_units(path, seeds=[0, 1, 2])
+    done = units[2].run_dir(tmp_path / "grid" / "out")
+    for fold in range(3):
+        (done / f"fold{fold}").mkdir(parents=True)
+        (done / f"fold{fold}" / "fold_result.json").write_text("{}")
+    calls: list[str] = []
+
+    def run_unit(unit: GridUnit, log_path: Path) -> int:
+        calls.append(unit.name)
+        return 3 if unit.seed == 0 else 0
+
+    report = run_grid_worker(
+        GridSpec(tuple(units), k=3, study_name="g"),
+        f"sqlite:///{tmp_path / 'grid.db'}",
+        tmp_path / "grid",
+        max_retry=1,
+        heartbeat_interval=5,
+        run_unit=run_unit,
+    )
+    assert calls == ["musk1.abmil.linear.seed0", "musk1.abmil.linear.seed1", "musk1.abmil.linear.seed0"]
+    assert report.states == {units[0].name: "failed", units[1].name: "done", units[2].name: "done"}
+    assert report.failed == {units[0].name: 3}
+    by_unit = _trials_by_unit(tmp_path)
+    assert [t.state.name for t in by_unit[units[0].name]] == ["FAIL", "FAIL"]
+    assert by_unit[units[2].name][0].user_attrs["note"] == "already finished"
+    assert "grid g: 2/3 units done, 0 running, 0 waiting, 1 failed" in report.summary()
+
+
+def test_grid_command_refuses_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from medmoe.cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["mil", "grid", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "g")])
+    assert result.exit_code == 2 and "units file" in result.output and "not found" in result.output
+    (tmp_path / "units.txt").write_text("musk1 abmil linear\n")
+    result = runner.invoke(
+        app, ["mil", "grid", str(tmp_path / "units.txt"), "--out", str(tmp_path / "g"), "--", "--seed", "3"]
+    )
+    assert result.exit_code == 2 and "--seed" in result.output and "--k" in result.output

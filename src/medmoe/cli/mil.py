@@ -287,7 +287,8 @@ def train(
             optimizer=optimizer, min_lr=min_lr, grad_clip=grad_clip,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
-            num_nodes=num_nodes, strategy="ddp" if devices > 1 or num_nodes > 1 else "auto", task=task, survival_bins=bins, survival_alpha=survival_alpha,
+            num_nodes=num_nodes, strategy="ddp" if devices > 1 or num_nodes > 1 else "auto", task=task,
+            survival_bins=bins, survival_alpha=survival_alpha,
             metrics_level=metrics_level,
             max_instances=max_instances,
         )

@@ -8,7 +8,8 @@ exactly these files, so the committed folder reproduces the tables of docs/repro
     python benchmarks/full_protocol/sync_results.py RUNS_DIR --restore  # results folder -> RUNS_DIR/out
     medmoe mil summarize benchmarks/results/full_protocol
 
-``run_units.sh`` skips restored units (their 10 fold results exist), so a grid continues where it stopped.
+``run_units.sh`` (``medmoe mil grid``) skips restored units (their 10 fold results exist), so a grid continues
+where it stopped.
 """
 
 from __future__ import annotations

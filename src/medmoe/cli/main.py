@@ -8,7 +8,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from . import bench, demo, doctor, mil
+from . import bench, demo, doctor, grid, mil
 from . import mosaic as mosaic_cli
 from . import report as report_cli
 from . import seg as seg_cli
@@ -73,6 +73,7 @@ app.command("doctor", help=doctor.__doc__)(doctor.doctor)
 app.command("demo", help=demo.__doc__)(demo.demo)
 app.add_typer(bench.app, name="bench")
 app.add_typer(mil.app, name="mil")
+mil.app.command("grid", help=grid.grid.__doc__)(grid.grid)
 app.add_typer(seg_cli.app, name="seg")
 app.add_typer(mosaic_cli.app, name="mosaic")
 app.command("report", help=report_cli.__doc__)(report_cli.report)

@@ -266,7 +266,9 @@ def train(
                                          "trainer_state.pt after a fold finishes (default: dropped; the best "
                                          "model is in checkpoint/)."),
     accelerator: str = typer.Option("auto"),
-    devices: int = typer.Option(1, min=1),
+    devices: int = typer.Option(1, min=1, help="Devices (processes) per node; more than one trains with DDP."),
+    num_nodes: int = typer.Option(1, min=1, help="Machines training together, each running this command with "
+                                  "--devices processes under torchrun or SLURM srun (see the Scaling out docs)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Folds trained at a time in worker processes, each "
                              "with threads/jobs torch threads: small bags train fastest with one process per core."),
 ) -> None:
@@ -285,7 +287,8 @@ def train(
             optimizer=optimizer, min_lr=min_lr, grad_clip=grad_clip,
             min_epochs=min(epochs, 10), early_stopping=early_stopping, standardize_features=standardize,
             class_weights=class_weights, accelerator=accelerator, devices=devices, keep_last_state=keep_last_state,
-            strategy="ddp" if devices > 1 else "auto", task=task, survival_bins=bins, survival_alpha=survival_alpha,
+            num_nodes=num_nodes, strategy="ddp" if devices > 1 or num_nodes > 1 else "auto", task=task,
+            survival_bins=bins, survival_alpha=survival_alpha,
             metrics_level=metrics_level,
             max_instances=max_instances,
         )

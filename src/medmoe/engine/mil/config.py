@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EARLY_STOPPING_METRICS", "TrainConfig", "resolve_monitor"]
+__all__ = ["EARLY_STOPPING_METRICS", "LATER_SETTINGS", "TrainConfig", "recorded_settings", "resolve_monitor"]
 
 #: Metrics the built-in tasks' early-stopping monitors accept, and whether larger is better (each task's
 #: own: ``get_task(name).monitor_metrics``, :mod:`medmoe.engine.mil.tasks`).
@@ -28,6 +28,10 @@ EARLY_STOPPING_METRICS: dict[str, bool] = {
     "loss": False,
 }
 
+
+#: TrainConfig fields added after run folders (``manifest.json``) were first written, with their defaults:
+#: a run records one only when it differs from its default, so a folder written before it still resumes
+LATER_SETTINGS: dict[str, Any] = {"num_nodes": 1}
 
 _PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true")
 
@@ -83,7 +87,10 @@ class TrainConfig:
         precision: Lightning Fabric precision; ``'auto'`` = ``'32-true'`` on CPU/MPS, ``'bf16-mixed'``
             on CUDA GPUs that support it, else ``'16-mixed'``.
         accelerator: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'gpu'`` or ``'mps'``.
-        devices: number of devices (or ``'auto'``); more than one uses ``strategy``.
+        devices: number of devices (or ``'auto'``) per node; more than one uses ``strategy``.
+        num_nodes: number of machines (nodes) training together, each with ``devices`` processes; more
+            than one uses DDP. Start one process per device on every node with ``torchrun`` or SLURM
+            ``srun`` (Lightning Fabric reads the cluster environment): see the "Scaling out" docs page.
         strategy: Lightning Fabric strategy (``'auto'``, ``'ddp'``, ``'ddp_spawn'``, ...).
         num_workers: DataLoader worker processes.
         standardize_features: z-score instance features with a per-dimension mean / std fitted on the
@@ -123,6 +130,7 @@ class TrainConfig:
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str = 1
+    num_nodes: int = 1
     strategy: str = "auto"
     num_workers: int = 0
     standardize_features: bool = False
@@ -155,6 +163,7 @@ class TrainConfig:
         positive_int("min_epochs", allow_zero=True)
         positive_int("num_workers", allow_zero=True)
         positive_int("seed", allow_zero=True)
+        positive_int("num_nodes")
         if self.eval_batch_size is not None:
             positive_int("eval_batch_size")
         if self.patience is not None:
@@ -239,3 +248,9 @@ def resolve_monitor(name: str, num_classes: int, task: str = "classification") -
     from .tasks import get_task
 
     return get_task(task).resolve_monitor(name, num_classes)
+
+
+def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (a :meth:`TrainConfig.to_dict`, possibly filtered) as a run folder records them: the
+    :data:`LATER_SETTINGS` left out while at their defaults."""
+    return {k: v for k, v in settings.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}

@@ -42,7 +42,7 @@ from ..runs import (
     write_manifest,
     writing,
 )
-from .config import TrainConfig
+from .config import TrainConfig, recorded_settings
 from .fold_runner import FoldTask, run_folds
 from .grid_progress import GridProgress
 from .metrics import ALL_METRIC_NAMES, format_mean_std, format_summary, summarize
@@ -222,7 +222,7 @@ def check_model(model_name: str, model_overrides: dict[str, Any], dataset: Any, 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
     """The training settings a resume must match (those that cannot change a result left out)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS}
+    return recorded_settings({k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS})
 
 
 def _cv_identity(

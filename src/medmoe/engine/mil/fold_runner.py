@@ -163,10 +163,11 @@ def _run_in_pool(
 ) -> list[FoldResult]:
     import torch
 
-    if fabric is not None or cfg.devices not in (1, "1"):
+    if fabric is not None or cfg.devices not in (1, "1") or cfg.num_nodes != 1:
         raise InputError(
-            "{jobs} > 1 runs folds in separate processes: it cannot share a Fabric or use several devices per "
-            "run (DDP); use {jobs} 1 with {devices} > 1, or {devices} 1 with {jobs} > 1", jobs=SETTING, devices=SETTING
+            "{jobs} > 1 runs folds in separate processes: it cannot share a Fabric or use several devices or "
+            "nodes per run (DDP); use {jobs} 1 with {devices} > 1 or {num_nodes} > 1, or {devices} 1 with "
+            "{jobs} > 1", jobs=SETTING, devices=SETTING, num_nodes=SETTING
         )
     try:
         blob = pickle.dumps({t.dataset: datasets[t.dataset] for t in tasks})

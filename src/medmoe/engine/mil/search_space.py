@@ -42,7 +42,8 @@ _TYPES = ("float", "int", "categorical")
 _TARGETS = ("train", "model", "mammoth")
 _MAMMOTH_KEYS = ("num_experts", "num_slots", "num_heads", "slot_dim")
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-_NOT_TUNABLE = {"task", "seed", "accelerator", "devices", "strategy", "num_workers", "progress", "loggers", "precision"}
+_NOT_TUNABLE = {"task", "seed", "accelerator", "devices", "num_nodes", "strategy", "num_workers", "progress", "loggers",
+                "precision"}
 
 
 @dataclass(frozen=True)

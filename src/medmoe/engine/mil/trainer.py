@@ -37,10 +37,11 @@ Determinism: the epoch's bag order (shuffle or balanced sampling) comes from a g
 at the start of every epoch. An interrupted run resumed from its trainer state therefore ends with
 exactly the same weights and metrics as an uninterrupted one (on the same hardware and software).
 
-Distributed (``devices > 1``): each process trains on its shard of the epoch's bag order (padded by
-wrapping so every rank takes the same number of steps); gradients are averaged by DDP, so the
-effective batch is ``batch_size * world_size``. Evaluation shards the bags without duplicates and
-gathers the probabilities, so metrics are computed on exactly the evaluated set.
+Distributed (``devices > 1`` or ``num_nodes > 1``, one process per device on every node): each
+process trains on its shard of the epoch's bag order (padded by wrapping so every rank takes the same
+number of steps); gradients are averaged by DDP, so the effective batch is ``batch_size * world_size``.
+Evaluation shards the bags without duplicates and gathers the probabilities, so metrics are computed on
+exactly the evaluated set.
 """
 
 from __future__ import annotations
@@ -190,6 +191,9 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
     running script is started again once per extra device, so call the trainer from a script (``python
     train.py``), not from an interactive session. Spawn-based strategies need
     ``fabric.launch(function)``; launch them yourself and pass ``fabric=`` to :func:`train_one_fold`.
+    With ``num_nodes > 1`` (or under ``torchrun`` / SLURM with one process per device) the processes
+    are started externally and Fabric reads their ranks and the rendezvous address from the cluster
+    environment (``torchrun``'s or SLURM's variables); ``devices * num_nodes`` must equal the world size.
     DDP is set up with ``find_unused_parameters=True`` because some MIL models (CLAM instance
     classifiers) do not use every parameter at every step.
     """
@@ -201,7 +205,7 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
             "the medmoe trainer needs lightning-fabric; install the MIL extra: pip install 'medmoe[mil]'"
         ) from err
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    key = (cfg.accelerator, cfg.devices, cfg.strategy, precision)
+    key = (cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.strategy, precision)
     if key in _FABRICS:
         return _FABRICS[key]
     strategy: Any = cfg.strategy
@@ -212,11 +216,18 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
         )
     if strategy == "ddp":
         strategy = DDPStrategy(find_unused_parameters=True)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=precision)
+    fabric = Fabric(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        precision=precision,
+    )
     if fabric.world_size > 1 and cfg.strategy == "auto":
         fabric = Fabric(
             accelerator=cfg.accelerator,
             devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
             precision=precision,
             strategy=DDPStrategy(find_unused_parameters=True),
         )

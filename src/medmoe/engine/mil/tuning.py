@@ -62,7 +62,7 @@ from ..runs import (
     start_run_folder,
     writing,
 )
-from .config import EARLY_STOPPING_METRICS, TrainConfig, resolve_monitor
+from .config import EARLY_STOPPING_METRICS, TrainConfig, recorded_settings, resolve_monitor
 from .cross_validation import ComparisonResult, CVResult, check_model, resolve_variant
 from .fold_runner import FoldTask, run_folds
 from .metrics import summarize
@@ -206,9 +206,17 @@ def _redact(url: str) -> str:
     return url
 
 
-def open_storage(url: str) -> Any:
+def open_storage(
+    url: str, *, heartbeat_interval: int = 60, grace_period: int = 120,
+    stale_trial_callback: Any = None, engine_kwargs: dict[str, Any] | None = None,
+) -> Any:
     """An Optuna RDB storage for ``url`` (SQLite, PostgreSQL, MySQL, ...) with trial heartbeats, so that
-    the trials of a killed process are marked failed once their heartbeat stops (after 2 minutes).
+    the trials of a killed process are marked failed once their heartbeat stops (after ``grace_period``
+    seconds; a running trial beats every ``heartbeat_interval`` seconds).
+
+    ``stale_trial_callback(study, trial)`` runs for each trial so failed (e.g. Optuna's
+    ``RetryHeartbeatStaleTrialCallback``, which queues it again); ``engine_kwargs`` go to SQLAlchemy's
+    ``create_engine``. ``medmoe mil tune`` and ``medmoe mil grid`` share this storage.
 
     Raises:
         ValueError: the URL cannot be opened (malformed, unknown driver, unreachable database).
@@ -224,7 +232,10 @@ def open_storage(url: str) -> Any:
         try:
             with warnings.catch_warnings():  # heartbeats are an "experimental" argument since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=120)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period, **_stale_callback_argument(stale_trial_callback),
+                )
         except (IntegrityError, OperationalError) as err:
             # processes started together race to create the tables of a new database: the loser retries
             if attempt == 2:
@@ -235,6 +246,20 @@ def open_storage(url: str) -> Any:
             raise InputError(f"cannot open the Optuna {{storage}} {_redact(url)}: {_first_line(err)}",
                              storage=SETTING) from err
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stale_callback_argument(callback: Any) -> dict[str, Any]:
+    """``RDBStorage``'s keyword for ``callback``: ``heartbeat_stale_trial_callback`` since Optuna 4.9,
+    ``failed_trial_callback`` before."""
+    import inspect
+
+    import optuna
+
+    if callback is None:
+        return {}
+    names = inspect.signature(optuna.storages.RDBStorage).parameters
+    return {"heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names
+            else "failed_trial_callback": callback}
 
 
 def _first_line(err: BaseException) -> str:
@@ -549,7 +574,7 @@ def _join_run_folder(out_dir: Path, manifest: RunManifest, *, resume: bool, over
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
     from .trainer import RESUME_NEUTRAL_SETTINGS
 
-    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS}
+    return recorded_settings({k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_SETTINGS})
 
 
 def _cv_result(model_name: str, overrides: dict[str, Any], tasks: list[FoldTask], results: list[Any],

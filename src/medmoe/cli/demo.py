@@ -27,9 +27,9 @@ def demo(
     layers: bool = typer.Option(False, help="Instead: the Mammoth layer benchmark (vs mammoth-moe and nn.Linear)."),
 ) -> None:
     if layers:
-        from ..bench.mammoth_layers import main
+        from ..bench.mammoth_layers import run_mammoth_benchmark
 
-        main(["--sizes", "1000", "10000", "50000", "--reps", "2"])
+        run_mammoth_benchmark([1000, 10_000, 50_000], reps=2)
         return
     from .mil import run_compare
 

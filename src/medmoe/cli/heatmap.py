@@ -71,14 +71,7 @@ def heatmap(
         if cohort is not None:
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")
-            from ..engine.mil.heatmap_pipeline import cohort_expert_stats
-            # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
-            bags = _cohort_bags(cohort, labels, info)
-            data = cohort_expert_stats(model, bags, out / "expert_stats",
-                                       feature_stats=info.get("feature_stats"), device=device)
-            typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
-                       f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
-            typer.echo(f"wrote {out / 'expert_stats'}")
+            _cohort_stats(model, info, cohort, labels, out, device)
             return
         if demo:
             if features is not None or slide is not None:
@@ -107,6 +100,11 @@ def heatmap(
         fail(err)
     except OSError as err:  # e.g. --out is a file, or a read-only folder
         fail(ValueError(f"cannot write the heatmaps to --out {out}: {err.strerror or err}"))
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The prediction (or risk), the expert statistics and the files of one slide's heatmaps."""
     files = summary["files"]
     n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
     if "risk" in summary:  # a survival model
@@ -123,6 +121,19 @@ def heatmap(
         typer.echo(f"{st['num_experts']} experts, {st['active_experts']} active; load balance "
                    f"{st['load_balance']:.3f}; routing entropy {st['entropy_mean']:.3f} (1 = uniform)")
     typer.echo(f"wrote {n} images to {out} (summary: {out / 'heatmaps.json'})")
+
+
+def _cohort_stats(model: Any, info: dict[str, Any], cohort: Path, labels: Path, out: Path, device: str) -> None:
+    """Expert load, routing entropy and usage per class over the bags of ``--cohort``
+    (:func:`~medmoe.engine.mil.heatmap_pipeline.cohort_expert_stats`), summarised in one line."""
+    from ..engine.mil.heatmap_pipeline import cohort_expert_stats
+
+    # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
+    bags = _cohort_bags(cohort, labels, info)
+    data = cohort_expert_stats(model, bags, out / "expert_stats", feature_stats=info.get("feature_stats"), device=device)
+    typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
+               f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
+    typer.echo(f"wrote {out / 'expert_stats'}")
 
 
 def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides: Path | None, out: Path,

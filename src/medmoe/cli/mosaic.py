@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -75,54 +76,23 @@ def train(
     n_per_split: int = typer.Option(48, help="--demo: samples per split."),
 ) -> None:
     """Train MOSAIC (frozen ViT + specialist adapters + per-dataset heads) on MedMNIST datasets."""
-    from ..data.medmnist import MedMNISTFileError, order_medmnist_flags, resolve_medmnist_flags
-    from ..engine.mosaic.presets import get_mosaic_preset
-    from ..engine.mosaic.report import format_metrics_table, format_parameter_report, parameter_report
+    from ..data.medmnist import MedMNISTFileError
+    from ..engine.mosaic.report import format_metrics_table, format_parameter_report
     from ..engine.mosaic.setup import (
         DEMO_DATA_DIR,
         SYNTHETIC_NOTE,
-        VIT_SIZES,
-        check_vit_weights,
         prepare_mosaic_training,
         write_mosaic_demo_data,
     )
-    from ..engine.mosaic.training import (
-        AUGMENTATIONS,
-        EARLY_STOPPING,
-        SAMPLERS,
-        SELECTION_METRICS,
-        load_medmnist_data,
-        train_mosaic,
-    )
-    from ..models.vit import MosaicModel, ViTWeightsError
+    from ..engine.mosaic.training import load_medmnist_data, train_mosaic
+    from ..models.vit import ViTWeightsError
 
     demo_data = (DEMO_DATA_DIR,) if demo else ()
     try:
-        try:
-            chosen = get_mosaic_preset(preset or ("medmoe-cpu" if demo else "mosaic-paper"))
-        except ValueError as err:
-            raise typer.BadParameter(f"--preset: {err}") from err
-        try:
-            flags = order_medmnist_flags(resolve_medmnist_flags(datasets), dataset_order or chosen.dataset_order)
-        except ValueError as err:
-            raise typer.BadParameter(f"--datasets / --dataset-order: {err}") from err
+        chosen, flags = _check_train_flags(preset, demo, datasets, dataset_order, data, weights, vit,
+                                           {"--sampler": sampler, "--early-stopping": early_stopping,
+                                            "--selection-metric": selection_metric, "--augmentation": augmentation})
         note = ""
-        if data is None and not demo:
-            raise typer.BadParameter("give --data DIR with the MedMNIST .npz files (or --demo for synthetic data)")
-        if weights is None:
-            raise typer.BadParameter(
-                "give --weights PATH (ViT-B/16 ImageNet weights: JAX ViT-B_16.npz or timm .safetensors/.pth) "
-                "or --weights none for a random backbone"
-            )
-        check_vit_weights(weights)
-        if vit not in VIT_SIZES:
-            raise typer.BadParameter(f"--vit must be base or tiny, got {vit!r}")
-        choices = {"--sampler": (sampler, SAMPLERS), "--early-stopping": (early_stopping, EARLY_STOPPING),
-                   "--selection-metric": (selection_metric, SELECTION_METRICS),
-                   "--augmentation": (augmentation, (*AUGMENTATIONS, "none"))}
-        for flag, (value, allowed) in choices.items():
-            if value is not None and value not in allowed:
-                raise typer.BadParameter(f"{flag} must be one of {' | '.join(allowed)}, got {value!r}")
         setup = prepare_mosaic_training(
             chosen, flags, size=size, vit=vit,
             model_overrides={"routing": routing, "image_size_2d": image_size_2d, "normalize_2d": normalize,
@@ -144,7 +114,7 @@ def train(
         typer.echo(f"preset {chosen.name}, size {setup.size}" + (
             " (the authors' protocol; --preset medmoe-cpu for small CPU-friendly settings)"
             if chosen.name == "mosaic-paper" else ""))
-        typer.echo(format_parameter_report(parameter_report(MosaicModel(model_cfg, device="meta"))))
+        typer.echo(format_parameter_report(setup.parameter_report()))
         if str(weights).lower() == "none":
             typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)
         result = train_mosaic(model_cfg, setup.train_config, split_data, out, weights=weights, data_note=note,
@@ -157,6 +127,42 @@ def train(
     typer.echo(format_metrics_table(result.test_metrics, dims, title="Test (official MedMNIST metrics), student"))
     typer.echo(f"best round {result.best_round}/{result.rounds_run}; checkpoint: {result.checkpoint_dir}; "
                f"report: {out / 'report.md'}")
+
+
+def _check_train_flags(preset: str | None, demo: bool, datasets: str, dataset_order: str | None, data: Path | None,
+                       weights: str | None, vit: str, choices: dict[str, str | None]) -> tuple[Any, list[str]]:
+    """``(preset, ordered dataset flags)`` once every ``mosaic train`` flag that can be checked before any work
+    is valid; ``typer.BadParameter`` naming the flag otherwise (a missing weight file: ``ValueError``)."""
+    from ..data.medmnist import order_medmnist_flags, resolve_medmnist_flags
+    from ..engine.mosaic.presets import get_mosaic_preset
+    from ..engine.mosaic.setup import VIT_SIZES, check_vit_weights
+    from ..engine.mosaic.training import AUGMENTATIONS, EARLY_STOPPING, SAMPLERS, SELECTION_METRICS
+
+    try:
+        chosen = get_mosaic_preset(preset or ("medmoe-cpu" if demo else "mosaic-paper"))
+    except ValueError as err:
+        raise typer.BadParameter(f"--preset: {err}") from err
+    try:
+        flags = order_medmnist_flags(resolve_medmnist_flags(datasets), dataset_order or chosen.dataset_order)
+    except ValueError as err:
+        raise typer.BadParameter(f"--datasets / --dataset-order: {err}") from err
+    if data is None and not demo:
+        raise typer.BadParameter("give --data DIR with the MedMNIST .npz files (or --demo for synthetic data)")
+    if weights is None:
+        raise typer.BadParameter(
+            "give --weights PATH (ViT-B/16 ImageNet weights: JAX ViT-B_16.npz or timm .safetensors/.pth) "
+            "or --weights none for a random backbone"
+        )
+    check_vit_weights(weights)
+    if vit not in VIT_SIZES:
+        raise typer.BadParameter(f"--vit must be base or tiny, got {vit!r}")
+    allowed_values = {"--sampler": SAMPLERS, "--early-stopping": EARLY_STOPPING,
+                      "--selection-metric": SELECTION_METRICS, "--augmentation": (*AUGMENTATIONS, "none")}
+    for flag, value in choices.items():
+        allowed = allowed_values[flag]
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{flag} must be one of {' | '.join(allowed)}, got {value!r}")
+    return chosen, flags
 
 
 CHECKPOINT_HELP = ("Checkpoint folder written by 'medmoe mosaic train', or a checkpoint file of the reference MOSAIC "

@@ -19,6 +19,7 @@ from typing import Any
 
 from ...models.vit import MosaicConfig
 from .presets import MosaicPreset
+from .report import ParameterReport
 from .training import MosaicTrainConfig
 
 __all__ = [
@@ -58,6 +59,14 @@ class MosaicTrainingSetup:
     size: int
     model_config: MosaicConfig
     train_config: MosaicTrainConfig
+
+    def parameter_report(self) -> ParameterReport:
+        """The model's parameter counts by group (backbone, tokenizer, adapters, heads), counted on a ``meta``
+        model (no memory used)."""
+        from ...models.vit import MosaicModel
+        from .report import parameter_report
+
+        return parameter_report(MosaicModel(self.model_config, device="meta"))
 
 
 def check_vit_weights(weights: str | Path) -> None:

@@ -126,10 +126,11 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 def _cohort_stats(model: Any, info: dict[str, Any], cohort: Path, labels: Path, out: Path, device: str) -> None:
     """Expert load, routing entropy and usage per class over the bags of ``--cohort``
     (:func:`~medmoe.engine.mil.heatmap_pipeline.cohort_expert_stats`), summarised in one line."""
+    from ..engine.mil.heatmap_files import cohort_bags
     from ..engine.mil.heatmap_pipeline import cohort_expert_stats
 
     # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
-    bags = _cohort_bags(cohort, labels, info)
+    bags = cohort_bags(cohort, labels, info)
     data = cohort_expert_stats(model, bags, out / "expert_stats", feature_stats=info.get("feature_stats"), device=device)
     typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
                f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
@@ -151,20 +152,6 @@ def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides
         typer.secho(f"skipped {line}", fg="yellow", err=True)
     if not result.rows:
         raise ValueError(f"no slide of {features} could be drawn; the first error: {failed[0]}")
-
-
-def _cohort_bags(cohort: Path, labels: Path, info: dict[str, Any]) -> Any:
-    """The bags of ``--cohort`` grouped by ``--labels``: through the checkpoint's classes when the CSV uses
-    any of them (so a typo is an error, not a new group), else by the CSV's own values (another grouping,
-    e.g. subtypes for a tumour/normal model; the usage table names them)."""
-    from ..data import FeatureFolderBags
-    from .mil import checkpoint_classes, inference_dataset
-
-    if info.get("task", "classification") == "classification":
-        own = FeatureFolderBags(cohort, labels)
-        if not set(own.class_names) & set(checkpoint_classes(info)):
-            return own
-    return inference_dataset(cohort, labels, info)[0]
 
 
 def _check_options(cmap: str, normalize: str, embedding: str, top_k: int, experts: int, max_size: int,

@@ -20,6 +20,7 @@ __all__ = [
     "NOT_SLIDES",
     "FolderHeatmaps",
     "check_builtin_feature_dim",
+    "cohort_bags",
     "feature_file_heatmaps",
     "folder_heatmaps",
     "patch_size_level0_of",
@@ -239,3 +240,20 @@ def folder_heatmaps(
             writer.writeheader()
             writer.writerows(result.rows)
     return result
+
+
+def cohort_bags(cohort: str | os.PathLike, labels: str | os.PathLike, info: dict[str, Any]) -> Any:
+    """The bags of a cohort's feature folder grouped by a labels CSV, for
+    :func:`~medmoe.engine.mil.heatmap_pipeline.cohort_expert_stats`: through the checkpoint's classes when the
+    CSV uses any of them (so a typo is an error, not a new group), else by the CSV's own values (another
+    grouping, e.g. subtypes for a tumour/normal model); survival and multi-label checkpoints read their own
+    columns (:func:`~medmoe.engine.mil.inputs.inference_dataset`)."""
+    from ...data import FeatureFolderBags
+    from .inputs import inference_dataset
+    from .tasks.classification import checkpoint_classes
+
+    if info.get("task", "classification") == "classification":
+        own = FeatureFolderBags(cohort, labels)
+        if not set(own.class_names) & set(checkpoint_classes(info)):
+            return own
+    return inference_dataset(cohort, labels, info)[0]

@@ -172,16 +172,16 @@ def _break_load_dataset(monkeypatch, exc: BaseException | None = None, builtin: 
     """Make ``mil train`` fail early: with ``exc`` (raised in this test file, i.e. outside medmoe), or
     ``builtin``: a ValueError raised by Python itself in medmoe's own frame (``"".index(task, None)`` called
     where ``resolve_task(task, label_cols)`` was: "substring not found", like ``min([])`` on an empty CSV)."""
-    import medmoe.cli.mil as mil_cli
+    import medmoe.engine.mil.inputs as mil_inputs
 
     if builtin:
-        monkeypatch.setattr(mil_cli, "resolve_task", "".index)
+        monkeypatch.setattr(mil_inputs, "resolve_task", "".index)
         return
 
     def fail(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(mil_cli, "load_dataset", fail)
+    monkeypatch.setattr(mil_inputs, "load_dataset", fail)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +244,7 @@ def test_python_callers_keep_the_keyword_wording():
 def test_medmoe_raise_of_a_plain_valueerror_is_expected():
     """medmoe's older refusals (a ``raise ValueError`` in its own code) stay expected errors."""
     from medmoe.cli.error_report import is_expected
-    from medmoe.cli.mil import resolve_task
+    from medmoe.engine.mil.inputs import resolve_task
 
     with pytest.raises(ValueError) as info:
         resolve_task("regression", None)

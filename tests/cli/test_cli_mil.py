@@ -189,7 +189,7 @@ def test_train_reads_a_yaml_config(folder, tmp_path):
 def test_predict_and_embed_take_a_benchmark_name(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from medmoe.cli.mil import inference_dataset
+    from medmoe.engine.mil.inputs import inference_dataset
 
     monkeypatch.chdir(tmp_path)  # no folder named musk1 here
     bags, labelled = inference_dataset(Path("musk1"), None, {})

@@ -9,7 +9,7 @@ import typer
 from typer.main import get_command
 
 from medmoe.cli.error_report import cli_setting_renderer, is_expected
-from medmoe.cli.mil import resolve_task
+from medmoe.engine.mil.inputs import resolve_task
 from medmoe.errors import SETTING, InputError, did_you_mean
 
 

@@ -334,9 +334,9 @@ def test_ensemble_uses_the_mean_threshold_and_each_models_own_vote(fold, tmp_pat
 
 def test_cli_eval_and_predict_use_the_checkpoint_threshold(fold, tmp_path, monkeypatch):
     result, (_, _, test) = fold
-    from medmoe.cli import mil as mil_cli
+    from medmoe.engine.mil import inputs as mil_inputs
 
-    monkeypatch.setattr(mil_cli, "load_dataset", lambda *a, **k: ("synthetic", test))
+    monkeypatch.setattr(mil_inputs, "load_dataset", lambda *a, **k: ("synthetic", test))
     res = CliRunner().invoke(app, ["mil", "eval", str(result.checkpoint_dir), "-d", "musk1"])
     assert res.exit_code == 0, res.output
     shown = json.loads(res.output[res.output.index("{"):])
@@ -344,7 +344,7 @@ def test_cli_eval_and_predict_use_the_checkpoint_threshold(fold, tmp_path, monke
     assert shown["balanced_accuracy_tuned"] == round(result.test_metrics["balanced_accuracy_tuned"], 4)
     assert shown["balanced_accuracy"] == round(result.test_metrics["balanced_accuracy"], 4)
 
-    monkeypatch.setattr(mil_cli, "inference_dataset", lambda *a, **k: (test, True))
+    monkeypatch.setattr(mil_inputs, "inference_dataset", lambda *a, **k: (test, True))
     out = tmp_path / "pred.csv"
     res = CliRunner().invoke(app, ["mil", "predict", str(result.checkpoint_dir), "musk1", "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -444,14 +444,15 @@ def test_cli_train_reports_both_and_stores_the_threshold(tmp_path):
 
 def test_demo_table_shows_balanced_accuracy_at_both_thresholds(tmp_path, monkeypatch):
     """`medmoe demo --quick` on tiny synthetic bags (instead of Musk1): its table has both columns."""
-    from medmoe.cli import demo as demo_cli
-    from medmoe.cli import mil as mil_cli
+    from medmoe.engine.mil import compare_grid as mil_grid
+    from medmoe.engine.mil import demo as demo_engine
+    from medmoe.engine.mil import inputs as mil_inputs
 
-    real = mil_cli.run_compare
+    real = mil_grid.compare_grid
     small = {"num_experts": 2, "num_slots": 2, "num_heads": 1, "slot_dim": 8}  # not the paper's 30 x 10 x 16
-    monkeypatch.setattr(mil_cli, "run_compare", lambda *a, **k: real(*a, **{**k, "moe_args": small}))
-    monkeypatch.setattr(mil_cli, "load_dataset", lambda name, *a, **k: (name, synthetic_bags(15, seed=0)))
-    monkeypatch.setattr(demo_cli, "DEMO_MODELS", ["abmil"])
+    monkeypatch.setattr(mil_grid, "compare_grid", lambda *a, **k: real(*a, **{**k, "moe_args": small}))
+    monkeypatch.setattr(mil_inputs, "load_dataset", lambda name, *a, **k: (name, synthetic_bags(15, seed=0)))
+    monkeypatch.setattr(demo_engine, "DEMO_MODELS", ["abmil"])
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
     header = (tmp_path / "demo" / "comparison.md").read_text().splitlines()[0]

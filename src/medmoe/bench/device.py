@@ -10,22 +10,42 @@ DEVICE_HELP = "cpu (default), cuda or cuda:N; --threads applies to cpu only"
 CUDA_PEAK_NOTE = "torch.cuda.max_memory_allocated() during the step minus the memory allocated just before it"
 
 
-def check_device(parser: argparse.ArgumentParser, device: str) -> str:
-    """``device`` if it names the CPU or an available CUDA device, else exit through ``parser.error``."""
+def validate_device(device: str) -> str:
+    """``device`` if it names the CPU or an available CUDA device.
+
+    Raises:
+        ValueError: another device type, CUDA without a GPU, or a CUDA index this machine does not have (an
+            :class:`~medmoe.errors.InputError` naming the ``device`` setting).
+    """
     import torch
+
+    from ..errors import SETTING, InputError
 
     try:
         dev = torch.device(device)
     except RuntimeError:
-        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"{{device}} {device!r}: expected cpu, cuda or cuda:N", device=SETTING) from None
     if dev.type not in ("cpu", "cuda"):
-        parser.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"{{device}} {device!r}: expected cpu, cuda or cuda:N", device=SETTING)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            parser.error(f"--device {device}: CUDA is not available (torch.cuda.is_available() is False)")
+            raise InputError(f"{{device}} {device}: CUDA is not available (torch.cuda.is_available() is False)",
+                             device=SETTING)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            parser.error(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise InputError(f"{{device}} {device}: only {torch.cuda.device_count()} CUDA device(s) here",
+                             device=SETTING)
     return device
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> str:
+    """``device`` if it names the CPU or an available CUDA device, else exit through ``parser.error``
+    (:func:`validate_device`'s message)."""
+    from ..errors import InputError
+
+    try:
+        return validate_device(device)
+    except InputError as err:
+        parser.error(err.render(lambda keyword, _value: "--" + keyword.replace("_", "-")))
 
 
 def is_cuda(device: str) -> bool:

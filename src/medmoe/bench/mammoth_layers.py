@@ -27,8 +27,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
-from .device import check_device, cuda_timed_steps, is_cuda
+from .device import check_device, cuda_timed_steps, is_cuda, validate_device
 
 LAYERS = ("reference", "medmoe", "linear")
 
@@ -109,35 +110,65 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     check_device(parser, args.device)
+    run_mammoth_benchmark(args.sizes, reps=args.reps, threads=args.threads, device=args.device,
+                          memory_budget_gib=args.memory_budget_gib)
+
+
+def run_mammoth_benchmark(
+    sizes: Sequence[int] = (1000, 10_000, 50_000, 200_000),
+    *,
+    reps: int = 3,
+    threads: int = 2,
+    device: str = "cpu",
+    memory_budget_gib: float | None = None,
+) -> dict[tuple[str, int], dict | str]:
+    """Time the three layers (:data:`LAYERS`) at every bag size, each case in its own subprocess, and print the
+    machine line, one progress line per case (stderr) and the ratio table (Markdown).
+
+    Args:
+        sizes: patches per bag.
+        reps: timed forward+backward passes per case (the median is reported).
+        threads: torch threads (CPU only).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        memory_budget_gib: skip the reference where its estimated peak exceeds this (default 16 GiB on the CPU,
+            90 % of the GPU's memory on CUDA).
+
+    Returns:
+        ``(layer, n) -> {"seconds", "peak_mib", ...}``, or a text saying why the case was skipped or failed.
+
+    Raises:
+        ValueError: a device this machine does not have (:func:`~medmoe.bench.device.validate_device`).
+    """
+    validate_device(device)
     import torch
 
-    if is_cuda(args.device):
-        dev = torch.device(args.device)
+    if is_cuda(device):
+        dev = torch.device(device)
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         total_gib = torch.cuda.get_device_properties(index).total_memory / 2**30
-        if args.memory_budget_gib is None:
-            args.memory_budget_gib = round(0.9 * total_gib, 1)
+        if memory_budget_gib is None:
+            memory_budget_gib = round(0.9 * total_gib, 1)
         print(f"machine: {torch.cuda.get_device_name(index)} (cuda:{index}, {total_gib:.1f} GiB), "
               f"torch {torch.__version__}, CUDA {torch.version.cuda}, fp32, batch 1, input 1024 -> 512, "
               "30 experts x 10 slots x 16 heads, slot_dim 256, keep_slots; time: median of "
-              f"{args.reps} synchronised passes after a warm-up; peak memory: "
+              f"{reps} synchronised passes after a warm-up; peak memory: "
               "torch.cuda.max_memory_allocated() during forward+backward minus the memory allocated "
               "just before it")
     else:
-        if args.memory_budget_gib is None:
-            args.memory_budget_gib = 16.0
+        if memory_budget_gib is None:
+            memory_budget_gib = 16.0
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__}, {args.threads} threads, fp32, batch 1, input 1024 -> 512, "
+              f"torch {torch.__version__}, {threads} threads, fp32, batch 1, input 1024 -> 512, "
               "30 experts x 10 slots x 16 heads, slot_dim 256, keep_slots")
     results: dict[tuple[str, int], dict | str] = {}
-    for n in args.sizes:
+    for n in sizes:
         for layer in LAYERS:
-            if layer == "reference" and not reference_fits(n, args.memory_budget_gib):
-                results[(layer, n)] = f"skipped (would need > {args.memory_budget_gib:.0f} GiB)"
+            if layer == "reference" and not reference_fits(n, memory_budget_gib):
+                results[(layer, n)] = f"skipped (would need > {memory_budget_gib:.0f} GiB)"
                 continue
             proc = subprocess.run(
-                [sys.executable, "-m", "medmoe.bench.mammoth_layers", "--case", layer, str(n), "--reps", str(args.reps),
-                 "--threads", str(args.threads), "--device", args.device],
+                [sys.executable, "-m", "medmoe.bench.mammoth_layers", "--case", layer, str(n), "--reps", str(reps),
+                 "--threads", str(threads), "--device", device],
                 capture_output=True, text=True, check=False,
             )
             if proc.returncode != 0:
@@ -160,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| N | reference s | medmoe s | linear s | medmoe/reference time | medmoe/linear time "
           "| reference MiB | medmoe MiB | linear MiB | medmoe/reference memory |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for n in args.sizes:
+    for n in sizes:
         print(
             f"| {n:,} | {cell('reference', n, 'seconds', '{:.3f}')} | {cell('medmoe', n, 'seconds', '{:.3f}')} "
             f"| {cell('linear', n, 'seconds', '{:.3f}')} | {ratio('medmoe', 'reference', n, 'seconds')} "
@@ -168,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {cell('medmoe', n, 'peak_mib', '{:.0f}')} | {cell('linear', n, 'peak_mib', '{:.0f}')} "
             f"| {ratio('medmoe', 'reference', n, 'peak_mib')} |"
         )
+    return results
 
 
 if __name__ == "__main__":

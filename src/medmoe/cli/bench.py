@@ -22,11 +22,12 @@ def mammoth(
     import torch
 
     from ..bench.device import is_cuda
-    from ..bench.mammoth_layers import main
+    from ..bench.mammoth_layers import run_mammoth_benchmark
+    from .common import fail
 
     if is_cuda(device) and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available here (torch.cuda.is_available() is False)", param_hint="--device")
-    argv = ["--sizes", *map(str, sizes), "--reps", str(reps), "--threads", str(threads), "--device", device]
-    if memory_budget_gib is not None:
-        argv += ["--memory-budget-gib", str(memory_budget_gib)]
-    main(argv)
+    try:
+        run_mammoth_benchmark(sizes, reps=reps, threads=threads, device=device, memory_budget_gib=memory_budget_gib)
+    except ValueError as err:
+        fail(err)

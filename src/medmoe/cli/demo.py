@@ -14,11 +14,6 @@ from pathlib import Path
 
 import typer
 
-DEMO_MODELS = ["abmil", "meanmil.base_relu"]  # MeanMIL with the ReLU embedding, as the published demo table
-DEMO_DATASETS = ["musk1", "ucsb_breast"]
-#: The demo table's columns: ranking (AUROC), then decisions at 0.5 and at the validation-chosen threshold.
-DEMO_COLUMNS = ["auroc", "balanced_accuracy", "balanced_accuracy_tuned", "f1", "f1_tuned", "threshold"]
-
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder (table, plot, checkpoints)."),
@@ -27,20 +22,14 @@ def demo(
     layers: bool = typer.Option(False, help="Instead: the Mammoth layer benchmark (vs mammoth-moe and nn.Linear)."),
 ) -> None:
     if layers:
-        from ..bench.mammoth_layers import main
+        from ..bench.mammoth_layers import run_mammoth_benchmark
 
-        main(["--sizes", "1000", "10000", "50000", "--reps", "2"])
+        run_mammoth_benchmark([1000, 10_000, 50_000], reps=2)
         return
-    from .mil import run_compare
+    from ..engine.mil.demo import run_demo
+    from .common import fail
 
-    datasets = DEMO_DATASETS[:1] if quick else DEMO_DATASETS
-    k, epochs = (3, 3) if quick else (5, epochs)
-    typer.echo(f"medmoe demo: {DEMO_MODELS} x [linear, mammoth] x {datasets}, {k}-fold CV, {epochs} epochs; "
-               "decision thresholds chosen on each validation fold (*_tuned columns)")
     try:
-        run_compare(DEMO_MODELS, datasets, ["linear", "mammoth"], k=k, seeds=[0], epochs=epochs, out=out,
-                    metric="auroc", columns=DEMO_COLUMNS, overwrite=True)  # the demo's own folder: a second demo replaces the first
+        run_demo(out, epochs, quick, echo=typer.echo)
     except (ValueError, RuntimeError) as err:
-        from .common import fail
-
         fail(err)  # one line for bad input; an internal error says so

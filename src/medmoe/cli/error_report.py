@@ -32,6 +32,7 @@ from ..errors import SETTING, InputError, MedmoeError, python_setting
 __all__ = [
     "ISSUES_URL",
     "cli_setting_renderer",
+    "cli_text",
     "current_context",
     "is_cli_signal",
     "is_expected",
@@ -158,6 +159,17 @@ def cli_setting_renderer(command: Any | None) -> Any:
         return f"{flag} {shlex.quote(str(value))}"
 
     return render
+
+
+def cli_text(err: BaseException, command: Any | None = None) -> str:
+    """``str(err)`` as the running command (or ``command``) shows it: the settings an
+    :class:`~medmoe.errors.InputError` names are spelled as the command's flags; any other error as it is.
+    For an error a command reports without exiting (a skipped file of a folder)."""
+    if command is None:
+        command = getattr(current_context(), "command", None)
+    if isinstance(err, InputError):
+        return err.render(cli_setting_renderer(command))
+    return str(err)
 
 
 def _one_line(text: str) -> str:

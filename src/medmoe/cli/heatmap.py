@@ -12,16 +12,6 @@ from .common import fail
 __all__ = ["heatmap"]
 
 
-def _patch_size_from_attrs(attrs: dict[str, Any], given: int | None, features: Path) -> int:
-    if given is not None:
-        return int(given)
-    for key in ("patch_size_level0", "patch_size"):
-        if key in attrs:
-            return int(attrs[key])
-    raise ValueError(f"{features} does not record the patch size (attribute 'patch_size_level0'); pass "
-                     "--patch-size-level0 PIXELS (the patch side in level-0 pixels)")
-
-
 def heatmap(
     checkpoint: Path = typer.Argument(None, help="Checkpoint folder (model.safetensors + config.json). Optional "
                                       "with --demo (an untrained 8-expert ABMIL-Mammoth is used)."),
@@ -60,7 +50,12 @@ def heatmap(
     medmoe.data.extract_slide_features) can be used with --slide alone or --demo; any other checkpoint needs
     --features from the encoder it was trained with.
     """
-    from ..engine.mil.heatmap_pipeline import demo_slide_heatmaps, slide_heatmaps
+    from ..engine.mil.heatmap_files import (
+        check_builtin_feature_dim,
+        feature_file_heatmaps,
+        slide_file_heatmaps,
+    )
+    from ..engine.mil.heatmap_pipeline import demo_slide_heatmaps
     from ..engine.mil.thresholds import checkpoint_thresholds
 
     _check_options(cmap, normalize, embedding, top_k, experts, max_size, device)
@@ -70,25 +65,18 @@ def heatmap(
             from ..interop import load_any_checkpoint
 
             model, info = load_any_checkpoint(checkpoint, map_location=device)
-        common = {"num_expert_maps": experts, "top_k": top_k, "max_size": max_size, "alpha": alpha, "blur": blur, "cmap": cmap,
-                      "normalize": normalize, "device": device, "embedding": embedding,
+        common = {"num_expert_maps": experts, "top_k": top_k, "max_size": max_size, "alpha": alpha, "blur": blur,
+                  "cmap": cmap, "normalize": normalize, "device": device, "embedding": embedding,
                   "thresholds": checkpoint_thresholds(info)}  # the decision thresholds chosen in training
         if cohort is not None:
             if model is None or labels is None:
                 raise typer.BadParameter("--cohort needs a CHECKPOINT and --labels CSV")
-            from ..engine.mil.heatmap_pipeline import cohort_expert_stats
-            # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
-            bags = _cohort_bags(cohort, labels, info)
-            data = cohort_expert_stats(model, bags, out / "expert_stats",
-                                       feature_stats=info.get("feature_stats"), device=device)
-            typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
-                       f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
-            typer.echo(f"wrote {out / 'expert_stats'}")
+            _cohort_stats(model, info, cohort, labels, out, device)
             return
         if demo:
             if features is not None or slide is not None:
                 raise typer.BadParameter("--demo uses its own slide; drop --features/--slide")
-            _check_builtin_dim(model, checkpoint)
+            check_builtin_feature_dim(model, checkpoint)
             summary = demo_slide_heatmaps(out, model, info=info, patch_size=patch_size,
                                           tissue_threshold=tissue_threshold, progress=True, **common)
         else:
@@ -100,29 +88,23 @@ def heatmap(
                 _heatmaps_of_folder(model, info, features, slide, out, patch_size_level0, common)
                 return
             if features is not None:
-                from ..data import read_feature_file
-
-                feats, coords, attrs = read_feature_file(features, with_attrs=True)
-                if coords is None:
-                    raise ValueError(f"{features} has no 'coords' dataset; heatmaps need patch coordinates")
-                size0 = _patch_size_from_attrs(attrs, patch_size_level0, features)
+                summary = feature_file_heatmaps(model, features, out, info=info, slide=slide,
+                                                patch_size_level0=patch_size_level0, **common)
             else:
-                from ..data.patch_features import extract_slide_features
-
-                _check_builtin_dim(model, checkpoint)
-                sf = extract_slide_features(slide, out / "features" / f"{Path(slide).stem}.h5",
-                                            patch_size=patch_size, magnification=magnification,
-                                            tissue_threshold=tissue_threshold, progress=True)
-                feats, coords, size0 = sf.features, sf.coords, sf.grid.patch_size_level0
-            summary = slide_heatmaps(model, feats, coords, size0, out, slide=slide,
-                                     feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
-                                     task=info.get("task", "classification"), **common)
+                summary = slide_file_heatmaps(model, slide, out, info=info, checkpoint=checkpoint,
+                                              patch_size=patch_size, magnification=magnification,
+                                              tissue_threshold=tissue_threshold, **common)
     except (ValueError, RuntimeError) as err:
         if isinstance(err, typer.BadParameter):
             raise
         fail(err)
     except OSError as err:  # e.g. --out is a file, or a read-only folder
         fail(ValueError(f"cannot write the heatmaps to --out {out}: {err.strerror or err}"))
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The prediction (or risk), the expert statistics and the files of one slide's heatmaps."""
     files = summary["files"]
     n = sum(len(v) if isinstance(v, list) else 1 for v in files.values())
     if "risk" in summary:  # a survival model
@@ -141,86 +123,35 @@ def heatmap(
     typer.echo(f"wrote {n} images to {out} (summary: {out / 'heatmaps.json'})")
 
 
-#: Files beside the slides that are never a slide image (feature files, tables, our own outputs).
-NOT_SLIDES = (".h5", ".pt", ".pth", ".csv", ".json", ".txt", ".md", ".npz", ".npy", ".yaml", ".yml")
+def _cohort_stats(model: Any, info: dict[str, Any], cohort: Path, labels: Path, out: Path, device: str) -> None:
+    """Expert load, routing entropy and usage per class over the bags of ``--cohort``
+    (:func:`~medmoe.engine.mil.heatmap_pipeline.cohort_expert_stats`), summarised in one line."""
+    from ..engine.mil.heatmap_files import cohort_bags
+    from ..engine.mil.heatmap_pipeline import cohort_expert_stats
 
-
-def _slide_for(slides: Path | None, stem: str) -> Path | None:
-    """The slide in folder ``slides`` whose file stem is ``stem`` (None without a folder or a match); feature
-    files and tables are never taken for slides, so ``--slide`` may be the ``--features`` folder itself."""
-    if slides is None:
-        return None
-    matches = sorted(p for p in slides.iterdir()
-                     if p.stem == stem and p.suffix.lower() not in NOT_SLIDES and p.is_file())
-    return matches[0] if matches else None
+    # read as the checkpoint was trained: survival time/event columns, multi-label 0/1 columns
+    bags = cohort_bags(cohort, labels, info)
+    data = cohort_expert_stats(model, bags, out / "expert_stats", feature_stats=info.get("feature_stats"), device=device)
+    typer.echo(f"{data['num_bags']} bags, {data['num_patches']} patches, {data['num_experts']} experts; "
+               f"load balance {data['load_balance']:.3f}; routing entropy {data['entropy_mean']:.3f}")
+    typer.echo(f"wrote {out / 'expert_stats'}")
 
 
 def _heatmaps_of_folder(model: Any, info: dict[str, Any], features: Path, slides: Path | None, out: Path,
                         patch_size_level0: int | None, common: dict[str, Any]) -> None:
-    """One heatmap folder per feature file of ``features`` (``out/<stem>/``) and ``out/heatmaps.csv``;
-    a slide that fails is reported and skipped, the others still get their maps."""
-    import csv
-    import sys
+    """Print what :func:`~medmoe.engine.mil.heatmap_files.folder_heatmaps` drew and the files it skipped."""
+    from ..engine.mil.heatmap_files import folder_heatmaps
+    from .error_report import cli_text
 
-    from rich.progress import track
-
-    from ..data import read_feature_file
-    from ..data.feature_files import feature_files
-    from ..engine.mil.heatmap_pipeline import slide_heatmaps
-
-    files = sorted(feature_files(features).values())  # refuses slide.h5 + slide.pt
-    if not files:
-        raise ValueError(f"no .h5 or .pt feature files in {features}")
-    if slides is not None and not slides.is_dir():
-        raise ValueError(f"with a --features folder, --slide must be a folder of slides too; got {slides}")
-    rows, failed = [], []
-    for path in track(files, description="heatmaps", transient=True, disable=not sys.stderr.isatty()):
-        try:
-            feats, coords, attrs = read_feature_file(path, with_attrs=True)
-            if coords is None:
-                raise ValueError(f"{path} has no 'coords' dataset; heatmaps need patch coordinates")
-            size0 = _patch_size_from_attrs(attrs, patch_size_level0, path)
-            summary = slide_heatmaps(model, feats, coords, size0, out / path.stem,
-                                     slide=_slide_for(slides, path.stem),
-                                     feature_stats=info.get("feature_stats"), class_names=info.get("class_names"),
-                                     task=info.get("task", "classification"), **common)
-        except (ValueError, RuntimeError, OSError) as err:
-            failed.append(f"{path.name}: {err}")
-        else:
-            row = {"slide": path.stem, "num_patches": summary["num_patches"]}
-            if "risk" in summary:
-                row["risk"] = round(summary["risk"], 6)
-            else:
-                pred = summary["prediction"]  # a list of labels for a multi-label model
-                row["prediction"] = ";".join(pred) if isinstance(pred, list) else pred
-                row.update({f"prob_{k}": round(v, 6) for k, v in summary["probs"].items()})
-            rows.append(row)
-    if rows:
-        with (out / "heatmaps.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    typer.echo(f"heatmaps of {len(rows)} of {len(files)} slides in {out} (one folder per slide; "
+    result = folder_heatmaps(model, features, out, info=info, slides=slides, patch_size_level0=patch_size_level0,
+                             **common)
+    failed = [f"{name}: {cli_text(err)}" for name, err in result.failed]
+    typer.echo(f"heatmaps of {len(result.rows)} of {result.num_files} slides in {out} (one folder per slide; "
                f"{out / 'heatmaps.csv'})")
     for line in failed:
         typer.secho(f"skipped {line}", fg="yellow", err=True)
-    if not rows:
+    if not result.rows:
         raise ValueError(f"no slide of {features} could be drawn; the first error: {failed[0]}")
-
-
-def _cohort_bags(cohort: Path, labels: Path, info: dict[str, Any]) -> Any:
-    """The bags of ``--cohort`` grouped by ``--labels``: through the checkpoint's classes when the CSV uses
-    any of them (so a typo is an error, not a new group), else by the CSV's own values (another grouping,
-    e.g. subtypes for a tumour/normal model; the usage table names them)."""
-    from ..data import FeatureFolderBags
-    from ..engine.mil.tasks import get_task
-    from .mil import checkpoint_classes, inference_dataset
-
-    if get_task(info.get("task", "classification")).uses_class_labels:
-        own = FeatureFolderBags(cohort, labels)
-        if not set(own.class_names) & set(checkpoint_classes(info)):
-            return own
-    return inference_dataset(cohort, labels, info)[0]
 
 
 def _check_options(cmap: str, normalize: str, embedding: str, top_k: int, experts: int, max_size: int,
@@ -238,14 +169,3 @@ def _check_options(cmap: str, normalize: str, embedding: str, top_k: int, expert
         if value < low:
             raise typer.BadParameter(f"must be at least {low}, got {value}", param_hint=flag)
     check_device(device)
-
-
-def _check_builtin_dim(model: Any, checkpoint: Path | None) -> None:
-    from ..data.patch_features import BUILTIN_FEATURE_DIM
-
-    if model is not None and model.config.in_dim != BUILTIN_FEATURE_DIM:
-        raise ValueError(
-            f"checkpoint {checkpoint} expects {model.config.in_dim}-d features, but the built-in extractor gives "
-            f"{BUILTIN_FEATURE_DIM}-d ones; pass --features H5 from the encoder used in training, or train on "
-            "built-in features (medmoe.data.extract_slide_features -> medmoe mil train --features DIR)"
-        )

@@ -8,8 +8,7 @@ from typing import Any
 
 import typer
 
-from ..engine.mil.tasks import get_task, task_names
-from ..engine.mil.tasks.classification import checkpoint_classes
+from ..engine.mil.tasks import get_task
 from ..engine.mil.tasks.survival import TIME_COLUMNS
 from .common import config_keys, fail, parse_overrides, read_config_file, unknown_config_keys_text
 from .run_configs import resolve_run_config
@@ -23,161 +22,12 @@ SET_HELP = "Model config override KEY=VALUE (YAML value), repeatable, e.g. --set
 SURVIVAL_HELP = "Survival CSVs: follow-up time column (default: the first of " + ", ".join(TIME_COLUMNS) + ")."
 
 
-def load_dataset(dataset: str | None, features: Path | None, labels: Path | None, patient_mode: str = "separate",
-                 *, task: str = "classification", time_col: str | None = None, event_col: str = "event",
-                 label_cols: list[str] | None = None, class_names: list[str] | None = None):
-    """``(name, bag dataset)`` from a benchmark name or a TRIDENT feature folder + labels CSV, read with the
-    columns of ``task`` (survival: time and event columns; multilabel: the 0/1 ``label_cols``; see
-    :meth:`~medmoe.engine.mil.tasks.Task.read_bags` and :class:`~medmoe.data.FeatureFolderBags`)."""
+def _check_source(dataset: str | None, features: Path | None, labels: Path | None) -> None:
+    """``--dataset`` or ``--features`` (with ``--labels``): one of them, checked before any work."""
     if (dataset is None) == (features is None):
         raise typer.BadParameter("give either --dataset NAME or --features DIR (with --labels CSV)")
-    the_task = get_task(task)
-    if dataset is not None:
-        if not the_task.uses_class_labels or label_cols:
-            raise ValueError(f"the benchmark {dataset!r} has one class label per bag; use --features and --labels "
-                             "with time and event columns (survival) or 0/1 label columns (multilabel)")
-        from ..data import load_mil_benchmark
-
-        return dataset, load_mil_benchmark(dataset)
-    if labels is None:
+    if labels is None and features is not None:
         raise typer.BadParameter("--features needs --labels CSV (columns slide_id, label[, case_id, split])")
-    return Path(features).name, the_task.read_bags(features, labels, patient_mode=patient_mode, time_col=time_col,
-                                                   event_col=event_col, label_cols=label_cols, class_names=class_names)
-
-
-def resolve_task(task: str, label_cols: str | None) -> tuple[str, list[str] | None]:
-    """``(task, label columns)`` from ``--task`` and ``--label-cols "tumor,necrosis"`` (which implies
-    ``multilabel``); inconsistent combinations raise ``ValueError``."""
-    cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
-    if label_cols and not cols:
-        raise ValueError(f"--label-cols needs comma-separated column names, got {label_cols!r}")
-    if cols and task == "classification":  # the flag's default: --label-cols alone means multilabel
-        task = "multilabel"
-    if task not in task_names():
-        raise ValueError(f"--task must be one of {', '.join(repr(t) for t in task_names())}, got {task!r}")
-    if get_task(task).uses_label_columns and not cols:
-        raise ValueError(f"--task {task} needs --label-cols naming the 0/1 label columns of the CSV")
-    if cols and not get_task(task).uses_label_columns:
-        raise ValueError(f"--label-cols is for --task multilabel, not {task!r}")
-    return task, cols
-
-
-def check_benchmark_classes(ds: Any, info: dict[str, Any], name: str) -> None:
-    """A benchmark scored by a classification checkpoint must have the checkpoint's classes (``ValueError``)."""
-    if not get_task(info.get("task", "classification")).uses_class_labels:
-        raise ValueError(f"the benchmark {name!r} has one class label per bag, but the checkpoint is a "
-                         f"{info.get('task')} model; give --features and --labels with its columns")
-    ours, theirs = checkpoint_classes(info), [str(c) for c in ds.class_names]
-    if info.get("class_names") and ours != theirs:
-        raise ValueError(f"the benchmark {name!r} has classes {theirs} but the checkpoint predicts {ours}; it was "
-                         "trained on other data: give --features and --labels of a cohort with its classes")
-
-
-def inference_dataset(features: Path, labels: Path | None, info: dict[str, Any], *, time_col: str | None = None,
-                      event_col: str = "event"):
-    """``(bags, labelled)``: the bags of a feature folder for a checkpoint (its ``info``) to score: with a
-    labels CSV as in training (survival columns for a survival checkpoint, 0/1 columns for a multi-label one;
-    a classification CSV's labels mapped through the checkpoint's classes, so a cohort holding only some of
-    them keeps the model's numbering), without one every feature file as one bag of unknown outcome
-    (placeholder label: the checkpoint's first class). A benchmark name (``musk1``) instead of a folder gives
-    that benchmark with its labels (its classes must be the checkpoint's)."""
-    import csv
-    import tempfile
-
-    from ..data import FeatureFolderBags, list_mil_benchmarks, load_mil_benchmark
-    from ..data.feature_files import feature_files, trident_features_dir
-    from ..data.file_checks import describe_path, require_file, require_folder
-
-    task = get_task(info.get("task", "classification"))
-    columns = task.checkpoint_columns(info)  # the checkpoint's classes, label columns, ...
-    folder = Path(features)
-    if labels is None and describe_path(folder) == "missing" and str(features).lower() in list_mil_benchmarks():
-        ds = load_mil_benchmark(str(features).lower())
-        check_benchmark_classes(ds, info, str(features).lower())
-        return ds, True
-    if describe_path(folder) == "missing":
-        raise ValueError(f"feature folder {features} does not exist (nor is it a benchmark: "
-                         f"{', '.join(list_mil_benchmarks())})")
-    require_folder(folder, "feature folder")
-    if labels is not None:
-        require_file(labels, "--labels")
-        return task.read_bags(folder, labels, time_col=time_col, event_col=event_col, **columns), True
-    stems = sorted(feature_files(trident_features_dir(folder)))  # refuses slide.h5 + slide.pt
-    if not stems:
-        raise ValueError(f"no .h5 or .pt feature files in {features}")
-    with tempfile.TemporaryDirectory(prefix="medmoe-labels-") as tmp:
-        placeholder = Path(tmp) / "labels.csv"
-        classes = columns.get("class_names")
-        with placeholder.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["slide_id", "label"])
-            writer.writerows([s, classes[0] if classes else "0"] for s in stems)
-        return FeatureFolderBags(folder, placeholder, class_names=classes), False
-
-
-def _check_predictions_out(out: Path, features: Path, labels: Path | None, checkpoints: list[Path]) -> None:
-    """Refuse a ``predict --out`` that is a folder, not a file, or one of the command's own inputs (the
-    ``--labels`` CSV, a feature file, a checkpoint's file), or that cannot be written; checked before any
-    work, so nothing is computed for an output that would fail."""
-    import os
-    import tempfile
-
-    from ..data.feature_files import FEATURE_SUFFIXES
-    from ..data.file_checks import describe_path
-
-    kind = describe_path(out)
-    if kind == "a folder":
-        raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
-    if kind not in ("missing", "a regular file"):
-        raise ValueError(f"--out {out} is {kind}; give the name of a file to write")
-    inputs: list[tuple[Path, str]] = []
-    if labels is not None:
-        inputs.append((Path(labels), "the --labels CSV"))
-    if Path(features).is_dir():
-        inputs += [(p, "a feature file") for p in Path(features).rglob("*") if p.suffix in FEATURE_SUFFIXES]
-    for ckpt in checkpoints:
-        inputs += [(p, f"a file of the checkpoint {ckpt}") for p in Path(ckpt).iterdir()]
-    if kind == "a regular file":
-        for path, what in inputs:
-            try:
-                same = os.path.samefile(out, path)
-            except OSError:
-                same = False
-            if same:
-                raise ValueError(f"--out {out} is {what}; predict would overwrite its own input: choose another --out")
-    elif out.suffix in FEATURE_SUFFIXES and Path(features).is_dir() and \
-            out.resolve().parent == Path(features).resolve():
-        raise ValueError(f"--out {out} would put a file that looks like a slide's features into the feature "
-                         f"folder {features}; write the predictions as .csv elsewhere")
-    parent = out.parent
-    while describe_path(parent) == "missing" and parent != parent.parent:
-        parent = parent.parent
-    if describe_path(parent) != "a folder":
-        raise ValueError(f"--out {out}: {parent} is {describe_path(parent)}, not a folder")
-    try:  # a probe: permissions, read-only or immutable folders, a full disk
-        fd, probe = tempfile.mkstemp(prefix=".medmoe-write-test-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(f"cannot write --out {out}: {parent} is not writable ({err.strerror or err}); "
-                         "choose another --out") from None
-
-
-def _write_predictions(frame: Any, out: Path) -> None:
-    """Write the CSV atomically (a temp file beside it, then a rename): a failure leaves no torn file."""
-    import os
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_config_file(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
@@ -275,11 +125,13 @@ def train(
     """k-fold cross-validation of one model; writes checkpoints, metrics.csv per fold and summary.md
     (survival: also test_risks.csv and kaplan_meier.png)."""
     from ..engine import run_cross_validation
+    from ..engine.mil.inputs import load_dataset, resolve_task
 
     try:
         if optimizer not in ("adamw", "adam"):
             raise ValueError(f"--optimizer must be 'adamw' or 'adam', got {optimizer!r}")
         task, cols = resolve_task(task, label_cols)
+        _check_source(dataset, features, labels)
         _name, ds = load_dataset(dataset, features, labels, patient_mode, task=task, time_col=time_col,
                                  event_col=event_col, label_cols=cols)
         cfg = _train_config(
@@ -316,36 +168,14 @@ def evaluate_checkpoint(
     metrics_level: str = typer.Option("bag", help="bag | group (per patient: a patient's slides averaged)."),
 ) -> None:
     """Evaluate a saved checkpoint on a dataset (needs nothing but the checkpoint folder)."""
-    from ..engine import evaluate
-    from ..engine.mil.prediction import check_feature_dim
-    from ..engine.mil.thresholds import checkpoint_thresholds
-    from ..interop import load_any_checkpoint
+    from ..engine.mil.scoring import evaluate_checkpoint as evaluate_on
 
     try:
-        if metrics_level not in ("bag", "group"):
-            raise ValueError(f"--metrics-level must be 'bag' or 'group', got {metrics_level!r}")
-        if (dataset is None) == (features is None):
-            raise ValueError("give either --dataset NAME or --features DIR (with --labels CSV)")
-        if features is not None and labels is None:
-            raise ValueError("--features needs --labels CSV to evaluate against (`medmoe mil predict` scores "
-                             "slides without labels)")
-        model, info = load_any_checkpoint(checkpoint)
-        task = info.get("task", "classification")
-        if dataset is not None:
-            _, ds = load_dataset(dataset, None, None, task=task,
-                                 label_cols=get_task(task).checkpoint_columns(info).get("label_cols"))
-            check_benchmark_classes(ds, info, dataset)
-        else:
-            ds, _ = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
-        check_feature_dim(model.config.in_dim, ds.feature_dim,
-                          f"the slides in {features}" if features is not None else f"the benchmark {dataset}",
-                          checkpoint)
-        result = evaluate(model, ds, feature_stats=info.get("feature_stats"), task=task, task_state=info,
-                          metrics_level=metrics_level,
-                          thresholds=checkpoint_thresholds(info))  # *_tuned: at the checkpoint's thresholds
+        metrics = evaluate_on(checkpoint, dataset=dataset, features=features, labels=labels, time_col=time_col,
+                              event_col=event_col, metrics_level=metrics_level)
     except (ValueError, RuntimeError) as err:
         fail(err)
-    typer.echo(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}, indent=2))
+    typer.echo(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))
 
 
 @app.command("predict")
@@ -359,29 +189,16 @@ def predict_checkpoint(
     event_col: str = typer.Option("event", help="Survival CSVs: the event column (or 'censorship')."),
 ) -> None:
     """Write a CSV of class probabilities per slide (survival checkpoints: risk and survival per time bin)."""
-    from ..engine import predict, predict_ensemble, run_checkpoints
-    from ..interop import read_any_checkpoint_info
+    from ..engine.mil.scoring import predict_slide_files
 
     try:
-        checkpoints = run_checkpoints(checkpoint)
-        _check_predictions_out(out, features, labels, checkpoints)
-        info = read_any_checkpoint_info(checkpoints[0])
-        ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
-        if len(checkpoints) == 1:
-            frame = predict(checkpoints[0], ds, as_frame=True)
-        else:
-            frame = predict_ensemble(checkpoints, ds, as_frame=True)
-        if not labelled:  # no labels CSV: the outcome is unknown, not the placeholder class
-            for col in ("label", "label_name"):
-                if col in frame:
-                    frame[col] = None
-        _write_predictions(frame, out)
+        rows, used = predict_slide_files(checkpoint, features, out, labels, time_col=time_col, event_col=event_col)
     except (ValueError, RuntimeError) as err:
         fail(err)
     except OSError as err:
         fail(ValueError(f"cannot write --out {out}: {err.strerror or err}"))
-    models = "" if len(checkpoints) == 1 else f" (ensemble of {len(checkpoints)} checkpoints)"
-    typer.echo(f"wrote {len(frame)} predictions to {out}{models}")
+    models = "" if used == 1 else f" (ensemble of {used} checkpoints)"
+    typer.echo(f"wrote {rows} predictions to {out}{models}")
 
 
 @app.command("embed")
@@ -399,67 +216,17 @@ def embed_checkpoint(
 ) -> None:
     """Slide embeddings: the vector a trained model's classifier reads, one row per slide (for retrieval,
     clustering or a linear probe on another task)."""
-    from ..engine import embed_slides, run_checkpoints, save_slide_embeddings
-    from ..engine.checkpoint import read_checkpoint_info
-    from ..engine.mil.slide_embedding import check_embedding_path
+    from ..engine.mil.scoring import embed_slide_files
 
     try:
-        check_embedding_path(out)
-        checkpoints = run_checkpoints(checkpoint)
-        _check_predictions_out(out, features, labels, checkpoints)
-        if len(checkpoints) > 1:
-            raise ValueError(
-                f"{checkpoint} holds {len(checkpoints)} checkpoints; every fold learns its own vector space, so "
-                f"embed with one of them, e.g. {checkpoints[0]}"
-            )
-        if method not in ("pca", "tsne"):
-            raise ValueError(f"unknown projection {method!r}; choose pca or tsne")
-        info = read_checkpoint_info(checkpoints[0])
-        ds, labelled = inference_dataset(features, labels, info, time_col=time_col, event_col=event_col)
-        emb = embed_slides(checkpoints[0], ds, batch_size=batch_size)
-        if not labelled or not get_task(info.get("task", "classification")).labels_colour_embeddings:
-            emb.labels = None
-        save_slide_embeddings(emb, out)
-        if plot is not None:
-            from ..viz.slide_embedding_map import plot_slide_embeddings
-
-            plot_slide_embeddings(emb.features, emb.labels, emb.class_names, plot, method=method,
-                                  title=f"{emb.meta['model']}: {len(emb.bag_ids)} slides, {emb.dim}-d")
+        emb = embed_slide_files(checkpoint, features, out, labels, plot=plot, method=method, batch_size=batch_size,
+                                time_col=time_col, event_col=event_col)
     except (ValueError, RuntimeError) as err:
         fail(err)
     except OSError as err:
         fail(ValueError(f"cannot write --out {out}: {err.strerror or err}"))
     extra = f" and the map {plot}" if plot is not None else ""
     typer.echo(f"wrote {len(emb.bag_ids)} slide embeddings ({emb.dim}-d) to {out}{extra}")
-
-
-def run_compare(
-    models: list[str], datasets: list[str], patch_embeds: list[str], k: int, seeds: list[int], epochs: int,
-    out: Path, metric: str, overrides: dict[str, Any] | None = None, moe_args: dict[str, Any] | None = None,
-    lr: float = 1e-4, patience: int = 5, resume: bool = False, jobs: int = 1, *,
-    folders: dict[str, Any] | None = None, task: str = "classification", overwrite: bool = False,
-    columns: list[str] | None = None, **train_settings: Any,
-) -> Path:
-    """Shared by ``compare`` and ``demo``: cross-validate the grid, write comparison.md and .png.
-    ``folders`` adds already loaded datasets (feature folders) to the named benchmarks; ``train_settings``
-    are further :class:`~medmoe.engine.TrainConfig` fields (``None`` = default); ``columns`` are the
-    table's metrics (default: the task's)."""
-    from ..engine import compare
-    from ..viz.comparison import plot_comparison
-
-    loaded = dict(load_dataset(d, None, None) for d in datasets)
-    loaded.update(folders or {})
-    cfg = _train_config(epochs=epochs, lr=lr, patience=patience, min_epochs=min(epochs, 5),
-                        standardize_features=True, progress=False, task=task, **train_settings)
-    result = compare(models, loaded, patch_embeds, k=k, seeds=seeds, cfg=cfg, out_dir=out,
-                     model_overrides=overrides or {}, patch_embed_args={"mammoth": moe_args} if moe_args else None,
-                     resume=resume, overwrite=overwrite, jobs=jobs, metrics=columns)
-    table = result.to_markdown()  # compare() wrote it to comparison.md (atomically)
-    png = plot_comparison(result.rows, metric, out / "comparison.png",
-                          title=f"{k}-fold CV, seeds {list(seeds)}: test {metric}")
-    typer.echo(table)
-    typer.echo(f"table: {out / 'comparison.md'}\nplot:  {png}")
-    return png
 
 
 @app.command("compare")
@@ -508,12 +275,16 @@ def compare_cmd(
 ) -> None:
     """Grid of models x patch embeddings x datasets -> markdown table of mean ± std and a bar plot
     (with --tune: every variant tuned by nested cross-validation with the same budget)."""
+    from ..engine.mil.compare_grid import compare_grid, compare_grid_tuned
+    from ..engine.mil.inputs import load_dataset, resolve_task
+
     try:
         task, cols = resolve_task(task, label_cols)
         the_task = get_task(task)
         metric = metric or the_task.summary_metrics[0]  # auroc; c_index for survival
         folders = {}
         if features is not None:
+            _check_source(None, features, labels)
             name, ds = load_dataset(None, features, labels, patient_mode, task=task, time_col=time_col,
                                     event_col=event_col, label_cols=cols)
             folders[name] = ds
@@ -529,44 +300,33 @@ def compare_cmd(
                              "parallel, start helper processes with --search-only and a shared --storage "
                              "(docs/tuning.md)")
         if tune:
-            _run_compare_tuned(models, datasets, patch_embeds, folders, out, metric, k=k, seeds=seeds, trials=trials, inner_k=inner_k, space=space,
-                               storage=storage, study_name=study_name, search_only=search_only,
-                               overrides=parse_overrides(set_), moe_args=parse_overrides(moe, "--moe"),
-                               resume=resume, overwrite=overwrite,
-                               cfg=_train_config(epochs=epochs, lr=lr, min_epochs=min(epochs, 5),
-                                                 standardize_features=True, progress=False, task=task,
-                                                 metrics_level=metrics_level, max_instances=max_instances))
+            done = compare_grid_tuned(
+                models, datasets, patch_embeds, folders, out, metric, k=k, seeds=seeds, trials=trials,
+                inner_k=inner_k, space=space, storage=storage, study_name=study_name, search_only=search_only,
+                overrides=parse_overrides(set_), moe_args=parse_overrides(moe, "--moe"), resume=resume,
+                overwrite=overwrite, cfg=_train_config(epochs=epochs, lr=lr, min_epochs=min(epochs, 5),
+                                                       standardize_features=True, progress=False, task=task,
+                                                       metrics_level=metrics_level, max_instances=max_instances))
+            _print_tuned_grid(done, out)
             return
-        run_compare(models, datasets, patch_embeds, k, seeds, epochs, out,
-                    metric, parse_overrides(set_),
-                    moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume, overwrite=overwrite, jobs=jobs,
-                    folders=folders, task=task,
-                    metrics_level=metrics_level, max_instances=max_instances)
+        table, png = compare_grid(models, datasets, patch_embeds, k, seeds, epochs, out, metric,
+                                  parse_overrides(set_), moe_args=parse_overrides(moe, "--moe"), lr=lr, resume=resume,
+                                  overwrite=overwrite, jobs=jobs, folders=folders, task=task,
+                                  metrics_level=metrics_level, max_instances=max_instances)
     except (ValueError, RuntimeError) as err:
         fail(err)
+    typer.echo(table)
+    typer.echo(f"table: {out / 'comparison.md'}\nplot:  {png}")
 
 
-def _run_compare_tuned(models: list[str], datasets: list[str], patch_embeds: list[str], folders: dict[str, Any],
-                       out: Path, metric: str, *, space: Path | None, overrides: dict[str, Any],
-                       moe_args: dict[str, Any], search_only: bool, **kwargs: Any) -> None:
-    """``compare --tune``: :func:`~medmoe.engine.mil.tuning.compare_tuned`, then the table and the bar plot."""
-    from ..engine.mil.search_space import load_space
-    from ..engine.mil.tuning import compare_tuned
-    from ..viz.comparison import plot_comparison
-
-    the_space = load_space(space)  # a bad --space fails before any data is loaded
-    loaded = dict(load_dataset(d, None, None) for d in datasets)
-    loaded.update(folders)
-    result = compare_tuned(models, loaded, patch_embeds, out_dir=out, model_overrides=overrides,
-                           patch_embed_args={"mammoth": moe_args} if moe_args else None, space=the_space,
-                           search_only=search_only, **kwargs)
-    if search_only:
+def _print_tuned_grid(done: tuple[str, Path] | None, out: Path) -> None:
+    """What ``compare --tune`` prints: the table and where the files are, or that trials were added."""
+    if done is None:
         typer.echo(f"trials added to the studies of {out}; run again without --search-only (with --resume) to "
                    "train the outer folds")
         return
-    png = plot_comparison(result.rows, metric, out / "comparison.png",
-                          title=f"nested CV, {kwargs['trials']} trials per outer fold: test {metric}")
-    typer.echo((out / "comparison.md").read_text())
+    table, png = done
+    typer.echo(table)
     typer.echo(f"table: {out / 'comparison.md'}\nplot:  {png}\nchosen settings: {out}/<dataset>/<model>/"
                "<patch_embed>/best_params.csv")
 
@@ -627,12 +387,14 @@ def tune_cmd(
     """Nested cross-validation with Optuna: for each outer fold, search settings on inner folds of its
     training data only (TPE sampler, median pruning), train the best once, test once on the outer fold.
     Writes summary.md, best_params.csv/.json, each study's trials.csv and plots (docs/tuning.md)."""
+    from ..engine.mil.inputs import load_dataset, resolve_task
     from ..engine.mil.search_space import load_space
     from ..engine.mil.tuning import run_nested_cv
 
     try:
         the_space = load_space(space)
         task, cols = resolve_task(task, label_cols)
+        _check_source(dataset, features, labels)
         _name, ds = load_dataset(dataset, features, labels, patient_mode, task=task,
                                  time_col=time_col, event_col=event_col, label_cols=cols)
         cfg = _train_config(epochs=epochs, lr=lr, weight_decay=weight_decay, patience=patience,
@@ -674,39 +436,16 @@ def summarize_cmd(
     nothing, so it can report a long grid while it is still running. The paired tables compare two patch
     embeddings fold by fold (same splits), with the Nadeau-Bengio corrected t-test for repeated k-fold CV.
     """
-    from ..engine import collect_comparison, paired_comparison
-    from ..engine.mil.paired_comparison import paired_markdown
-    from ..viz.comparison import plot_comparison
+    from ..engine.mil.compare_grid import summarize_grid
 
     try:
-        result = collect_comparison(run_dir, datasets=datasets or None, models=models or None, min_runs=min_runs)
+        table, md, png = summarize_grid(run_dir, datasets=datasets or None, models=models or None,
+                                        metrics=metric or None, min_runs=min_runs, out=out, paired=paired,
+                                        baseline=baseline, variant=variant)
     except ValueError as err:
         fail(err)
-    if not metric:
-        metric = (["c_index"] if "c_index" in result.metrics
-                  else ["auroc", "f1", "subset_accuracy"] if "subset_accuracy" in result.metrics
-                  else ["auroc", "balanced_accuracy", "f1"])
-    # a multi-label folder also has auroc_<label> per label
-    available = list(dict.fromkeys([*result.metrics, *(m for r in result.rows for m in r["summary"])]))
-    unknown = [m for m in metric if m not in available]
-    if unknown:
-        fail(ValueError(f"unknown metric(s) {unknown}; choose from {available}"))
-    table = result.to_markdown(metric, show_runs=True)
-    if paired:
-        for name in metric:
-            try:
-                pairs = paired_comparison(run_dir, name, baseline=baseline, variant=variant,
-                                          datasets=datasets or None, models=models or None)
-            except ValueError as err:
-                fail(err)
-            if pairs:
-                table += "\n" + paired_markdown(pairs)
-    stem = out if out is not None else run_dir / "summary_table"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{stem}.md").write_text(table)
-    png = plot_comparison(result.rows, metric[0], Path(f"{stem}.png"), title=f"test {metric[0]} (finished folds)")
     typer.echo(table)
-    typer.echo(f"table: {stem}.md\nplot:  {png}")
+    typer.echo(f"table: {md}\nplot:  {png}")
 
 
 # Registered here so the command lives under `medmoe mil`; its module imports this one's helpers lazily.
@@ -741,34 +480,13 @@ def convert_cmd(
     checkpoint_path=DIR)` take it without further options. Nothing is dropped silently: tensors the model
     does not have, or lacks, are listed in the error.
     """
-    from ..engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
-    from ..interop import load_model
+    from ..interop.convert import convert_checkpoint
 
     try:
-        overrides = parse_overrides(set_)
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"--num-classes must be a positive integer, got {num_classes}")
-        if in_dim is not None and in_dim < 1:
-            raise ValueError(f"--in-dim must be a positive integer, got {in_dim}")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} is a file; give a folder for the checkpoint")
-        if out.is_dir() and any((out / n).exists() for n in (WEIGHTS_NAME, CONFIG_NAME)) and not overwrite:
-            raise ValueError(f"--out {out} already holds a checkpoint; pass --overwrite to replace it")
-        if out.resolve() == source.resolve():
-            raise ValueError("--out must differ from the source checkpoint")
-        net, info, report = load_model(source, model, num_classes=num_classes, in_dim=in_dim,
-                                       reinit_head=reinit_head, patch_embed_only=patch_embed_only, **overrides)
-        names = info.get("class_names") or [str(i) for i in range(net.config.num_classes)]
-        if class_names is not None:
-            names = [c.strip() for c in class_names.split(",")]
-            if len(names) != net.config.num_classes or not all(names) or len(set(names)) != len(names):
-                raise ValueError(f"--class-names needs {net.config.num_classes} distinct non-empty names "
-                                 f"(the head's outputs), got {class_names!r}")
-        reserved = {"format_version", "checkpoint_id", "model_name", "model_class", "model_config",
-                    "medmoe_version", "source", "load_report", "class_names"}
-        keep = {k: v for k, v in info.items() if k not in reserved}  # a medmoe source's task, stats, ...
-        save_checkpoint(out, net, {**keep, "class_names": names, "converted_from": str(source),
-                                   "conversion_report": report.summary()})
+        net, names, report = convert_checkpoint(source, out, model, num_classes=num_classes, in_dim=in_dim,
+                                                 class_names=class_names, reinit_head=reinit_head,
+                                                 patch_embed_only=patch_embed_only, overwrite=overwrite,
+                                                 overrides=parse_overrides(set_))
     except (ValueError, RuntimeError, OSError) as err:
         fail(err)
     typer.echo(report.summary())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,7 +11,6 @@ from .common import fail
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
-SYNTHETIC_NOTE = "SYNTHETIC data written by write_fake_medmnist (not MedMNIST images): numbers mean nothing clinically"
 WEIGHTS_HELP = (
     "ViT-B/16 ImageNet weights: the JAX 'ViT-B_16.npz' or a timm .safetensors/.pth file; 'none' = random "
     "backbone (a warning is printed)."
@@ -24,26 +23,9 @@ def info(
     size: int = typer.Option(28, help="Image size to check the files for (28, 64, 128, 224)."),
 ) -> None:
     """The 18 MedMNIST datasets: task, classes, channels, split sizes, licence, MOSAIC specialist."""
-    from ..data.medmnist import MEDMNIST_FLAGS, medmnist_filename, medmnist_info
-    from ..nn.adapters import ROUTING_TABLES
+    from ..engine.mosaic.report import medmnist_table
 
-    table = ROUTING_TABLES["mosaic"]
-    header = "| dataset | task | classes | ch | train / val / test | licence | specialist |"
-    if data is not None:
-        header += " file |"
-    typer.echo(header)
-    typer.echo("|---" * (header.count("|") - 1) + "|")
-    for flag in MEDMNIST_FLAGS:
-        i = medmnist_info(flag)
-        n = i.n_samples
-        spec = table.route(flag)
-        row = (f"| {flag} | {i.task} | {i.num_classes} | {i.n_channels} | {n['train']:,} / {n['val']:,} / "
-               f"{n['test']:,} | {i.license} | {spec} (r={table.specialists[spec].bottleneck}) |")
-        if data is not None:
-            s = min(size, 64) if i.spatial_dims == 3 else size
-            name = medmnist_filename(flag, s)
-            row += f" {name} {'present' if (data / name).is_file() else 'MISSING'} |"
-        typer.echo(row)
+    typer.echo(medmnist_table(data, size))
 
 
 @app.command("train")
@@ -97,93 +79,48 @@ def train(
     n_per_split: int = typer.Option(48, help="--demo: samples per split."),
 ) -> None:
     """Train MOSAIC (frozen ViT + specialist adapters + per-dataset heads) on MedMNIST datasets."""
-    from ..data.medmnist import (
-        MedMNISTFileError,
-        order_medmnist_flags,
-        resolve_medmnist_flags,
-        write_fake_medmnist,
+    from ..data.medmnist import MedMNISTFileError
+    from ..engine.mosaic.report import format_metrics_table, format_parameter_report
+    from ..engine.mosaic.setup import (
+        DEMO_DATA_DIR,
+        SYNTHETIC_NOTE,
+        prepare_mosaic_training,
+        write_mosaic_demo_data,
     )
-    from ..engine.mosaic.presets import get_mosaic_preset
-    from ..engine.mosaic.report import format_metrics_table, format_parameter_report, parameter_report
-    from ..engine.mosaic.training import (
-        AUGMENTATIONS,
-        EARLY_STOPPING,
-        SAMPLERS,
-        SELECTION_METRICS,
-        MosaicTrainConfig,
-        build_mosaic_config,
-        load_medmnist_data,
-        train_mosaic,
-    )
-    from ..engine.runs import check_run_folder
-    from ..models.vit import MosaicModel, VisionTransformerConfig, ViTWeightsError
+    from ..engine.mosaic.training import load_medmnist_data, train_mosaic
+    from ..models.vit import ViTWeightsError
 
-    demo_data = ("synthetic_data",) if demo else ()
+    demo_data = (DEMO_DATA_DIR,) if demo else ()
     try:
-        try:
-            chosen = get_mosaic_preset(preset or ("medmoe-cpu" if demo else "mosaic-paper"))
-        except ValueError as err:
-            raise typer.BadParameter(f"--preset: {err}") from err
-        size = chosen.size if size is None else size
-        try:
-            flags = order_medmnist_flags(resolve_medmnist_flags(datasets), dataset_order or chosen.dataset_order)
-        except ValueError as err:
-            raise typer.BadParameter(f"--datasets / --dataset-order: {err}") from err
+        chosen, flags = _check_train_flags(preset, demo, datasets, dataset_order, data, weights, vit,
+                                           {"--sampler": sampler, "--early-stopping": early_stopping,
+                                            "--selection-metric": selection_metric, "--augmentation": augmentation})
         note = ""
-        if data is None and not demo:
-            raise typer.BadParameter("give --data DIR with the MedMNIST .npz files (or --demo for synthetic data)")
-        if weights is None:
-            raise typer.BadParameter(
-                "give --weights PATH (ViT-B/16 ImageNet weights: JAX ViT-B_16.npz or timm .safetensors/.pth) "
-                "or --weights none for a random backbone"
-            )
-        if str(weights).lower() != "none" and not Path(weights).is_file():
-            from ..models.vit.weights import WEIGHTS_HELP as VIT_WEIGHTS_HELP
-
-            raise ValueError(f"ViT weight file {weights!r} does not exist. {VIT_WEIGHTS_HELP}")
-        if vit not in ("base", "tiny"):
-            raise typer.BadParameter(f"--vit must be base or tiny, got {vit!r}")
-        vit_cfg = (VisionTransformerConfig.base_patch16 if vit == "base" else VisionTransformerConfig.tiny_test)(
-            norm_eps=chosen.norm_eps)
-        model_kwargs = {**chosen.model, "routing": routing, "image_size_2d": image_size_2d, "normalize_2d": normalize,
-                        "patch_norm_2d": tokenizer_norm}
-        if train_tokenizer_3d is not None:
-            model_kwargs["train_tokenizer_3d"] = train_tokenizer_3d
-        if no_adapter:
-            model_kwargs["use_adapters"] = False
-        model_cfg = build_mosaic_config(flags, size, vit=vit_cfg, **model_kwargs)
-        given = {"rounds": rounds, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                 "warmup_rounds": warmup_rounds, "sampler": sampler, "patience": patience,
-                 "early_stopping": early_stopping, "selection_metric": selection_metric,
-                 "consistency_weight": consistency, "seed": seed, "precision": precision}
-        choices = {"--sampler": (sampler, SAMPLERS), "--early-stopping": (early_stopping, EARLY_STOPPING),
-                   "--selection-metric": (selection_metric, SELECTION_METRICS),
-                   "--augmentation": (augmentation, (*AUGMENTATIONS, "none"))}
-        for flag, (value, allowed) in choices.items():
-            if value is not None and value not in allowed:
-                raise typer.BadParameter(f"{flag} must be one of {' | '.join(allowed)}, got {value!r}")
-        train_kwargs = {**chosen.train, **{k: v for k, v in given.items() if v is not None}}
-        if augmentation is not None:
-            if augmentation == "none":
-                train_kwargs["augment"] = False
-            else:
-                train_kwargs["augment"], train_kwargs["augmentation"] = True, augmentation
-        train_cfg = MosaicTrainConfig(**train_kwargs, max_steps_per_dataset=max_steps, accelerator=accelerator)
-        seed = train_cfg.seed
+        setup = prepare_mosaic_training(
+            chosen, flags, size=size, vit=vit,
+            model_overrides={"routing": routing, "image_size_2d": image_size_2d, "normalize_2d": normalize,
+                             "patch_norm_2d": tokenizer_norm, "train_tokenizer_3d": train_tokenizer_3d,
+                             "use_adapters": False if no_adapter else None},
+            train_overrides={"rounds": rounds, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                             "warmup_rounds": warmup_rounds, "sampler": sampler, "patience": patience,
+                             "early_stopping": early_stopping, "selection_metric": selection_metric,
+                             "consistency_weight": consistency, "seed": seed, "precision": precision},
+            augmentation=augmentation, max_steps_per_dataset=max_steps, accelerator=accelerator,
+        )
+        model_cfg = setup.model_config
         if demo:  # every argument is checked first: a refused demo writes nothing
-            check_run_folder(out, resume=resume, overwrite=overwrite, allow=demo_data)
-            data = out / "synthetic_data"
-            write_fake_medmnist(data, flags, size, n_per_split, seed=seed)
+            data = write_mosaic_demo_data(out, setup.flags, setup.size, n_per_split, seed=setup.train_config.seed,
+                                          overwrite=overwrite, resume=resume)
             note = SYNTHETIC_NOTE
             typer.secho(f"DEMO: {note}", fg="yellow")
-        split_data = load_medmnist_data(data, flags, size)
-        typer.echo(f"preset {chosen.name}, size {size}" + (
+        split_data = load_medmnist_data(data, setup.flags, setup.size)
+        typer.echo(f"preset {chosen.name}, size {setup.size}" + (
             " (the authors' protocol; --preset medmoe-cpu for small CPU-friendly settings)"
             if chosen.name == "mosaic-paper" else ""))
-        typer.echo(format_parameter_report(parameter_report(MosaicModel(model_cfg, device="meta"))))
+        typer.echo(format_parameter_report(setup.parameter_report()))
         if str(weights).lower() == "none":
             typer.secho("warning: --weights none: the frozen ViT backbone is random", fg="yellow", err=True)
-        result = train_mosaic(model_cfg, train_cfg, split_data, out, weights=weights, data_note=note,
+        result = train_mosaic(model_cfg, setup.train_config, split_data, out, weights=weights, data_note=note,
                               overwrite=overwrite, allow=demo_data, resume=resume)
     except (ValueError, RuntimeError, MedMNISTFileError, ViTWeightsError) as err:
         fail(err)
@@ -195,42 +132,67 @@ def train(
                f"report: {out / 'report.md'}")
 
 
+def _check_train_flags(preset: str | None, demo: bool, datasets: str, dataset_order: str | None, data: Path | None,
+                       weights: str | None, vit: str, choices: dict[str, str | None]) -> tuple[Any, list[str]]:
+    """``(preset, ordered dataset flags)`` once every ``mosaic train`` flag that can be checked before any work
+    is valid; ``typer.BadParameter`` naming the flag otherwise (a missing weight file: ``ValueError``)."""
+    from ..data.medmnist import order_medmnist_flags, resolve_medmnist_flags
+    from ..engine.mosaic.presets import get_mosaic_preset
+    from ..engine.mosaic.setup import VIT_SIZES, check_vit_weights
+    from ..engine.mosaic.training import AUGMENTATIONS, EARLY_STOPPING, SAMPLERS, SELECTION_METRICS
+
+    try:
+        chosen = get_mosaic_preset(preset or ("medmoe-cpu" if demo else "mosaic-paper"))
+    except ValueError as err:
+        raise typer.BadParameter(f"--preset: {err}") from err
+    try:
+        flags = order_medmnist_flags(resolve_medmnist_flags(datasets), dataset_order or chosen.dataset_order)
+    except ValueError as err:
+        raise typer.BadParameter(f"--datasets / --dataset-order: {err}") from err
+    if data is None and not demo:
+        raise typer.BadParameter("give --data DIR with the MedMNIST .npz files (or --demo for synthetic data)")
+    if weights is None:
+        raise typer.BadParameter(
+            "give --weights PATH (ViT-B/16 ImageNet weights: JAX ViT-B_16.npz or timm .safetensors/.pth) "
+            "or --weights none for a random backbone"
+        )
+    check_vit_weights(weights)
+    if vit not in VIT_SIZES:
+        raise typer.BadParameter(f"--vit must be base or tiny, got {vit!r}")
+    allowed_values = {"--sampler": SAMPLERS, "--early-stopping": EARLY_STOPPING,
+                      "--selection-metric": SELECTION_METRICS, "--augmentation": (*AUGMENTATIONS, "none")}
+    for flag, value in choices.items():
+        allowed = allowed_values[flag]
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{flag} must be one of {' | '.join(allowed)}, got {value!r}")
+    return chosen, flags
+
+
 CHECKPOINT_HELP = ("Checkpoint folder written by 'medmoe mosaic train', or a checkpoint file of the reference MOSAIC "
                    "code (best_model.pth: read without running pickle code; a load report is printed).")
 REFERENCE_DATASETS_HELP = ("Reference checkpoint files only: their datasets in head order, comma-separated (default: "
                            "args.json beside the file, else the reference's list whose class counts match the heads).")
 
 
-def _is_reference_file(checkpoint: Path) -> bool:
-    """A file that is not part of a medmoe checkpoint folder (model.safetensors / config.json beside each other)."""
-    if not checkpoint.is_file():
-        return False
-    medmoe_file = checkpoint.name in ("model.safetensors", "config.json", "teacher.safetensors")
-    return not (medmoe_file and (checkpoint.parent / "config.json").is_file())
+def _reference_datasets(checkpoint: Path, reference_datasets: str | None) -> list[str] | None:
+    """``--reference-datasets`` as a list of MedMNIST flags (``None`` when not given); refused with a medmoe
+    checkpoint folder, whose config names the datasets."""
+    from ..data.medmnist import resolve_medmnist_flags
+    from ..engine.mosaic.evaluation import is_mosaic_reference_file
 
-
-def _load_mosaic(checkpoint: Path, *, teacher: bool, reference_datasets: str | None) -> tuple:
-    """``(model, checkpoint info)`` from a medmoe checkpoint folder or a reference checkpoint file."""
-    from ..engine.checkpoint import load_checkpoint
-
-    if _is_reference_file(checkpoint):
-        from ..interop.mosaic import load_mosaic_reference
-
-        names = None
-        if reference_datasets:
-            from ..data.medmnist import resolve_medmnist_flags
-
-            try:
-                names = resolve_medmnist_flags(reference_datasets)
-            except ValueError as err:
-                raise typer.BadParameter(f"--reference-datasets: {err}") from err
-        model, report = load_mosaic_reference(checkpoint, names, teacher=teacher)
-        typer.echo(report.summary(), err=True)
-        return model, {"data_note": "a checkpoint of the reference MOSAIC code"}
-    if reference_datasets:
+    if not reference_datasets:
+        return None
+    if not is_mosaic_reference_file(checkpoint):
         raise typer.BadParameter("--reference-datasets applies to reference checkpoint files only, not to a medmoe "
                                  "checkpoint folder (its config names the datasets)")
-    return load_checkpoint(checkpoint, teacher=teacher, family="vit")
+    try:
+        return resolve_medmnist_flags(reference_datasets)
+    except ValueError as err:
+        raise typer.BadParameter(f"--reference-datasets: {err}") from err
+
+
+def _echo_err(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 @app.command("eval")
@@ -246,27 +208,23 @@ def evaluate(
     """Official MedMNIST ACC/AUC of a MOSAIC checkpoint on every dataset it has a head for."""
     from ..data.medmnist import MedMNISTFileError
     from ..engine.checkpoint import CheckpointError
-    from ..engine.mosaic.report import format_metrics_table, mean_accuracies
-    from ..engine.mosaic.training import evaluate_mosaic, load_medmnist_data
+    from ..engine.mosaic.evaluation import evaluate_mosaic_files, load_mosaic_model, metrics_json
+    from ..engine.mosaic.report import format_metrics_table
 
     try:
-        model, ckpt_info = _load_mosaic(checkpoint, teacher=teacher, reference_datasets=reference_datasets)
-        tasks = model.config.tasks
-        sizes = {t.image_size for t in tasks if t.spatial_dims == 2} or {t.image_size for t in tasks}
-        size = max(s or 28 for s in sizes)
-        splits = load_medmnist_data(data, [t.name for t in tasks], size, splits=(split,))[split]
-        metrics = evaluate_mosaic(model, splits, batch_size=batch_size)
+        model, ckpt_info = load_mosaic_model(checkpoint, teacher=teacher,
+                                             datasets=_reference_datasets(checkpoint, reference_datasets),
+                                             echo=_echo_err)
+        metrics = evaluate_mosaic_files(model, data, split, batch_size=batch_size)
     except (ValueError, MedMNISTFileError, CheckpointError) as err:
         fail(err)
-    dims = {t.name: t.spatial_dims for t in tasks}
+    dims = {t.name: t.spatial_dims for t in model.config.tasks}
     note = ckpt_info.get("data_note") or ""
     if note:
         typer.secho(f"checkpoint trained on: {note}", fg="yellow")
     typer.echo(format_metrics_table(metrics, dims, title=f"{split} ({'teacher' if teacher else 'student'})"))
     if json_out is not None:
-        payload = {k: m.to_dict() for k, m in metrics.items()}
-        payload["means"] = mean_accuracies(metrics, dims)  # type: ignore[assignment]
-        json_out.write_text(json.dumps(payload, indent=2).replace("NaN", "null"))
+        json_out.write_text(metrics_json(metrics, dims))
 
 
 @app.command("predict")
@@ -283,19 +241,15 @@ def predict(
     reference_datasets: str = typer.Option(None, help=REFERENCE_DATASETS_HELP),
 ) -> None:
     """Predict the classes of your own images with one dataset's head of a MOSAIC checkpoint."""
-    import csv
-
     from ..engine.checkpoint import CheckpointError
-    from ..engine.mosaic.predict import predict_images
+    from ..engine.mosaic.evaluation import load_mosaic_model
+    from ..engine.mosaic.predict import predict_images, write_predictions_csv
 
     try:
-        model, _ = _load_mosaic(checkpoint, teacher=teacher, reference_datasets=reference_datasets)
+        model, _ = load_mosaic_model(checkpoint, teacher=teacher,
+                                     datasets=_reference_datasets(checkpoint, reference_datasets), echo=_echo_err)
         rows = predict_images(model, dataset, inputs, batch_size=batch_size, device=device)
     except (ValueError, CheckpointError) as err:
         fail(err)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_predictions_csv(rows, out)
     typer.echo(f"wrote {len(rows)} predictions to {out}")

@@ -40,7 +40,7 @@ list of channel paths) and ``label``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "build_train_transforms",
     "build_val_transforms",
     "modality_from_names",
+    "resample_dataset",
     "resample_volume",
     "with_dataset_stats",
 ]
@@ -314,3 +315,65 @@ def resample_volume(
     from .volumes import write_nifti
 
     return write_nifti(target, arr, affine)
+
+
+def resample_dataset(
+    spacing: Sequence[float],
+    out: str | Path,
+    *,
+    source: str | Path | None = None,
+    images: str | Path | None = None,
+    labels: str | Path | None = None,
+    orientation: str | None = "RAS",
+    echo: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Resample a whole data set to ``spacing`` with :func:`resample_volume` (images bilinear, labels nearest).
+
+    Give either ``source``, an MSD folder whose ``imagesTr/``, ``labelsTr/`` and ``imagesTs/`` go to the same
+    sub-folders of ``out`` (its ``dataset.json`` is copied), or plain folders ``images`` and/or ``labels``,
+    written to ``out/images`` and ``out/labels``.
+
+    Args:
+        spacing: target voxel size ``(x, y, z)``.
+        out: output folder.
+        source, images, labels: where the NIfTI files are (see above).
+        orientation: axis codes of the output (``"RAS"``, like training); ``None`` keeps each file's.
+        echo: called with one progress line per file (``[i/n] image case.nii.gz -> OUT/...``).
+
+    Returns:
+        The written files, in order.
+
+    Raises:
+        ValueError: both or neither of ``source`` and ``images``/``labels``; ``source`` without
+            ``imagesTr/`` or ``imagesTs/``; no NIfTI file found.
+    """
+    from ..errors import SETTING, InputError
+    from .volumes import nifti_files
+
+    out = Path(out)
+    if source is not None and (images or labels):
+        raise ValueError("give source or images/labels, not both")
+    if source is not None:
+        source = Path(source)
+        pairs = [(source / d, out / d, d == "labelsTr") for d in ("imagesTr", "labelsTr", "imagesTs")]
+        if not (source / "imagesTr").is_dir() and not (source / "imagesTs").is_dir():
+            raise InputError(f"{source} has no imagesTr/ or imagesTs/; use {{images}}/{{labels}} for plain folders",
+                             images=SETTING, labels=SETTING)
+    else:
+        if images is None and labels is None:
+            raise ValueError("give source or images and/or labels")
+        pairs = [(Path(d), out / name, name == "labels") for d, name in ((images, "images"), (labels, "labels")) if d]
+    jobs: list[tuple[Path, Path, bool]] = []
+    for src_dir, dst_dir, is_label in pairs:
+        if src_dir.is_dir():
+            jobs += [(p, dst_dir / p.name, is_label) for p in nifti_files(src_dir).values()]
+    if not jobs:
+        raise ValueError("no NIfTI files found to resample")
+    written = []
+    for i, (src, dst, is_label) in enumerate(jobs, 1):
+        written.append(resample_volume(src, dst, spacing, is_label=is_label, orientation=orientation))
+        if echo is not None:
+            echo(f"[{i}/{len(jobs)}] {'label' if is_label else 'image'} {src.name} -> {dst}")
+    if source is not None and (source / "dataset.json").is_file():
+        (out / "dataset.json").write_text((source / "dataset.json").read_text())
+    return written

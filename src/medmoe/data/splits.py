@@ -36,6 +36,7 @@ from typing import Any
 
 __all__ = [
     "Split",
+    "holdout_split",
     "load_splits",
     "multilabel_group_kfold",
     "save_splits",
@@ -321,6 +322,23 @@ def _warn_missing_classes(split: Split, labels: Sequence[int], num_classes: int,
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def holdout_split(items: Sequence[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """A seeded random train / validation split of ``items`` (e.g. segmentation cases).
+
+    ``round(len(items) * val_fraction)`` items (at least one) go to validation after a shuffle with
+    ``random.Random(seed)``; with fewer than two items or ``val_fraction <= 0`` everything is training.
+
+    Returns:
+        ``(train, val)``: the items in their shuffled order.
+    """
+    if len(items) < 2 or val_fraction <= 0:
+        return list(items), []
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * val_fraction))
+    return order[n_val:], order[:n_val]
 
 
 def split_from_column(values: Sequence[str | None], bag_ids: Sequence[str] | None = None) -> Split:

@@ -46,10 +46,13 @@ __all__ = [
     "VolumeCase",
     "VolumeError",
     "check_finite_volume",
+    "count_label_classes",
     "crop_case",
     "discover_msd_folder",
+    "inference_cases",
     "load_volume_cases",
     "make_synthetic_volumes",
+    "nifti_files",
     "read_pair_list",
     "validate_case",
     "validate_cases",
@@ -135,7 +138,10 @@ def _strip_nifti(name: str) -> str | None:
     return None
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
+def nifti_files(folder: str | Path) -> dict[str, Path]:
+    """``{case stem: path}`` of the ``.nii``/``.nii.gz`` files directly in ``folder``, sorted by name (hidden
+    files and macOS ``._`` companions skipped)."""
+    folder = Path(folder)
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         stem = _strip_nifti(p.name)
@@ -206,8 +212,8 @@ def discover_msd_folder(root: str | Path) -> SegDatasetInfo:
     if isinstance(training, list) and training and isinstance(training[0], dict) and "image" in training[0]:
         cases = _cases_from_records(training, root, str(meta_path))
     else:
-        labels = _nifti_files(labels_dir)
-        grouped = _group_images(_nifti_files(images_dir), set(labels))
+        labels = nifti_files(labels_dir)
+        grouped = _group_images(nifti_files(images_dir), set(labels))
         missing_labels = sorted(set(grouped) - set(labels))
         missing_images = sorted(set(labels) - set(grouped))
         if missing_labels or missing_images:
@@ -220,7 +226,7 @@ def discover_msd_folder(root: str | Path) -> SegDatasetInfo:
         raise VolumeError(f"no NIfTI cases found in {images_dir}")
     test_cases: list[VolumeCase] = []
     if (root / "imagesTs").is_dir():
-        grouped = _group_images(_nifti_files(root / "imagesTs"), set())
+        grouped = _group_images(nifti_files(root / "imagesTs"), set())
         test_cases = [VolumeCase(c, grouped[c], None) for c in sorted(grouped)]
     return SegDatasetInfo(cases, test_cases, label_names, modality, root)
 
@@ -303,6 +309,43 @@ def load_volume_cases(source: str | Path) -> SegDatasetInfo:
     raise VolumeError(
         f"{str(source)!r} is neither a data folder (imagesTr/labelsTr) nor a .csv/.json list of pairs"
     )
+
+
+def inference_cases(source: str | Path) -> list[VolumeCase | Path]:
+    """The cases to segment in ``source``: an MSD folder (its ``imagesTs``, else ``imagesTr``), a folder of
+    NIfTI files (nnU-Net ``_0000`` channel files grouped into one case), a single NIfTI file, or a ``.csv`` /
+    ``.json`` list of pairs (the labels are not needed).
+
+    Returns:
+        The cases (labels unset for folders); a single file comes back as its path, which
+        :func:`medmoe.engine.seg.inference.predict_volumes` reads as a one-channel case.
+
+    Raises:
+        ValueError: ``source`` does not exist, or the folder holds no ``.nii``/``.nii.gz`` image.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() in (".csv", ".json"):
+        return list(load_volume_cases(source).cases)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise ValueError(f"{source} does not exist")
+    for sub in ("imagesTs", "imagesTr"):
+        if (source / sub).is_dir():
+            source = source / sub
+            break
+    grouped = _group_images(nifti_files(source), set())
+    if not grouped:
+        raise ValueError(f"no .nii/.nii.gz images in {source}")
+    return [VolumeCase(c, grouped[c]) for c in sorted(grouped)]
+
+
+def count_label_classes(cases: Sequence[VolumeCase]) -> int:
+    """The number of classes the label maps of ``cases`` imply: their largest label value + 1 (background 0
+    included); reads every label file."""
+    import nibabel as nib
+
+    return max(int(np.asarray(nib.load(str(c.label)).dataobj).max()) for c in cases) + 1
 
 
 def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "VOLUME_SUFFIXES", "image_files", "load_image_batch", "predict_images"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "image_files",
+    "load_image_batch",
+    "predict_images",
+    "write_predictions_csv",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".npy",)
@@ -131,3 +138,17 @@ def predict_images(
             row.update({f"score_{n}": float(v) for n, v in zip(labels, s.tolist())})
             rows.append(row)
     return rows
+
+
+def write_predictions_csv(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Path:
+    """Write :func:`predict_images`' rows to the CSV file ``out`` (folders created; the columns of the first
+    row) and return its path."""
+    import csv
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -22,6 +23,7 @@ __all__ = [
     "format_metrics_table",
     "format_parameter_report",
     "mean_accuracies",
+    "medmnist_table",
     "parameter_report",
 ]
 
@@ -136,4 +138,29 @@ def format_parameter_report(report: ParameterReport) -> str:
     for group, (count, trainable) in report.groups.items():
         lines.append(f"| {group} | {count:,} | {trainable:,} |")
     lines.append(f"| **total** | {report.total:,} | {report.trainable:,} ({100 * report.trainable_share:.2f} %) |")
+    return "\n".join(lines)
+
+
+def medmnist_table(data: str | Path | None = None, size: int = 28) -> str:
+    """A Markdown table of the 18 MedMNIST datasets: task, classes, channels, split sizes, licence and the MOSAIC
+    specialist (with its bottleneck) that routes each; with ``data``, a last column says whether the ``.npz``
+    file for ``size`` (3-D datasets: ``min(size, 64)``) is in that folder (``present`` / ``MISSING``)."""
+    from ...data.medmnist import MEDMNIST_FLAGS, medmnist_filename, medmnist_info
+    from ...nn.adapters import ROUTING_TABLES
+
+    table = ROUTING_TABLES["mosaic"]
+    header = "| dataset | task | classes | ch | train / val / test | licence | specialist |"
+    if data is not None:
+        header += " file |"
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for flag in MEDMNIST_FLAGS:
+        i = medmnist_info(flag)
+        n = i.n_samples
+        spec = table.route(flag)
+        row = (f"| {flag} | {i.task} | {i.num_classes} | {i.n_channels} | {n['train']:,} / {n['val']:,} / "
+               f"{n['test']:,} | {i.license} | {spec} (r={table.specialists[spec].bottleneck}) |")
+        if data is not None:
+            name = medmnist_filename(flag, min(size, 64) if i.spatial_dims == 3 else size)
+            row += f" {name} {'present' if (Path(data) / name).is_file() else 'MISSING'} |"
+        lines.append(row)
     return "\n".join(lines)

@@ -38,7 +38,7 @@ class SegPreset:
     Attributes:
         name: what ``--preset`` takes.
         summary: one line for ``--help`` and listings.
-        model: :func:`medmoe.models.seg.create_seg_model` name.
+        model: :func:`medmoe.create_model` (``family="seg"``) name.
         transform: :class:`SegTransformConfig` fields (``modality`` absent: read from the data).
         train: :class:`SegTrainConfig` fields.
         epochs_are_passes: ``steps_per_epoch`` = ``ceil(training cases / batch size)`` (an epoch is one pass

@@ -1,6 +1,6 @@
 """Training loop for 3-D segmentation on Lightning Fabric (CPU, CUDA, DDP: same code).
 
-:func:`train_segmentation` trains any network from :func:`medmoe.models.seg.create_seg_model`:
+:func:`train_segmentation` trains any network from :func:`medmoe.create_model` (``family="seg"``):
 
 * random ROI crops (pos/neg sampling, :func:`medmoe.data.seg_transforms.build_train_transforms`), the
   deterministic part (loading, orientation, spacing, intensity) cached in memory;
@@ -442,7 +442,7 @@ def train_segmentation(
     """Train ``model`` on ``train_cases`` and keep the best validation-Dice checkpoint.
 
     Args:
-        model: from :func:`medmoe.models.seg.create_seg_model` (needs ``config``, ``model_name``,
+        model: from :func:`medmoe.create_model` (``family="seg"``) (needs ``config``, ``model_name``,
             ``num_classes``, ``in_channels``, ``divisor``).
         train_cases, val_cases: labelled cases (``val_cases`` may be empty/``None``: no validation).
         transform_config: preprocessing and crops; ``roi_size`` must be divisible by ``model.divisor``.

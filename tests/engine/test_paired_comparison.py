@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from medmoe.cli.main import app
 from medmoe.data.splits import Split, save_splits
-from medmoe.engine.mil import paired_comparison
+from medmoe.engine import paired_comparison
 from medmoe.engine.mil.paired_comparison import corrected_resampled_ttest, paired_markdown
 
 SPLITS = [Split(train=list(range(8)), val=[8], test=[9, 10]), Split(train=list(range(2, 10)), val=[0], test=[1, 11])]

@@ -386,6 +386,7 @@ def build_model_from_info(info: dict[str, Any], family: str | None = "mil") -> n
 
 
 def _build_mil_model(info: dict[str, Any]) -> nn.Module:
+    """A MIL model from the registry entry of ``info["model_name"]`` and its saved config (untrained)."""
     from ..registry import get_entry
 
     name = info["model_name"]

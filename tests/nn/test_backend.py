@@ -26,6 +26,8 @@ from medmoe.nn.dropout import FastDropout, counter_dropout, dropout_words, fast_
 from medmoe.nn.expert_epilogue import _epilogue_backward_op, _epilogue_op
 from medmoe.nn.onednn_linear import FastLinear
 from medmoe.nn.slot_dispatch import _dispatch_backward_op, _dispatch_op
+from medmoe.nn.soft_route import _grad_op as _route_grad_op
+from medmoe.nn.soft_route import _softmax_op as _route_softmax_op
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "medmoe"
 
@@ -284,3 +286,19 @@ def test_no_class_assignment_and_no_private_torch_api_outside_the_backend() -> N
         if path.name != "backend.py" and re.search(r"torch\.ops\.mkldnn|torch\._C\b", text):
             offenders.append(f"{path.relative_to(SRC)}: private torch API")
     assert offenders == []
+
+
+@pytest.mark.parametrize("kernel", ["native", "no compiler"])
+def test_soft_route_ops_pass_opcheck(kernel: str, request: pytest.FixtureRequest) -> None:
+    """The Soft MoE many-slot operators (in place: they declare the tensors they write), kernel and fallback."""
+    if kernel == "no compiler":
+        request.getfixturevalue("no_compiler")
+    mask = torch.tensor([[True] * 6, [True, False, True, True, False, True]])
+    for dtype in (torch.float32, torch.float64):  # float64 always takes the PyTorch form
+        logits = torch.randn(2, 6, 21, dtype=dtype)
+        for m in (None, mask):
+            torch.library.opcheck(_route_softmax_op, (logits.clone(), torch.empty_like(logits), m))
+        dispatch, combine = logits.softmax(1), logits.softmax(-1)
+        for d_combine in (None, torch.randn_like(logits)):
+            args = (torch.randn_like(logits), dispatch, combine, d_combine, torch.randn(2, 21, dtype=dtype))
+            torch.library.opcheck(_route_grad_op, args)

@@ -8,15 +8,16 @@ from medmoe.nn.experts import BatchedFeedForward
 from medmoe.nn.routing import Routing
 from medmoe.nn.soft_moe import SoftMoE, SoftMoEEmbed
 
-# "fused": the dense backend with more slots (3 x 7 = 21) than features (16), i.e. the fused route (soft_route)
+# "dense": 3 x 2 slots < dim 16 / 2, the folded path (soft_dispatch); "fused": the dense backend with 3 x 7 = 21
+# slots >= dim / 2, the fused route (soft_route)
 BACKENDS = ["sdpa", "dense", "fused"]
 backends = pytest.mark.parametrize("backend", BACKENDS)
 
 
 def small(dim=16, **kw):
     cfg = {"num_experts": 3, "num_slots": 4, "expert_mult": 2}
-    if kw.get("backend") == "fused":
-        cfg.update(num_slots=7, backend="dense")
+    if kw.get("backend") in ("dense", "fused"):
+        cfg.update(num_slots=7 if kw["backend"] == "fused" else 2, backend="dense")
         kw.pop("backend")
     cfg.update(kw)
     return SoftMoE(dim, **cfg)
@@ -159,8 +160,8 @@ def test_autocast_bf16_cpu_runs_and_is_finite(backend):
     [(False, "sdpa"), (True, "sdpa"), (False, "dense"), (True, "dense"), (False, "fused"), (True, "fused")],
 )
 def test_gradcheck_float64(use_layernorm, backend):
-    # fused: the dense backend with 2 x 4 slots > 6 features
-    slots, backend = (4, "dense") if backend == "fused" else (2, backend)
+    # dense: 2 x 1 slots < 6 / 2 features (the folded path); fused: the dense backend with 2 x 4 slots
+    slots, backend = {"sdpa": (2, "sdpa"), "dense": (1, "dense"), "fused": (4, "dense")}[backend]
     cfg = {"num_experts": 2, "num_slots": slots, "expert_mult": 1, "geglu": True, "backend": backend}
     layer = SoftMoE(6, use_layernorm=use_layernorm, **cfg)
     layer = layer.double()

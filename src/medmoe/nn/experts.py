@@ -192,8 +192,8 @@ class BatchedFeedForward(nn.Module):
     def forward_per_expert(self, x: Tensor) -> Tensor:
         """:meth:`forward` with one oneDNN product per expert and layer instead of a batched matmul.
 
-        Same maths (equal to float32 rounding). On AMD CPUs oneDNN's products measured about twice as fast as
-        PyTorch's batched GEMM for tall per-expert inputs (Soft MoE with hundreds of slots per expert,
+        Same maths (equal to float32 rounding). On AMD CPUs oneDNN's products are faster than PyTorch's batched
+        GEMM for tall per-expert inputs (Soft MoE with hundreds of slots per expert; measured in
         docs/performance-notes.md). Applies on CPU in float32 under the native backend without autocast,
         and when dropout is inactive (so the dropout masks stay those of :meth:`forward`); otherwise this is
         :meth:`forward`. Shapes: ``(b, e, s, d) -> (b, e, s, d)``.

@@ -16,16 +16,22 @@ With ``backend="sdpa"`` both run through :func:`torch.nn.functional.scaled_dot_p
 ``(b, n, e, s)`` logits tensor is never materialised and memory is ``O(n * d)`` for any slot count (the
 reference's is ``O(n * e * s)``, quadratic when the slots grow with ``n``). The attention kernels recompute
 the logits (forward and backward) instead of storing them, which costs about 1.5x the reference's
-matrix-multiply FLOPs (14 instead of 9 ``n * e * s * d`` products for forward + backward); when the logits
-are small (``e * s <= d``: no larger than the input) materialising them once is faster (measured:
-docs/performance-notes.md), so ``backend="auto"`` (default) picks ``"dense"`` there and ``"sdpa"`` otherwise. The
-dense path keeps the logits and both softmaxes (3-4 ``(b, n, e * s)`` tensors, each no larger than the input
-when ``auto`` picks it). With an RMSNorm token norm in float32/float64 the dense path folds the norm into
-its matrix products (:mod:`medmoe.nn.soft_dispatch`: the normalised ``(b, n, d)`` tokens are never
-written, five instead of eight large products in the backward, oneDNN products on CPU), which made it
-clearly faster than the reference at long inputs (docs/performance.md); otherwise both paths use a fused
-RMSNorm. Both
-share the batched experts.
+matrix-multiply FLOPs (14 instead of 9 ``n * e * s * d`` products for forward + backward). The ``"dense"``
+path materialises the logits once and has two forms, chosen by shape:
+
+* few slots (``2 * e * s < d``: the logits are smaller than the input): with an RMSNorm token norm in
+  float32/float64 the norm is folded into the routing's matrix products (:mod:`medmoe.nn.soft_dispatch`:
+  the normalised ``(b, n, d)`` tokens are never written, five instead of eight large products in the
+  backward, oneDNN products on CPU);
+* many slots (``2 * e * s >= d``, e.g. soft-moe-pytorch's default of one slot per token): the
+  ``(b, n, e * s)`` tensors are as large as the input or larger, so both softmaxes and their gradients run fused
+  (:mod:`medmoe.nn.soft_route`: two reads of the logits forward, one pass backward, the combine weights
+  written over the logits) and the experts run one oneDNN product per expert
+  (:meth:`~medmoe.nn.experts.BatchedFeedForward.forward_per_expert`).
+
+``backend="auto"`` (default) picks ``"dense"`` while the logits stay small and ``"sdpa"`` otherwise (see
+``backend`` below). Measured timings against the reference: docs/performance.md.
+
 The two softmaxes always run in float32 (autocast is switched off around them and half / bfloat16
 operands are upcast), the result is cast back.
 
@@ -164,13 +170,14 @@ class SoftMoE(nn.Module):
             * ``"sdpa"`` — both as :func:`~torch.nn.functional.scaled_dot_product_attention` calls; the
               ``(b, n, e * s)`` logits are never materialised, memory is ``O(n * d)`` whatever the slot count.
             * ``"dense"`` — the logits are computed once and both softmaxes read them (the reference's
-              algorithm, ``O(n * e * s)`` memory).
+              algorithm, ``O(n * e * s)`` memory); with many slots (``2 * e * s >= dim``) both softmaxes
+              run fused (:mod:`medmoe.nn.soft_route`).
             * ``"auto"`` (default) — ``"dense"`` when ``e * s <= dim`` (the logits are then no larger than the
               input itself, and computing them once beats the attention kernels' recomputation) or when the
               ``(b, n, e * s)`` logits have at most ``2**24`` entries (64 MiB in float32: at many slots the
               routing products are large dense GEMMs that beat the attention kernels, with the reference's
               memory), ``"sdpa"`` otherwise (long sequences with many slots, where only it bounds memory).
-              Measurements in docs/performance-notes.md.
+              Measurements in docs/performance.md and docs/performance-notes.md.
 
     Parameters / state dict: ``norm.gamma`` (+ ``norm.beta`` buffer for LayerNorm), ``slot_norm.gamma``
     (+ ``slot_norm.beta``), ``slot_embeds (e, s, d)``, ``experts.w1 (e, d, h_in)``, ``experts.b1 (e, h_in)``,
@@ -384,8 +391,9 @@ class SoftMoE(nn.Module):
         return self.backend == "dense"
 
     def _many_slots(self) -> bool:
-        """Whether the dense path takes :meth:`_route_fused`: more slots ``e * s`` than features ``d``."""
-        return self.num_experts * self.num_slots > self.dim
+        """Whether the dense path takes :meth:`_route_fused`: slots ``e * s`` at least half the features ``d``
+        (where it measured faster than the folded path, docs/performance-notes.md)."""
+        return 2 * self.num_experts * self.num_slots >= self.dim
 
     def _route_fused(self, xn: Tensor, phi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """The dense path for many slots: both softmaxes fused (:mod:`medmoe.nn.soft_route`).

@@ -181,7 +181,7 @@ class SoftRoute(torch.autograd.Function):
         _grad_op(d_logits, dispatch, combine, d_combine, colsum)
         dx = dphi = None
         if ctx.needs_input_grad[0]:
-            dx = _mm_nt(d_logits, phi.t()) + _mm_nt(dispatch, d_slots.transpose(1, 2))  # (b, n, d)
+            dx = _mm_nt(d_logits, phi.t()).add_(_mm_nt(dispatch, d_slots.transpose(1, 2)))  # (b, n, d)
         if ctx.needs_input_grad[1]:
             dphi = _mm_tn(d_logits, x).sum(0)  # (t, d)
         return dx, dphi, None

@@ -40,6 +40,7 @@ __all__ = [
     "MedMNISTInfo",
     "MedMNISTSplit",
     "load_medmnist_split",
+    "medmnist_download_hint",
     "medmnist_filename",
     "medmnist_info",
     "medmnist_status",
@@ -206,7 +207,9 @@ def medmnist_filename(flag: str, size: int = 28) -> str:
     return f"{info.flag}.npz" if size == 28 else f"{info.flag}_{size}.npz"
 
 
-def _how_to_get(flags: Sequence[str], size: int, root: Path) -> str:
+def medmnist_download_hint(flags: Sequence[str], size: int, root: Path) -> str:
+    """Where ``flags``' files at ``size`` are expected under ``root`` and how to get them (the official tool,
+    Zenodo, or synthetic fixtures): the tail of every missing-file message."""
     names = [medmnist_filename(f, size) for f in flags]
     flag_args = " ".join(f"--flag={medmnist_info(f).flag}" for f in flags[:1])
     return (
@@ -294,7 +297,7 @@ def load_medmnist_split(
     root = Path(root)
     path = root / medmnist_filename(info.flag, size)
     if not path.is_file():
-        raise MedMNISTFileError(f"{info.python_class} ({size}px) not found: {_how_to_get([info.flag], size, root)}")
+        raise MedMNISTFileError(f"{info.python_class} ({size}px) not found: {medmnist_download_hint([info.flag], size, root)}")
     try:
         data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as err:

@@ -1,7 +1,8 @@
 """The one training loop of medmoe: Lightning Fabric, hooks, seeding, resume, early stopping, checkpoints.
 
-Every pipeline (segmentation :func:`~medmoe.engine.seg.training.train_segmentation`, MOSAIC
-:func:`~medmoe.engine.mosaic.training.train_mosaic`) trains through :class:`TrainingLoop`. The loop owns
+Every pipeline (MIL :func:`~medmoe.engine.mil.trainer.train_one_fold`, segmentation
+:func:`~medmoe.engine.seg.training.train_segmentation`, MOSAIC :func:`~medmoe.engine.mosaic.training.train_mosaic`)
+trains through :class:`TrainingLoop`. The loop owns
 what every pipeline needs and nothing a pipeline does on its own:
 
 * **Fabric** (:func:`launch_fabric`): one launched ``lightning_fabric.Fabric`` (CPU, CUDA, MPS, DDP), or the
@@ -13,7 +14,9 @@ what every pipeline needs and nothing a pipeline does on its own:
   the scheduler (after every step or every epoch), a NaN/inf loss stops the run
   (:class:`~medmoe.engine.divergence.TrainingDivergedError`), a non-finite model is never saved;
 * **early stopping** (:class:`EarlyStopping`): the pipeline gives its rule (:class:`Improvement`,
-  :class:`MinDeltaImprovement`), patience and minimum epochs, so each pipeline keeps its own numbers;
+  :class:`MinDeltaImprovement`), patience and minimum epochs, so each pipeline keeps its own numbers (MIL and
+  segmentation count any gain, MOSAIC only a gain above ``min_delta`` or, with the reference's rule, any gain
+  while a small drop resets the patience);
 * **checkpoints**: the best epoch's model through the pipeline's ``save_best`` hook (``out_dir/checkpoint``),
   the last epoch as the resume state ``out_dir/trainer_state.pt`` (model, optimiser, scheduler, RNG states,
   early-stopping state, history, the pipeline's own state), both written atomically;

@@ -556,39 +556,10 @@ def compare(
                 tasks += variant_tasks
                 plans += variant_plans
     if is_zero:
-        # the top folder holds variant runs (several compare processes may fill it, one per dataset, say):
-        # each variant's own manifest is what a resume must match; everything is checked before writing
-        top = RunManifest("mil-compare", {})
-        extend = []
-        if check_run_folder(out_dir, top, resume=resume, overwrite=overwrite).action == "resume":
-            for v in variants:
-                if check_run_folder(v["out_dir"], v["manifest"], resume=True).action == "extend":
-                    extend.append(v)  # the same variant run on more seeds (one process per seed fills a grid)
-        start_run_folder(out_dir, top, resume=resume, overwrite=overwrite)
-        for v in variants:
-            if v in extend:
-                extend_manifest(v["out_dir"], v["manifest"])
-            elif not (v["out_dir"] / MANIFEST_NAME).is_file():
-                write_manifest(v["out_dir"], v["manifest"])
-        _save_plans(plans)
+        _start_compare_folder(out_dir, variants, plans, resume=resume, overwrite=overwrite)
     progress = GridProgress(len(tasks), is_zero)
     results = run_folds(tasks, datasets, cfg, resume=resume, fabric=fabric, progress=progress, jobs=jobs)
-    rows: list[dict[str, Any]] = []
-    for v in variants:
-        cv = _write_cv_result(v["model_name"], v["model_overrides"], tasks[v["tasks"]], results[v["tasks"]],
-                              v["hashes"], v["out_dir"], cfg, is_zero)
-        rows.append(
-            {
-                "dataset": v["dataset"],
-                "model": v["model"],
-                "patch_embed": v["patch_embed"],
-                "model_name": v["model_name"],
-                "model_overrides": v["model_overrides"],
-                "runs": len(cv.runs),
-                "summary": cv.summary,
-                "out_dir": str(v["out_dir"]),
-            }
-        )
+    rows = [_comparison_row(v, tasks, results, cfg, is_zero) for v in variants]
     default_metrics = get_task(cfg.task).summary_metrics
     result = ComparisonResult(rows, list(metrics) if metrics is not None else list(default_metrics))
     if is_zero:
@@ -599,6 +570,44 @@ def compare(
             )
             atomic_write_text(out_dir / "comparison.md", result.to_markdown())
     return result
+
+
+def _start_compare_folder(out_dir: Path, variants: Sequence[dict[str, Any]], plans: Any, *, resume: bool,
+                          overwrite: bool) -> None:
+    """Check and start the grid folder and every variant's run folder (rank 0), then save the fold plans.
+
+    The top folder holds variant runs (several compare processes may fill it, one per dataset, say): each
+    variant's own manifest is what a resume must match; everything is checked before writing."""
+    top = RunManifest("mil-compare", {})
+    extend = []
+    if check_run_folder(out_dir, top, resume=resume, overwrite=overwrite).action == "resume":
+        for v in variants:
+            if check_run_folder(v["out_dir"], v["manifest"], resume=True).action == "extend":
+                extend.append(v)  # the same variant run on more seeds (one process per seed fills a grid)
+    start_run_folder(out_dir, top, resume=resume, overwrite=overwrite)
+    for v in variants:
+        if v in extend:
+            extend_manifest(v["out_dir"], v["manifest"])
+        elif not (v["out_dir"] / MANIFEST_NAME).is_file():
+            write_manifest(v["out_dir"], v["manifest"])
+    _save_plans(plans)
+
+
+def _comparison_row(v: dict[str, Any], tasks: list[FoldTask], results: list[Any], cfg: TrainConfig,
+                    is_zero: bool) -> dict[str, Any]:
+    """One variant's row of the comparison (its cross-validation summary, written into its run folder)."""
+    cv = _write_cv_result(v["model_name"], v["model_overrides"], tasks[v["tasks"]], results[v["tasks"]],
+                          v["hashes"], v["out_dir"], cfg, is_zero)
+    return {
+        "dataset": v["dataset"],
+        "model": v["model"],
+        "patch_embed": v["patch_embed"],
+        "model_name": v["model_name"],
+        "model_overrides": v["model_overrides"],
+        "runs": len(cv.runs),
+        "summary": cv.summary,
+        "out_dir": str(v["out_dir"]),
+    }
 
 
 def _safe(name: str) -> str:

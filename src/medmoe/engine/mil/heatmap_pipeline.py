@@ -181,8 +181,7 @@ def slide_heatmaps(
         The summary also written to ``out_dir/heatmaps.json`` (prediction, files, expert statistics).
     """
     from ...data.slides import open_slide
-    from ...viz import expert_stats as es
-    from ...viz.heatmap import draw_argmax_expert_map, draw_expert_maps, draw_heatmap, make_canvas
+    from ...viz.heatmap import draw_heatmap, make_canvas
     from ...viz.patch_grid import save_top_k_grids
     from .tasks import get_task
 
@@ -222,29 +221,8 @@ def slide_heatmaps(
 
     stats_dict = None
     if res.expert_assignment is not None:
-        a = res.expert_assignment
-        stats = es.compute_expert_stats(a)
-        stats_dict = stats.to_dict()
-        E = a.shape[1]
-        order = [int(e) for e in np.argsort(-np.asarray(stats.load), kind="stable")]
-        chosen = order if num_expert_maps < 0 else order[: max(0, num_expert_maps)]
-        if chosen:
-            paths = draw_expert_maps(c, a, patch_size_level0, out / "routing", experts=sorted(chosen), canvas=canvas,
-                                     normalize=normalize, cmap=cmap, alpha=alpha, blur=blur)
-            files["experts"] = [str(paths[e]) for e in sorted(paths)]
-        hm = draw_argmax_expert_map(c, a, patch_size_level0, canvas=canvas, title=f"arg-max expert ({E} experts)",
-                                    out_path=out / "routing" / "argmax_expert.png")
-        files["argmax_expert"] = str(hm.path)
-        st = out / "expert_stats"
-        files["expert_stats"].append(str(es.plot_expert_load(stats.load, st / "expert_load.png")))
-        assert stats.entropy is not None
-        files["expert_stats"].append(str(es.plot_entropy_histogram(stats.entropy, st / "routing_entropy.png")))
-        if res.slot_tokens is not None and res.slot_expert_ids is not None:
-            files["expert_stats"].append(str(es.plot_slot_embedding(
-                res.slot_tokens, res.slot_expert_ids, st / f"slot_outputs_{embedding}.png", method=embedding)))
-        (st / "expert_stats.json").write_text(json.dumps(stats_dict, indent=2) + "\n")
-        for e in chosen:
-            score_sets[f"expert_{e:02d}"] = a[:, e]
+        stats_dict = _expert_maps(res, c, patch_size_level0, out, canvas, files, score_sets, num_expert_maps,
+                                  embedding, normalize=normalize, cmap=cmap, alpha=alpha, blur=blur)
 
     if sl is not None and top_k > 0 and score_sets:
         grids = save_top_k_grids(sl, c, int(patch_size_level0), score_sets, out / "topk", k=top_k)
@@ -260,6 +238,41 @@ def slide_heatmaps(
     }
     (out / "heatmaps.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _expert_maps(res: Any, c: np.ndarray, patch_size_level0: int, out: Path, canvas: Any, files: dict[str, Any],
+                 score_sets: dict[str, np.ndarray], num_expert_maps: int, embedding: str, *, normalize: str,
+                 cmap: str, alpha: float, blur: float) -> dict[str, Any]:
+    """The routing maps of ``res.expert_assignment`` ``(n, E)``: per-expert maps of the most loaded experts, the
+    arg-max expert map, load / entropy / slot-output plots and ``expert_stats.json``; adds their paths to
+    ``files`` and the chosen experts' scores to ``score_sets`` (for the top-k grids); returns the statistics."""
+    from ...viz import expert_stats as es
+    from ...viz.heatmap import draw_argmax_expert_map, draw_expert_maps
+
+    a = res.expert_assignment
+    stats = es.compute_expert_stats(a)
+    stats_dict = stats.to_dict()
+    E = a.shape[1]
+    order = [int(e) for e in np.argsort(-np.asarray(stats.load), kind="stable")]
+    chosen = order if num_expert_maps < 0 else order[: max(0, num_expert_maps)]
+    if chosen:
+        paths = draw_expert_maps(c, a, patch_size_level0, out / "routing", experts=sorted(chosen), canvas=canvas,
+                                 normalize=normalize, cmap=cmap, alpha=alpha, blur=blur)
+        files["experts"] = [str(paths[e]) for e in sorted(paths)]
+    hm = draw_argmax_expert_map(c, a, patch_size_level0, canvas=canvas, title=f"arg-max expert ({E} experts)",
+                                out_path=out / "routing" / "argmax_expert.png")
+    files["argmax_expert"] = str(hm.path)
+    st = out / "expert_stats"
+    files["expert_stats"].append(str(es.plot_expert_load(stats.load, st / "expert_load.png")))
+    assert stats.entropy is not None
+    files["expert_stats"].append(str(es.plot_entropy_histogram(stats.entropy, st / "routing_entropy.png")))
+    if res.slot_tokens is not None and res.slot_expert_ids is not None:
+        files["expert_stats"].append(str(es.plot_slot_embedding(
+            res.slot_tokens, res.slot_expert_ids, st / f"slot_outputs_{embedding}.png", method=embedding)))
+    (st / "expert_stats.json").write_text(json.dumps(stats_dict, indent=2) + "\n")
+    for e in chosen:
+        score_sets[f"expert_{e:02d}"] = a[:, e]
+    return stats_dict
 
 
 def demo_slide_heatmaps(

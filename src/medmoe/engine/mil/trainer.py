@@ -1,6 +1,8 @@
-"""Training loop for MIL bag classification on Lightning Fabric (CPU, CUDA, MPS, DDP: same code).
+"""MIL training on the shared loop (:class:`~medmoe.engine.loop.TrainingLoop`; CPU, CUDA, MPS, DDP: same code).
 
-:func:`train_one_fold` trains one model on one train/val/test split:
+:func:`train_one_fold` trains one model on one train/val/test split; this module gives the loop its hooks
+(:class:`_MILHooks`: bag order, targets and loss of the task, validation metrics, the checkpoint) and
+evaluates the best checkpoint at the end:
 
 * AdamW (``lr``, ``weight_decay``) over the trainable parameters;
 * linear warm-up for ``warmup_epochs`` then cosine decay to ``min_lr``, stepped after every optimiser

@@ -481,13 +481,7 @@ def run_nested_cv(
         metric, maximize = resolve_monitor(metric, classes, cfg.task)
     except ValueError as err:
         raise InputError(f"{{metric}} {metric!r} does not fit this task: {err}", metric=SETTING) from err
-    plans = []
-    for seed in seeds:
-        outer = _outer_splits(dataset, k, seed, splits, cfg.task)
-        if not outer:
-            raise ValueError("no outer splits to run: pass k >= 3 or a non-empty list of splits")
-        inner = [inner_splits(s, dataset, inner_k, seed, task=cfg.task) for s in outer]
-        plans.append((seed, outer, inner, split_hash(outer, list(dataset.bag_ids))))
+    plans = _outer_plans(dataset, k, inner_k, seeds, splits, cfg.task)
     identity = {
         "model_name": model_name, "model_overrides": overrides, "data": data_identity(dataset),
         "k": None if splits is not None else k, "inner_k": inner_k, "seeds": seeds,
@@ -499,6 +493,32 @@ def run_nested_cv(
     members = [f"seed{s}/fold{i}" for s, outer, _, _ in plans for i in range(len(outer))]
     manifest = RunManifest("mil-tune", {**identity, "storage": _redact(storage) if storage else "default"}, members)
     _join_run_folder(out_dir, manifest, resume=resume, overwrite=overwrite, search_only=search_only)
+    _write_space_and_splits(out_dir, specs, plans, dataset)
+    the_storage = url_storage if url_storage is not None else open_storage(
+        f"sqlite:///{(out_dir / 'optuna.db').resolve()}")
+    search = _Search(the_storage, study_name or f"{model_name}-{ident[:10]}", ident, trials, pruner, timeout,
+                     specs, metric, maximize, search_only)
+    return _search_and_train(search, plans, model_name, overrides, dataset, cfg, inner_k, out_dir, resume)
+
+
+Plan = tuple[int, list[Split], list[list[Split]], str]
+
+
+def _outer_plans(dataset: Any, k: int, inner_k: int, seeds: Sequence[int], splits: Sequence[Split] | None,
+                 task: str) -> list[Plan]:
+    """``(seed, outer splits, inner splits of each outer one, split hash)`` for every seed."""
+    plans = []
+    for seed in seeds:
+        outer = _outer_splits(dataset, k, seed, splits, task)
+        if not outer:
+            raise ValueError("no outer splits to run: pass k >= 3 or a non-empty list of splits")
+        inner = [inner_splits(s, dataset, inner_k, seed, task=task) for s in outer]
+        plans.append((seed, outer, inner, split_hash(outer, list(dataset.bag_ids))))
+    return plans
+
+
+def _write_space_and_splits(out_dir: Path, specs: Sequence[Any], plans: Sequence[Plan], dataset: Any) -> None:
+    """``space.yaml`` (the searched parameters) and each seed's ``splits.json`` (written once)."""
     with writing(out_dir / "space.yaml"):
         import yaml
 
@@ -509,27 +529,48 @@ def run_nested_cv(
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_splits(outer, path, bag_ids=list(dataset.bag_ids))
-    the_storage = url_storage if url_storage is not None else open_storage(
-        f"sqlite:///{(out_dir / 'optuna.db').resolve()}")
-    prefix = study_name or f"{model_name}-{ident[:10]}"
 
+
+@dataclass
+class _Search:
+    """The settings of every outer fold's study: storage, study-name prefix, run identity, budget, pruner,
+    time limit, searched parameters, metric and direction, and whether this process only searches."""
+
+    storage: Any
+    prefix: str
+    ident: str
+    trials: int
+    pruner: str
+    timeout: float | None
+    specs: Sequence[Any]
+    metric: str
+    maximize: bool
+    search_only: bool
+
+
+def _search_and_train(search: _Search, plans: Sequence[Plan], model_name: str, overrides: dict[str, Any],
+                      dataset: Any, cfg: TrainConfig, inner_k: int, out_dir: Path, resume: bool) -> TuneResult:
+    """Search every outer fold's study, then train the outer fold with its best trial's settings (unless
+    ``search.search_only``); write the outputs."""
     from .trainer import make_fabric
 
     fabric = make_fabric(cfg)
     chosen: list[dict[str, Any]] = []
     tasks: list[FoldTask] = []
     results = []
+    trials, metric, specs, search_only = search.trials, search.metric, search.specs, search.search_only
     for seed, outer, inner, h in plans:
         for i, (split, inner_i) in enumerate(zip(outer, inner)):
-            name = f"{prefix}-seed{seed}-fold{i}"
+            name = f"{search.prefix}-seed{seed}-fold{i}"
             # helper processes draw their own random start-up trials (the same seed would repeat them)
             sampler_seed = seed * 1009 + i + (os.getpid() if search_only else 0)
-            study = _make_study(the_storage, name, maximize, trials, sampler_seed, pruner, ident)
+            study = _make_study(search.storage, name, search.maximize, trials, sampler_seed, search.pruner,
+                                search.ident)
             logger.info("%s: searching %d trials on %d inner folds (%d bags, outer test fold of %d bags not used)",
                         name, trials, inner_k, len(split.train) + len(split.val), len(split.test))
             _search_fold(study, trials, specs, model_name, overrides, dataset, inner_i, cfg, metric, seed, fabric,
-                         timeout)
-            _study_files(study, out_dir / "studies" / f"seed{seed}-fold{i}", metric, maximize)
+                         search.timeout)
+            _study_files(study, out_dir / "studies" / f"seed{seed}-fold{i}", metric, search.maximize)
             counts = _trial_counts(study)
             if counts.get("COMPLETE", 0) == 0:
                 if search_only:

@@ -211,13 +211,13 @@ def load_medmnist_data(
 
     Raises :class:`~medmoe.data.MedMNISTFileError` listing every missing file at once.
     """
-    from ...data.medmnist import MedMNISTFileError, _how_to_get, medmnist_filename
+    from ...data.medmnist import MedMNISTFileError, medmnist_download_hint, medmnist_filename
 
     root = Path(root)
     missing = [f for f in flags if not (root / medmnist_filename(f, _size_for(medmnist_info(f).spatial_dims, size))).is_file()]
     if missing:
         sizes = sorted({_size_for(medmnist_info(f).spatial_dims, size) for f in missing})
-        msgs = [_how_to_get([f for f in missing if _size_for(medmnist_info(f).spatial_dims, size) == s], s, root) for s in sizes]
+        msgs = [medmnist_download_hint([f for f in missing if _size_for(medmnist_info(f).spatial_dims, size) == s], s, root) for s in sizes]
         raise MedMNISTFileError(f"{len(missing)} MedMNIST file(s) missing; " + " | ".join(msgs))
     return {
         split: {

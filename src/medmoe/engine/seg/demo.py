@@ -70,16 +70,11 @@ def run_seg_demo(
     Raises:
         ValueError: an unknown ``dataset``.
     """
-    import torch
-
     from ...data.seg_samples import fetch_seg_sample
     from ...data.seg_transforms import SegTransformConfig, with_dataset_stats
     from ...data.volumes import crop_case, load_volume_cases, validate_case
     from ...errors import SETTING, InputError
-    from ...registry import create_model
     from ...viz.segmentation import plot_segmentation_slices
-    from .inference import predict_volumes
-    from .training import SegTrainConfig, evaluate_segmentation, train_segmentation
 
     say = echo or (lambda _line: None)
     if dataset not in SEG_DEMO_DATASETS:
@@ -117,39 +112,8 @@ def run_seg_demo(
     rows: list[dict[str, Any]] = []
     preds: dict[str, Path] = {}
     for name in models_:
-        torch.manual_seed(seed)
-        net = create_model(name, k, family="seg", in_channels=1)
-        cfg = SegTrainConfig(
-            epochs=1,
-            steps_per_epoch=steps,
-            lr=lr,
-            warmup_steps=max(1, steps // 10),
-            val_every=0,
-            seed=seed,
-            accelerator="cpu" if quick else "auto",
-        )
-        t0 = time.perf_counter()
-        # the demo's own folder: a second demo run replaces the first
-        result = train_segmentation(
-            net, [train_case], [], tcfg, cfg, out / name, class_names=names, overwrite=True
-        )
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ev = evaluate_segmentation(net.eval(), [test_case], tcfg, roi, 0.25, "gaussian", 2, True, names)
-        eval_s = time.perf_counter() - t0
-        preds[name] = predict_volumes(
-            net, [test_case], out / name / "pred", tcfg, roi, 0.25, "gaussian", 2, progress=False
-        )[0]
-        row = {
-            "model": name,
-            "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
-            "steps": result.steps,
-            "train_s": round(train_s, 1),
-            "eval_s": round(eval_s, 1),
-            "mean_dice": round(ev.mean_dice, 4),
-            "mean_hd95": round(ev.mean_hd95, 2),
-            **{f"dice_{c}": round(v, 4) for c, v in ev.dice.items()},
-        }
+        row, preds[name] = _train_and_score(name, k, train_case, test_case, tcfg, roi, names, steps, lr, seed,
+                                            quick, out)
         rows.append(row)
         say(json.dumps(row))
     rows.append(baseline_row(train_case, test_case, tcfg, k, roi, names))
@@ -161,6 +125,54 @@ def run_seg_demo(
     say(table)
     say(f"figure: {png}")
     return rows
+
+
+def _train_and_score(
+    name: str, k: int, train_case: Any, test_case: Any, tcfg: Any, roi: Sequence[int], names: list[str],
+    steps: int, lr: float, seed: int, quick: bool, out: Path,
+) -> tuple[dict[str, Any], Path]:
+    """Train one demo model on the training part, score it on the test part and write its prediction:
+    ``(its result row, the prediction file)``."""
+    import torch
+
+    from ...registry import create_model
+    from .inference import predict_volumes
+    from .training import SegTrainConfig, evaluate_segmentation, train_segmentation
+
+    torch.manual_seed(seed)
+    net = create_model(name, k, family="seg", in_channels=1)
+    cfg = SegTrainConfig(
+        epochs=1,
+        steps_per_epoch=steps,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        val_every=0,
+        seed=seed,
+        accelerator="cpu" if quick else "auto",
+    )
+    t0 = time.perf_counter()
+    # the demo's own folder: a second demo run replaces the first
+    result = train_segmentation(
+        net, [train_case], [], tcfg, cfg, out / name, class_names=names, overwrite=True
+    )
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev = evaluate_segmentation(net.eval(), [test_case], tcfg, roi, 0.25, "gaussian", 2, True, names)
+    eval_s = time.perf_counter() - t0
+    pred = predict_volumes(
+        net, [test_case], out / name / "pred", tcfg, roi, 0.25, "gaussian", 2, progress=False
+    )[0]
+    row = {
+        "model": name,
+        "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
+        "steps": result.steps,
+        "train_s": round(train_s, 1),
+        "eval_s": round(eval_s, 1),
+        "mean_dice": round(ev.mean_dice, 4),
+        "mean_hd95": round(ev.mean_hd95, 2),
+        **{f"dice_{c}": round(v, 4) for c, v in ev.dice.items()},
+    }
+    return row, pred
 
 
 def baseline_row(

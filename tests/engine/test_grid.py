@@ -325,3 +325,32 @@ def test_grid_command_refuses_bad_input_in_one_line(tmp_path):
         app, ["mil", "grid", str(tmp_path / "units.txt"), "--out", str(tmp_path / "g"), "--", "--seed", "3"]
     )
     assert result.exit_code == 2 and "--seed" in result.output and "--k" in result.output
+
+
+def test_an_interrupted_unit_is_queued_again_and_the_worker_stops(tmp_path):
+    path = tmp_path / "units.txt"
+    path.write_text("musk1 abmil linear\n")
+    spec = GridSpec(tuple(read_units(path, seeds=[0, 1])), k=3, study_name="g")
+    storage, calls = f"sqlite:///{tmp_path / 'grid.db'}", []
+
+    def interrupted(unit: GridUnit, log_path: Path) -> int:
+        calls.append(unit.name)
+        raise KeyboardInterrupt  # Ctrl-C while the unit runs
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid_worker(spec, storage, tmp_path / "grid", heartbeat_interval=5, run_unit=interrupted)
+    assert calls == ["musk1.abmil.linear.seed0"]  # the worker stopped after it
+    report = run_grid_worker(
+        spec,
+        storage,
+        tmp_path / "grid",
+        heartbeat_interval=5,
+        run_unit=lambda unit, log_path: calls.append(unit.name) or 0,
+    )
+    assert calls[1:] == ["musk1.abmil.linear.seed1", "musk1.abmil.linear.seed0"]
+    assert set(report.states.values()) == {"done"}
+    assert [t.state.name for t in _trials_by_unit(tmp_path)["musk1.abmil.linear.seed0"]] == [
+        "FAIL",
+        "COMPLETE",
+    ]
+    assert "interrupted musk1.abmil.linear.seed0" in (tmp_path / "grid" / "log_grid.txt").read_text()

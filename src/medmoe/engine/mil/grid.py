@@ -16,9 +16,12 @@ complete with the unit's seconds as the value, or failed. Nothing else coordinat
   ``RetryHeartbeatStaleTrialCallback`` queues it again; ``--resume`` then continues its finished folds.
 * A unit whose command fails (non-zero exit status) is queued again the same way, at most ``max_retry``
   times in all (a unit that fails every time stays failed; its log says why).
+* A unit interrupted by Ctrl-C (``KeyboardInterrupt``) is queued again the same way, and its worker stops.
 * A unit whose ``K`` fold results already exist (restored with ``sync_results.py``) completes at once.
 * While units run elsewhere, a worker with ``wait=True`` waits for them (so it can retry one whose
   worker dies) and stops when every unit is complete or failed for good.
+* A worker that asks just as another takes the last waiting unit is given a new, empty trial by Optuna;
+  it closes it as pruned (user attribute ``note``) and looks again. Such trials name no unit and count for none.
 
 Output folder layout (the one ``benchmarks/full_protocol/run_units.sh`` always had)::
 
@@ -388,6 +391,38 @@ class _UnitFailed(Exception):
     """A unit's command ended with a non-zero exit status (the trial is marked failed)."""
 
 
+def _take_units(
+    study: Any,
+    objective: Callable[[Any], float],
+    callbacks: list[Any],
+    *,
+    wait: bool,
+    poll: float,
+    interrupted: list[str],
+) -> None:
+    """Run ``objective`` on waiting trials, one at a time, until none waits and (with ``wait``) none runs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while True:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting:
+            # abandoned units: marked failed, and queued again if their retries allow
+            with warnings.catch_warnings():  # an "experimental" function since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not (wait and any(t.user_attrs.get(UNIT_ATTR) for t in running)):
+                break
+            time.sleep(poll)
+            continue
+        study.optimize(objective, n_trials=1, catch=(_UnitFailed,), callbacks=callbacks)
+        if interrupted:
+            raise KeyboardInterrupt
+
+
 def run_grid_worker(
     spec: GridSpec,
     storage: str,
@@ -437,6 +472,7 @@ def run_grid_worker(
 
     run = run_unit if run_unit is not None else run_compare
     report = GridReport(spec.study_name, {})
+    interrupted: list[str] = []
 
     def note(text: str) -> None:
         PROGRESS_LOGGER.info("grid %s: %s %s", spec.study_name, worker, text)
@@ -457,7 +493,12 @@ def run_grid_worker(
             report.ran.append(unit.name)
             return 0.0
         note(f"start {unit.name}")
-        rc = run(unit, out_dir / "logs" / f"{unit.name}.log")
+        try:
+            rc = run(unit, out_dir / "logs" / f"{unit.name}.log")
+        except KeyboardInterrupt:  # Ctrl-C: the unit is queued again (a retry), then the worker stops
+            interrupted.append(unit.name)
+            note(f"interrupted {unit.name}")
+            raise _UnitFailed(f"{unit.name} was interrupted") from None
         note(f"end {unit.name} rc={rc}")
         report.ran.append(unit.name)
         if rc != 0:
@@ -472,21 +513,6 @@ def run_grid_worker(
         if trial.state == TrialState.FAIL and trial.user_attrs.get(UNIT_ATTR) is not None:
             retry(study, trial)
 
-    while True:
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting:
-            with warnings.catch_warnings():  # an "experimental" function since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(
-                    study
-                )  # abandoned units: failed, and queued again if allowed
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting:
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not (wait and any(t.user_attrs.get(UNIT_ATTR) for t in running)):
-                break
-            time.sleep(heartbeat_interval)
-            continue
-        study.optimize(objective, n_trials=1, catch=(_UnitFailed,), callbacks=[retry_failed])
+    _take_units(study, objective, [retry_failed], wait=wait, poll=heartbeat_interval, interrupted=interrupted)
     report.states = grid_state(study)
     return report

@@ -48,7 +48,8 @@ WORKER = textwrap.dedent(
         time.sleep(120 if unit.name == slow else 0.3)
         return 0
 
-    report = run_grid_worker(spec, storage, out, worker=name, heartbeat_interval=int(heartbeat), run_unit=run_unit)
+    report = run_grid_worker(spec, storage, out, worker=name, heartbeat_interval=int(heartbeat),
+                             run_unit=run_unit)
     print(report.summary())
     """
 )

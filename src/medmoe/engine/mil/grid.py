@@ -21,7 +21,8 @@ complete with the unit's seconds as the value, or failed. Nothing else coordinat
 * While units run elsewhere, a worker with ``wait=True`` waits for them (so it can retry one whose
   worker dies) and stops when every unit is complete or failed for good.
 * A worker that asks just as another takes the last waiting unit is given a new, empty trial by Optuna;
-  it closes it as pruned (user attribute ``note``) and looks again. Such trials name no unit and count for none.
+  it closes it as pruned (user attribute ``note``) and looks again. Such trials name no unit and count
+  for none.
 
 Output folder layout (the one ``benchmarks/full_protocol/run_units.sh`` always had)::
 
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -67,8 +67,6 @@ __all__ = [
     "run_grid_worker",
     "run_unit_command",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: the seeds of every unit line when none are given (the full protocol's five)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -303,16 +301,16 @@ def open_grid(
     while not study.user_attrs.get(_READY_ATTR):
         if time.monotonic() > deadline:
             raise InputError(
-                f"the Optuna study {spec.study_name!r} exists but its units were never all queued (the worker that "
-                "created it stopped while queueing); delete it (optuna delete-study --study-name "
+                f"the Optuna study {spec.study_name!r} exists but its units were never all queued (the "
+                "worker that created it stopped while queueing); delete it (optuna delete-study --study-name "
                 f"{spec.study_name} --storage URL) or give another {{study_name}}",
                 study_name=SETTING,
             )
         time.sleep(0.5)
     if study.user_attrs.get(_IDENTITY_ATTR) != spec.identity():
         raise InputError(
-            f"the Optuna study {spec.study_name!r} in this storage holds another grid (other units, --k or mil "
-            "compare flags); give another {study_name} or {storage}",
+            f"the Optuna study {spec.study_name!r} in this storage holds another grid (other units, --k or "
+            "mil compare flags); give another {study_name} or {storage}",
             study_name=SETTING,
             storage=SETTING,
         )

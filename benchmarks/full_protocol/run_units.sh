@@ -11,5 +11,5 @@ name=$1; runs=$2; units=${3:-$(dirname "$(readlink -f "$0")")/units.txt}
 py=${GRID_PYTHON:-python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$runs"
-exec "$py" -m medmoe mil grid "$units" --out "$runs" --storage "${GRID_STORAGE:-sqlite:///$(readlink -f "$runs")/grid.db}" \
+exec "$py" -m medmoe.cli mil grid "$units" --out "$runs" --storage "${GRID_STORAGE:-sqlite:///$(readlink -f "$runs")/grid.db}" \
   --k 10 --seed 0 --seed 1 --seed 2 --seed 3 --seed 4 --worker "$name"

@@ -115,7 +115,7 @@ def test_read_units_and_spec(tmp_path):
     argv = compare_command(units[0], tmp_path / "out", 10, ["--epochs", "5"])
     assert argv[1:] == [
         "-m",
-        "medmoe",
+        "medmoe.cli",
         "mil",
         "compare",
         "-m",
@@ -201,11 +201,11 @@ def test_a_unit_whose_worker_is_killed_is_run_again(tmp_path):
 
 
 def test_a_unit_process_ends_with_its_worker(tmp_path):
-    """``python -m medmoe`` started with MEDMOE_EXIT_WITH_PARENT (as grid workers start their units) exits
+    """``python -m medmoe.cli`` started with MEDMOE_EXIT_WITH_PARENT (as grid workers start their units) exits
     when its parent is killed, so a unit queued again never runs beside an orphan of itself."""
     child = (
         "import os, time\n"
-        "from medmoe.__main__ import _exit_with_parent\n"
+        "from medmoe.cli.__main__ import _exit_with_parent\n"
         "_exit_with_parent(os.getppid())\n"
         "print(os.getpid(), flush=True)\n"
         "time.sleep(120)\n"
@@ -241,7 +241,7 @@ def test_grid_command_runs_mil_compare_units(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "medmoe",
+        "medmoe.cli",
         "mil",
         "grid",
         str(tmp_path / "units.txt"),

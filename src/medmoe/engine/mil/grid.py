@@ -89,7 +89,7 @@ _OWN_FLAGS = (
     "--jobs",
     "-j",
 )
-#: environment variable naming the worker's process id to a unit's process (see ``medmoe/__main__.py``)
+#: environment variable naming the worker's process id to a unit's process (see ``medmoe/cli/__main__.py``)
 PARENT_ENV = "MEDMOE_EXIT_WITH_PARENT"
 
 
@@ -344,11 +344,11 @@ def grid_state(study: Any) -> dict[str, str]:
 def compare_command(
     unit: GridUnit, runs_dir: str | Path, k: int, compare_args: Sequence[str] = ()
 ) -> list[str]:
-    """The command line that runs ``unit``: ``python -m medmoe mil compare ... --resume --jobs 1``."""
+    """The command line that runs ``unit``: ``python -m medmoe.cli mil compare ... --resume --jobs 1``."""
     return [
         sys.executable,
         "-m",
-        "medmoe",
+        "medmoe.cli",
         "mil",
         "compare",
         "-m",

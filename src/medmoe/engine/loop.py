@@ -418,9 +418,13 @@ def _mean_loss(outputs: Sequence[StepOutput]) -> float:
 
 
 def launch_fabric(
-    accelerator: str = "auto", devices: int = 1, precision: str = "32-true", strategy: Any = "auto"
+    accelerator: str = "auto", devices: int = 1, precision: str = "32-true", strategy: Any = "auto",
+    num_nodes: int = 1,
 ) -> Any:
-    """A launched ``lightning_fabric.Fabric`` (``pip install lightning-fabric``, in every medmoe extra)."""
+    """A launched ``lightning_fabric.Fabric`` (``pip install lightning-fabric``, in every medmoe extra).
+
+    ``devices`` per node times ``num_nodes`` processes: under ``torchrun`` or SLURM, Fabric reads the ranks and
+    the rendezvous address from the environment (docs/scaling.md)."""
     try:
         from lightning_fabric import Fabric
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -432,6 +436,7 @@ def launch_fabric(
         devices=devices,
         precision=precision,  # type: ignore[arg-type]
         strategy=strategy,
+        num_nodes=num_nodes,
     )
     fabric.launch()
     return fabric

@@ -140,7 +140,8 @@ def resolve_seg_preset(
     tkw["extra"] = {**tkw.get("extra", {}), "preset": preset.name}
     rkw: dict[str, Any] = {**preset.train, **r_over}
     if "steps_per_epoch" not in r_over:
-        rkw["steps_per_epoch"] = preset.steps_per_epoch(num_train_cases, rkw.get("batch_size"), rkw.get("devices", 1))
+        processes = int(rkw.get("devices", 1)) * int(rkw.get("num_nodes", 1))
+        rkw["steps_per_epoch"] = preset.steps_per_epoch(num_train_cases, rkw.get("batch_size"), processes)
     return preset, SegTransformConfig(**tkw), SegTrainConfig(**rkw)
 
 

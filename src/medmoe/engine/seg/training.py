@@ -108,6 +108,8 @@ class SegTrainConfig:
         hd95: compute HD95 (slower than Dice on large volumes).
         seed: seed of weights, crops and augmentation.
         accelerator, devices: Lightning Fabric settings.
+        num_nodes: machines (``devices`` processes each) under ``torchrun`` or SLURM (docs/scaling.md); DDP
+            whenever ``devices * num_nodes > 1``.
         num_workers: data-loader worker processes.
         max_seconds: stop training after this wall time (checked after each step), ``None`` = no limit.
         progress: rich progress bar (only on a terminal).
@@ -132,12 +134,13 @@ class SegTrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
     num_workers: int = 0
     max_seconds: float | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "batch_size", "sw_batch_size", "devices"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "sw_batch_size", "devices", "num_nodes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.min_lr < 0:
@@ -488,7 +491,7 @@ def train_segmentation(
         grad_clip=cfg.grad_clip, clip_error_if_nonfinite=True, max_seconds=cfg.max_seconds, unit="epoch",
         global_step_in_messages=True, progress=cfg.progress, divergence_hint=_SEG_HINT.format(lr=cfg.lr),
     )
-    fabric = launch_fabric(cfg.accelerator, cfg.devices, cfg.precision)
+    fabric = launch_fabric(cfg.accelerator, cfg.devices, cfg.precision, num_nodes=cfg.num_nodes)
     result = TrainingLoop(hooks, loop_cfg, fabric).run()
     return SegTrainResult(out_dir, out_dir / SEG_CHECKPOINT_DIR, result.best_epoch, result.epochs_run, result.steps,
                           result.seconds, hooks.val_result, result.history)
@@ -500,6 +503,10 @@ _SEG_HINT = ("the learning rate {lr:g} is likely too high (lower --lr), or mixed
 #: settings that may differ on resume: those that cannot change the result, and ``epochs`` / ``max_seconds``
 #: (a resume may train a run for longer, as before)
 _SEG_RESUME_NEUTRAL = ("progress", "num_workers", "max_seconds", "epochs")
+
+#: settings added after run folders were first written, left out of a run's identity while at these defaults
+#: (so that a folder written before them still resumes)
+_SEG_LATER_SETTINGS = {"num_nodes": 1}
 
 
 def _seg_manifest(
@@ -517,7 +524,8 @@ def _seg_manifest(
         "val_cases": [c.case_id for c in val_cases],
         "files": fingerprint(files),
         "transform_config": dataclasses.asdict(transform_config),
-        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SEG_RESUME_NEUTRAL},
+        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                         if k not in _SEG_RESUME_NEUTRAL and _SEG_LATER_SETTINGS.get(k, object()) != v},
     }
     return RunManifest("seg", identity)
 

@@ -74,19 +74,11 @@ def check_output_file(out: str | Path, features: str | Path, labels: str | Path 
 def write_frame_csv(frame: Any, out: str | Path) -> Path:
     """Write a pandas DataFrame as the CSV ``out`` atomically (a temp file beside it, then a rename): a failure
     leaves no torn file."""
-    import tempfile
+    from ..checkpoint import atomic_write_text
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out, frame.to_csv(index=False))
     return out
 
 

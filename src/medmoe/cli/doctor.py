@@ -75,8 +75,8 @@ def native_kernel_line() -> str:
         return f"native CPU kernels: ready ({', '.join(status)}; cache {kernel_cache_dir()})"
     missing = ", ".join(name for name, ok in status.items() if not ok)
     return (
-        f"native CPU kernels: {missing} unavailable, PyTorch is used instead (slower; dropout masks then come "
-        "from torch's own generator stream). Needs g++ with OpenMP on Linux or macOS; set CXX to choose the "
+        f"native CPU kernels: {missing} unavailable, PyTorch is used instead (slower; the same numbers: "
+        "dropout masks come from the same counter-based stream, computed with PyTorch ops). Needs g++ with OpenMP on Linux or macOS; set CXX to choose the "
         "compiler; `medmoe -vv doctor` logs the build error"
     )
 

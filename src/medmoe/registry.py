@@ -469,12 +469,10 @@ def create_model(
             "Fetch them yourself and pass checkpoint_path=..."
         )
     config = get_config(name, num_classes=num_classes, in_dim=in_dim, **overrides)
-    from .nn.backend import apply_backend
-
-    # the layer classes of the backend in force (medmoe.nn.backend), fixed here at construction: under "native"
-    # plain nn.Linear / nn.Dropout become FastLinear / FastDropout holding the same parameters
+    # medmoe's models build the layer classes of the backend in force themselves (medmoe.nn.backend.make_linear /
+    # make_dropout, read at construction); a plugin's model is built as its author wrote it
     model_cls = _REGISTRY[parsed.model].model_cls
-    model = apply_backend(build_within_limit(lambda: model_cls(config), f"model {name}"))
+    model = build_within_limit(lambda: model_cls(config), f"model {name}")
     model.model_name = f"{parsed.model}.{parsed.config}"
     if checkpoint_path is not None:
         from .interop import load_weights

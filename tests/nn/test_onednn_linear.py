@@ -139,3 +139,25 @@ def test_registry_models_use_fast_linear():
     model = medmoe.create_model("transformer.base", num_classes=2, in_dim=64)
     kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     assert FastLinear in kinds and torch.nn.Linear not in kinds
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_every_zoo_model_builds_its_backend_layers_at_construction(backend, monkeypatch):
+    """medmoe's models construct the layer classes of the backend in force (make_linear / make_dropout): no
+    module is replaced after construction (apply_backend is never called), under either backend."""
+    import medmoe
+    from medmoe.nn import backend as backend_module
+    from medmoe.nn.dropout import FastDropout
+
+    def no_replacement(*args, **kwargs):
+        raise AssertionError("a model's layers were replaced after construction")
+
+    monkeypatch.setattr(backend_module, "apply_backend", no_replacement)
+    monkeypatch.setattr(backend_module, "_chosen", backend)  # set_backend(backend), undone after the test
+    for name in medmoe.list_models():
+        model = medmoe.create_model(name, num_classes=2, in_dim=32)
+        linear = {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        dropout = {type(m) for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        fast = backend == "native"
+        assert (torch.nn.Linear in linear) is not fast and (FastLinear in linear) is fast, name
+        assert torch.nn.Dropout not in dropout if fast else FastDropout not in dropout, name

@@ -126,9 +126,10 @@ def apply_backend(
     Under ``"native"`` every module whose type is exactly :class:`torch.nn.Linear` or :class:`torch.nn.Dropout`
     is replaced in its parent by a :class:`~medmoe.nn.onednn_linear.FastLinear` /
     :class:`~medmoe.nn.dropout.FastDropout` holding the same parameter objects (no copy, same state-dict
-    keys); a layer shared by two parents gets one replacement. Under ``"torch"`` nothing changes. Called by the
-    model builders right after construction, before any hook or optimiser sees the layers. ``layers`` limits
-    the replacement to ``"linear"`` and/or ``"dropout"`` layers.
+    keys); a layer shared by two parents gets one replacement. Under ``"torch"`` nothing changes. medmoe's own
+    layers and models never need it (they build :func:`make_linear` / :func:`make_dropout` layers); it is for a
+    model written elsewhere, called right after its construction, before any hook or optimiser sees the
+    layers. ``layers`` limits the replacement to ``"linear"`` and/or ``"dropout"`` layers.
 
     Returns:
         ``model``, or its replacement when ``model`` itself is such a layer.

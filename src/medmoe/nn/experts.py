@@ -118,7 +118,7 @@ class BatchedFeedForward(nn.Module):
 
     Parameters (stacked; expert ``i`` is index ``i`` of the leading dimension):
         ``w1: (e, d, h_in)``, ``b1: (e, h_in)``, ``w2: (e, hidden, d)``, ``b2: (e, d)``.
-        ``w1[i]`` is the transpose of the reference's ``nn.Linear(d, h_in).weight``.
+        ``w1[i]`` is the transpose of the reference's ``make_linear(d, h_in).weight``.
 
     State dicts of a ``ModuleList`` of reference experts (keys ``experts.{i}.0.weight``,
     ``experts.{i}.0.bias``, ``experts.{i}.3.weight``, ``experts.{i}.3.bias`` below this module's prefix,

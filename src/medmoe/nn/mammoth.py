@@ -38,12 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backend import make_dropout
+from .backend import make_dropout, make_linear
 from .checks import positive_int
 from .expert_epilogue import expert_epilogue
 from .experts import FactorizedLinear
 from .norms import ExpertWiseRMSNorm, LayerNorm, RMSNorm
-from .onednn_linear import FastLinear
 from .patch_embedding import EmbeddedPatches, PatchEmbedding
 from .routing import Routing, check_mask, drop_full_mask
 from .slot_dispatch import slot_dispatch
@@ -191,7 +190,7 @@ class Mammoth(PatchEmbedding):
         self.head_dim = self.dim // num_heads
 
         norm_cls = LayerNorm if use_layernorm else RMSNorm
-        self.wq = FastLinear(self.input_dim, self.slot_dim, bias=True)  # oneDNN on large CPU inputs
+        self.wq = make_linear(self.input_dim, self.slot_dim, bias=True)  # native backend: oneDNN on large CPU inputs
         self.norm = norm_cls(self.slot_dim)
         self.slot_norm = norm_cls(self.head_dim_input)
         self.slot_embeds = nn.Parameter(

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from ...nn.backend import make_linear
 from ...nn.pooling import AttentionPool
 from ...registry import register_model
 from ._init import initialize_weights
@@ -69,7 +70,7 @@ class ABMIL(MILModel):
             config.embed_dim, config.attn_dim, dropout=config.dropout, gated=config.gate,
             num_branches=config.num_heads,
         )
-        self.classifier = nn.Linear(config.embed_dim * config.num_heads, config.num_classes)
+        self.classifier = make_linear(config.embed_dim * config.num_heads, config.num_classes)
         initialize_weights(self)
 
     def forward(

@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...nn.backend import make_linear
 from ...nn.checks import check_positive_fields
 from ...nn.losses import SmoothTop1SVM
 from ...nn.pooling import AttentionPool
@@ -113,10 +114,10 @@ class CLAM(MILModel):
             num_branches=c if config.multi_branch else 1,
         )
         if config.multi_branch:
-            self.classifiers = nn.ModuleList([nn.Linear(d, 1) for _ in range(c)])
+            self.classifiers = nn.ModuleList([make_linear(d, 1) for _ in range(c)])
         else:
-            self.classifier = nn.Linear(d, c)
-        self.instance_classifiers = nn.ModuleList([nn.Linear(d, 2) for _ in range(c)])
+            self.classifier = make_linear(d, c)
+        self.instance_classifiers = nn.ModuleList([make_linear(d, 2) for _ in range(c)])
         self.instance_loss_fn: nn.Module = (
             SmoothTop1SVM(2) if config.instance_loss_fn == "svm" else nn.CrossEntropyLoss()
         )

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...nn.backend import make_dropout, make_linear
 from ...nn.pooling import masked_softmax
 from ...registry import register_model
 from ._init import initialize_weights
@@ -52,7 +53,7 @@ class _InstanceClassifier(nn.Module):
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
-        self.inst_classifier = nn.Linear(dim, num_classes)
+        self.inst_classifier = make_linear(dim, num_classes)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.inst_classifier(h)
@@ -67,8 +68,8 @@ class _BagClassifier(nn.Module):
 
     def __init__(self, dim: int, attn_dim: int, dropout_v: float) -> None:
         super().__init__()
-        self.q = nn.Linear(dim, attn_dim)
-        self.v = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(dim, dim))
+        self.q = make_linear(dim, attn_dim)
+        self.v = nn.Sequential(make_dropout(dropout_v), make_linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, h: Tensor, inst_logits: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from ...nn.backend import make_dropout, make_linear
 from ...nn.pooling import AttentionPool
 from ...nn.routing import Routing, drop_full_mask
 from ...registry import register_model, register_model_alias
@@ -116,8 +117,8 @@ class _Classifier(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, dropout: float) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, num_classes)
+        self.dropout = make_dropout(dropout)
+        self.fc = make_linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.dropout(x))
@@ -129,7 +130,7 @@ class _ResidualBlock(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), nn.ReLU()
+            make_linear(dim, dim, bias=False), nn.ReLU(), make_linear(dim, dim, bias=False), nn.ReLU()
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -186,7 +187,7 @@ class DTFD(MILModel):
         self.attention = AttentionPool(dim, config.attention_dim, dropout=config.attention_drop, gated=True)
         self.classifier = _Classifier(dim, config.num_classes, config.dropout)
         self.tier2_attention = AttentionPool(dim, config.attention_dim, dropout=0.0, gated=True)
-        self.tier2_classifier = nn.Linear(dim, config.num_classes)
+        self.tier2_classifier = make_linear(dim, config.num_classes)
         initialize_weights(self)
 
     # ------------------------------------------------------------------ pseudo-bags

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...nn.backend import make_linear
 from ...nn.onednn_linear import fast_linear
 from ...registry import register_model
 from ._init import initialize_weights
@@ -98,13 +99,13 @@ class GatedMultiheadAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.multihead_attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.fc_q = nn.Linear(dim_q, dim)
-        self.fc_k = nn.Linear(dim_k, dim)
-        self.fc_v = nn.Linear(dim_k, dim)
+        self.fc_q = make_linear(dim_q, dim)
+        self.fc_k = make_linear(dim_k, dim)
+        self.fc_v = make_linear(dim_k, dim)
         self.ln0: nn.Module | None = nn.LayerNorm(dim) if ln else None
         self.ln1: nn.Module | None = nn.LayerNorm(dim) if ln else None
-        self.fc_o = nn.Linear(dim, dim)
-        self.gate: nn.Module | None = nn.Sequential(nn.Linear(dim_q, dim), nn.SiLU()) if gated else None
+        self.fc_o = make_linear(dim, dim)
+        self.gate: nn.Module | None = nn.Sequential(make_linear(dim_q, dim), nn.SiLU()) if gated else None
 
     def forward(
         self, q: Tensor, k: Tensor, key_mask: Tensor | None = None, return_attention: bool = False
@@ -225,7 +226,7 @@ class ILRA(MILModel):
             for i in range(config.num_attention_layers)
         )
         self.pooling = NonLocalPooling(d, config.num_heads, ln=config.ln)
-        self.classifier = nn.Linear(d, config.num_classes)
+        self.classifier = make_linear(d, config.num_classes)
         initialize_weights(self)
 
     def forward(

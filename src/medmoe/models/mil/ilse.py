@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from ...nn.backend import make_dropout, make_linear
 from ...nn.patch_embedding import MLPEmbed
 from ...nn.pooling import AttentionPool
 from ...registry import register_model
@@ -97,12 +98,12 @@ class IlseMIL(MILModel):
         super().__init__(config)
         self.config: IlseMILConfig
         dims = [config.embed_dim, *config.hidden_dims]
-        layers: list[nn.Module] = [nn.Dropout(config.dropout)]
+        layers: list[nn.Module] = [make_dropout(config.dropout)]
         for d_in, d_out in itertools.pairwise(dims):
-            layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(config.dropout)]
+            layers += [make_linear(d_in, d_out), nn.ReLU(), make_dropout(config.dropout)]
         self.fc = nn.Sequential(*layers)
         self.attention = AttentionPool(dims[-1], config.attn_dim, dropout=0.0, gated=config.gate)
-        self.classifier = nn.Linear(dims[-1], config.num_classes)
+        self.classifier = make_linear(dims[-1], config.num_classes)
         own_embed = isinstance(self.patch_embed, MLPEmbed)
         if config.init == "mil_lab":
             initialize_weights(self, skip=() if own_embed else (self.patch_embed,))

@@ -60,6 +60,7 @@ from ...nn.attention.dilated import DilatedAttention
 from ...nn.attention.linear import LinearAttention, make_feature_map
 from ...nn.attention.nystrom import NystromAttention
 from ...nn.attention.softmax import SoftmaxAttention
+from ...nn.backend import make_dropout, make_linear
 from ...nn.checks import check_positive_fields
 from ...nn.embed import create_patch_embed
 from ...registry import register_model
@@ -179,9 +180,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = make_linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = make_linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -308,10 +309,10 @@ class LinMIL(MILModel):
         self.pool = config.pooling
         if self.pool == "cls":
             self.cls_token = nn.Parameter(torch.randn(1, 1, d))
-        self.dropout = nn.Dropout(config.emb_dropout)
+        self.dropout = make_dropout(config.emb_dropout)
         self.transformer = nn.ModuleList(LinMILBlock(d, config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(d)
-        self.mlp_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.num_classes))
+        self.mlp_head = nn.Sequential(nn.LayerNorm(d), make_linear(d, config.num_classes))
         self.attention_kind = "pre-softmax" if config.attention == "linear" else "post-softmax"  # type: ignore[misc]
 
     def forward(

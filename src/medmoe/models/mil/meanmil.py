@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from ...nn.backend import make_dropout, make_linear
 from ...nn.embed import create_patch_embed
 from ...nn.patch_embedding import make_activation
 from ...nn.pooling import masked_mean
@@ -71,8 +72,8 @@ class PoolMIL(MILModel):
         if config.patch_embed in ("linear", "mlp"):
             args.setdefault("act", config.act)
         self.patch_embed = create_patch_embed(config.patch_embed, config.in_dim, config.embed_dim, **args)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.embed_dim, config.num_classes)
+        self.dropout = make_dropout(config.dropout)
+        self.classifier = make_linear(config.embed_dim, config.num_classes)
         initialize_weights(self)
 
     def pool(self, tokens: Tensor, mask: Tensor | None) -> Tensor:  # pragma: no cover - abstract

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ...nn.attention.nystrom import NystromAttention
+from ...nn.backend import make_dropout, make_linear
 from ...nn.checks import check_positive_fields
 from ...nn.depthwise_conv import depthwise_conv2d_nhwc, folded_depthwise_kernel, head_sequence_conv
 from ...nn.embed import create_patch_embed
@@ -252,9 +253,9 @@ class RegionInnerAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.chunk_elements = chunk_elements
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
+        self.qkv = make_linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = make_linear(dim, dim)
+        self.proj_drop = make_dropout(dropout)
         self.pe: nn.Conv2d | None = (
             nn.Conv2d(num_heads, num_heads, (epeg_k, 1), padding=(epeg_k // 2, 0), groups=num_heads)
             if epeg
@@ -389,7 +390,7 @@ class CrossRegionAttention(nn.Module):
         self.attn = RegionInnerAttention(dim, num_heads, qkv_bias, epeg=False, dropout=dropout)
         if mlp:
             self.phi: nn.Module | nn.Parameter = nn.Sequential(
-                nn.Linear(dim, dim // 4, bias=False), nn.Tanh(), nn.Linear(dim // 4, k, bias=False)
+                make_linear(dim, dim // 4, bias=False), nn.Tanh(), make_linear(dim // 4, k, bias=False)
             )
         else:
             self.phi = nn.Parameter(torch.empty(dim, k))
@@ -470,11 +471,11 @@ class RRTLayer(nn.Module):
             hidden = int(dim * mlp_ratio)
             self.norm2 = nn.LayerNorm(dim)
             self.ffn = nn.Sequential(
-                nn.Linear(dim, hidden),
+                make_linear(dim, hidden),
                 make_activation(ffn_act),
-                nn.Dropout(dropout),
-                nn.Linear(hidden, dim),
-                nn.Dropout(dropout),
+                make_dropout(dropout),
+                make_linear(hidden, dim),
+                make_dropout(dropout),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -510,17 +511,17 @@ class AttentionPooling(nn.Module):
     ) -> None:
         super().__init__()
         self.gated = gated
-        a: list[nn.Module] = [nn.Linear(dim, hidden, bias=bias), make_activation(act)]
+        a: list[nn.Module] = [make_linear(dim, hidden, bias=bias), make_activation(act)]
         if dropout:
-            a.append(nn.Dropout(0.25))
+            a.append(make_dropout(0.25))
         self.attention_a = nn.Sequential(*a)
         self.attention_b: nn.Module | None = None
         if gated:
-            g: list[nn.Module] = [nn.Linear(dim, hidden, bias=bias), nn.Sigmoid()]
+            g: list[nn.Module] = [make_linear(dim, hidden, bias=bias), nn.Sigmoid()]
             if dropout:
-                g.append(nn.Dropout(0.25))
+                g.append(make_dropout(0.25))
             self.attention_b = nn.Sequential(*g)
-        self.attention_c = nn.Linear(hidden, 1, bias=bias)
+        self.attention_c = make_linear(hidden, 1, bias=bias)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         a = self.attention_a(h)
@@ -556,7 +557,7 @@ class RRTMIL(MILModel):
         if config.patch_embed in ("linear", "mlp"):
             args.setdefault("act", config.act)
         self.patch_embed = create_patch_embed(config.patch_embed, config.in_dim, d, **args)
-        self.embed_dropout = nn.Dropout(config.dropout)
+        self.embed_dropout = make_dropout(config.dropout)
 
         def layer(attn: nn.Module, dropout: float) -> RRTLayer:
             return RRTLayer(d, attn, config.drop_path, config.ffn, config.ffn_act, config.mlp_ratio, dropout)
@@ -602,7 +603,7 @@ class RRTMIL(MILModel):
             if config.pool == "attn"
             else None
         )
-        self.classifier = nn.Linear(d, config.num_classes)
+        self.classifier = make_linear(d, config.num_classes)
         initialize_weights(self)
 
     def _encode(self, h: Tensor) -> Tensor:

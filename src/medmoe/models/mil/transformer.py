@@ -38,6 +38,7 @@ from ...nn.attention.dropout_attention import (
     dropout_attention,
     dropout_attention_applies,
 )
+from ...nn.backend import make_dropout, make_linear
 from ...nn.dropout import fast_dropout
 from ...nn.onednn_linear import fast_linear, fast_matmul
 from ...registry import register_model
@@ -168,7 +169,7 @@ class TransformerBlock(nn.Module):
         self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         if mlp_dim > 0:
             self.mlp: nn.Module | None = nn.Sequential(
-                nn.Linear(dim, mlp_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.ReLU()
+                make_linear(dim, mlp_dim), nn.ReLU(), make_dropout(dropout), make_linear(mlp_dim, dim), nn.ReLU()
             )
             self.norm2: nn.Module | None = nn.LayerNorm(dim)
         else:
@@ -234,7 +235,7 @@ class TransformerMIL(MILModel):
             for _ in range(config.num_attention_layers)
         )
         self.norm = nn.LayerNorm(d)
-        self.classifier = nn.Linear(d, config.num_classes)
+        self.classifier = make_linear(d, config.num_classes)
         initialize_weights(self)
 
     def forward(

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn.attention.nystrom import NystromAttention
+from ...nn.backend import make_linear
 from ...nn.checks import check_positive_fields
 from ...nn.depthwise_conv import depthwise_conv2d_nhwc, folded_depthwise_kernel
 from ...registry import register_model
@@ -174,7 +175,7 @@ class TransMIL(MILModel):
             for _ in range(config.num_attention_layers)
         )
         self.norm = nn.LayerNorm(d)
-        self.classifier = nn.Linear(d, config.num_classes)
+        self.classifier = make_linear(d, config.num_classes)
         initialize_weights(self)
 
     def _aggregate(self, h: Tensor, return_attention: bool) -> tuple[Tensor, Tensor | None]:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...nn.backend import make_dropout, make_linear
 from ...nn.checks import check_positive_fields
 from ...nn.onednn_linear import matmul_nt
 from ...nn.patch_embedding import make_activation
@@ -146,7 +147,7 @@ class _AttentionReadout(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.gate_nn = nn.Sequential(nn.Linear(dim, dim // 2), nn.LeakyReLU(), nn.Linear(dim // 2, 1))
+        self.gate_nn = nn.Sequential(make_linear(dim, dim // 2), nn.LeakyReLU(), make_linear(dim // 2, 1))
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         weights = torch.softmax(self.gate_nn(h).squeeze(-1), dim=0)
@@ -172,21 +173,21 @@ class WiKG(MILModel):
         super().__init__(config)
         dim = config.embed_dim
         self.config: WiKGConfig = config
-        self.W_head = nn.Linear(dim, dim)
-        self.W_tail = nn.Linear(dim, dim)
+        self.W_head = make_linear(dim, dim)
+        self.W_tail = make_linear(dim, dim)
         self.scale = dim**-0.5
         if config.agg_type == "bi-interaction":
-            self.linear1 = nn.Linear(dim, dim)
-            self.linear2 = nn.Linear(dim, dim)
+            self.linear1 = make_linear(dim, dim)
+            self.linear2 = make_linear(dim, dim)
         elif config.agg_type == "gcn":
-            self.linear = nn.Linear(dim, dim)
+            self.linear = make_linear(dim, dim)
         else:  # sage
-            self.linear = nn.Linear(2 * dim, dim)
+            self.linear = make_linear(2 * dim, dim)
         self.activation = make_activation(config.act)
-        self.message_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.message_dropout = make_dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.readout = _AttentionReadout(dim) if config.pool == "attn" else None
         self.norm = nn.LayerNorm(dim)
-        self.classifier = nn.Linear(dim, config.num_classes)
+        self.classifier = make_linear(dim, config.num_classes)
         initialize_weights(self)
 
     def _aggregate(self, e_h: Tensor, e_n: Tensor) -> Tensor:

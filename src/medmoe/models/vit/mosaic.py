@@ -34,8 +34,7 @@ from torch import Tensor, nn
 
 from ...errors import SETTING, InputError
 from ...nn.adapters import RoutingTable, get_routing_table
-from ...nn.dropout import use_fast_dropout
-from ...nn.onednn_linear import use_fast_linear
+from ...nn.backend import make_linear
 from .tokenizers import PatchEmbed3d, resample_pos_embed
 from .vit import VisionTransformer, VisionTransformerConfig
 
@@ -257,15 +256,12 @@ class MosaicModel(nn.Module):
         self.patch_embed_3d = PatchEmbed3d(cfg.vol_size_3d, cfg.patch_size_3d, 1, d, norm_eps=cfg.vit.norm_eps, **dd)
         g = self.patch_embed_3d.grid
         self.pos_embed_3d = nn.Parameter(torch.zeros(1, 1 + g[0] * g[1] * g[2], d, **dd))
-        self.heads = nn.ModuleDict({t.name: nn.Linear(d, t.num_outputs, **dd) for t in cfg.tasks})
+        self.heads = nn.ModuleDict({t.name: make_linear(d, t.num_outputs, **dd) for t in cfg.tasks})
         mean, std = _NORMALIZATION[cfg.normalize_2d]
         self.register_buffer("pixel_mean", torch.tensor(mean, device=device).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, device=device).view(1, 3, 1, 1), persistent=False)
         self.reset_parameters()
         self.apply_freezing()
-        # CPU speed: oneDNN linears and compiled dropout masks (same parameters and state dict; timings in
-        # docs/performance-notes.md); elsewhere they are the PyTorch layers
-        use_fast_dropout(use_fast_linear(self))
 
     def reset_parameters(self) -> None:
         """trunc-normal(0.02) for ``pos_embed_3d`` and the heads (zero bias); 3-D conv: default init."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn.adapters import MixtureOfSpecialists, RoutingTable
+from ...nn.backend import make_linear
 from ...nn.checks import check_positive_fields
 from .tokenizers import PatchEmbed2d, resample_pos_embed
 
@@ -105,8 +106,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, device=device, dtype=dtype)
-        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
+        self.qkv = make_linear(dim, 3 * dim, bias=qkv_bias, device=device, dtype=dtype)
+        self.proj = make_linear(dim, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
@@ -121,9 +122,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, *, device=None, dtype=None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
+        self.fc1 = make_linear(dim, hidden, device=device, dtype=dtype)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
+        self.fc2 = make_linear(hidden, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -184,7 +185,7 @@ class VisionTransformer(nn.Module):
             Block(d, cfg.num_heads, cfg.mlp_dim, cfg.qkv_bias, cfg.norm_eps, **dd) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps, **dd)
-        self.head: nn.Module = nn.Linear(d, cfg.num_classes, **dd) if cfg.num_classes else nn.Identity()
+        self.head: nn.Module = make_linear(d, cfg.num_classes, **dd) if cfg.num_classes else nn.Identity()
         self.reset_parameters()
 
     @property

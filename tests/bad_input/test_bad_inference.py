@@ -106,8 +106,8 @@ CASES = [
                  id="eval-features-without-labels"),
     pytest.param(nothing, ["mil", "eval", "{ckpt}", "-d", "musk1"], ["musk1", "'negative', 'positive'", "'normal'"],
                  id="eval-benchmark-with-other-classes"),
-    pytest.param(nothing, ["mil", "predict", "{ckpt}", "musk1", "--out", "{tmp}/pred.csv"], ["musk1", "'normal'"],
-                 id="predict-benchmark-with-other-classes"),
+    pytest.param(nothing, ["mil", "predict", "{ckpt}", "musk1", "--out", "{tmp}/pred.csv"],
+                 ["musk1", "'normal'", "give FEATURES and --labels"], id="predict-benchmark-with-other-classes"),
     pytest.param(nothing, [*EVAL, "-d", "musk1"], ["either --dataset", "--features"],
                  id="eval-benchmark-and-features"),
     # the same feature-width message everywhere

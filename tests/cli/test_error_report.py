@@ -100,3 +100,18 @@ def test_typer_exit_caught_by_a_command_passes_through():
         except RuntimeError as err:
             fail(err)
     assert info.value.exit_code == 0
+
+
+def test_a_positional_argument_is_named_as_the_usage_line_shows_it() -> None:
+    """A setting that is a command's positional argument reads ``FEATURES``, not a Python keyword."""
+    import click
+
+    from medmoe.cli.error_report import cli_setting_renderer
+    from medmoe.errors import SETTING
+
+    command = click.Command("predict", params=[click.Argument(["features"]), click.Option(["--labels"])])
+    render = cli_setting_renderer(command)
+    assert render("features", SETTING) == "FEATURES"
+    assert render("labels", SETTING) == "--labels"
+    assert render("features", "my folder") == "FEATURES 'my folder'"
+    assert "Python API setting" in render("nonfinite", "zero")

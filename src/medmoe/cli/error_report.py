@@ -135,15 +135,22 @@ def _long_opt(opts: list[str]) -> str:
 def cli_setting_renderer(command: Any | None) -> Any:
     """A :data:`~medmoe.errors.SettingRenderer` that spells a keyword as ``command``'s flag.
 
-    A keyword with no flag on the command keeps its Python spelling, marked as such.
+    A keyword that is one of the command's positional arguments is spelled as the argument (``FEATURES``);
+    a keyword with neither keeps its Python spelling, marked as such.
     """
     options: dict[str, Any] = {}
+    arguments: dict[str, Any] = {}
     for param in getattr(command, "params", None) or []:
-        if getattr(param, "param_type_name", "") == "option" and param.name:
-            options[param.name] = param
+        kind = getattr(param, "param_type_name", "")
+        if kind in ("option", "argument") and param.name:
+            (options if kind == "option" else arguments)[param.name] = param
 
     def render(keyword: str, value: Any) -> str:
         param = options.get(keyword) or options.get(KEYWORD_TO_PARAM.get(keyword, ""))
+        argument = arguments.get(keyword) or arguments.get(KEYWORD_TO_PARAM.get(keyword, ""))
+        if param is None and argument is not None:  # a positional argument: its name as the usage line shows it
+            name = str(getattr(argument, "metavar", None) or argument.name).upper()
+            return name if value is SETTING else f"{name} {shlex.quote(str(value))}"
         if param is None:  # no flag for it: say so rather than pass a Python keyword off as an option
             return f"{python_setting(keyword, value)} (a Python API setting; the command has no flag for it)"
         flag = _long_opt(list(param.opts))

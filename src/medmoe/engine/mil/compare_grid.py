@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare_grid", "compare_grid_tuned", "default_summary_metrics", "summarize_grid"]
+__all__ = ["check_plot_metric", "compare_grid", "compare_grid_tuned", "default_summary_metrics", "summarize_grid"]
 
 
 def _loaded(datasets: list[str], folders: dict[str, Any] | None) -> dict[str, Any]:
@@ -15,6 +15,25 @@ def _loaded(datasets: list[str], folders: dict[str, Any] | None) -> dict[str, An
     loaded = dict(load_dataset(d, None, None) for d in datasets)
     loaded.update(folders or {})
     return loaded
+
+
+def check_plot_metric(metric: str) -> None:
+    """Refuse a ``metric`` no fold reports, before a grid trains (it would draw an empty plot after hours).
+
+    Accepted: :data:`~medmoe.engine.mil.metrics.ALL_METRIC_NAMES` and the per-label ``auroc_<label>`` /
+    ``threshold_<label>`` of multi-label runs.
+
+    Raises:
+        medmoe.errors.InputError: naming the closest metric names.
+    """
+    from ...errors import SETTING, InputError, did_you_mean
+    from .metrics import ALL_METRIC_NAMES
+
+    if metric in ALL_METRIC_NAMES or metric.startswith(("auroc_", "threshold_")):
+        return
+    hint = did_you_mean(metric, ALL_METRIC_NAMES)
+    raise InputError(f"unknown {{metric}} {metric!r}" + (f" ({hint})" if hint else "")
+                     + f"; the test metrics are {', '.join(ALL_METRIC_NAMES)}", metric=SETTING)
 
 
 def compare_grid(
@@ -46,6 +65,7 @@ def compare_grid(
     from .config import TrainConfig
     from .cross_validation import compare
 
+    check_plot_metric(metric)
     out = Path(out)
     settings = {"epochs": epochs, "lr": lr, "patience": patience, "min_epochs": min(epochs, 5),
                 "standardize_features": True, "progress": False, "task": task, **train_settings}
@@ -79,6 +99,7 @@ def compare_grid_tuned(models: list[str], datasets: list[str], patch_embeds: lis
     from .search_space import load_space
     from .tuning import compare_tuned
 
+    check_plot_metric(metric)
     out = Path(out)
     the_space = load_space(space)  # a bad space fails before any data is loaded
     result = compare_tuned(models, _loaded(datasets, folders), patch_embeds, out_dir=out, model_overrides=overrides,

@@ -111,3 +111,19 @@ def test_slide_ids_meet_their_files_with_or_without_the_slide_extension(tmp_path
 def test_format_ids_counts_and_shortens():
     assert format_ids(["a", "b"]) == "2: a, b"
     assert format_ids([str(i) for i in range(12)], limit=3) == "12: 0, 1, 2 (+9 more)"
+
+
+def test_survival_time_column_is_found_in_the_header_or_named_as_a_setting(tmp_path) -> None:
+    """The first of TIME_COLUMNS in the header; none of them: an InputError naming the ``time_col`` setting
+    (``--time-col`` on the command line), never a guess."""
+    from medmoe.data.label_table import TIME_COLUMNS, survival_time_column
+    from medmoe.errors import InputError
+
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("slide_id,event,os_months,months\ns1,1,3.0,3.0\n")
+    assert survival_time_column(csv_path, None) == "os_months"
+    assert survival_time_column(csv_path, "months") == "months"
+    csv_path.write_text("slide_id,event,follow_up\ns1,1,3.0\n")
+    with pytest.raises(InputError) as caught:
+        survival_time_column(csv_path, None)
+    assert "name yours with time_col" in str(caught.value) and all(c in str(caught.value) for c in TIME_COLUMNS)

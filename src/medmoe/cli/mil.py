@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
+from ..data.label_table import TIME_COLUMNS
 from ..engine.mil.tasks import get_task
-from ..engine.mil.tasks.survival import TIME_COLUMNS
 from .common import config_keys, fail, parse_overrides, read_config_file, unknown_config_keys_text
 from .run_configs import resolve_run_config
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "TIME_COLUMNS",
     "ClassLabels",
     "LabelKind",
     "LabelTable",
@@ -41,7 +42,36 @@ __all__ = [
     "label_kind",
     "parse_class_labels",
     "read_label_table",
+    "survival_time_column",
 ]
+
+#: Follow-up time columns looked for (in this order) when a survival labels CSV's time column is not named.
+TIME_COLUMNS = ("time", "survival_months", "survival_time", "os_months", "months", "days")
+
+
+def survival_time_column(labels: str | Path, time_col: str | None) -> str:
+    """``time_col``, or the first of :data:`TIME_COLUMNS` in the header of the ``labels`` CSV.
+
+    Raises:
+        medmoe.errors.InputError: the CSV cannot be read, or names none of :data:`TIME_COLUMNS` (the message
+            names the ``time_col`` setting, ``--time-col`` on the command line).
+    """
+    if time_col:
+        return time_col
+    import csv
+
+    from ..errors import SETTING, InputError
+
+    try:
+        with open(labels, newline="") as fh:
+            header = [c.strip() for c in next(csv.reader(fh), [])]
+    except OSError as err:
+        raise InputError(f"cannot read labels CSV {labels}: {err}") from err
+    found = next((c for c in TIME_COLUMNS if c in header), None)
+    if found is None:
+        raise InputError(f"{labels} has no follow-up time column ({', '.join(TIME_COLUMNS)}); its columns are "
+                         f"{header}; name yours with {{time_col}}", time_col=SETTING)
+    return found
 
 
 def format_ids(ids: Sequence[str], limit: int = 10) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from ....data.label_table import TIME_COLUMNS, survival_time_column
 from ..survival import (
     SURVIVAL_METRIC_NAMES,
     assign_time_bins,
@@ -36,28 +37,8 @@ __all__ = ["TEST_RISKS_CSV", "TIME_COLUMNS", "SurvivalTask", "survival_time_colu
 
 #: The pooled out-of-fold test risks of a survival cross-validation run.
 TEST_RISKS_CSV = "test_risks.csv"
-#: Follow-up time columns looked for (in this order) when a survival task names none.
-TIME_COLUMNS = ("time", "survival_months", "survival_time", "os_months", "months", "days")
 #: The checkpoint ``config.json`` key of the inner time-bin edges.
 EDGES_KEY = "survival_bin_edges"
-
-
-def survival_time_column(labels: str | Path, time_col: str | None) -> str:
-    """``time_col``, or the first of :data:`TIME_COLUMNS` in the header of the ``labels`` CSV."""
-    if time_col:
-        return time_col
-    import csv
-
-    try:
-        with open(labels, newline="") as fh:
-            header = [c.strip() for c in next(csv.reader(fh), [])]
-    except OSError as err:
-        raise ValueError(f"cannot read labels CSV {labels}: {err}") from err
-    found = next((c for c in TIME_COLUMNS if c in header), None)
-    if found is None:
-        raise ValueError(f"{labels} has no follow-up time column ({', '.join(TIME_COLUMNS)}); its columns are "
-                         f"{header}; name yours with --time-col")
-    return found
 
 
 class _SurvivalNLL(Objective):

@@ -60,6 +60,7 @@ __all__ = [
     "manifest_checkpoints",
     "read_manifest",
     "start_run_folder",
+    "without_later_defaults",
     "write_manifest",
     "writing",
 ]
@@ -159,6 +160,13 @@ class RunManifest:
                     "split_hashes": {**old_h, **new_h}}
         members = [*self.members, *(m for m in other.members if m not in self.members)]
         return RunManifest(self.kind, identity, members, self.medmoe_version, self.created)
+
+
+def without_later_defaults(settings: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as a run's identity records them: each setting of ``later`` (added after run folders were
+    first written, mapped to its default) left out while at that default, so that a folder written before it
+    existed still resumes; set to anything else it is recorded and checked like any setting."""
+    return {k: v for k, v in settings.items() if not (k in later and v == later[k])}
 
 
 def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

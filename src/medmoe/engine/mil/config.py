@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runs import without_later_defaults
+
 __all__ = ["EARLY_STOPPING_METRICS", "LATER_SETTINGS", "TrainConfig", "recorded_settings", "resolve_monitor"]
 
 #: Metrics the built-in tasks' early-stopping monitors accept, and whether larger is better (each task's
@@ -253,4 +255,4 @@ def resolve_monitor(name: str, num_classes: int, task: str = "classification") -
 def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` (a :meth:`TrainConfig.to_dict`, possibly filtered) as a run folder records them: the
     :data:`LATER_SETTINGS` left out while at their defaults."""
-    return {k: v for k, v in settings.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+    return without_later_defaults(settings, LATER_SETTINGS)

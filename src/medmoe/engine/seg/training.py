@@ -64,7 +64,7 @@ from ..loop import (
     launch_fabric,
 )
 from ..optim import make_adamw
-from ..runs import RunManifest, fingerprint, start_run_folder
+from ..runs import RunManifest, fingerprint, start_run_folder, without_later_defaults
 from ..schedules import WarmupCosine
 from .inference import SLIDING_WINDOW_MODES, check_roi, plain_tensor, sliding_window_labels
 
@@ -504,8 +504,7 @@ _SEG_HINT = ("the learning rate {lr:g} is likely too high (lower --lr), or mixed
 #: (a resume may train a run for longer, as before)
 _SEG_RESUME_NEUTRAL = ("progress", "num_workers", "max_seconds", "epochs")
 
-#: settings added after run folders were first written, left out of a run's identity while at these defaults
-#: (so that a folder written before them still resumes)
+#: settings added after run folders were first written, with their defaults (see ``runs.without_later_defaults``)
 _SEG_LATER_SETTINGS = {"num_nodes": 1}
 
 
@@ -524,8 +523,9 @@ def _seg_manifest(
         "val_cases": [c.case_id for c in val_cases],
         "files": fingerprint(files),
         "transform_config": dataclasses.asdict(transform_config),
-        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items()
-                         if k not in _SEG_RESUME_NEUTRAL and _SEG_LATER_SETTINGS.get(k, object()) != v},
+        "train_config": without_later_defaults(
+            {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SEG_RESUME_NEUTRAL}, _SEG_LATER_SETTINGS
+        ),
     }
     return RunManifest("seg", identity)
 

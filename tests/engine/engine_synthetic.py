@@ -10,6 +10,38 @@ from medmoe.data import InMemoryBags
 #: Tiny ABMIL used by most engine tests (fast on 2 CPU cores).
 TINY_ABMIL = {"embed_dim": 16, "attn_dim": 16, "dropout": 0.0}
 
+#: Training settings of the data-parallel tests (several processes vs one with their summed batch size).
+DISTRIBUTED_CFG = {
+    "epochs": 4,
+    "lr": 5e-3,
+    "warmup_epochs": 1,
+    "min_epochs": 1,
+    "patience": None,
+    "progress": False,
+    "accelerator": "cpu",
+    "keep_last_state": True,  # the last weights are compared by assert_same_as_one_process
+}
+
+
+def assert_same_as_one_process(result: dict, single, run_dir, single_dir) -> None:  # type: ignore[no-untyped-def]
+    """A data-parallel run (``result``: its val/test metrics and best epoch, last weights in ``run_dir``) equals
+    the one-process run ``single`` (written to ``single_dir``): metrics within 1e-3, same best epoch, weights
+    within 1e-4."""
+    from medmoe.engine.checkpoint import load_trainer_state
+
+    for part, ref in (("val", single.val_metrics), ("test", single.test_metrics)):
+        for name, value in ref.items():
+            assert abs(result[part][name] - value) < 1e-3, (part, name, result[part][name], value)
+    assert result["best_epoch"] == single.best_epoch
+    weights = load_trainer_state(run_dir / "trainer_state.pt")["model"]
+    reference = load_trainer_state(single_dir / "trainer_state.pt")["model"]
+    for k, v in reference.items():
+        if k == "global_attn.attention_c.bias":
+            # the attention softmax is shift invariant: this bias has a zero gradient up to rounding, and
+            # Adam's normalisation turns that rounding noise into lr-sized steps in either run
+            continue
+        torch.testing.assert_close(weights[k], v, atol=1e-4, rtol=1e-4)
+
 
 def synthetic_bags(
     n_bags: int, *, d: int = 8, seed: int = 0, num_classes: int = 2, shift: float = 2.0, groups: bool = False

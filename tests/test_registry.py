@@ -46,6 +46,9 @@ def test_mammoth_config_builds_mammoth_patch_embed():
         ("nosuchmodel", {}, "unknown model"),
         ("abmil.nosuchconfig", {}, "has no config"),
         ("abmil.base.nosuchencoder", {}, "unknown encoder"),
+        # in_dim from the data must not let a misspelt encoder through (it used to build silently)
+        ("abmil.base.unii", {"in_dim": 166}, r"unknown encoder 'unii'.*did you mean 'uni'"),
+        ("abmil.base_mammoth.notanencoder", {"in_dim": 166}, r"leave the encoder out \(abmil.base_mammoth\)"),
         ("abmil..uni", {}, "must look like"),
         ("abmil.base.uni.pc108-24k", {}, "checkpoint_path"),
         ("abmil", {"not_a_field": 1}, "valid settings"),
@@ -55,6 +58,11 @@ def test_mammoth_config_builds_mammoth_patch_embed():
 def test_bad_names_and_overrides_raise_value_error(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         medmoe.create_model(name, **kwargs)
+
+
+def test_encoder_left_out_or_aliased_still_builds_with_in_dim():
+    assert medmoe.create_model("abmil.base", in_dim=166).patch_embed[0].in_features == 166
+    assert medmoe.create_model("abmil.base.conch", in_dim=166).patch_embed[0].in_features == 166
 
 
 def test_overrides_and_patch_embed_args_merge():

@@ -322,6 +322,16 @@ def parse_model_name(name: str) -> ModelName:
             raise InputError(f"{name.strip()!r} is a {FAMILY_TITLES[other]} model, not a MIL one; the MIL models "
                              f"are {', '.join(sorted(_REGISTRY))}")
         raise InputError(unknown_model_message(parsed.model))
+    encoder = _ENCODER_ALIASES.get(parsed.encoder, parsed.encoder)
+    if len(parts) >= 3 and encoder not in ENCODER_DIMS:
+        # A typo here would otherwise pass silently whenever in_dim comes from the data.
+        hint = did_you_mean(parsed.encoder, sorted(set(ENCODER_DIMS) | set(_ENCODER_ALIASES)))
+        raise InputError(
+            f"unknown encoder {parsed.encoder!r} in model name {name.strip()!r}; "
+            f"{hint + ' ' if hint else ''}the encoders are {', '.join(sorted(ENCODER_DIMS))}. "
+            f"For features of another extractor leave the encoder out ({parsed.model}.{parsed.config}) "
+            "and give in_dim (the CLI takes it from the features)."
+        )
     return parsed
 
 

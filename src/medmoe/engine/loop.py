@@ -419,25 +419,41 @@ def _mean_loss(outputs: Sequence[StepOutput]) -> float:
 
 def launch_fabric(
     accelerator: str = "auto", devices: int = 1, precision: str = "32-true", strategy: Any = "auto",
-    num_nodes: int = 1,
+    num_nodes: int = 1, find_unused_parameters: bool = False,
 ) -> Any:
     """A launched ``lightning_fabric.Fabric`` (``pip install lightning-fabric``, in every medmoe extra).
 
     ``devices`` per node times ``num_nodes`` processes: under ``torchrun`` or SLURM, Fabric reads the ranks and
-    the rendezvous address from the environment (docs/scaling.md)."""
+    the rendezvous address from the environment (docs/scaling.md). ``strategy='ddp'`` (or ``'auto'`` with
+    several devices) starts the running script again once per extra device, so train from a script.
+    ``find_unused_parameters=True`` sets up DDP for models that leave some parameters unused at some steps
+    (MIL's CLAM instance classifiers); with ``strategy='auto'`` it applies once the world size is known.
+
+    Raises:
+        ValueError: a spawn-based ``strategy``: those need ``fabric.launch(function)``; launch such a Fabric
+            yourself and pass it in.
+    """
     try:
         from lightning_fabric import Fabric
+        from lightning_fabric.strategies import DDPStrategy
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "training needs lightning-fabric: pip install 'medmoe[mil]' (or [seg], [vit])"
         ) from err
-    fabric = Fabric(
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,  # type: ignore[arg-type]
-        strategy=strategy,
-        num_nodes=num_nodes,
-    )
+    if strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", "spawn"):
+        raise ValueError(
+            f"strategy {strategy!r} needs fabric.launch(function); use strategy='ddp' in a script, or "
+            "create and launch a Fabric yourself and pass it in (e.g. train_one_fold(..., fabric=fabric))"
+        )
+    chosen: Any = DDPStrategy(find_unused_parameters=True) if find_unused_parameters and strategy == "ddp" else strategy
+
+    def build(chosen_strategy: Any) -> Any:
+        return Fabric(accelerator=accelerator, devices=devices, precision=precision,  # type: ignore[arg-type]
+                      strategy=chosen_strategy, num_nodes=num_nodes)
+
+    fabric = build(chosen)
+    if find_unused_parameters and strategy == "auto" and fabric.world_size > 1:
+        fabric = build(DDPStrategy(find_unused_parameters=True))
     fabric.launch()
     return fabric
 

@@ -91,6 +91,7 @@ from ..loop import (
     TrainingLoop,
     Validation,
     derive_seed,
+    launch_fabric,
 )
 from ..optim import make_optimizer
 from ..precision import resolve_precision
@@ -187,7 +188,9 @@ _FABRICS: dict[tuple[Any, ...], Any] = {}
 
 
 def make_fabric(cfg: TrainConfig) -> Fabric:
-    """A launched :class:`lightning_fabric.Fabric` for ``cfg`` (cached per process and settings).
+    """A launched :class:`lightning_fabric.Fabric` for ``cfg`` (cached per process and settings): the shared
+    :func:`medmoe.engine.loop.launch_fabric` with DDP's ``find_unused_parameters=True``, because some MIL
+    models (CLAM instance classifiers) do not use every parameter at every step.
 
     ``strategy='ddp'`` (or ``'auto'`` with several devices) uses Fabric's subprocess launcher: the
     running script is started again once per extra device, so call the trainer from a script (``python
@@ -196,46 +199,13 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
     With ``num_nodes > 1`` (or under ``torchrun`` / SLURM with one process per device) the processes
     are started externally and Fabric reads their ranks and the rendezvous address from the cluster
     environment (``torchrun``'s or SLURM's variables); ``devices * num_nodes`` must equal the world size.
-    DDP is set up with ``find_unused_parameters=True`` because some MIL models (CLAM instance
-    classifiers) do not use every parameter at every step.
     """
-    try:
-        from lightning_fabric import Fabric
-        from lightning_fabric.strategies import DDPStrategy
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the medmoe trainer needs lightning-fabric; install the MIL extra: pip install 'medmoe[mil]'"
-        ) from err
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     key = (cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.strategy, precision)
-    if key in _FABRICS:
-        return _FABRICS[key]
-    strategy: Any = cfg.strategy
-    if strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", "spawn"):
-        raise ValueError(
-            f"strategy {strategy!r} needs fabric.launch(function); use strategy='ddp' in a script, or "
-            "create and launch a Fabric yourself and pass it as train_one_fold(..., fabric=fabric)"
-        )
-    if strategy == "ddp":
-        strategy = DDPStrategy(find_unused_parameters=True)
-    fabric = Fabric(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        precision=precision,
-    )
-    if fabric.world_size > 1 and cfg.strategy == "auto":
-        fabric = Fabric(
-            accelerator=cfg.accelerator,
-            devices=cfg.devices,
-            num_nodes=cfg.num_nodes,
-            precision=precision,
-            strategy=DDPStrategy(find_unused_parameters=True),
-        )
-    fabric.launch()
-    _FABRICS[key] = fabric
-    return fabric
+    if key not in _FABRICS:
+        _FABRICS[key] = launch_fabric(cfg.accelerator, cfg.devices, precision, cfg.strategy,
+                                      num_nodes=cfg.num_nodes, find_unused_parameters=True)
+    return _FABRICS[key]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from bad_input_harness import assert_clear_error
     [
         pytest.param(["mil", "train", "--config", "ilse2017", "-d", "musk1", "--out", "{tmp}/run"],
                      ["--config", "ilse2017", "ilse2018"], id="mil-train-unknown-run-config"),
-        pytest.param(["mil", "train", "--config", "ilse2018", "-d", "musk1", "--optimizer", "sgd",
-                      "--out", "{tmp}/run"], ["--optimizer", "sgd", "adam"], id="mil-train-unknown-optimizer"),
+        pytest.param(["mil", "train", "--config", "ilse2018", "-d", "musk1", "--optimizer", "lion",
+                      "--out", "{tmp}/run"], ["--optimizer", "lion", "adam", "sgd"], id="mil-train-unknown-optimizer"),
     ],
 )
 def test_run_configs(args, contains, tmp_path):

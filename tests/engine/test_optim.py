@@ -52,13 +52,35 @@ def test_make_optimizer_adam_is_coupled_l2_weight_decay():
     assert isinstance(make_optimizer("adamw", a.parameters(), lr=1e-3, weight_decay=0.0), torch.optim.AdamW)
 
 
+def test_make_optimizer_sgd_is_momentum_with_coupled_l2_weight_decay():
+    """``optimizer='sgd'``: the hand-written update v = 0.9 v + (g + wd p); p -= lr v, step for step."""
+    from medmoe.engine.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(7, 3)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    velocity = {n: torch.zeros_like(p) for n, p in reference.items()}
+    opt = make_optimizer("sgd", model.parameters(), lr=1e-2, weight_decay=5e-3)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    x = torch.randn(16, 7)
+    for _ in range(4):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        for n, p in model.named_parameters():
+            velocity[n] = 0.9 * velocity[n] + p.grad + 5e-3 * reference[n]
+            reference[n] = reference[n] - 1e-2 * velocity[n]
+        opt.step()
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), reference[n], rtol=1e-6, atol=1e-7)
+
+
 def test_optimizer_names_are_validated():
     import pytest
 
     from medmoe.engine import TrainConfig
     from medmoe.engine.optim import make_optimizer
 
-    with pytest.raises(ValueError, match="sgd"):
-        make_optimizer("sgd", torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=0.0)
-    with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="lion.*sgd"):
+        make_optimizer("lion", torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ValueError, match="optimizer.*sgd"):
+        TrainConfig(optimizer="lion")

@@ -10,6 +10,7 @@ import typer
 
 from ..data.label_table import TIME_COLUMNS
 from ..engine.mil.tasks import get_task
+from ..engine.optim import OPTIMIZERS
 from .common import config_keys, fail, parse_overrides, read_config_file, unknown_config_keys_text
 from .run_configs import resolve_run_config
 
@@ -96,7 +97,7 @@ def train(
     lr: float = typer.Option(1e-4),
     weight_decay: float = typer.Option(1e-5),
     optimizer: str = typer.Option("adamw", help="adamw (decoupled weight decay) | adam (L2 weight decay in the "
-                                  "gradient, as Ilse et al. 2018)."),
+                                  "gradient, as ilse2018) | sgd (momentum 0.9, L2 weight decay, as MI-Net)."),
     min_lr: float = typer.Option(1e-6, min=0.0, help="Final learning rate of the cosine schedule (= --lr for a "
                                  "constant learning rate)."),
     grad_clip: float = typer.Option(1.0, min=0.0, help="Maximum gradient norm (0 = no clipping)."),
@@ -128,8 +129,8 @@ def train(
     from ..engine.mil.inputs import load_dataset, resolve_task
 
     try:
-        if optimizer not in ("adamw", "adam"):
-            raise ValueError(f"--optimizer must be 'adamw' or 'adam', got {optimizer!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         task, cols = resolve_task(task, label_cols)
         _check_source(dataset, features, labels)
         _name, ds = load_dataset(dataset, features, labels, patient_mode, task=task, time_col=time_col,

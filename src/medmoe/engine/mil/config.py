@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..optim import OPTIMIZERS
 from ..runs import without_later_defaults
 
 __all__ = ["EARLY_STOPPING_METRICS", "LATER_SETTINGS", "TrainConfig", "recorded_settings", "resolve_monitor"]
@@ -62,9 +63,11 @@ class TrainConfig:
             several slides per patient kept as separate bags). Training is per bag either way.
         epochs: maximum number of epochs (MIL-Lab recipe: 20).
         lr: peak learning rate.
-        weight_decay: weight decay (decoupled for ``'adamw'``, an L2 term in the gradient for ``'adam'``).
-        optimizer: ``'adamw'`` (MIL-Lab recipe) or ``'adam'`` (``torch.optim.Adam`` with L2 weight decay,
-            betas (0.9, 0.999): the optimiser of Ilse et al. 2018, used by the ``ilse2018`` run config).
+        weight_decay: weight decay (decoupled for ``'adamw'``, an L2 term in the gradient for ``'adam'`` and
+            ``'sgd'``).
+        optimizer: ``'adamw'`` (MIL-Lab recipe), ``'adam'`` (``torch.optim.Adam`` with L2 weight decay,
+            betas (0.9, 0.999): used by the ``ilse2018`` run config) or ``'sgd'`` (momentum 0.9, L2 weight
+            decay: MI-Net's benchmark optimiser, an ablation of ``ilse2018``).
         warmup_epochs: linear warm-up length in epochs (0 = none). Fractions are allowed.
         min_lr: final learning rate of the cosine schedule.
         scheduler_interval: ``'step'`` (default: the learning rate changes after every optimiser step,
@@ -183,8 +186,10 @@ class TrainConfig:
                 f"TrainConfig.warmup_epochs ({self.warmup_epochs}) must be smaller than "
                 f"epochs ({self.epochs})"
             )
-        if self.optimizer not in ("adamw", "adam"):
-            raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'adam', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.scheduler_interval not in ("step", "epoch"):
             raise ValueError(
                 f"TrainConfig.scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}"

@@ -8,7 +8,8 @@ each repetition (every bag tested once) with its mean ± standard error over the
 test AUROC and the mean epochs run (and best epoch). A folder ``<name>.more`` holds further repetitions
 (other seeds) of ``<name>`` and is merged into it. ``--seed0`` restricts every run to repetition 0: the
 test folds the one-repetition ablations share; ``--paired-with NAME`` adds the per-fold accuracy difference
-to run ``NAME`` over the (seed, fold) pairs both have (same test bags), mean ± standard error.
+to run ``NAME`` over the folds whose test bags are the same bags of the same dataset (named in the folder
+name; the test bag ids from ``test_predictions.csv``), mean ± standard error.
 """
 
 from __future__ import annotations
@@ -27,11 +28,22 @@ PAPER = {
 }
 
 
+#: The datasets a run folder's name can name (``musk1-gated``, ``ablate-musk1-adamw``, ...).
+DATASETS = ("musk1", "musk2", "elephant", "fox", "tiger")
+
+
+def run_dataset(folder: Path) -> str | None:
+    """The dataset a run folder's name names, or ``None``."""
+    return next((part for part in folder.name.removesuffix(".more").split("-") if part in DATASETS), None)
+
+
 def read_runs(folder: Path, seed0: bool) -> tuple[str, list[dict], dict[int, list[bool]]]:
-    """``(model name, per-fold runs, {seed: [bag correct, ...]})`` of one results folder."""
+    """``(model name, per-fold runs, {seed: [bag correct, ...]})`` of one results folder. Each run gets
+    ``"test_bags"``: its dataset and the frozenset of its test bag ids (what paired differences match on)."""
     data = json.loads((folder / "results.json").read_text())
     runs = [r for r in data["runs"] if not seed0 or r["seed"] == 0]
     per_seed: dict[int, list[bool]] = {}
+    bags: dict[tuple[int, int], set[str]] = {}
     with (folder / "test_predictions.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
             seed = int(row["seed"])
@@ -39,6 +51,9 @@ def read_runs(folder: Path, seed0: bool) -> tuple[str, list[dict], dict[int, lis
                 continue
             probs = [float(v) for k, v in row.items() if k.startswith("prob_")]
             per_seed.setdefault(seed, []).append(probs.index(max(probs)) == int(row["label"]))
+            bags.setdefault((seed, int(row["fold"])), set()).add(row["bag_id"])
+    dataset = run_dataset(folder)
+    runs = [{**r, "test_bags": (dataset, frozenset(bags.get((r["seed"], r["fold"]), ())))} for r in runs]
     return data["model_name"], runs, per_seed
 
 
@@ -72,10 +87,10 @@ def main() -> None:
     groups: dict[str, list[Path]] = {}
     for folder in sorted(p for p in args.results.iterdir() if (p / "results.json").is_file()):
         groups.setdefault(folder.name.removesuffix(".more"), []).append(folder)
-    ref: dict[tuple[int, int], float] = {}
+    ref: dict[tuple[str | None, frozenset[str]], float] = {}
     if args.paired_with:
         for folder in groups[args.paired_with]:
-            ref.update({(r["seed"], r["fold"]): r["test"]["accuracy"] for r in read_runs(folder, args.seed0)[1]})
+            ref.update({r["test_bags"]: r["test"]["accuracy"] for r in read_runs(folder, args.seed0)[1]})
     paired_head = f" accuracy - {args.paired_with} (same folds) |" if ref else ""
     print("| run | model | folds x reps | test accuracy (mean ± std over folds) | out-of-fold accuracy "
           "(mean ± s.e. over reps) | AUROC | epochs run (best) | paper |" + paired_head)
@@ -93,12 +108,13 @@ def main() -> None:
               f"{'' if paper is None else f'{paper[0]:.3f} ± {paper[1]:.3f}'} |" + paired(folders, ref, args.seed0))
 
 
-def paired(folders: list[Path], ref: dict[tuple[int, int], float], seed0: bool) -> str:
-    """`` mean ± s.e. |`` of the per-fold accuracy differences to ``ref`` (empty without a reference)."""
+def paired(folders: list[Path], ref: dict[tuple[str | None, frozenset[str]], float], seed0: bool) -> str:
+    """`` mean ± s.e. |`` of the per-fold accuracy differences to ``ref`` over the folds with the same test
+    bags of the same dataset (empty without a reference)."""
     if not ref:
         return ""
-    diffs = [r["test"]["accuracy"] - ref[(r["seed"], r["fold"])] for folder in folders
-             for r in read_runs(folder, seed0)[1] if (r["seed"], r["fold"]) in ref]
+    diffs = [r["test"]["accuracy"] - ref[r["test_bags"]] for folder in folders
+             for r in read_runs(folder, seed0)[1] if r["test_bags"][0] is not None and r["test_bags"] in ref]
     if len(diffs) < 2:
         return " |"
     return f" {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.3f} ({len(diffs)}) |"

@@ -36,6 +36,7 @@ __all__ = [
     "dropout_words",
     "fast_dropout",
     "native_dropout_available",
+    "torch_counter_dropout",
     "use_fast_dropout",
 ]
 
@@ -105,7 +106,7 @@ def dropout_words(seed: int, numel: int, device: torch.device | str = "cpu") -> 
     return _shift_right(z, 32)
 
 
-def _torch_counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
+def torch_counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
     """The kernel's result with PyTorch ops: ``x * (keep ? 1 / (1 - p) : 0)`` (NaN stays NaN, as ``x * mask``)."""
     keep = dropout_words(seed, x.numel(), x.device) >= drop_threshold(p)
     # the kernel's factor: exactly 0 or 1 / (1 - p) in x's dtype
@@ -153,7 +154,7 @@ def counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
     """
     if _kernel_applies(x):
         return _masked(x.contiguous(), p, seed)
-    return _torch_counter_dropout(x, p, seed)
+    return torch_counter_dropout(x, p, seed)
 
 
 @counter_dropout.register_fake

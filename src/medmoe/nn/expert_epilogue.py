@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backend import native_enabled
-from .dropout import _torch_counter_dropout, counter_dropout, draw_seed, drop_threshold
+from .dropout import counter_dropout, draw_seed, drop_threshold, torch_counter_dropout
 from .higher_order import higher_order_requested, reference_gradients
 from .native_kernels import Signature, load_kernel
 from .norms import l2norm
@@ -152,7 +152,7 @@ def _torch_backward(
     norm = x.norm(dim=-1, keepdim=True)
     r = scale / norm.clamp_min(eps)
     y = x * r * gamma
-    dz = _torch_counter_dropout(dout, p, seed) if p > 0.0 else dout
+    dz = torch_counter_dropout(dout, p, seed) if p > 0.0 else dout
     dy = dz.reshape(x.shape) * (y > 0)
     dgamma = (dy * x * r).sum(0)
     vx = (dy * gamma * x).sum(-1, keepdim=True)

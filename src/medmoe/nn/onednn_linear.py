@@ -21,7 +21,16 @@ from torch import Tensor, nn
 from .backend import apply_backend, native_enabled, onednn_available, onednn_linear
 from .higher_order import higher_order_requested, reference_gradients
 
-__all__ = ["FastLinear", "fast_linear", "fast_matmul", "matmul_nt", "onednn_linear_available", "use_fast_linear"]
+__all__ = [
+    "FastLinear",
+    "dense_matrices",
+    "fast_linear",
+    "fast_matmul",
+    "matmul_nt",
+    "onednn_applies",
+    "onednn_linear_available",
+    "use_fast_linear",
+]
 
 # The size rules below are where oneDNN measured faster than PyTorch's default GEMM on the machines we timed
 # (docs/performance-notes.md): tall products from some rows and work, short inputs only for large weights
@@ -39,7 +48,7 @@ def onednn_linear_available() -> bool:
     return onednn_available()
 
 
-def _onednn_applies(*tensors: Tensor) -> bool:
+def onednn_applies(*tensors: Tensor) -> bool:
     """The guard all oneDNN paths share: the native backend, CPU float32 operands, no autocast, oneDNN built in."""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
@@ -84,7 +93,7 @@ def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     rows = x.numel() // max(x.shape[-1], 1)
     tall = rows >= _LINEAR_MIN_ROWS and rows * weight.numel() >= _LINEAR_MIN_WORK
     wide = rows >= _SHORT_MIN_ROWS and weight.numel() >= _SHORT_MIN_WEIGHT
-    if not (tall or wide) or not _onednn_applies(x, weight):
+    if not (tall or wide) or not onednn_applies(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     out = _OneDNNLinear.apply(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
@@ -101,9 +110,9 @@ def matmul_nt(a: Tensor, b_t: Tensor) -> Tensor:
         (a.dim() == 2 or a.shape[0] == 1)
         and (b_t.dim() == 2 or b_t.shape[0] == 1)
         and max(a.shape[-2], a.shape[-1]) >= _MIN_ROWS
-        and _onednn_applies(a, b_t)
+        and onednn_applies(a, b_t)
     ):
-        out = _onednn_linear(_dense_matrices(a.reshape(a.shape[-2:])), _dense_matrices(b_t.reshape(b_t.shape[-2:])))
+        out = _onednn_linear(dense_matrices(a.reshape(a.shape[-2:])), dense_matrices(b_t.reshape(b_t.shape[-2:])))
         return out.unsqueeze(0) if max(a.dim(), b_t.dim()) == 3 else out
     return torch.matmul(a, b_t.transpose(-1, -2))
 
@@ -119,11 +128,11 @@ def _bmm_nt(a: Tensor, b_t: Tensor) -> Tensor:
     reference kernel (far slower: docs/performance-notes.md) for padded row strides, e.g. one head of a
     ``(b, n, h, d)`` projection.
     """
-    a, b_t = _dense_matrices(a), _dense_matrices(b_t)
+    a, b_t = dense_matrices(a), dense_matrices(b_t)
     return torch.stack([_onednn_linear(a[i], b_t[i]) for i in range(a.shape[0])])
 
 
-def _dense_matrices(t: Tensor) -> Tensor:
+def dense_matrices(t: Tensor) -> Tensor:
     """``t (..., r, c)`` whose matrices are row-major or column-major (a plain transpose), copying otherwise."""
     r, c = t.shape[-2:]
     s_r, s_c = t.stride(-2), t.stride(-1)
@@ -162,7 +171,7 @@ def fast_matmul(a: Tensor, b: Tensor) -> Tensor:
         and a.shape[-1] == b.shape[-2]
         and a.shape[-2] * a.shape[-1] * b.shape[-1] >= _MIN_MATMUL_WORK
         and 0 < a.shape[:-2].numel() <= _MAX_MATMUL_BATCH
-        and _onednn_applies(a, b)
+        and onednn_applies(a, b)
     ):
         lead = a.shape[:-2]
         out = _OneDNNMatmul.apply(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))

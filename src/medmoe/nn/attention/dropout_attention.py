@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..backend import native_enabled
+from ..backend import native_enabled, onednn_linear
 from ..dropout import counter_dropout, draw_seed
 from ..higher_order import higher_order_requested, reference_gradients
-from ..onednn_linear import _onednn_linear, onednn_linear_available
+from ..onednn_linear import onednn_linear_available
 
 __all__ = ["blocked_attention_preferred", "dropout_attention", "dropout_attention_applies"]
 
@@ -137,7 +137,7 @@ def _block_product(a: Tensor, b: Tensor) -> Tensor:
     """``a (m, c) @ b (n, c).T``, on oneDNN in float32 whatever the size (``matmul_nt`` keeps short products
     on PyTorch's GEMM, but a block's are short on one side and long on the other)."""
     if a.dtype == torch.float32 and onednn_linear_available():
-        return _onednn_linear(a, b)
+        return onednn_linear(a, b)
     return a @ b.t()
 
 

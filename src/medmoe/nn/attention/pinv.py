@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..backend import onednn_linear
 from ..higher_order import higher_order_requested, reference_gradients
-from ..onednn_linear import _dense_matrices, _onednn_applies, _onednn_linear, fast_matmul
+from ..onednn_linear import dense_matrices, fast_matmul, onednn_applies
 
 __all__ = ["moore_penrose_pinv", "pinv_iterations"]
 
@@ -66,7 +67,7 @@ def pinv_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
         )
     if iters == 0:
         return z
-    if not (x.numel() > 0 and _onednn_applies(x, z)):
+    if not (x.numel() > 0 and onednn_applies(x, z)):
         return _autograd_iterations(x, z, iters)
     if torch.is_grad_enabled() and (x.requires_grad or z.requires_grad):
         return _PinvIterations.apply(x, z, iters)
@@ -84,12 +85,12 @@ def _autograd_iterations(x: Tensor, z: Tensor, iters: int) -> Tensor:
 
 def _matrices(t: Tensor) -> Tensor:
     """``t (..., m, m)`` as ``(B, m, m)`` whose matrices are row- or column-major (oneDNN reads both)."""
-    return _dense_matrices(t.reshape(-1, *t.shape[-2:]))
+    return dense_matrices(t.reshape(-1, *t.shape[-2:]))
 
 
 def _mm(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for 2-D float32 CPU matrices on oneDNN."""
-    return _onednn_linear(a, b.t())
+    return onednn_linear(a, b.t())
 
 
 def _scaled_identity_minus(c: float, m: Tensor) -> Tensor:

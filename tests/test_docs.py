@@ -171,6 +171,29 @@ def test_readme_demo_table_is_the_one_on_the_results_page() -> None:
     assert readme == page
 
 
+def _ilse_table(markdown: str) -> list[str]:
+    """The rows of the Ilse et al. 2018 summary table (header included)."""
+    lines = markdown.splitlines()
+    start = lines.index("| dataset | gated (`ilse.base`) | paper | plain (`ilse.attention`) | paper | MIL-Lab ABMIL, same "
+                        "protocol |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return lines[start:end]
+
+
+def test_readme_ilse2018_table_is_computed_from_the_committed_runs() -> None:
+    """The README's Ilse et al. 2018 table and the results page's are what benchmarks/ilse2018/table.py
+    --summary computes from the committed per-fold results: no number typed by hand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ilse_table", ROOT / "benchmarks" / "ilse2018" / "table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    computed = table.summary_table(ROOT / "benchmarks" / "results" / "ilse2018")
+    assert len(computed) == 5 and all("—" not in row for row in computed)
+    assert _ilse_table((ROOT / "README.md").read_text()) == computed
+    assert _ilse_table((ROOT / "docs" / "reproducing.md").read_text()) == computed
+
+
 def test_zoo_family_table_lists_the_segmentation_and_mosaic_names() -> None:
     pytest.importorskip("monai")
     import medmoe

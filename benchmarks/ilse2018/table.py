@@ -1,6 +1,7 @@
 """Tables of docs/reproducing-ilse2018.md from the committed per-fold results (benchmarks/results/ilse2018/).
 
-    python benchmarks/ilse2018/table.py [RESULTS_DIR] [--seed0]
+    python benchmarks/ilse2018/table.py [RESULTS_DIR] [--seed0] [--paired-with NAME]
+    python benchmarks/ilse2018/table.py --summary   # the README's table (also on docs/reproducing.md)
 
 For every run folder (``<dataset>-<model>``, ``recipe-...``, ``ablate-...``): the test accuracy
 mean ± sample std over all folds x repetitions (as medmoe's ``summary.md``), the out-of-fold accuracy of
@@ -78,12 +79,42 @@ def summarize(folders: list[Path], seed0: bool) -> dict | None:
     }
 
 
+#: The summary table's rows and columns: dataset -> its title; column -> the run folder suffix.
+SUMMARY_DATASETS = {"musk1": "MUSK1", "musk2": "MUSK2", "elephant": "ELEPHANT"}
+SUMMARY_HEADER = [
+    "| dataset | gated (`ilse.base`) | paper | plain (`ilse.attention`) | paper | MIL-Lab ABMIL, same protocol |",
+    "|---|---|---|---|---|---|",
+]
+
+
+def summary_table(results: Path) -> list[str]:
+    """The README's table: test accuracy mean ± std over every fold of every repetition of ``<dataset>-gated``,
+    ``-attention`` and ``-abmil`` (a cell marked ¹ has one repetition), with the paper's values."""
+    lines = list(SUMMARY_HEADER)
+    for dataset, title in SUMMARY_DATASETS.items():
+        cells = [title]
+        for variant in ("gated", "attention", "abmil"):
+            name = f"{dataset}-{variant}"
+            folders = [p for p in (results / name, results / f"{name}.more") if (p / "results.json").is_file()]
+            row = summarize(folders, seed0=False)
+            cells.append("—" if row is None else
+                         f"{row['acc']:.3f} ± {row['std']:.3f}{' ¹' if len(row['seeds']) == 1 else ''}")
+            if variant != "abmil":
+                cells.append(f"{PAPER[(dataset, variant)][0]:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="?", default=Path(__file__).parents[1] / "results" / "ilse2018", type=Path)
     parser.add_argument("--seed0", action="store_true", help="only repetition 0 of every run (shared folds)")
     parser.add_argument("--paired-with", default=None, help="reference run for per-fold paired differences")
+    parser.add_argument("--summary", action="store_true", help="only the README's summary table")
     args = parser.parse_args()
+    if args.summary:
+        print("\n".join(summary_table(args.results)))
+        return
     groups: dict[str, list[Path]] = {}
     for folder in sorted(p for p in args.results.iterdir() if (p / "results.json").is_file()):
         groups.setdefault(folder.name.removesuffix(".more"), []).append(folder)

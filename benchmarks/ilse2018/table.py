@@ -79,7 +79,7 @@ def summarize(folders: list[Path], seed0: bool) -> dict | None:
     }
 
 
-#: The summary table's rows and columns: dataset -> its title; column -> the run folder suffix.
+#: The summary table's rows (dataset -> its title) and its header.
 SUMMARY_DATASETS = {"musk1": "MUSK1", "musk2": "MUSK2", "elephant": "ELEPHANT"}
 SUMMARY_HEADER = [
     "| dataset | gated (`ilse.base`) | paper | plain (`ilse.attention`) | paper | MIL-Lab ABMIL, same protocol |",

@@ -25,6 +25,19 @@ def test_paper_layers(name, gated):
     assert drops.count(0.5) == 3 and all(p in (0.0, 0.5) for p in drops)
 
 
+def test_dropout_after_last_keeps_one_dropout_and_the_same_weights_layout():
+    """MI-Net's layout (one dropout, after fc-64): the same state-dict keys, so checkpoints move between them."""
+    every = medmoe.create_model("ilse.base", num_classes=2, in_dim=166)
+    last = medmoe.create_model("ilse.base", num_classes=2, in_dim=166, dropout_after="last")
+    drops = [(n, m.p) for n, m in last.fc.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [("6", 0.5)]  # fc: Identity, Linear, ReLU, Identity, Linear, ReLU, Dropout
+    assert isinstance(last.fc[0], torch.nn.Identity) and isinstance(last.fc[3], torch.nn.Identity)
+    assert every.state_dict().keys() == last.state_dict().keys()
+    last.load_state_dict(every.state_dict())
+    x = torch.randn(1, 6, 166)
+    torch.testing.assert_close(last.eval()(x).logits, every.eval()(x).logits)
+
+
 def test_xavier_init_with_zero_biases_and_mil_lab_alternative():
     torch.manual_seed(0)
     model = medmoe.create_model("ilse.base", num_classes=2, in_dim=230)
@@ -60,7 +73,8 @@ def test_binary_output_is_a_bernoulli_on_the_logit_difference():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("hidden_dims", [128, 0]), ("hidden_dims", "128"), ("attn_dim", 0), ("init", "he"), ("dropout", 1.0)],
+    [("hidden_dims", [128, 0]), ("hidden_dims", "128"), ("attn_dim", 0), ("init", "he"), ("dropout", 1.0),
+     ("dropout_after", "first")],
 )
 def test_bad_config_raises_value_error(field, value):
     with pytest.raises(ValueError, match=field):

@@ -38,6 +38,7 @@ from .base import MILConfig, MILModel, MILOutput
 __all__ = ["IlseMIL", "IlseMILConfig"]
 
 _INITS = ("xavier", "mil_lab")
+_DROPOUT_AFTER = ("every", "last")
 
 
 @dataclass
@@ -48,7 +49,9 @@ class IlseMILConfig(MILConfig):
         embed_dim: width of the first layer (the patch embedding; 256 in the paper).
         hidden_dims: widths of the fully connected ReLU layers after the patch embedding (paper:
             ``[128, 64]``); the last one is the width of the pooled bag feature.
-        dropout: dropout after every fully connected layer of the embedding (paper: 0.5 in MI-Net).
+        dropout: dropout rate of the embedding's dropout layers (paper: 0.5 in MI-Net).
+        dropout_after: ``'every'`` (a dropout after every fully connected layer of the embedding, as recalled
+            from the paper) or ``'last'`` (one dropout, after the last layer, as MI-Net's reference code).
         gate: gated attention (``tanh * sigmoid``) or plain ``tanh`` attention.
         attn_dim: hidden width ``L`` of the attention network (paper: 64).
         init: ``'xavier'`` (Glorot-uniform weights, zero biases: the paper) or ``'mil_lab'`` (Kaiming).
@@ -57,6 +60,7 @@ class IlseMILConfig(MILConfig):
     embed_dim: int = 256
     hidden_dims: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.5
+    dropout_after: str = "every"
     gate: bool = True
     attn_dim: int = 64
     init: str = "xavier"
@@ -73,6 +77,10 @@ class IlseMILConfig(MILConfig):
                 f"got {self.hidden_dims!r}"
             )
         self.hidden_dims = [int(d) for d in self.hidden_dims]
+        if self.dropout_after not in _DROPOUT_AFTER:
+            raise ValueError(
+                f"IlseMILConfig.dropout_after must be one of {list(_DROPOUT_AFTER)}, got {self.dropout_after!r}"
+            )
         if self.init not in _INITS:
             raise ValueError(f"IlseMILConfig.init must be one of {list(_INITS)}, got {self.init!r}")
 
@@ -81,7 +89,8 @@ class IlseMILConfig(MILConfig):
 class IlseMIL(MILModel):
     """The attention-MIL network of Ilse, Tomczak and Welling (2018) for the classic MIL benchmarks.
 
-    ``patch_embed -> Dropout -> [Linear, ReLU, Dropout] x len(hidden_dims) -> AttentionPool -> Linear``.
+    ``patch_embed -> Dropout -> [Linear, ReLU, Dropout] x len(hidden_dims) -> AttentionPool -> Linear``
+    (``dropout_after='last'``: only the last Dropout).
     The patch embedding is swappable (``patch_embed: mammoth`` replaces the first layer).
 
     ``attention_kind = "pre-softmax"``: ``MILOutput.attention`` ``(b, 1, n)`` holds the raw attention
@@ -98,9 +107,16 @@ class IlseMIL(MILModel):
         super().__init__(config)
         self.config: IlseMILConfig
         dims = [config.embed_dim, *config.hidden_dims]
-        layers: list[nn.Module] = [make_dropout(config.dropout)]
-        for d_in, d_out in itertools.pairwise(dims):
-            layers += [make_linear(d_in, d_out), nn.ReLU(), make_dropout(config.dropout)]
+        last = len(dims) - 1  # the dropout after the last layer (position 0: after the patch embedding)
+
+        def dropout_at(position: int) -> nn.Module:
+            # nn.Identity keeps the layer indices (and so the state-dict keys) of the 'every' layout
+            keep = config.dropout_after == "every" or position == last
+            return make_dropout(config.dropout) if keep else nn.Identity()
+
+        layers: list[nn.Module] = [dropout_at(0)]
+        for position, (d_in, d_out) in enumerate(itertools.pairwise(dims), start=1):
+            layers += [make_linear(d_in, d_out), nn.ReLU(), dropout_at(position)]
         self.fc = nn.Sequential(*layers)
         self.attention = AttentionPool(dims[-1], config.attn_dim, dropout=0.0, gated=config.gate)
         self.classifier = make_linear(dims[-1], config.num_classes)

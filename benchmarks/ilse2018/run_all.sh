@@ -94,3 +94,6 @@ run musk2-abmil.more -d musk2 -m abmil.base "${MORE[@]}"
 run elephant-abmil.more -d elephant -m abmil.base "${MORE[@]}"
 run musk2-attention.more -d musk2 -m ilse.attention "${MORE[@]}"
 run elephant-attention.more -d elephant -m ilse.attention "${MORE[@]}"
+# 12. MI-Net's dropout placement (one dropout, after the last layer) instead of one after every layer
+run ablate-musk1-dropout-last -d musk1 --set dropout_after=last
+run ablate-musk2-dropout-last -d musk2 --set dropout_after=last

@@ -13,7 +13,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SEG_DEMO_DATASETS", "baseline_row", "format_demo_table", "run_seg_demo"]
+__all__ = [
+    "HELD_OUT_START",
+    "SEG_DEMO_DATASETS",
+    "baseline_row",
+    "demo_transform_config",
+    "format_demo_table",
+    "run_seg_demo",
+    "split_along_axis",
+    "train_demo_model",
+]
+
+#: Where the held-out part of a demo volume starts along its axis (the first 75 % trains).
+HELD_OUT_START = 0.75
 
 #: The demo's volumes: ``name -> {modality, spacing, roi, quick_roi, axis}`` (``axis``: the one cut 75 / 25).
 SEG_DEMO_DATASETS: dict[str, dict[str, Any]] = {
@@ -71,8 +83,7 @@ def run_seg_demo(
         ValueError: an unknown ``dataset``.
     """
     from ...data.seg_samples import fetch_seg_sample
-    from ...data.seg_transforms import SegTransformConfig, with_dataset_stats
-    from ...data.volumes import crop_case, load_volume_cases, validate_case
+    from ...data.volumes import load_volume_cases, validate_case
     from ...errors import SETTING, InputError
     from ...viz.segmentation import plot_segmentation_slices
 
@@ -84,29 +95,16 @@ def run_seg_demo(
     case = info.cases[0]
     shape = validate_case(case).shape
     axis = spec["axis"]
-    cut = int(shape[axis] * 0.75)
-    train_box = [(0, s) for s in shape]
-    test_box = [(0, s) for s in shape]
-    train_box[axis], test_box[axis] = (0, cut), (cut, shape[axis])
     out = Path(out)
-    train_case = crop_case(case, train_box, out / "data" / "train", f"{dataset}_train")
-    test_case = crop_case(case, test_box, out / "data" / "test", f"{dataset}_test")
+    train_case, test_case = split_along_axis(case, axis, out / "data", dataset)
+    cut = int(shape[axis] * HELD_OUT_START)
     k = int(info.num_classes or 2)
     names = [info.label_names.get(i, str(i)) for i in range(k)]
     roi = spec["quick_roi"] if quick else spec["roi"]
     steps = max(5, steps // 5) if quick else steps
-    tcfg = SegTransformConfig(
-        modality=spec["modality"],
-        spacing=spec["spacing"],
-        roi_size=roi,
-        num_samples=2,
-        pos=2.0,
-        neg=1.0,
-        mri_stats=mri_stats,
-    )
-    tcfg = with_dataset_stats(tcfg, [train_case])
+    tcfg = demo_transform_config(dataset, train_case, roi, mri_stats)
     say(
-        f"demo on {dataset}: volume {shape}, train {train_box[axis]} / test {test_box[axis]} along axis "
+        f"demo on {dataset}: volume {shape}, train {(0, cut)} / test {(cut, shape[axis])} along axis "
         f"{axis}; ROI {roi}, {steps} steps x 2 crops per model, lr {lr}"
     )
     rows: list[dict[str, Any]] = []
@@ -133,28 +131,12 @@ def _train_and_score(
 ) -> tuple[dict[str, Any], Path]:
     """Train one demo model on the training part, score it on the test part and write its prediction:
     ``(its result row, the prediction file)``."""
-    import torch
-
-    from ...registry import create_model
     from .inference import predict_volumes
-    from .training import SegTrainConfig, evaluate_segmentation, train_segmentation
+    from .training import evaluate_segmentation
 
-    torch.manual_seed(seed)
-    net = create_model(name, k, family="seg", in_channels=1)
-    cfg = SegTrainConfig(
-        epochs=1,
-        steps_per_epoch=steps,
-        lr=lr,
-        warmup_steps=max(1, steps // 10),
-        val_every=0,
-        seed=seed,
-        accelerator="cpu" if quick else "auto",
-    )
     t0 = time.perf_counter()
-    # the demo's own folder: a second demo run replaces the first
-    result = train_segmentation(
-        net, [train_case], [], tcfg, cfg, out / name, class_names=names, overwrite=True
-    )
+    net, result = train_demo_model(name, k, train_case, tcfg, steps, lr, seed, out / name, names,
+                                   accelerator="cpu" if quick else "auto")
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     ev = evaluate_segmentation(net.eval(), [test_case], tcfg, roi, 0.25, "gaussian", 2, True, names)
@@ -173,6 +155,55 @@ def _train_and_score(
         **{f"dice_{c}": round(v, 4) for c, v in ev.dice.items()},
     }
     return row, pred
+
+
+def split_along_axis(case: Any, axis: int, folder: Path, name: str) -> tuple[Any, Any]:
+    """``(training part, held-out part)`` of a volume case: its first :data:`HELD_OUT_START` along ``axis`` and
+    the rest, written under ``folder/train`` and ``folder/test`` as ``<name>_train`` / ``<name>_test``."""
+    from ...data.volumes import crop_case, validate_case
+
+    shape = validate_case(case).shape
+    if axis not in range(len(shape)):
+        raise ValueError(f"axis must be one of {list(range(len(shape)))} for a volume of shape {shape}, got {axis!r}")
+    cut = int(shape[axis] * HELD_OUT_START)
+    train_box, test_box = [(0, s) for s in shape], [(0, s) for s in shape]
+    train_box[axis], test_box[axis] = (0, cut), (cut, shape[axis])
+    return (crop_case(case, train_box, folder / "train", f"{name}_train"),
+            crop_case(case, test_box, folder / "test", f"{name}_test"))
+
+
+def demo_transform_config(dataset: str, train_case: Any, roi: Sequence[int], mri_stats: str) -> Any:
+    """The demo's transforms for a :data:`SEG_DEMO_DATASETS` volume: its modality and spacing, ``roi`` crops (2 per
+    step, positive:negative 2:1), MRI statistics ``mri_stats`` (``dataset``: fitted on ``train_case``)."""
+    from ...data.seg_transforms import SegTransformConfig, with_dataset_stats
+
+    if dataset not in SEG_DEMO_DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(SEG_DEMO_DATASETS)}, got {dataset!r}")
+    spec = SEG_DEMO_DATASETS[dataset]
+    tcfg = SegTransformConfig(modality=spec["modality"], spacing=spec["spacing"], roi_size=tuple(roi), num_samples=2,
+                              pos=2.0, neg=1.0, mri_stats=mri_stats)
+    return with_dataset_stats(tcfg, [train_case])
+
+
+def train_demo_model(
+    name: str, num_classes: int, train_case: Any, tcfg: Any, steps: int, lr: float, seed: int, out: Path,
+    class_names: Sequence[str], accelerator: str = "auto",
+) -> tuple[Any, Any]:
+    """``(network, training result)``: segmentation model ``name`` (seeded with ``seed``) trained as the demo
+    trains it: ``steps`` steps of one crop batch on ``train_case``, AdamW ``lr`` with a tenth of the steps of
+    warm-up, no validation, into ``out`` (replaced if it holds an earlier run)."""
+    import torch
+
+    from ...registry import create_model
+    from .training import SegTrainConfig, train_segmentation
+
+    torch.manual_seed(seed)
+    net = create_model(name, num_classes, family="seg", in_channels=1)
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=steps, lr=lr, warmup_steps=max(1, steps // 10), val_every=0,
+                         seed=seed, accelerator=accelerator)
+    result = train_segmentation(net, [train_case], [], tcfg, cfg, out, class_names=list(class_names),
+                                overwrite=True)
+    return net, result
 
 
 def baseline_row(

@@ -322,8 +322,7 @@ def parse_model_name(name: str) -> ModelName:
             raise InputError(f"{name.strip()!r} is a {FAMILY_TITLES[other]} model, not a MIL one; the MIL models "
                              f"are {', '.join(sorted(_REGISTRY))}")
         raise InputError(unknown_model_message(parsed.model))
-    encoder = _ENCODER_ALIASES.get(parsed.encoder, parsed.encoder)
-    if len(parts) >= 3 and encoder not in ENCODER_DIMS:
+    if len(parts) >= 3 and _known_encoder(parsed.encoder) is None:
         # A typo here would otherwise pass silently whenever in_dim comes from the data.
         hint = did_you_mean(parsed.encoder, sorted(set(ENCODER_DIMS) | set(_ENCODER_ALIASES)))
         raise InputError(
@@ -387,10 +386,16 @@ def _unknown_any_family_message(model: str) -> str:
     return f"unknown model {model!r}; {found} ({_UNKNOWN_HINT})"
 
 
+def _known_encoder(encoder: str) -> str | None:
+    """The :data:`ENCODER_DIMS` key ``encoder`` (or its alias) names, or ``None``."""
+    key = _ENCODER_ALIASES.get(encoder, encoder)
+    return key if key in ENCODER_DIMS else None
+
+
 def encoder_dim(encoder: str) -> int:
     """Feature size of a named encoder (raises ``ValueError`` listing the known names)."""
-    key = _ENCODER_ALIASES.get(encoder, encoder)
-    if key not in ENCODER_DIMS:
+    key = _known_encoder(encoder)
+    if key is None:
         raise ValueError(
             f"unknown encoder {encoder!r}; known: {sorted(ENCODER_DIMS)}. "
             "For another feature extractor pass in_dim=<feature size>."
